@@ -1,0 +1,306 @@
+//! The API workflow authors write against: a [`Saga`] context with typed, journaled steps,
+//! locks with fencing tokens, and a deterministic clock and random source.
+//!
+//! A workflow is one function from a JSON-deserialisable input to a JSON-serialisable output:
+//!
+//! ```ignore
+//! use guest_sdk::{Error, Saga};
+//!
+//! fn transfer(saga: &mut Saga, t: Transfer) -> Result<Receipt, Error> {
+//!     saga.step("debit")
+//!         .invoke("ledger", "debit", &Entry { account: t.from, amount: t.amount })
+//!         .compensate_with("ledger", "credit", &Entry { account: t.from, amount: t.amount })
+//!         .run::<serde_json::Value>()?;
+//!     // ...
+//! }
+//! guest_sdk::export_workflow!(transfer);
+//! ```
+//!
+//! Every step is journaled by the host *before* it runs. When the function returns an error,
+//! panics, or the host has to stop it, the host performs the compensations of the completed
+//! steps in reverse order by itself: no code in the module is needed to roll back.
+#![deny(missing_docs)]
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fmt;
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "workflow",
+        pub_export_macro: true,
+        default_bindings_module: "guest_sdk::bindings",
+        export_macro_name: "export",
+    });
+}
+
+use bindings::wasaga::workflow::{context, lock, participant, types};
+
+/// The workflow's view of its run: steps, locks, clock, randomness and log.
+///
+/// Everything that could differ between the first execution and a replay goes through this
+/// value, so the host can journal it and replay it exactly.
+#[derive(Debug)]
+pub struct Saga {
+    _private: (),
+}
+
+impl Saga {
+    /// Starts describing a saga step named `name`. Names must be unique within a run: the host
+    /// derives the step's idempotency key from the run id and the name.
+    pub fn step(&mut self, name: &str) -> Step<'_> {
+        Step {
+            _saga: self,
+            name: name.to_owned(),
+            action: None,
+            compensation: None,
+        }
+    }
+
+    /// Takes the lock on `key`, held for `ttl_ms` and renewed by the host while the run lives,
+    /// waiting at most `wait_ms` for it. The host releases it when the run ends, whatever
+    /// happens; dropping the [`Lock`] releases it earlier.
+    pub fn lock(&mut self, key: &str, ttl_ms: u32, wait_ms: u32) -> Result<Lock, Error> {
+        lock::acquire(key, ttl_ms, wait_ms)
+            .map(|lease| Lock { lease: Some(lease) })
+            .map_err(|reason| Error::Lock {
+                key: key.to_owned(),
+                reason,
+            })
+    }
+
+    /// Milliseconds since the Unix epoch, journaled: a replay sees the first value.
+    pub fn now_ms(&mut self) -> u64 {
+        context::now_ms()
+    }
+
+    /// A random number, journaled: a replay sees the first value.
+    pub fn random(&mut self) -> u64 {
+        context::random_u64()
+    }
+
+    /// Appends `message` to the run's log (shown by `wasaga runs show`).
+    pub fn log(&mut self, message: &str) {
+        context::log(message)
+    }
+}
+
+/// A saga step being described; finish it with [`Step::run`].
+#[derive(Debug)]
+#[must_use = "a step does nothing until `.run()` is called"]
+pub struct Step<'a> {
+    _saga: &'a mut Saga,
+    name: String,
+    action: Option<Result<types::Call, Error>>,
+    compensation: Option<Result<types::Call, Error>>,
+}
+
+impl Step<'_> {
+    /// The participant call that performs the step.
+    pub fn invoke<T: Serialize>(mut self, participant: &str, action: &str, payload: &T) -> Self {
+        self.action = Some(make_call(&self.name, participant, action, payload));
+        self
+    }
+
+    /// The participant call that undoes the step. The host journals it before performing the
+    /// step and performs it, if the run fails later, without the module's help.
+    pub fn compensate_with<T: Serialize>(
+        mut self,
+        participant: &str,
+        action: &str,
+        payload: &T,
+    ) -> Self {
+        self.compensation = Some(make_call(&self.name, participant, action, payload));
+        self
+    }
+
+    /// Performs the step and decodes the participant's JSON reply into `R`.
+    pub fn run<R: DeserializeOwned>(self) -> Result<R, Error> {
+        let name = self.name;
+        let action = match self.action {
+            Some(action) => action?,
+            None => {
+                return Err(Error::Invalid(format!(
+                    "step '{name}' has no action: call .invoke(...)"
+                )));
+            }
+        };
+        let compensation = self.compensation.transpose()?;
+        match participant::step(&name, &action, compensation.as_ref()) {
+            Ok(reply) => serde_json::from_str(&reply).map_err(|e| {
+                Error::Invalid(format!("step '{name}': reply {reply} does not decode: {e}"))
+            }),
+            Err(error) => Err(Error::Step {
+                step: name,
+                error: error.into(),
+            }),
+        }
+    }
+}
+
+fn make_call<T: Serialize>(
+    step: &str,
+    participant: &str,
+    action: &str,
+    payload: &T,
+) -> Result<types::Call, Error> {
+    let payload = serde_json::to_string(payload)
+        .map_err(|e| Error::Invalid(format!("step '{step}': payload does not encode: {e}")))?;
+    Ok(types::Call {
+        participant: participant.to_owned(),
+        action: action.to_owned(),
+        payload,
+    })
+}
+
+/// A held lock. Dropping it releases the lock; the host releases it anyway when the run ends.
+#[derive(Debug)]
+pub struct Lock {
+    lease: Option<lock::Lease>,
+}
+
+impl Lock {
+    /// The fencing token of this lease: participants refuse calls carrying an older one.
+    pub fn fencing_token(&self) -> u64 {
+        self.lease.as_ref().map_or(0, |lease| lease.fencing_token)
+    }
+
+    /// Releases the lock now.
+    pub fn release(mut self) -> Result<(), Error> {
+        self.release_inner()
+    }
+
+    fn release_inner(&mut self) -> Result<(), Error> {
+        match self.lease.take() {
+            Some(lease) => lock::release(&lease).map_err(|reason| Error::Lock {
+                key: lease.key.clone(),
+                reason,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        // A failed release is harmless here: the host releases every lock at the end of the run.
+        let _ = self.release_inner();
+    }
+}
+
+/// Why a step's participant call did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepError {
+    /// Refused for good (insufficient funds, unknown account, ...).
+    Rejected(String),
+    /// Not reachable; nothing was applied.
+    Unavailable(String),
+    /// The outcome could not be learned even after the host's retries.
+    Unknown(String),
+}
+
+impl From<types::CallError> for StepError {
+    fn from(error: types::CallError) -> Self {
+        match error {
+            types::CallError::Rejected(m) => StepError::Rejected(m),
+            types::CallError::Unavailable(m) => StepError::Unavailable(m),
+            types::CallError::Unknown(m) => StepError::Unknown(m),
+        }
+    }
+}
+
+/// Why a workflow failed. Returning it from the workflow makes the host compensate the run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// A step's participant call failed.
+    Step {
+        /// The step's name.
+        step: String,
+        /// How it failed.
+        error: StepError,
+    },
+    /// A lock could not be taken or released.
+    Lock {
+        /// The lock key.
+        key: String,
+        /// The host's reason.
+        reason: String,
+    },
+    /// Input, payload or reply that does not fit the expected shape.
+    Invalid(String),
+    /// A business rule of the workflow itself refused to go on.
+    Failed(String),
+}
+
+impl Error {
+    /// A workflow-level failure with `message` as its reason.
+    pub fn failed(message: impl Into<String>) -> Self {
+        Error::Failed(message.into())
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Step {
+                step,
+                error: StepError::Rejected(m),
+            } => {
+                write!(f, "step '{step}' rejected: {m}")
+            }
+            Error::Step {
+                step,
+                error: StepError::Unavailable(m),
+            } => {
+                write!(f, "step '{step}' unavailable: {m}")
+            }
+            Error::Step {
+                step,
+                error: StepError::Unknown(m),
+            } => {
+                write!(f, "step '{step}' outcome unknown: {m}")
+            }
+            Error::Lock { key, reason } => write!(f, "lock '{key}': {reason}"),
+            Error::Invalid(m) => write!(f, "invalid: {m}"),
+            Error::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Runs `workflow` on a JSON `input`: what the [`export_workflow!`] macro expands to.
+#[doc(hidden)]
+pub fn run_json<I, O>(
+    input: String,
+    workflow: impl FnOnce(&mut Saga, I) -> Result<O, Error>,
+) -> Result<String, String>
+where
+    I: DeserializeOwned,
+    O: Serialize,
+{
+    let input: I = serde_json::from_str(&input).map_err(|e| format!("invalid input: {e}"))?;
+    let mut saga = Saga { _private: () };
+    let output = workflow(&mut saga, input).map_err(|e| e.to_string())?;
+    serde_json::to_string(&output).map_err(|e| format!("output does not encode: {e}"))
+}
+
+/// Exports a workflow function `fn(&mut Saga, Input) -> Result<Output, Error>` as the module's
+/// `run`. `Input` must implement `serde::Deserialize`, `Output` `serde::Serialize`.
+#[macro_export]
+macro_rules! export_workflow {
+    ($workflow:path) => {
+        #[doc(hidden)]
+        struct __WasagaWorkflow;
+
+        impl $crate::bindings::Guest for __WasagaWorkflow {
+            fn run(input: ::std::string::String) -> ::core::result::Result<::std::string::String, ::std::string::String> {
+                $crate::run_json(input, $workflow)
+            }
+        }
+
+        $crate::bindings::export!(__WasagaWorkflow with_types_in $crate::bindings);
+    };
+}

@@ -1,0 +1,669 @@
+//! The command line: argument definitions (clap), then one function per command. Output is
+//! human-readable by default and one JSON document with `--json`. Exit codes: 0 completed,
+//! 1 host failure, 2 usage or input error, 3 compensated, 4 stuck.
+
+use anyhow::{Context, Result, anyhow};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use wasaga::crash::CrashPoint;
+use wasaga::event::{Event, RunStatus};
+use wasaga::store::{Observer, no_observer};
+use wasaga::{Host, HostConfig, HostError, RunOutcome};
+
+pub const EXIT_FAILURE: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_COMPENSATED: u8 = 3;
+pub const EXIT_STUCK: u8 = 4;
+
+/// Run payment and transaction workflows (Wasm components) as durable sagas.
+#[derive(Debug, Parser)]
+#[command(name = "wasaga", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct Global {
+    /// The SQLite journal (created if missing). The ledger lives in it too unless --ledger says otherwise.
+    #[arg(long, global = true, env = "WASAGA_DB", default_value = "wasaga.db")]
+    db: PathBuf,
+    /// Keep the ledger in its own SQLite file instead of the journal's.
+    #[arg(long, global = true, env = "WASAGA_LEDGER")]
+    ledger: Option<PathBuf>,
+    /// Print one JSON document instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Wall-clock limit for one execution of a module, in milliseconds.
+    #[arg(long, global = true, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    run_timeout_ms: u64,
+    /// Memory limit for a module instance, in MiB.
+    #[arg(long, global = true, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    memory_mib: u64,
+    /// Attempts for a compensation before the run is parked as stuck.
+    #[arg(long, global = true, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    compensation_retries: u32,
+    /// Test hook: SIGKILL this process right before or after its N-th commit (before:N | after:N).
+    #[arg(long, global = true, hide = true)]
+    crash_at: Option<CrashPoint>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a workflow module on an input; resumes unfinished runs first.
+    Run(RunArgs),
+    /// Finish every unfinished run (after a crash, say).
+    Resume,
+    /// Inspect runs.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// Open accounts and read balances of the built-in ledger.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
+    /// Check that a file is a loadable workflow component, without running it.
+    Validate {
+        /// The component (.wasm).
+        module: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The workflow component (.wasm), built with `cargo build --target wasm32-wasip2`.
+    module: PathBuf,
+    /// The input: JSON text, or @path to read it from a file.
+    #[arg(long, short, default_value = "{}")]
+    input: String,
+    /// The workflow's name (default: the file name without .wasm, '_' read as '-').
+    #[arg(long)]
+    name: Option<String>,
+    /// Use this run id; starting an existing id again just reports that run.
+    #[arg(long)]
+    run_id: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum RunsCommand {
+    /// List runs, newest first.
+    List {
+        /// Only runs in this state: running, compensating, completed, compensated, stuck.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Show one run's journal as a timeline.
+    Show { run_id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum LedgerCommand {
+    /// Open an account with an opening balance (integer minor units).
+    Open {
+        account: String,
+        #[arg(long, default_value_t = 0)]
+        balance: i64,
+    },
+    /// One account's balance.
+    Balance { account: String },
+    /// Every account, and the total.
+    List,
+}
+
+/// A failure with the exit code it maps to.
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        Failure {
+            code: EXIT_FAILURE,
+            error,
+        }
+    }
+}
+
+fn usage(error: impl Into<anyhow::Error>) -> Failure {
+    Failure {
+        code: EXIT_USAGE,
+        error: error.into(),
+    }
+}
+
+fn host_failure(error: HostError) -> Failure {
+    let code = match error {
+        HostError::Module(_) | HostError::Input(_) => EXIT_USAGE,
+        _ => EXIT_FAILURE,
+    };
+    Failure {
+        code,
+        error: error.into(),
+    }
+}
+
+pub async fn main(cli: Cli) -> ExitCode {
+    let json = cli.global.json;
+    match dispatch(cli).await {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            if json {
+                println!("{}", json!({ "error": format!("{:#}", failure.error) }));
+            } else {
+                eprintln!("error: {:#}", failure.error);
+            }
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<u8, Failure> {
+    let g = &cli.global;
+    match &cli.command {
+        Command::Run(args) => run(g, args).await,
+        Command::Resume => resume(g).await,
+        Command::Runs(RunsCommand::List { status, limit }) => {
+            runs_list(g, status.as_deref(), *limit).await
+        }
+        Command::Runs(RunsCommand::Show { run_id }) => runs_show(g, run_id).await,
+        Command::Ledger(command) => ledger(g, command).await,
+        Command::Validate { module } => validate(g, module).await,
+    }
+}
+
+fn config(g: &Global) -> HostConfig {
+    let mut config = HostConfig::new(g.db.clone());
+    config.ledger_path = g.ledger.clone();
+    config.limits.run_duration_ms_max = g.run_timeout_ms;
+    config.limits.memory_bytes_max = (g.memory_mib as usize) << 20;
+    config.limits.compensation_retries_max = g.compensation_retries;
+    // One CLI process runs few modules at once: a small pool starts faster.
+    config.limits.concurrent_runs_max = 16;
+    config.crash_at = g.crash_at;
+    config
+}
+
+async fn open(g: &Global) -> Result<Host, Failure> {
+    Host::open(&config(g)).await.map_err(|e| {
+        anyhow!(e)
+            .context(format!(
+                "cannot open the wasaga database {}",
+                g.db.display()
+            ))
+            .into()
+    })
+}
+
+/// Only one process executes runs on a database at a time (two would both resume the same
+/// unfinished run). The lock is a file lock: the kernel drops it when the process dies.
+fn lock_executor(db: &Path) -> Result<std::fs::File, Failure> {
+    let mut path = db.as_os_str().to_owned();
+    path.push(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot create lock file {}", PathBuf::from(&path).display()))?;
+    if file.try_lock().is_err() {
+        eprintln!(
+            "waiting for another wasaga process that is running workflows on {}",
+            db.display()
+        );
+        file.lock()
+            .with_context(|| format!("cannot lock {}", PathBuf::from(&path).display()))?;
+    }
+    Ok(file)
+}
+
+async fn run(g: &Global, args: &RunArgs) -> Result<u8, Failure> {
+    let bytes = std::fs::read(&args.module)
+        .with_context(|| format!("cannot read module {}", args.module.display()))
+        .map_err(usage)?;
+    let input = match args.input.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read input file {path}"))
+            .map_err(usage)?,
+        None => args.input.clone(),
+    };
+    // Refuse bad input before anything is written anywhere.
+    if let Err(e) = serde_json::from_str::<Value>(&input) {
+        return Err(usage(anyhow!("input is not valid JSON: {e}")));
+    }
+    let name = match &args.name {
+        Some(name) => name.clone(),
+        None => args
+            .module
+            .file_stem()
+            .map(|s| s.to_string_lossy().replace('_', "-"))
+            .unwrap_or_else(|| "workflow".to_owned()),
+    };
+    let _lock = lock_executor(&g.db)?;
+    let host = open(g).await?;
+    let hash = host
+        .add_module(&name, &bytes)
+        .await
+        .map_err(|e| usage(anyhow!(e).context(format!("{} cannot run", args.module.display()))))?;
+    resume_quietly(g, &host).await?;
+    let (run_id, created) = host
+        .start(args.run_id.clone(), &name, &hash, &input)
+        .await
+        .map_err(host_failure)?;
+    if !g.json {
+        if created {
+            println!("run {run_id}: {name} (module {})", &hash[..12]);
+        } else {
+            println!("run {run_id} already exists; reporting it");
+        }
+    }
+    let observer = if g.json { no_observer() } else { printer() };
+    let outcome = host.drive(&run_id, observer).await.map_err(host_failure)?;
+    Ok(report(g, &outcome))
+}
+
+/// Finishes runs a previous process left unfinished, saying so in one line each.
+async fn resume_quietly(g: &Global, host: &Host) -> Result<(), Failure> {
+    let outcomes = host
+        .resume_unfinished(no_observer())
+        .await
+        .map_err(host_failure)?;
+    if !g.json {
+        for outcome in outcomes {
+            println!(
+                "resumed unfinished run {}: {}",
+                outcome.run_id, outcome.status
+            );
+        }
+    }
+    Ok(())
+}
+
+fn exit_code(status: RunStatus) -> u8 {
+    match status {
+        RunStatus::Completed => 0,
+        RunStatus::Compensated => EXIT_COMPENSATED,
+        RunStatus::Stuck => EXIT_STUCK,
+        RunStatus::Running | RunStatus::Compensating => EXIT_FAILURE,
+    }
+}
+
+fn parse_or_string(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
+}
+
+fn report(g: &Global, outcome: &RunOutcome) -> u8 {
+    if g.json {
+        println!(
+            "{}",
+            json!({
+                "run_id": outcome.run_id,
+                "status": outcome.status,
+                "output": outcome.output.as_deref().map(parse_or_string),
+                "error": outcome.error,
+            })
+        );
+    } else {
+        match outcome.status {
+            RunStatus::Completed => println!(
+                "completed: {}",
+                outcome.output.as_deref().unwrap_or_default()
+            ),
+            status => eprintln!(
+                "run {} {status}: {}",
+                outcome.run_id,
+                outcome.error.as_deref().unwrap_or("no reason recorded")
+            ),
+        }
+    }
+    exit_code(outcome.status)
+}
+
+/// An observer that prints each step and compensation as it is journaled.
+fn printer() -> Observer {
+    let steps: Mutex<HashMap<u32, (String, String, String)>> = Mutex::new(HashMap::new());
+    Arc::new(move |_run_id, event| {
+        let mut steps = steps.lock().expect("printer lock poisoned");
+        let name = |steps: &HashMap<u32, (String, String, String)>, call: &u32| {
+            steps
+                .get(call)
+                .cloned()
+                .unwrap_or_else(|| (format!("call {call}"), String::new(), String::new()))
+        };
+        match event {
+            Event::StepIntent {
+                call,
+                name,
+                action,
+                compensation,
+            } => {
+                let undo = compensation
+                    .as_ref()
+                    .map(|c| format!("{}.{}", c.participant, c.action))
+                    .unwrap_or_default();
+                steps.insert(
+                    *call,
+                    (
+                        name.clone(),
+                        format!("{}.{}", action.participant, action.action),
+                        undo,
+                    ),
+                );
+            }
+            Event::StepDone { call, output } => {
+                let (name, action, _) = name(&steps, call);
+                println!("  step  {name:<16} {action:<22} done      {output}");
+            }
+            Event::StepFailed { call, error } => {
+                let (name, action, _) = name(&steps, call);
+                println!("  step  {name:<16} {action:<22} failed    {error}");
+            }
+            Event::StepResolved { call, outcome } => {
+                let (name, action, _) = name(&steps, call);
+                let outcome = match outcome {
+                    Ok(output) => format!("applied   {output}"),
+                    Err(e) => format!("not applied ({e})"),
+                };
+                println!("  check {name:<16} {action:<22} {outcome}");
+            }
+            Event::Compensating { cause } => println!("  compensating: {cause}"),
+            Event::CompensationDone { call, output } => {
+                let (name, _, undo) = name(&steps, call);
+                println!("  undo  {name:<16} {undo:<22} done      {output}");
+            }
+            Event::Log { message, .. } => {
+                for line in message.lines() {
+                    println!("  log   {line}");
+                }
+            }
+            Event::LockAcquired {
+                key, fencing_token, ..
+            } => {
+                println!("  lock  {key:<16} token {fencing_token}");
+            }
+            Event::LockFailed { key, reason, .. } => println!("  lock  {key:<16} failed: {reason}"),
+            _ => {}
+        }
+    })
+}
+
+async fn resume(g: &Global) -> Result<u8, Failure> {
+    let _lock = lock_executor(&g.db)?;
+    let host = open(g).await?;
+    let observer = if g.json { no_observer() } else { printer() };
+    let outcomes = host
+        .resume_unfinished(observer)
+        .await
+        .map_err(host_failure)?;
+    if g.json {
+        println!("{}", json!({ "resumed": outcomes }));
+    } else if outcomes.is_empty() {
+        println!("no unfinished runs");
+    } else {
+        for outcome in &outcomes {
+            println!(
+                "run {} {}{}",
+                outcome.run_id,
+                outcome.status,
+                outcome
+                    .error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    Ok(outcomes
+        .iter()
+        .map(|o| exit_code(o.status))
+        .max()
+        .unwrap_or(0))
+}
+
+async fn runs_list(g: &Global, status: Option<&str>, limit: u32) -> Result<u8, Failure> {
+    let status = match status {
+        Some(s) => Some(RunStatus::parse(s).ok_or_else(|| {
+            usage(anyhow!(
+                "unknown status '{s}'; use running, compensating, completed, compensated or stuck"
+            ))
+        })?),
+        None => None,
+    };
+    let host = open(g).await?;
+    let runs = host
+        .journal()
+        .runs(status, limit)
+        .await
+        .map_err(|e| anyhow!(e))?;
+    if g.json {
+        println!("{}", json!({ "runs": runs }));
+        return Ok(0);
+    }
+    if runs.is_empty() {
+        println!("no runs");
+    }
+    for run in runs {
+        println!(
+            "{:<32} {:<16} {:<12} {}",
+            run.run_id,
+            run.workflow,
+            run.status,
+            run.error
+                .as_deref()
+                .or(run.output.as_deref())
+                .unwrap_or_default()
+        );
+    }
+    Ok(0)
+}
+
+async fn runs_show(g: &Global, run_id: &str) -> Result<u8, Failure> {
+    let host = open(g).await?;
+    let run = host
+        .journal()
+        .run(run_id)
+        .await
+        .map_err(|e| usage(anyhow!(e)))?;
+    let events = host
+        .journal()
+        .events(run_id)
+        .await
+        .map_err(|e| anyhow!(e))?;
+    if g.json {
+        println!("{}", json!({ "run": run, "events": events }));
+        return Ok(0);
+    }
+    println!("run      {}", run.run_id);
+    println!("workflow {} (module {})", run.workflow, run.module_hash);
+    println!("status   {}", run.status);
+    println!("input    {}", run.input);
+    if let Some(output) = &run.output {
+        println!("output   {output}");
+    }
+    if let Some(error) = &run.error {
+        println!("reason   {error}");
+    }
+    println!();
+    let start = events.first().map_or(0, |e| e.at_ms);
+    let mut steps: HashMap<u32, (String, String, String, u64)> = HashMap::new();
+    for stored in &events {
+        let at = format!("+{} ms", stored.at_ms.saturating_sub(start));
+        let line = match &stored.event {
+            Event::Started { .. } => "started".to_owned(),
+            Event::StepIntent {
+                call,
+                name,
+                action,
+                compensation,
+            } => {
+                let undo = compensation.as_ref().map_or("-".to_owned(), |c| {
+                    format!("{}.{} {}", c.participant, c.action, c.payload)
+                });
+                steps.insert(
+                    *call,
+                    (
+                        name.clone(),
+                        format!("{}.{}", action.participant, action.action),
+                        undo.clone(),
+                        stored.at_ms,
+                    ),
+                );
+                format!(
+                    "step {name:<14} intent    {}.{} {}  (undo: {undo})",
+                    action.participant, action.action, action.payload
+                )
+            }
+            Event::StepDone { call, output } => {
+                let (name, action, _, began) = step_of(&steps, *call);
+                format!(
+                    "step {name:<14} done      {action} -> {output} ({} ms)",
+                    stored.at_ms.saturating_sub(began)
+                )
+            }
+            Event::StepFailed { call, error } => {
+                let (name, action, _, began) = step_of(&steps, *call);
+                format!(
+                    "step {name:<14} failed    {action}: {error} ({} ms)",
+                    stored.at_ms.saturating_sub(began)
+                )
+            }
+            Event::StepResolved { call, outcome } => {
+                let (name, action, _, _) = step_of(&steps, *call);
+                match outcome {
+                    Ok(output) => {
+                        format!("step {name:<14} resolved  {action} had applied: {output}")
+                    }
+                    Err(e) => format!("step {name:<14} resolved  {action} had not applied: {e}"),
+                }
+            }
+            Event::Clock { ms, .. } => format!("clock     {ms}"),
+            Event::Random { value, .. } => format!("random    {value}"),
+            Event::Log { message, .. } => format!(
+                "log       {}",
+                message.replace('\n', "\n                    ")
+            ),
+            Event::LockAcquired {
+                key, fencing_token, ..
+            } => {
+                format!("lock      {key} acquired, fencing token {fencing_token}")
+            }
+            Event::LockFailed { key, reason, .. } => format!("lock      {key} failed: {reason}"),
+            Event::LockReleased {
+                key, fencing_token, ..
+            } => {
+                format!("lock      {key} released (token {fencing_token})")
+            }
+            Event::Completed { output } => format!("completed {output}"),
+            Event::Compensating { cause } => format!("compensating: {cause}"),
+            Event::CompensationDone { call, output } => {
+                let (name, _, undo, _) = step_of(&steps, *call);
+                format!("undo {name:<14} done      {undo} -> {output}")
+            }
+            Event::Compensated { cause } => format!("compensated ({cause})"),
+            Event::Stuck { reason } => format!("STUCK: {reason}"),
+        };
+        println!("{:>4} {at:>10}  {line}", stored.seq);
+    }
+    Ok(0)
+}
+
+fn step_of(
+    steps: &HashMap<u32, (String, String, String, u64)>,
+    call: u32,
+) -> (String, String, String, u64) {
+    steps
+        .get(&call)
+        .cloned()
+        .unwrap_or_else(|| (format!("call {call}"), String::new(), String::new(), 0))
+}
+
+async fn ledger(g: &Global, command: &LedgerCommand) -> Result<u8, Failure> {
+    let host = open(g).await?;
+    let db = host.ledger_db().clone();
+    match command {
+        LedgerCommand::Open { account, balance } => {
+            let mut tx = db.begin().await.map_err(|e| anyhow!(e))?;
+            let opened = wasaga::ledger::open_account(tx.conn(), account, *balance).await;
+            let opened = match opened {
+                Ok(account) => account,
+                Err(wasaga::ledger::OpenError::Database(e)) => return Err(anyhow!(e).into()),
+                Err(e) => return Err(usage(e)),
+            };
+            tx.commit().await.map_err(|e| anyhow!(e))?;
+            if g.json {
+                println!("{}", json!(opened));
+            } else {
+                println!("opened {} with balance {}", opened.account, opened.balance);
+            }
+        }
+        LedgerCommand::Balance { account } => {
+            let accounts = list_accounts(&db).await?;
+            let found = accounts
+                .into_iter()
+                .find(|a| &a.account == account)
+                .ok_or_else(|| {
+                    usage(anyhow!(
+                        "unknown account '{account}'; `wasaga ledger list` shows the accounts"
+                    ))
+                })?;
+            if g.json {
+                println!("{}", json!(found));
+            } else {
+                println!(
+                    "{} balance {} held {}",
+                    found.account, found.balance, found.held
+                );
+            }
+        }
+        LedgerCommand::List => {
+            let accounts = list_accounts(&db).await?;
+            let total: i64 = accounts.iter().map(|a| a.balance + a.held).sum();
+            if g.json {
+                println!("{}", json!({ "accounts": accounts, "total": total }));
+            } else {
+                println!("{:<24} {:>16} {:>12}", "account", "balance", "held");
+                for a in &accounts {
+                    println!("{:<24} {:>16} {:>12}", a.account, a.balance, a.held);
+                }
+                println!("{:<24} {:>16}", "total (balance + held)", total);
+            }
+        }
+    }
+    Ok(0)
+}
+
+async fn list_accounts(db: &wasaga::db::Database) -> Result<Vec<wasaga::ledger::Account>, Failure> {
+    let mut conn = db.readers().acquire().await.map_err(|e| anyhow!(e))?;
+    Ok(wasaga::ledger::accounts(&mut conn)
+        .await
+        .map_err(|e| anyhow!(e))?)
+}
+
+async fn validate(g: &Global, module: &Path) -> Result<u8, Failure> {
+    let bytes = std::fs::read(module)
+        .with_context(|| format!("cannot read module {}", module.display()))
+        .map_err(usage)?;
+    let engine = wasaga::engine::WorkflowEngine::new(&config(g).limits, &config(g).cache_dir)
+        .map_err(|e| anyhow!("cannot start the wasm engine: {e:#}"))?;
+    let hash = engine
+        .validate(&bytes)
+        .map_err(|e| usage(anyhow!(e).context(format!("{} cannot run", module.display()))))?;
+    if g.json {
+        println!(
+            "{}",
+            json!({ "module": module, "hash": hash, "valid": true })
+        );
+    } else {
+        println!(
+            "{} is a valid workflow component (hash {hash})",
+            module.display()
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,73 @@
+//! Deliberate crash points for the crash tests: the process SIGKILLs itself right before or
+//! right after its N-th durable commit (journal or ledger), exactly as if the machine had died
+//! there. Off unless the (hidden) `--crash-at` flag is given.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Where to crash: before or after the N-th commit of this process (1-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    BeforeCommit(u32),
+    AfterCommit(u32),
+}
+
+impl std::str::FromStr for CrashPoint {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parse = |n: &str| {
+            n.parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                format!("crash point '{s}': the commit number must be a positive integer")
+            })
+        };
+        match s.split_once(':') {
+            Some(("before", n)) => Ok(CrashPoint::BeforeCommit(parse(n)?)),
+            Some(("after", n)) => Ok(CrashPoint::AfterCommit(parse(n)?)),
+            _ => Err(format!("crash point '{s}' must be before:N or after:N")),
+        }
+    }
+}
+
+/// Shared by everything that commits; counts commits and fires at the configured point.
+#[derive(Debug, Clone, Default)]
+pub struct CrashSwitch {
+    inner: Option<Arc<(CrashPoint, AtomicU32)>>,
+}
+
+impl CrashSwitch {
+    pub fn new(point: Option<CrashPoint>) -> Self {
+        CrashSwitch {
+            inner: point.map(|p| Arc::new((p, AtomicU32::new(0)))),
+        }
+    }
+
+    /// Called right before a commit.
+    pub fn before_commit(&self) {
+        if let Some(inner) = &self.inner {
+            let n = inner.1.fetch_add(1, Ordering::SeqCst) + 1;
+            if inner.0 == CrashPoint::BeforeCommit(n) {
+                die();
+            }
+        }
+    }
+
+    /// Called right after a commit returned.
+    pub fn after_commit(&self) {
+        if let Some(inner) = &self.inner
+            && inner.0 == CrashPoint::AfterCommit(inner.1.load(Ordering::SeqCst))
+        {
+            die();
+        }
+    }
+}
+
+#[allow(unsafe_code)]
+fn die() -> ! {
+    eprintln!("wasaga: crash point reached, killing this process with SIGKILL");
+    // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+    unreachable!("SIGKILL cannot be caught");
+}

@@ -1,0 +1,202 @@
+//! The journal's vocabulary: the events a run is made of, and the states a run can be in.
+//!
+//! Host-call events carry `call`, the index of the module's import call that produced them;
+//! replay matches the module's calls against these indices.
+
+use serde::{Deserialize, Serialize};
+
+/// A participant call as journaled (the host-side copy of the WIT `call` record).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallSpec {
+    pub participant: String,
+    pub action: String,
+    pub payload: String,
+}
+
+/// How a participant call failed (the host-side copy of the WIT `call-error` variant).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "reason", rename_all = "kebab-case")]
+pub enum CallFailure {
+    Rejected(String),
+    Unavailable(String),
+    Unknown(String),
+}
+
+impl CallFailure {
+    /// Whether the participant may have applied the call (so it must be resolved or undone).
+    pub fn may_have_applied(&self) -> bool {
+        matches!(self, CallFailure::Unknown(_))
+    }
+
+    /// Whether retrying the same call can change the outcome.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, CallFailure::Rejected(_))
+    }
+
+    pub fn reason(&self) -> &str {
+        match self {
+            CallFailure::Rejected(r) | CallFailure::Unavailable(r) | CallFailure::Unknown(r) => r,
+        }
+    }
+}
+
+impl std::fmt::Display for CallFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallFailure::Rejected(r) => write!(f, "rejected: {r}"),
+            CallFailure::Unavailable(r) => write!(f, "unavailable: {r}"),
+            CallFailure::Unknown(r) => write!(f, "outcome unknown: {r}"),
+        }
+    }
+}
+
+/// One journal event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Event {
+    /// The run exists: which module (pinned by hash) runs on which input.
+    Started {
+        workflow: String,
+        module_hash: String,
+        input: String,
+        started_at_ms: u64,
+    },
+    /// A step is about to run: its action and its compensation, durable before the action.
+    StepIntent {
+        call: u32,
+        name: String,
+        action: CallSpec,
+        compensation: Option<CallSpec>,
+    },
+    /// The step's action succeeded with this reply.
+    StepDone { call: u32, output: String },
+    /// The step's action failed (after the host's retries for transient failures).
+    StepFailed { call: u32, error: CallFailure },
+    /// `context.now-ms` returned this.
+    Clock { call: u32, ms: u64 },
+    /// `context.random-u64` returned this.
+    Random { call: u32, value: u64 },
+    /// `context.log` was called (also the module's captured stdout/stderr, with no call index).
+    Log { call: Option<u32>, message: String },
+    /// `lock.acquire` returned this lease.
+    LockAcquired {
+        call: u32,
+        key: String,
+        ttl_ms: u32,
+        fencing_token: u64,
+        expires_at_ms: u64,
+    },
+    /// `lock.acquire` failed.
+    LockFailed {
+        call: u32,
+        key: String,
+        ttl_ms: u32,
+        reason: String,
+    },
+    /// `lock.release` was called (`call` is None when the host released it at the run's end).
+    LockReleased {
+        call: Option<u32>,
+        key: String,
+        fencing_token: u64,
+    },
+    /// The module returned `ok`: the run is applied.
+    Completed { output: String },
+    /// The run failed; the host now compensates the completed steps.
+    Compensating { cause: String },
+    /// An unknown-outcome step was repeated with its idempotency key to learn its outcome.
+    StepResolved {
+        call: u32,
+        outcome: Result<String, CallFailure>,
+    },
+    /// A step's compensation succeeded.
+    CompensationDone { call: u32, output: String },
+    /// Every compensation is done: the run is fully undone.
+    Compensated { cause: String },
+    /// A compensation kept failing: the run needs an operator.
+    Stuck { reason: String },
+}
+
+impl Event {
+    /// The event's kind, as stored in the `kind` column.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::Started { .. } => "started",
+            Event::StepIntent { .. } => "step-intent",
+            Event::StepDone { .. } => "step-done",
+            Event::StepFailed { .. } => "step-failed",
+            Event::Clock { .. } => "clock",
+            Event::Random { .. } => "random",
+            Event::Log { .. } => "log",
+            Event::LockAcquired { .. } => "lock-acquired",
+            Event::LockFailed { .. } => "lock-failed",
+            Event::LockReleased { .. } => "lock-released",
+            Event::Completed { .. } => "completed",
+            Event::Compensating { .. } => "compensating",
+            Event::StepResolved { .. } => "step-resolved",
+            Event::CompensationDone { .. } => "compensation-done",
+            Event::Compensated { .. } => "compensated",
+            Event::Stuck { .. } => "stuck",
+        }
+    }
+
+    /// The index of the module call this event answers, for events replay matches on.
+    pub fn replayed_call(&self) -> Option<u32> {
+        match self {
+            Event::StepIntent { call, .. }
+            | Event::Clock { call, .. }
+            | Event::Random { call, .. }
+            | Event::LockAcquired { call, .. }
+            | Event::LockFailed { call, .. } => Some(*call),
+            Event::Log { call, .. } | Event::LockReleased { call, .. } => *call,
+            _ => None,
+        }
+    }
+}
+
+/// Where a run is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunStatus {
+    Running,
+    Compensating,
+    Completed,
+    Compensated,
+    Stuck,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Compensating => "compensating",
+            RunStatus::Completed => "completed",
+            RunStatus::Compensated => "compensated",
+            RunStatus::Stuck => "stuck",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "running" => RunStatus::Running,
+            "compensating" => RunStatus::Compensating,
+            "completed" => RunStatus::Completed,
+            "compensated" => RunStatus::Compensated,
+            "stuck" => RunStatus::Stuck,
+            _ => return None,
+        })
+    }
+
+    /// Whether the run has ended.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Completed | RunStatus::Compensated | RunStatus::Stuck
+        )
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

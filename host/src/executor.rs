@@ -1,0 +1,730 @@
+//! The executor: starts runs, executes (or replays) their module, and drives each run to one of
+//! its ends, completed, compensated or stuck. Compensation is performed by the host from the
+//! journal, newest step first, without the module.
+
+use crate::config::{HostConfig, Limits};
+use crate::crash::CrashSwitch;
+use crate::db::Database;
+use crate::engine::{EPOCH_TICK_MS, Loaded, ModuleError, WorkflowEngine, module_hash};
+use crate::event::{CallFailure, Event, RunStatus};
+use crate::journal::{Journal, JournalError, RunRecord, StoredEvent, now_ms};
+use crate::locks::{DatabaseLocks, LockService};
+use crate::participants::{ParticipantRequest, Participants};
+use crate::store::{Fatal, MemoryLimiter, Observer, RunContext, RunLog, RunState, replay_map};
+use rand::SeedableRng;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::Store;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+
+/// Why the host could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Open(#[from] crate::db::OpenError),
+    #[error("module refused: {0}")]
+    Module(#[from] ModuleError),
+    #[error("cannot start the wasm engine: {0}")]
+    Engine(String),
+    #[error("invalid input: {0}")]
+    Input(String),
+    /// The run could not go on (its journal could not be written); it is left unfinished and
+    /// the next `wasaga resume` (or `run`) finishes it.
+    #[error(
+        "run {run_id} is unfinished: {reason}; it resumes with `wasaga resume` once the cause is fixed"
+    )]
+    Interrupted { run_id: String, reason: String },
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RunOutcome {
+    pub run_id: String,
+    pub status: RunStatus,
+    pub output: Option<String>,
+    pub error: Option<String>,
+}
+
+impl From<RunRecord> for RunOutcome {
+    fn from(record: RunRecord) -> Self {
+        RunOutcome {
+            run_id: record.run_id,
+            status: record.status,
+            output: record.output,
+            error: record.error,
+        }
+    }
+}
+
+/// Shared by every run of a host.
+#[derive(Debug)]
+pub(crate) struct HostInner {
+    pub engine: WorkflowEngine,
+    pub journal: Journal,
+    pub ledger_db: Arc<Database>,
+    pub participants: Participants,
+    pub locks: Box<dyn LockService>,
+    pub limits: Limits,
+}
+
+/// A wasaga host: engine, journal, participants and locks. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Host {
+    inner: Arc<HostInner>,
+}
+
+impl Host {
+    /// Opens the journal (and the ledger's database, if separate) and builds the engine.
+    pub async fn open(config: &HostConfig) -> Result<Host, HostError> {
+        let crash = CrashSwitch::new(config.crash_at);
+        let journal_db = Arc::new(Database::open(&config.journal_path, crash.clone()).await?);
+        let (ledger_db, shares) = match &config.ledger_path {
+            Some(path) if path != &config.journal_path => {
+                (Arc::new(Database::open(path, crash).await?), false)
+            }
+            _ => (journal_db.clone(), true),
+        };
+        let engine = WorkflowEngine::new(&config.limits, &config.cache_dir)
+            .map_err(|e| HostError::Engine(format!("{e:#}")))?;
+        Ok(Host {
+            inner: Arc::new(HostInner {
+                engine,
+                journal: Journal::new(journal_db.clone()),
+                participants: Participants::new(ledger_db.clone(), shares),
+                ledger_db,
+                locks: Box::new(DatabaseLocks::new(journal_db)),
+                limits: config.limits.clone(),
+            }),
+        })
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.inner.journal
+    }
+
+    /// The database the ledger lives in.
+    pub fn ledger_db(&self) -> &Arc<Database> {
+        &self.inner.ledger_db
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// Validates a module and stores it by content hash; returns the hash.
+    pub async fn add_module(&self, name: &str, bytes: &[u8]) -> Result<String, HostError> {
+        let hash = self.inner.engine.validate(bytes)?;
+        self.inner.journal.put_module(&hash, name, bytes).await?;
+        Ok(hash)
+    }
+
+    /// Starts a run of the stored module `module_hash` on `input` (JSON). Starting an existing
+    /// run id again returns that run without starting anything. Returns the run id and whether
+    /// it was created now.
+    pub async fn start(
+        &self,
+        run_id: Option<String>,
+        workflow: &str,
+        module_hash: &str,
+        input: &str,
+    ) -> Result<(String, bool), HostError> {
+        let max = self.inner.limits.payload_bytes_max;
+        if input.len() > max {
+            return Err(HostError::Input(format!(
+                "input is {} bytes, over payload_bytes_max = {max}",
+                input.len()
+            )));
+        }
+        serde_json::from_str::<serde_json::Value>(input)
+            .map_err(|e| HostError::Input(format!("input is not valid JSON: {e}")))?;
+        let run_id = match run_id {
+            Some(id) => {
+                check_run_id(&id)?;
+                id
+            }
+            None => new_run_id(),
+        };
+        let started = Event::Started {
+            workflow: workflow.to_owned(),
+            module_hash: module_hash.to_owned(),
+            input: input.to_owned(),
+            started_at_ms: now_ms(),
+        };
+        let created = self.inner.journal.create_run(&run_id, &started).await?;
+        Ok((run_id, created))
+    }
+
+    /// Drives a run to its end (or to an interruption the next resume picks up).
+    pub async fn drive(&self, run_id: &str, observer: Observer) -> Result<RunOutcome, HostError> {
+        let journal = &self.inner.journal;
+        let record = journal.run(run_id).await?;
+        if record.status.is_terminal() {
+            return Ok(record.into());
+        }
+        let events: Vec<Event> = journal
+            .events(run_id)
+            .await?
+            .into_iter()
+            .map(|e| e.event)
+            .collect();
+        let mut log = RunLog {
+            journal: journal.clone(),
+            run_id: run_id.to_owned(),
+            next_seq: events.len() as i64 + 1,
+            pending: Vec::new(),
+            observer,
+        };
+        if record.status == RunStatus::Compensating {
+            return self.compensate(log, None).await;
+        }
+        let Some(Event::Started {
+            module_hash: hash,
+            input,
+            started_at_ms,
+            ..
+        }) = events.first()
+        else {
+            return Err(JournalError::Corrupt {
+                run_id: run_id.to_owned(),
+                seq: 1,
+                reason: "the first event is not `started`".to_owned(),
+            }
+            .into());
+        };
+        let loaded = match self.load(hash).await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                return self
+                    .compensate(log, Some(format!("module can no longer be loaded: {e}")))
+                    .await;
+            }
+        };
+        let replay = replay_map(&events);
+        let replayed_calls = replay.len();
+        let step_names: HashSet<String> = HashSet::new();
+        let (result, mut context, stdio, refused_bytes) = self
+            .execute(&loaded, &mut log, replay, step_names, input, *started_at_ms)
+            .await;
+        // Captured stdout/stderr is journaled once, at the end of the execution that produced
+        // it, so a replay never duplicates it.
+        if !stdio.is_empty() {
+            context.log.buffer(Event::Log {
+                call: None,
+                message: stdio.clone(),
+            });
+        }
+        let mut log = context.log;
+        let cause = match (context.fatal.take(), result) {
+            (Some(Fatal::Interrupted(reason)), _) => {
+                return Err(HostError::Interrupted {
+                    run_id: run_id.to_owned(),
+                    reason,
+                });
+            }
+            (Some(Fatal::Failure(cause)), _) => cause,
+            (None, Ok(Ok(output))) => {
+                let max = self.inner.limits.payload_bytes_max;
+                if !context.replay.is_empty() {
+                    format!(
+                        "nondeterministic: the journal has {} calls the module did not make on replay ({} were journaled)",
+                        context.replay.len(),
+                        replayed_calls
+                    )
+                } else if output.len() > max {
+                    format!(
+                        "limit exceeded: output of {} bytes is over payload_bytes_max = {max}",
+                        output.len()
+                    )
+                } else {
+                    return self.complete(log, output).await;
+                }
+            }
+            (None, Ok(Err(message))) => format!("workflow failed: {message}"),
+            (None, Err(trap)) => self.classify_trap(&trap, &stdio, refused_bytes),
+        };
+        // Make sure what the module did is durable before compensating it.
+        if let Err(e) = log.commit(Vec::new()).await {
+            return Err(HostError::Interrupted {
+                run_id: run_id.to_owned(),
+                reason: e.to_string(),
+            });
+        }
+        self.compensate(log, Some(cause)).await
+    }
+
+    /// Finishes every run that is not in a terminal state (after a crash, say).
+    pub async fn resume_unfinished(
+        &self,
+        observer: Observer,
+    ) -> Result<Vec<RunOutcome>, HostError> {
+        let mut outcomes = Vec::new();
+        for run_id in self.inner.journal.unfinished_runs().await? {
+            outcomes.push(self.drive(&run_id, observer.clone()).await?);
+        }
+        Ok(outcomes)
+    }
+
+    async fn load(&self, hash: &str) -> Result<Loaded, HostError> {
+        let bytes = self.inner.journal.module_bytes(hash).await?;
+        Ok(self.inner.engine.load(hash, &bytes)?)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn execute(
+        &self,
+        loaded: &Loaded,
+        log: &mut RunLog,
+        replay: std::collections::HashMap<u32, crate::store::Replayed>,
+        step_names: HashSet<String>,
+        input: &str,
+        started_at_ms: u64,
+    ) -> (
+        wasmtime::Result<Result<String, String>>,
+        RunContext,
+        String,
+        Option<usize>,
+    ) {
+        let limits = &self.inner.limits;
+        let stdout = MemoryOutputPipe::new(limits.payload_bytes_max);
+        let stderr = MemoryOutputPipe::new(limits.payload_bytes_max);
+        // WASI's own clocks and randomness are frozen and seeded from the journal's run data,
+        // so a module reading them behaves identically on replay. Journaled time and
+        // randomness come through the `context` interface.
+        let seed = seed_of(&log.run_id);
+        let wasi = WasiCtxBuilder::new()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .wall_clock(FrozenClock {
+                since_epoch: Duration::from_millis(started_at_ms),
+            })
+            .monotonic_clock(FrozenClock {
+                since_epoch: Duration::ZERO,
+            })
+            .secure_random(rand::rngs::StdRng::seed_from_u64(seed))
+            .insecure_random(rand::rngs::StdRng::seed_from_u64(seed ^ 1))
+            .insecure_random_seed(u128::from(seed))
+            .build();
+        let placeholder = RunLog {
+            journal: log.journal.clone(),
+            run_id: log.run_id.clone(),
+            next_seq: log.next_seq,
+            pending: Vec::new(),
+            observer: log.observer.clone(),
+        };
+        let context = RunContext {
+            host: self.inner.clone(),
+            log: std::mem::replace(log, placeholder),
+            next_call: 0,
+            replay,
+            fatal: None,
+            step_names,
+            leases: Vec::new(),
+        };
+        let state = RunState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter {
+                memory_bytes_max: limits.memory_bytes_max,
+                refused_bytes: None,
+            },
+            run: context,
+        };
+        let mut store = Store::new(self.inner.engine.engine(), state);
+        store.limiter(|state| &mut state.limiter);
+        store.set_epoch_deadline(limits.run_duration_ms_max.div_ceil(EPOCH_TICK_MS).max(1));
+        store.epoch_deadline_trap();
+        let result = async {
+            let workflow = loaded.instantiate_async(&mut store).await?;
+            workflow.call_run(&mut store, input).await
+        }
+        .await;
+        let state = store.into_data();
+        let mut stdio = String::from_utf8_lossy(&stdout.contents()).into_owned();
+        stdio.push_str(&String::from_utf8_lossy(&stderr.contents()));
+        (
+            result,
+            state.run,
+            stdio.trim_end().to_owned(),
+            state.limiter.refused_bytes,
+        )
+    }
+
+    fn classify_trap(
+        &self,
+        trap: &wasmtime::Error,
+        stdio: &str,
+        refused_bytes: Option<usize>,
+    ) -> String {
+        let limits = &self.inner.limits;
+        if let Some(bytes) = refused_bytes {
+            return format!(
+                "memory limit exceeded: the module tried to grow its memory to {bytes} bytes, over memory_bytes_max = {}",
+                limits.memory_bytes_max
+            );
+        }
+        if let Some(wasmtime::Trap::Interrupt) = trap.downcast_ref::<wasmtime::Trap>() {
+            return format!(
+                "deadline exceeded: the module ran longer than run_duration_ms_max = {} ms",
+                limits.run_duration_ms_max
+            );
+        }
+        if let Some((_, panic)) = stdio.split_once("panicked at ") {
+            let message: Vec<&str> = panic.lines().take(2).collect();
+            return format!("module panicked at {}", message.join(": "));
+        }
+        let trap = format!("{trap:#}");
+        format!(
+            "module trapped: {}",
+            trap.lines().next().unwrap_or("unknown trap")
+        )
+    }
+
+    async fn complete(&self, mut log: RunLog, output: String) -> Result<RunOutcome, HostError> {
+        let run_id = log.run_id.clone();
+        let releases = self.release_events(&run_id).await?;
+        let mut events = releases;
+        events.push(Event::Completed {
+            output: output.clone(),
+        });
+        log.commit(events)
+            .await
+            .map_err(|e| HostError::Interrupted {
+                run_id: run_id.clone(),
+                reason: e.to_string(),
+            })?;
+        self.release_locks(&run_id).await;
+        Ok(RunOutcome {
+            run_id,
+            status: RunStatus::Completed,
+            output: Some(output),
+            error: None,
+        })
+    }
+
+    /// Compensates a run from its journal: every completed step (and every step whose outcome
+    /// is unknown and turns out to have applied) is undone, newest first, by the host.
+    /// `cause` is given when the run starts compensating now; `None` continues a
+    /// compensation that was under way.
+    async fn compensate(
+        &self,
+        mut log: RunLog,
+        cause: Option<String>,
+    ) -> Result<RunOutcome, HostError> {
+        let run_id = log.run_id.clone();
+        let interrupted = |e: JournalError| HostError::Interrupted {
+            run_id: run_id.clone(),
+            reason: e.to_string(),
+        };
+        if let Some(cause) = cause {
+            log.commit(vec![Event::Compensating { cause }])
+                .await
+                .map_err(interrupted)?;
+        }
+        let events: Vec<StoredEvent> = self.inner.journal.events(&run_id).await?;
+        let cause = events
+            .iter()
+            .rev()
+            .find_map(|e| match &e.event {
+                Event::Compensating { cause } => Some(cause.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| "compensating".to_owned());
+        let limits = &self.inner.limits;
+        for step in steps_of(&events).into_iter().rev() {
+            let StepState {
+                call,
+                name,
+                action,
+                compensation,
+                mut outcome,
+                compensated,
+            } = step;
+            if compensated {
+                continue;
+            }
+            let op_id = format!("{run_id}/{name}");
+            if outcome == StepOutcome::Unknown {
+                if compensation.is_none() {
+                    // Nothing could undo it, so learning its outcome now would only risk
+                    // applying it: leave it, and say so in the journal's reason below.
+                    continue;
+                }
+                let route = self.inner.participants.route(&action);
+                if let Ok(route) = route {
+                    let request = ParticipantRequest {
+                        op_id: op_id.clone(),
+                        undoes: None,
+                        fencing_tokens: Vec::new(),
+                        call: action.clone(),
+                    };
+                    let after = move |o: &Result<String, CallFailure>| {
+                        Some(Event::StepResolved {
+                            call,
+                            outcome: o.clone(),
+                        })
+                    };
+                    let resolved = log
+                        .call(
+                            &self.inner,
+                            route,
+                            &request,
+                            Vec::new(),
+                            &after,
+                            limits.step_retries_max,
+                            false,
+                        )
+                        .await
+                        .map_err(interrupted)?;
+                    outcome = match resolved {
+                        Ok(_) => StepOutcome::Done,
+                        Err(CallFailure::Unknown(_)) => StepOutcome::Unknown,
+                        Err(_) => StepOutcome::Failed,
+                    };
+                }
+            }
+            if outcome == StepOutcome::Failed {
+                continue;
+            }
+            let Some(compensation) = compensation else {
+                continue;
+            };
+            let route = match self.inner.participants.route(&compensation) {
+                Ok(route) => route,
+                Err(reason) => {
+                    return self
+                        .stuck(
+                            log,
+                            format!("compensation of step '{name}' cannot run: {reason}"),
+                        )
+                        .await;
+                }
+            };
+            let request = ParticipantRequest {
+                op_id: format!("{op_id}.undo"),
+                // An unknown outcome that could not be resolved is undone with tombstone
+                // semantics: the participant undoes it if it applied and fences it otherwise.
+                undoes: Some(op_id),
+                fencing_tokens: Vec::new(),
+                call: compensation,
+            };
+            let after = move |o: &Result<String, CallFailure>| match o {
+                Ok(output) => Some(Event::CompensationDone {
+                    call,
+                    output: output.clone(),
+                }),
+                Err(_) => None,
+            };
+            let result = log
+                .call(
+                    &self.inner,
+                    route,
+                    &request,
+                    Vec::new(),
+                    &after,
+                    limits.compensation_retries_max,
+                    true,
+                )
+                .await
+                .map_err(interrupted)?;
+            if let Err(failure) = result {
+                return self
+                    .stuck(
+                        log,
+                        format!(
+                            "compensation of step '{name}' failed {} times, last: {failure}",
+                            limits.compensation_retries_max
+                        ),
+                    )
+                    .await;
+            }
+        }
+        let mut events = self.release_events(&run_id).await?;
+        events.push(Event::Compensated {
+            cause: cause.clone(),
+        });
+        log.commit(events).await.map_err(interrupted)?;
+        self.release_locks(&run_id).await;
+        Ok(RunOutcome {
+            run_id,
+            status: RunStatus::Compensated,
+            output: None,
+            error: Some(cause),
+        })
+    }
+
+    async fn stuck(&self, mut log: RunLog, reason: String) -> Result<RunOutcome, HostError> {
+        let run_id = log.run_id.clone();
+        log.commit(vec![Event::Stuck {
+            reason: reason.clone(),
+        }])
+        .await
+        .map_err(|e| HostError::Interrupted {
+            run_id: run_id.clone(),
+            reason: e.to_string(),
+        })?;
+        // A stuck run keeps its locks: whatever they protect is in an unknown state until an
+        // operator resolves it.
+        Ok(RunOutcome {
+            run_id,
+            status: RunStatus::Stuck,
+            output: None,
+            error: Some(reason),
+        })
+    }
+
+    /// `lock-released` events for every lease the run still holds by its journal.
+    async fn release_events(&self, run_id: &str) -> Result<Vec<Event>, HostError> {
+        let mut held: Vec<(String, u64)> = Vec::new();
+        for stored in self.inner.journal.events(run_id).await? {
+            match stored.event {
+                Event::LockAcquired {
+                    key, fencing_token, ..
+                } => held.push((key, fencing_token)),
+                Event::LockReleased {
+                    key, fencing_token, ..
+                } => held.retain(|(k, t)| !(k == &key && *t == fencing_token)),
+                _ => {}
+            }
+        }
+        Ok(held
+            .into_iter()
+            .map(|(key, fencing_token)| Event::LockReleased {
+                call: None,
+                key,
+                fencing_token,
+            })
+            .collect())
+    }
+
+    async fn release_locks(&self, run_id: &str) {
+        // A failed release only delays the next holder until the lease expires.
+        let _ = self.inner.locks.release_all(run_id).await;
+    }
+}
+
+/// What the journal says about one step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StepOutcome {
+    Done,
+    Failed,
+    Unknown,
+}
+
+#[derive(Debug)]
+struct StepState {
+    call: u32,
+    name: String,
+    action: crate::event::CallSpec,
+    compensation: Option<crate::event::CallSpec>,
+    outcome: StepOutcome,
+    compensated: bool,
+}
+
+/// The run's steps in journal order with what is known of each.
+fn steps_of(events: &[StoredEvent]) -> Vec<StepState> {
+    let mut steps: Vec<StepState> = Vec::new();
+    let index_of = |steps: &Vec<StepState>, call: u32| steps.iter().position(|s| s.call == call);
+    for stored in events {
+        match &stored.event {
+            Event::StepIntent {
+                call,
+                name,
+                action,
+                compensation,
+            } => steps.push(StepState {
+                call: *call,
+                name: name.clone(),
+                action: action.clone(),
+                compensation: compensation.clone(),
+                outcome: StepOutcome::Unknown,
+                compensated: false,
+            }),
+            Event::StepDone { call, .. } => {
+                if let Some(i) = index_of(&steps, *call) {
+                    steps[i].outcome = StepOutcome::Done;
+                }
+            }
+            Event::StepFailed { call, error }
+            | Event::StepResolved {
+                call,
+                outcome: Err(error),
+            } => {
+                if let Some(i) = index_of(&steps, *call) {
+                    steps[i].outcome = if error.may_have_applied() {
+                        StepOutcome::Unknown
+                    } else {
+                        StepOutcome::Failed
+                    };
+                }
+            }
+            Event::StepResolved {
+                call,
+                outcome: Ok(_),
+            } => {
+                if let Some(i) = index_of(&steps, *call) {
+                    steps[i].outcome = StepOutcome::Done;
+                }
+            }
+            Event::CompensationDone { call, .. } => {
+                if let Some(i) = index_of(&steps, *call) {
+                    steps[i].compensated = true;
+                }
+            }
+            _ => {}
+        }
+    }
+    steps
+}
+
+/// A WASI clock that stands still, so reading it is deterministic.
+struct FrozenClock {
+    since_epoch: Duration,
+}
+
+impl wasmtime_wasi::HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_millis(1)
+    }
+    fn now(&self) -> Duration {
+        self.since_epoch
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000
+    }
+    fn now(&self) -> u64 {
+        self.since_epoch.as_nanos() as u64
+    }
+}
+
+fn seed_of(run_id: &str) -> u64 {
+    let hash = module_hash(run_id.as_bytes());
+    u64::from_str_radix(&hash[..16], 16).expect("a sha256 hex digest starts with 16 hex digits")
+}
+
+/// A new, time-ordered, unique run id.
+pub fn new_run_id() -> String {
+    format!("r-{:012x}-{:08x}", now_ms(), rand::random::<u32>())
+}
+
+fn check_run_id(id: &str) -> Result<(), HostError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(HostError::Input(format!(
+            "run id '{id}' must be 1 to 128 characters of letters, digits, '-', '_', '.' or ':'"
+        )))
+    }
+}

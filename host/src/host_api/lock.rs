@@ -1,0 +1,146 @@
+//! `wasaga:workflow/lock`: leases owned by the run, with fencing tokens. The host releases
+//! whatever the run still holds when it ends.
+
+use crate::bindings::wasaga::workflow::lock::{Host, Lease};
+use crate::event::Event;
+use crate::store::RunState;
+
+impl Host for RunState {
+    async fn acquire(
+        &mut self,
+        key: String,
+        ttl_ms: u32,
+        wait_ms: u32,
+    ) -> wasmtime::Result<Result<Lease, String>> {
+        let run = &mut self.run;
+        let (call, replayed) = run.begin_call();
+        if let Some(replayed) = replayed {
+            return match replayed.first {
+                Event::LockAcquired {
+                    key: k,
+                    ttl_ms: t,
+                    fencing_token,
+                    expires_at_ms,
+                    ..
+                } if k == key && t == ttl_ms => {
+                    run.leases.push(crate::locks::Lease {
+                        key: key.clone(),
+                        owner: run.log.run_id.clone(),
+                        fencing_token,
+                        expires_at_ms,
+                    });
+                    Ok(Ok(Lease {
+                        key,
+                        fencing_token,
+                        expires_at_ms,
+                    }))
+                }
+                Event::LockFailed {
+                    key: k,
+                    ttl_ms: t,
+                    reason,
+                    ..
+                } if k == key && t == ttl_ms => Ok(Err(reason)),
+                other => Err(run.diverged(call, &other, format!("lock acquire '{key}'"))),
+            };
+        }
+        run.check_journal_room(1)?;
+        let limits = &run.host.limits;
+        let event = if ttl_ms == 0 || ttl_ms > limits.lock_ttl_ms_max {
+            Event::LockFailed {
+                call,
+                key: key.clone(),
+                ttl_ms,
+                reason: format!("ttl must be between 1 and {} ms", limits.lock_ttl_ms_max),
+            }
+        } else {
+            let wait_ms = wait_ms.min(limits.lock_wait_ms_max);
+            let host = run.host.clone();
+            match host
+                .locks
+                .acquire(&key, &run.log.run_id, ttl_ms, wait_ms)
+                .await
+            {
+                Ok(lease) => {
+                    let event = Event::LockAcquired {
+                        call,
+                        key: key.clone(),
+                        ttl_ms,
+                        fencing_token: lease.fencing_token,
+                        expires_at_ms: lease.expires_at_ms,
+                    };
+                    run.leases.push(lease);
+                    event
+                }
+                Err(e) => Event::LockFailed {
+                    call,
+                    key: key.clone(),
+                    ttl_ms,
+                    reason: e.to_string(),
+                },
+            }
+        };
+        run.log
+            .commit(vec![event.clone()])
+            .await
+            .map_err(|e| run.interrupted(e))?;
+        Ok(match event {
+            Event::LockAcquired {
+                fencing_token,
+                expires_at_ms,
+                ..
+            } => Ok(Lease {
+                key,
+                fencing_token,
+                expires_at_ms,
+            }),
+            Event::LockFailed { reason, .. } => Err(reason),
+            _ => unreachable!("acquire journals only lock events"),
+        })
+    }
+
+    async fn release(&mut self, lease: Lease) -> wasmtime::Result<Result<(), String>> {
+        let run = &mut self.run;
+        let (call, replayed) = run.begin_call();
+        let held = run
+            .leases
+            .iter()
+            .position(|l| l.key == lease.key && l.fencing_token == lease.fencing_token);
+        if let Some(replayed) = replayed {
+            return match replayed.first {
+                Event::LockReleased {
+                    key, fencing_token, ..
+                } if key == lease.key && fencing_token == lease.fencing_token => {
+                    if let Some(index) = held {
+                        run.leases.swap_remove(index);
+                    }
+                    Ok(Ok(()))
+                }
+                other => Err(run.diverged(call, &other, format!("lock release '{}'", lease.key))),
+            };
+        }
+        let Some(index) = held else {
+            return Ok(Err(format!(
+                "this run does not hold lock '{}' with fencing token {}",
+                lease.key, lease.fencing_token
+            )));
+        };
+        run.check_journal_room(1)?;
+        let held = run.leases.swap_remove(index);
+        let host = run.host.clone();
+        if let Err(e) = host.locks.release(&held).await {
+            // Not fatal: the lease expires, and the host releases by owner at the end.
+            return Ok(Err(e.to_string()));
+        }
+        let event = Event::LockReleased {
+            call: Some(call),
+            key: held.key.clone(),
+            fencing_token: held.fencing_token,
+        };
+        run.log
+            .commit(vec![event])
+            .await
+            .map_err(|e| run.interrupted(e))?;
+        Ok(Ok(()))
+    }
+}

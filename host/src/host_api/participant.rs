@@ -1,0 +1,162 @@
+//! `wasaga:workflow/participant`: saga steps. The step's intent (action and compensation) is
+//! durable before the participant is called; its outcome is durable before the module sees it.
+
+use crate::bindings::wasaga::workflow::participant::Host;
+use crate::bindings::wasaga::workflow::types::{Call, CallError};
+use crate::event::{CallFailure, CallSpec, Event};
+use crate::participants::ParticipantRequest;
+use crate::store::RunState;
+
+impl Host for RunState {
+    async fn step(
+        &mut self,
+        name: String,
+        action: Call,
+        compensation: Option<Call>,
+    ) -> wasmtime::Result<Result<String, CallError>> {
+        let run = &mut self.run;
+        let action = CallSpec::from(action);
+        let compensation = compensation.map(CallSpec::from);
+        let (call, replayed) = run.begin_call();
+        let made = || format!("step '{name}' ({}.{})", action.participant, action.action);
+        let before = match replayed {
+            Some(replayed) => {
+                match &replayed.first {
+                    Event::StepIntent {
+                        name: n,
+                        action: a,
+                        compensation: c,
+                        ..
+                    } if *n == name && *a == action && *c == compensation => {}
+                    other => return Err(run.diverged(call, other, made())),
+                }
+                run.step_names.insert(name.clone());
+                match replayed.result {
+                    Some(Event::StepDone { output, .. }) => return Ok(Ok(output)),
+                    Some(Event::StepFailed { error, .. }) => return Ok(Err(error.into())),
+                    // The intent is journaled but not the outcome (the host died in between):
+                    // repeat the call with the same idempotency key to learn it.
+                    _ => Vec::new(),
+                }
+            }
+            None => {
+                run.check_journal_room(2)?;
+                let intent = Event::StepIntent {
+                    call,
+                    name: name.clone(),
+                    action: action.clone(),
+                    compensation: compensation.clone(),
+                };
+                if let Err(reason) = check_step(run, &name, &action, compensation.as_ref()) {
+                    let failure = CallFailure::Rejected(reason);
+                    let failed = Event::StepFailed {
+                        call,
+                        error: failure.clone(),
+                    };
+                    run.log
+                        .commit(vec![intent, failed])
+                        .await
+                        .map_err(|e| run.interrupted(e))?;
+                    return Ok(Err(failure.into()));
+                }
+                vec![intent]
+            }
+        };
+        run.step_names.insert(name.clone());
+        let route = match run.host.participants.route(&action) {
+            Ok(route) => route,
+            Err(reason) => {
+                // Only reachable on replay under a host whose participants changed.
+                let failure = CallFailure::Rejected(reason);
+                let mut events = before;
+                events.push(Event::StepFailed {
+                    call,
+                    error: failure.clone(),
+                });
+                run.log
+                    .commit(events)
+                    .await
+                    .map_err(|e| run.interrupted(e))?;
+                return Ok(Err(failure.into()));
+            }
+        };
+        let request = ParticipantRequest {
+            op_id: format!("{}/{name}", run.log.run_id),
+            undoes: None,
+            fencing_tokens: run.fencing_tokens(),
+            call: action,
+        };
+        let host = run.host.clone();
+        let payload_bytes_max = host.limits.payload_bytes_max;
+        let after = move |outcome: &Result<String, CallFailure>| {
+            Some(match outcome {
+                Ok(output) if output.len() > payload_bytes_max => Event::StepFailed {
+                    call,
+                    error: CallFailure::Unknown(format!(
+                        "reply of {} bytes exceeds payload_bytes_max = {payload_bytes_max}",
+                        output.len()
+                    )),
+                },
+                Ok(output) => Event::StepDone {
+                    call,
+                    output: output.clone(),
+                },
+                Err(error) => Event::StepFailed {
+                    call,
+                    error: error.clone(),
+                },
+            })
+        };
+        let outcome = run
+            .log
+            .call(
+                &host,
+                route,
+                &request,
+                before,
+                &after,
+                host.limits.step_retries_max,
+                false,
+            )
+            .await
+            .map_err(|e| run.interrupted(e))?;
+        Ok(match outcome {
+            Ok(output) if output.len() > payload_bytes_max => Err(CallError::Unknown(format!(
+                "reply of {} bytes exceeds payload_bytes_max = {payload_bytes_max}",
+                output.len()
+            ))),
+            Ok(output) => Ok(output),
+            Err(failure) => Err(failure.into()),
+        })
+    }
+}
+
+/// Checks a new step before anything is performed; the error is its rejection.
+fn check_step(
+    run: &crate::store::RunContext,
+    name: &str,
+    action: &CallSpec,
+    compensation: Option<&CallSpec>,
+) -> Result<(), String> {
+    if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+        return Err("step names must be 1 to 128 printable characters".to_owned());
+    }
+    if run.step_names.contains(name) {
+        return Err(format!(
+            "step name '{name}' is already used in this run; step names must be unique (they key idempotency)"
+        ));
+    }
+    let max = run.host.limits.payload_bytes_max;
+    for call in std::iter::once(action).chain(compensation) {
+        if call.payload.len() > max {
+            return Err(format!(
+                "payload of {}.{} is {} bytes, over payload_bytes_max = {max}",
+                call.participant,
+                call.action,
+                call.payload.len()
+            ));
+        }
+        run.host.participants.route(call)?;
+    }
+    Ok(())
+}

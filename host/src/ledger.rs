@@ -1,0 +1,647 @@
+//! The built-in `ledger` participant: accounts whose balance never goes below zero, holds
+//! (reserve, capture, void), orders and transaction records, every operation idempotent by its
+//! key.
+//!
+//! Operations run inside a transaction the caller provides, so that when the ledger lives in
+//! the journal's database the ledger write and the step's journal entry commit together.
+//!
+//! Compensations carry the key of the operation they undo. If that operation never applied,
+//! the undo records a tombstone for it instead (so it can never apply later) and succeeds
+//! without moving money: compensating what never happened must not create money.
+
+use crate::journal::now_ms;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use sqlx::{Row, SqliteConnection};
+
+/// The actions a workflow may call on the ledger.
+pub const ACTIONS: &[&str] = &[
+    "debit",
+    "credit",
+    "transfer",
+    "balance",
+    "hold",
+    "capture",
+    "void",
+    "order-create",
+    "order-cancel",
+    "record",
+];
+
+/// A request to the ledger, as the host sends it.
+#[derive(Debug, Clone)]
+pub struct LedgerCall {
+    /// Idempotency key: `run-id/step` for actions, `run-id/step.undo` for compensations.
+    pub op_id: String,
+    /// For a compensation: the key of the operation it undoes.
+    pub undoes: Option<String>,
+    pub action: String,
+    pub payload: String,
+}
+
+/// A business refusal: permanent, recorded, returned again for the same key.
+pub type Rejection = String;
+
+/// One account's state.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Account {
+    pub account: String,
+    pub balance: i64,
+    pub held: i64,
+}
+
+/// Why opening an account failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("account '{0}' already exists")]
+    Exists(String),
+    #[error(
+        "account name must be 1 to 64 characters of letters, digits, '-', '_', '.', ':' or '/'"
+    )]
+    BadName,
+    #[error("opening balance must be between 0 and {}", AMOUNT_MAX)]
+    BadBalance,
+    #[error("ledger database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// The largest amount one operation may move, far below overflow of the balance column.
+pub const AMOUNT_MAX: i64 = 1 << 50;
+
+/// Opens `account` with `balance` (minor units) inside `conn`'s transaction.
+pub async fn open_account(
+    conn: &mut SqliteConnection,
+    account: &str,
+    balance: i64,
+) -> Result<Account, OpenError> {
+    let valid_name = !account.is_empty()
+        && account.len() <= 64
+        && account
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:/".contains(c));
+    if !valid_name {
+        return Err(OpenError::BadName);
+    }
+    if !(0..=AMOUNT_MAX).contains(&balance) {
+        return Err(OpenError::BadBalance);
+    }
+    let inserted = sqlx::query(
+        "INSERT INTO ledger_accounts (account, balance, held, opened_at_ms) VALUES (?, ?, 0, ?)
+         ON CONFLICT (account) DO NOTHING",
+    )
+    .bind(account)
+    .bind(balance)
+    .bind(now_ms() as i64)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        return Err(OpenError::Exists(account.to_owned()));
+    }
+    let op_id = format!("open/{account}");
+    sqlx::query("INSERT INTO ledger_entries (op_id, account, delta) VALUES (?, ?, ?)")
+        .bind(&op_id)
+        .bind(account)
+        .bind(balance)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "INSERT INTO ledger_ops (op_id, action, request, status, reply, at_ms) VALUES (?, 'open', ?, 'applied', '{}', ?)",
+    )
+    .bind(&op_id)
+    .bind(balance.to_string())
+    .bind(now_ms() as i64)
+    .execute(&mut *conn)
+    .await?;
+    Ok(Account {
+        account: account.to_owned(),
+        balance,
+        held: 0,
+    })
+}
+
+/// Every account, by name.
+pub async fn accounts(conn: &mut SqliteConnection) -> Result<Vec<Account>, sqlx::Error> {
+    let rows = sqlx::query("SELECT account, balance, held FROM ledger_accounts ORDER BY account")
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Account {
+            account: r.get(0),
+            balance: r.get(1),
+            held: r.get(2),
+        })
+        .collect())
+}
+
+/// Performs `call` inside `conn`'s transaction. The outer `Result` is a database failure
+/// (nothing was recorded; the caller rolls back); the inner one is the business outcome, which
+/// is recorded under the call's key.
+pub async fn apply(
+    conn: &mut SqliteConnection,
+    call: &LedgerCall,
+) -> Result<Result<String, Rejection>, sqlx::Error> {
+    let request = format!("{} {}", call.action, call.payload);
+    let previous = sqlx::query("SELECT status, request, reply FROM ledger_ops WHERE op_id = ?")
+        .bind(&call.op_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if let Some(row) = previous {
+        let status: String = row.get(0);
+        let first_request: String = row.get(1);
+        let reply: String = row.get(2);
+        if first_request != request && status != "tombstone" {
+            return Ok(Err(format!(
+                "idempotency key {} was already used for a different request ({first_request})",
+                call.op_id
+            )));
+        }
+        return Ok(match status.as_str() {
+            "applied" => Ok(reply),
+            "rejected" => Err(reply),
+            _ => Err(format!(
+                "operation {} was compensated before it ran; it can never apply",
+                call.op_id
+            )),
+        });
+    }
+
+    if let Some(undone) = &call.undoes {
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM ledger_ops WHERE op_id = ?")
+                .bind(undone)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if status.as_deref() != Some("applied") {
+            if status.is_none() {
+                sqlx::query(
+                    "INSERT INTO ledger_ops (op_id, action, request, status, reply, at_ms)
+                     VALUES (?, 'tombstone', '', 'tombstone', '', ?)",
+                )
+                .bind(undone)
+                .bind(now_ms() as i64)
+                .execute(&mut *conn)
+                .await?;
+            }
+            let reply = json!({ "undone": false, "reason": format!("{undone} never applied") });
+            record(conn, call, &request, Ok(reply.to_string())).await?;
+            return Ok(Ok(reply.to_string()));
+        }
+    }
+
+    let outcome = perform(conn, call).await?.map(|reply| reply.to_string());
+    // A refused compensation is not recorded: it must stay retryable (by the host's backoff or
+    // an operator) once the refusal's cause, such as a spent balance, is fixed.
+    if outcome.is_ok() || call.undoes.is_none() {
+        record(conn, call, &request, outcome.clone()).await?;
+    }
+    Ok(outcome)
+}
+
+async fn record(
+    conn: &mut SqliteConnection,
+    call: &LedgerCall,
+    request: &str,
+    outcome: Result<String, Rejection>,
+) -> Result<(), sqlx::Error> {
+    let (status, reply) = match outcome {
+        Ok(reply) => ("applied", reply),
+        Err(reason) => ("rejected", reason),
+    };
+    sqlx::query(
+        "INSERT INTO ledger_ops (op_id, action, request, status, reply, at_ms) VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&call.op_id)
+    .bind(&call.action)
+    .bind(request)
+    .bind(status)
+    .bind(reply)
+    .bind(now_ms() as i64)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    account: String,
+    amount: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Transfer {
+    from: String,
+    to: String,
+    amount: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccountRef {
+    account: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Hold {
+    hold_id: String,
+    account: String,
+    amount: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Capture {
+    hold_id: String,
+    to: String,
+    amount: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HoldRef {
+    hold_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrderCreate {
+    order_id: String,
+    customer: String,
+    merchant: String,
+    amount: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrderRef {
+    order_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Record {
+    reference: String,
+    order_id: String,
+    amount: i64,
+}
+
+fn parse<T: DeserializeOwned>(call: &LedgerCall) -> Result<T, Rejection> {
+    serde_json::from_str(&call.payload)
+        .map_err(|e| format!("invalid payload for ledger.{}: {e}", call.action))
+}
+
+fn check_amount(amount: i64) -> Result<(), Rejection> {
+    if amount <= 0 || amount > AMOUNT_MAX {
+        return Err(format!(
+            "amount {amount} must be between 1 and {AMOUNT_MAX}"
+        ));
+    }
+    Ok(())
+}
+
+type Outcome = Result<Result<Value, Rejection>, sqlx::Error>;
+
+/// Turns a validation failure into a recorded rejection.
+macro_rules! check {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(rejection) => return Ok(Err(rejection)),
+        }
+    };
+}
+
+async fn perform(conn: &mut SqliteConnection, call: &LedgerCall) -> Outcome {
+    match call.action.as_str() {
+        "debit" => {
+            let e: Entry = check!(parse(call));
+            check!(check_amount(e.amount));
+            debit(conn, &call.op_id, &e.account, e.amount).await
+        }
+        "credit" => {
+            let e: Entry = check!(parse(call));
+            check!(check_amount(e.amount));
+            credit(conn, &call.op_id, &e.account, e.amount).await
+        }
+        "transfer" => {
+            let t: Transfer = check!(parse(call));
+            check!(check_amount(t.amount));
+            if t.from == t.to {
+                return Ok(Err("transfer needs two different accounts".to_owned()));
+            }
+            let from = check!(debit(conn, &call.op_id, &t.from, t.amount).await?);
+            let to = check!(credit(conn, &call.op_id, &t.to, t.amount).await?);
+            Ok(Ok(json!({
+                "from": t.from, "to": t.to, "amount": t.amount,
+                "from_balance": from["balance"], "to_balance": to["balance"],
+            })))
+        }
+        "balance" => {
+            let a: AccountRef = check!(parse(call));
+            let account = check!(account(conn, &a.account).await?);
+            Ok(Ok(json!(account)))
+        }
+        "hold" => {
+            let h: Hold = check!(parse(call));
+            check!(check_amount(h.amount));
+            hold(conn, &call.op_id, h).await
+        }
+        "capture" => {
+            let c: Capture = check!(parse(call));
+            check!(check_amount(c.amount));
+            capture(conn, &call.op_id, c).await
+        }
+        "void" => {
+            let v: HoldRef = check!(parse(call));
+            void(conn, &call.op_id, &v.hold_id).await
+        }
+        "order-create" => {
+            let o: OrderCreate = check!(parse(call));
+            check!(check_amount(o.amount));
+            check!(account(conn, &o.customer).await?);
+            check!(account(conn, &o.merchant).await?);
+            let inserted = sqlx::query(
+                "INSERT INTO ledger_orders (order_id, customer, merchant, amount, status)
+                 VALUES (?, ?, ?, ?, 'created') ON CONFLICT (order_id) DO NOTHING",
+            )
+            .bind(&o.order_id)
+            .bind(&o.customer)
+            .bind(&o.merchant)
+            .bind(o.amount)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            if inserted == 0 {
+                return Ok(Err(format!("order {} already exists", o.order_id)));
+            }
+            Ok(Ok(json!({ "order_id": o.order_id, "status": "created" })))
+        }
+        "order-cancel" => {
+            let o: OrderRef = check!(parse(call));
+            sqlx::query("UPDATE ledger_orders SET status = 'cancelled' WHERE order_id = ?")
+                .bind(&o.order_id)
+                .execute(&mut *conn)
+                .await?;
+            Ok(Ok(json!({ "order_id": o.order_id, "status": "cancelled" })))
+        }
+        "record" => {
+            let r: Record = check!(parse(call));
+            check!(check_amount(r.amount));
+            let order = sqlx::query(
+                "SELECT customer, amount, status FROM ledger_orders WHERE order_id = ?",
+            )
+            .bind(&r.order_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+            let Some(order) = order else {
+                return Ok(Err(format!("order {} does not exist", r.order_id)));
+            };
+            let customer: String = order.get(0);
+            let status: String = order.get(2);
+            if status != "created" {
+                return Ok(Err(format!(
+                    "order {} is {status}, not payable",
+                    r.order_id
+                )));
+            }
+            if order.get::<i64, _>(1) != r.amount {
+                return Ok(Err(format!(
+                    "amount {} does not match order {}",
+                    r.amount, r.order_id
+                )));
+            }
+            let existing: Option<String> =
+                sqlx::query_scalar("SELECT order_id FROM ledger_records WHERE reference = ?")
+                    .bind(&r.reference)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            if let Some(other) = existing {
+                return Ok(Err(format!(
+                    "reference {} is already recorded for order {other}: duplicate payment",
+                    r.reference
+                )));
+            }
+            sqlx::query("INSERT INTO ledger_records (reference, order_id, amount, at_ms) VALUES (?, ?, ?, ?)")
+                .bind(&r.reference)
+                .bind(&r.order_id)
+                .bind(r.amount)
+                .bind(now_ms() as i64)
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query("UPDATE ledger_orders SET status = 'paid' WHERE order_id = ?")
+                .bind(&r.order_id)
+                .execute(&mut *conn)
+                .await?;
+            let customer = check!(account(conn, &customer).await?);
+            Ok(Ok(json!({
+                "reference": r.reference, "order_id": r.order_id,
+                "customer_balance": customer.balance,
+            })))
+        }
+        other => Ok(Err(format!(
+            "the ledger has no action '{other}'; it has: {}",
+            ACTIONS.join(", ")
+        ))),
+    }
+}
+
+async fn account(
+    conn: &mut SqliteConnection,
+    name: &str,
+) -> Result<Result<Account, Rejection>, sqlx::Error> {
+    let row = sqlx::query("SELECT balance, held FROM ledger_accounts WHERE account = ?")
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(match row {
+        Some(r) => Ok(Account {
+            account: name.to_owned(),
+            balance: r.get(0),
+            held: r.get(1),
+        }),
+        None => Err(format!("unknown account '{name}'")),
+    })
+}
+
+async fn entry(
+    conn: &mut SqliteConnection,
+    op_id: &str,
+    account: &str,
+    delta: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO ledger_entries (op_id, account, delta) VALUES (?, ?, ?)
+         ON CONFLICT (op_id, account) DO UPDATE SET delta = delta + excluded.delta",
+    )
+    .bind(op_id)
+    .bind(account)
+    .bind(delta)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn debit(conn: &mut SqliteConnection, op_id: &str, account: &str, amount: i64) -> Outcome {
+    let balance: Option<i64> = sqlx::query_scalar(
+        "UPDATE ledger_accounts SET balance = balance - ?1 WHERE account = ?2 AND balance >= ?1
+         RETURNING balance",
+    )
+    .bind(amount)
+    .bind(account)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(balance) = balance else {
+        let current = check!(self::account(conn, account).await?);
+        return Ok(Err(format!(
+            "insufficient funds in '{account}': balance {} is less than {amount}",
+            current.balance
+        )));
+    };
+    entry(conn, op_id, account, -amount).await?;
+    Ok(Ok(json!({ "account": account, "balance": balance })))
+}
+
+async fn credit(conn: &mut SqliteConnection, op_id: &str, account: &str, amount: i64) -> Outcome {
+    let balance: Option<i64> = sqlx::query_scalar(
+        "UPDATE ledger_accounts SET balance = balance + ?1 WHERE account = ?2 AND balance <= ?3 - ?1
+         RETURNING balance",
+    )
+    .bind(amount)
+    .bind(account)
+    .bind(i64::MAX / 2)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(balance) = balance else {
+        check!(self::account(conn, account).await?);
+        return Ok(Err(format!(
+            "credit to '{account}' would overflow its balance"
+        )));
+    };
+    entry(conn, op_id, account, amount).await?;
+    Ok(Ok(json!({ "account": account, "balance": balance })))
+}
+
+async fn hold(conn: &mut SqliteConnection, op_id: &str, h: Hold) -> Outcome {
+    let state: Option<String> =
+        sqlx::query_scalar("SELECT state FROM ledger_holds WHERE hold_id = ?")
+            .bind(&h.hold_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    if let Some(state) = state {
+        return Ok(Err(format!(
+            "hold {} already exists ({state}); a voided hold id can never be reused",
+            h.hold_id
+        )));
+    }
+    let debited = check!(debit(conn, op_id, &h.account, h.amount).await?);
+    sqlx::query("UPDATE ledger_accounts SET held = held + ? WHERE account = ?")
+        .bind(h.amount)
+        .bind(&h.account)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "INSERT INTO ledger_holds (hold_id, account, amount, state) VALUES (?, ?, ?, 'held')",
+    )
+    .bind(&h.hold_id)
+    .bind(&h.account)
+    .bind(h.amount)
+    .execute(&mut *conn)
+    .await?;
+    Ok(Ok(json!({
+        "hold_id": h.hold_id, "account": h.account, "amount": h.amount,
+        "available": debited["balance"],
+    })))
+}
+
+async fn capture(conn: &mut SqliteConnection, op_id: &str, c: Capture) -> Outcome {
+    let row = sqlx::query("SELECT account, amount, state FROM ledger_holds WHERE hold_id = ?")
+        .bind(&c.hold_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(row) = row else {
+        return Ok(Err(format!("hold {} does not exist", c.hold_id)));
+    };
+    let holder: String = row.get(0);
+    let held: i64 = row.get(1);
+    let state: String = row.get(2);
+    if state != "held" {
+        return Ok(Err(format!(
+            "hold {} is {state}, not capturable",
+            c.hold_id
+        )));
+    }
+    if c.amount > held {
+        return Ok(Err(format!(
+            "capture of {} exceeds hold {} of {held}",
+            c.amount, c.hold_id
+        )));
+    }
+    check!(account(conn, &c.to).await?);
+    let released = held - c.amount;
+    sqlx::query(
+        "UPDATE ledger_accounts SET held = held - ?, balance = balance + ? WHERE account = ?",
+    )
+    .bind(held)
+    .bind(released)
+    .bind(&holder)
+    .execute(&mut *conn)
+    .await?;
+    if released > 0 {
+        entry(conn, op_id, &holder, released).await?;
+    }
+    let to = check!(credit(conn, op_id, &c.to, c.amount).await?);
+    sqlx::query("UPDATE ledger_holds SET state = 'captured', captured = ? WHERE hold_id = ?")
+        .bind(c.amount)
+        .bind(&c.hold_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(Ok(json!({
+        "hold_id": c.hold_id, "captured": c.amount, "released": released,
+        "to": c.to, "to_balance": to["balance"],
+    })))
+}
+
+async fn void(conn: &mut SqliteConnection, op_id: &str, hold_id: &str) -> Outcome {
+    let row = sqlx::query("SELECT account, amount, state FROM ledger_holds WHERE hold_id = ?")
+        .bind(hold_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(row) = row else {
+        // Void before hold: fence the id so the hold, if it arrives late, is refused.
+        sqlx::query(
+            "INSERT INTO ledger_holds (hold_id, account, amount, state) VALUES (?, '', 0, 'voided')",
+        )
+        .bind(hold_id)
+        .execute(&mut *conn)
+        .await?;
+        return Ok(Ok(
+            json!({ "hold_id": hold_id, "voided": 0, "note": "no such hold; fenced" }),
+        ));
+    };
+    let holder: String = row.get(0);
+    let amount: i64 = row.get(1);
+    let state: String = row.get(2);
+    if state != "held" {
+        return Ok(Ok(
+            json!({ "hold_id": hold_id, "voided": 0, "state": state }),
+        ));
+    }
+    sqlx::query(
+        "UPDATE ledger_accounts SET held = held - ?1, balance = balance + ?1 WHERE account = ?2",
+    )
+    .bind(amount)
+    .bind(&holder)
+    .execute(&mut *conn)
+    .await?;
+    entry(conn, op_id, &holder, amount).await?;
+    sqlx::query("UPDATE ledger_holds SET state = 'voided' WHERE hold_id = ?")
+        .bind(hold_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(Ok(json!({ "hold_id": hold_id, "voided": amount })))
+}

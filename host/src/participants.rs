@@ -1,0 +1,106 @@
+//! Participants a workflow can call, and how a call reaches them. Today: the built-in ledger,
+//! either in the journal's database (so its writes commit with the journal entry) or in a
+//! database of its own.
+
+use crate::db::Database;
+use crate::event::{CallFailure, CallSpec};
+use crate::ledger::{self, LedgerCall};
+use std::sync::Arc;
+
+/// One call as delivered to a participant.
+#[derive(Debug, Clone)]
+pub struct ParticipantRequest {
+    /// `run-id/step` for an action, `run-id/step.undo` for its compensation.
+    pub op_id: String,
+    /// For a compensation: the key of the action it undoes.
+    pub undoes: Option<String>,
+    /// Fencing tokens of the locks the run holds, `(key, token)`.
+    pub fencing_tokens: Vec<(String, u64)>,
+    pub call: CallSpec,
+}
+
+impl ParticipantRequest {
+    pub(crate) fn ledger_call(&self) -> LedgerCall {
+        LedgerCall {
+            op_id: self.op_id.clone(),
+            undoes: self.undoes.clone(),
+            action: self.call.action.clone(),
+            payload: self.call.payload.clone(),
+        }
+    }
+}
+
+/// The participants configured in this host.
+#[derive(Debug)]
+pub struct Participants {
+    ledger_db: Arc<Database>,
+    ledger_shares_journal: bool,
+}
+
+/// Where a call goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// The ledger in the journal's database: the caller commits the ledger write together
+    /// with the journal entry.
+    LedgerInJournal,
+    /// A participant with its own durability.
+    Separate,
+}
+
+/// The participant names this host knows.
+pub const NAMES: &[&str] = &["ledger"];
+
+impl Participants {
+    pub fn new(ledger_db: Arc<Database>, ledger_shares_journal: bool) -> Self {
+        Participants {
+            ledger_db,
+            ledger_shares_journal,
+        }
+    }
+
+    /// Checks that `call` names a known participant and action; the error is the rejection.
+    pub fn route(&self, call: &CallSpec) -> Result<Route, String> {
+        match call.participant.as_str() {
+            "ledger" => {
+                if !ledger::ACTIONS.contains(&call.action.as_str()) {
+                    return Err(format!(
+                        "the ledger has no action '{}'; it has: {}",
+                        call.action,
+                        ledger::ACTIONS.join(", ")
+                    ));
+                }
+                Ok(if self.ledger_shares_journal {
+                    Route::LedgerInJournal
+                } else {
+                    Route::Separate
+                })
+            }
+            other => Err(format!(
+                "unknown participant '{other}'; this host has: {}",
+                NAMES.join(", ")
+            )),
+        }
+    }
+
+    /// Performs a call on a participant with its own durability ([`Route::Separate`]).
+    pub async fn call(&self, request: &ParticipantRequest) -> Result<String, CallFailure> {
+        // Only the ledger exists so far; `route` has already refused anything else.
+        let unknown = |e: sqlx::Error| {
+            CallFailure::Unknown(format!(
+                "ledger database {}: {e}",
+                self.ledger_db.path().display()
+            ))
+        };
+        let mut tx = self.ledger_db.begin().await.map_err(|e| {
+            CallFailure::Unavailable(format!(
+                "ledger database {}: {e}",
+                self.ledger_db.path().display()
+            ))
+        })?;
+        let outcome = ledger::apply(tx.conn(), &request.ledger_call())
+            .await
+            .map_err(unknown)?;
+        tx.commit().await.map_err(unknown)?;
+        outcome.map_err(CallFailure::Rejected)
+    }
+}

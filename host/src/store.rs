@@ -1,0 +1,350 @@
+//! What a run's wasmtime store holds: the deny-everything WASI context, the memory limiter,
+//! and the run's journal cursor (`RunLog`) plus what replay needs (`RunContext`).
+
+use crate::event::{CallFailure, Event};
+use crate::executor::HostInner;
+use crate::journal::{Journal, JournalError};
+use crate::locks::Lease;
+use crate::participants::{ParticipantRequest, Route};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// Called with every event once it is journaled (or buffered, for context events).
+pub type Observer = Arc<dyn Fn(&str, &Event) + Send + Sync>;
+
+/// An observer that ignores everything.
+pub fn no_observer() -> Observer {
+    Arc::new(|_, _| {})
+}
+
+/// The data of a run's store.
+pub struct RunState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) limiter: MemoryLimiter,
+    pub(crate) run: RunContext,
+}
+
+impl WasiView for RunState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Refuses memory growth past the run's cap and remembers that it did, so the resulting trap
+/// can be reported as what it is.
+pub(crate) struct MemoryLimiter {
+    pub memory_bytes_max: usize,
+    pub refused_bytes: Option<usize>,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes_max {
+            self.refused_bytes = Some(desired);
+            return Err(wasmtime::Error::msg(format!(
+                "memory limit: growing to {desired} bytes exceeds memory_bytes_max = {}",
+                self.memory_bytes_max
+            )));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// Why execution stopped early, decided by the host rather than the module.
+#[derive(Debug, Clone)]
+pub(crate) enum Fatal {
+    /// The run must be compensated for this reason.
+    Failure(String),
+    /// The host could not journal: the run stays unfinished and is resumed later.
+    Interrupted(String),
+}
+
+/// A journaled call found at a call index during replay.
+#[derive(Debug, Clone)]
+pub(crate) struct Replayed {
+    pub first: Event,
+    pub result: Option<Event>,
+}
+
+/// Groups a run's journal into replayable calls by call index.
+pub(crate) fn replay_map(events: &[Event]) -> HashMap<u32, Replayed> {
+    let mut calls = HashMap::new();
+    for event in events {
+        match event {
+            Event::StepDone { call, .. } | Event::StepFailed { call, .. } => {
+                if let Some(replayed) = calls.get_mut(call) {
+                    let replayed: &mut Replayed = replayed;
+                    replayed.result = Some(event.clone());
+                }
+            }
+            other => {
+                if let Some(call) = other.replayed_call() {
+                    calls.insert(
+                        call,
+                        Replayed {
+                            first: other.clone(),
+                            result: None,
+                        },
+                    );
+                }
+            }
+        }
+    }
+    calls
+}
+
+/// The module-facing state of a run: call numbering, replay, and the host's verdicts.
+pub(crate) struct RunContext {
+    pub host: Arc<HostInner>,
+    pub log: RunLog,
+    pub next_call: u32,
+    pub replay: HashMap<u32, Replayed>,
+    pub fatal: Option<Fatal>,
+    pub step_names: HashSet<String>,
+    pub leases: Vec<Lease>,
+}
+
+impl RunContext {
+    /// Numbers the next import call and takes its journaled record, if replaying.
+    pub fn begin_call(&mut self) -> (u32, Option<Replayed>) {
+        let call = self.next_call;
+        self.next_call += 1;
+        (call, self.replay.remove(&call))
+    }
+
+    /// Records that the module's call differs from the journal and returns the trap to raise.
+    pub fn diverged(&mut self, call: u32, journaled: &Event, made: String) -> wasmtime::Error {
+        let message = format!(
+            "nondeterministic: at call {call} the journal has {} but the module made {made}",
+            describe(journaled)
+        );
+        self.fatal = Some(Fatal::Failure(message.clone()));
+        wasmtime::Error::msg(message)
+    }
+
+    /// Stops the module because the host cannot go on right now.
+    pub fn interrupted(&mut self, error: JournalError) -> wasmtime::Error {
+        let message = error.to_string();
+        self.fatal = Some(Fatal::Interrupted(message.clone()));
+        wasmtime::Error::msg(message)
+    }
+
+    /// Stops the module for exceeding a limit.
+    pub fn limit(&mut self, message: String) -> wasmtime::Error {
+        self.fatal = Some(Fatal::Failure(format!("limit exceeded: {message}")));
+        wasmtime::Error::msg(message)
+    }
+
+    /// Refuses a live call that would take the journal past its cap.
+    pub fn check_journal_room(&mut self, events: u32) -> wasmtime::Result<()> {
+        let max = self.host.limits.journal_events_max;
+        if self.log.next_seq as u64 + u64::from(events) > u64::from(max) {
+            return Err(self.limit(format!(
+                "the run's journal would exceed journal_events_max = {max}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Fencing tokens of the locks the run holds.
+    pub fn fencing_tokens(&self) -> Vec<(String, u64)> {
+        self.leases
+            .iter()
+            .map(|l| (l.key.clone(), l.fencing_token))
+            .collect()
+    }
+}
+
+/// A short human description of a journaled call, for nondeterminism reports.
+fn describe(event: &Event) -> String {
+    match event {
+        Event::StepIntent { name, action, .. } => {
+            format!("step '{name}' ({}.{})", action.participant, action.action)
+        }
+        Event::Clock { .. } => "a clock read".to_owned(),
+        Event::Random { .. } => "a random number".to_owned(),
+        Event::Log { message, .. } => format!("log {message:?}"),
+        Event::LockAcquired { key, .. } | Event::LockFailed { key, .. } => {
+            format!("lock acquire '{key}'")
+        }
+        Event::LockReleased { key, .. } => format!("lock release '{key}'"),
+        other => other.kind().to_owned(),
+    }
+}
+
+/// A run's write cursor on the journal: the next seq, events buffered until the next commit,
+/// and the observer to tell.
+pub(crate) struct RunLog {
+    pub journal: Journal,
+    pub run_id: String,
+    pub next_seq: i64,
+    /// Context events (clock, random, log) wait here and commit with the next durable write:
+    /// nothing outside the run has seen them before then, so losing them in a crash is
+    /// harmless, and it saves an fsync each.
+    pub pending: Vec<Event>,
+    pub observer: Observer,
+}
+
+impl RunLog {
+    /// Buffers a context event until the next commit.
+    pub fn buffer(&mut self, event: Event) {
+        (self.observer)(&self.run_id, &event);
+        self.pending.push(event);
+    }
+
+    /// Durably appends the buffered events and then `events`.
+    pub async fn commit(&mut self, events: Vec<Event>) -> Result<(), JournalError> {
+        let mut all = std::mem::take(&mut self.pending);
+        let buffered = all.len();
+        all.extend(events);
+        match self.journal.append(&self.run_id, self.next_seq, &all).await {
+            Ok(next_seq) => {
+                self.next_seq = next_seq;
+                for event in &all[buffered..] {
+                    (self.observer)(&self.run_id, event);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                all.truncate(buffered);
+                self.pending = all;
+                Err(e)
+            }
+        }
+    }
+
+    /// Performs `request` on its participant, journaling `before` durably first and
+    /// `after(outcome)` once the outcome is known. A co-located ledger commits `before`, its
+    /// write and `after` in one transaction. Transient failures (and, with
+    /// `retry_rejections`, refusals) are retried with backoff up to `attempts` times.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn call(
+        &mut self,
+        host: &HostInner,
+        route: Route,
+        request: &ParticipantRequest,
+        before: Vec<Event>,
+        after: &(dyn Fn(&Result<String, CallFailure>) -> Option<Event> + Send + Sync),
+        attempts: u32,
+        retry_rejections: bool,
+    ) -> Result<Result<String, CallFailure>, JournalError> {
+        let attempts = attempts.max(1);
+        let mut backoff_ms = host.limits.retry_backoff_ms_min;
+        match route {
+            Route::LedgerInJournal => {
+                let ledger_call = request.ledger_call();
+                let mut last = String::new();
+                for attempt in 1..=attempts {
+                    match self.ledger_in_journal(&ledger_call, &before, after).await {
+                        Ok(Ok(outcome)) => {
+                            let retry = match &outcome {
+                                Err(CallFailure::Rejected(_)) => retry_rejections,
+                                Err(_) => true,
+                                Ok(_) => false,
+                            };
+                            if !retry || attempt == attempts {
+                                return Ok(outcome);
+                            }
+                            last = outcome.err().map(|e| e.to_string()).unwrap_or_default();
+                        }
+                        Ok(Err(database)) => last = database,
+                        Err(conflict) => return Err(conflict),
+                    }
+                    tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+                    backoff_ms = (backoff_ms * 2).min(host.limits.retry_backoff_ms_max);
+                }
+                let failure = CallFailure::Unavailable(format!(
+                    "ledger database {}: {last}",
+                    self.journal.database().path().display()
+                ));
+                let mut events = before;
+                events.extend(after(&Err(failure.clone())));
+                self.commit(events).await?;
+                Ok(Err(failure))
+            }
+            Route::Separate => {
+                if !before.is_empty() {
+                    self.commit(before).await?;
+                }
+                let mut outcome = host.participants.call(request).await;
+                for _ in 1..attempts {
+                    let retry = match &outcome {
+                        Err(CallFailure::Rejected(_)) => retry_rejections,
+                        Err(_) => true,
+                        Ok(_) => false,
+                    };
+                    if !retry {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+                    backoff_ms = (backoff_ms * 2).min(host.limits.retry_backoff_ms_max);
+                    outcome = host.participants.call(request).await;
+                }
+                if let Some(event) = after(&outcome) {
+                    self.commit(vec![event]).await?;
+                }
+                Ok(outcome)
+            }
+        }
+    }
+
+    /// One attempt of a co-located ledger call: the inner `Err` is a database failure worth
+    /// retrying; the outer one a journal conflict that is not.
+    async fn ledger_in_journal(
+        &mut self,
+        call: &crate::ledger::LedgerCall,
+        before: &[Event],
+        after: &(dyn Fn(&Result<String, CallFailure>) -> Option<Event> + Send + Sync),
+    ) -> Result<Result<Result<String, CallFailure>, String>, JournalError> {
+        let database = self.journal.database().clone();
+        let mut tx = match database.begin().await {
+            Ok(tx) => tx,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        let outcome = match crate::ledger::apply(tx.conn(), call).await {
+            Ok(outcome) => outcome.map_err(CallFailure::Rejected),
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        let mut events: Vec<Event> = self.pending.clone();
+        let buffered = events.len();
+        events.extend(before.iter().cloned());
+        events.extend(after(&outcome));
+        let next_seq = match Journal::append_in(&mut tx, &self.run_id, self.next_seq, &events).await
+        {
+            Ok(next_seq) => next_seq,
+            Err(JournalError::Database(e)) => return Ok(Err(e.to_string())),
+            Err(other) => return Err(other),
+        };
+        if let Err(e) = tx.commit().await {
+            return Ok(Err(e.to_string()));
+        }
+        self.pending.clear();
+        self.next_seq = next_seq;
+        for event in &events[buffered..] {
+            (self.observer)(&self.run_id, event);
+        }
+        Ok(Ok(outcome))
+    }
+}

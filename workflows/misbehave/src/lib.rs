@@ -1,0 +1,64 @@
+//! A deliberately badly behaved workflow for the host's sandbox tests: it moves money with two
+//! steps, then panics, loops forever, allocates without bound, or branches on a journaled
+//! random number, as its input asks.
+
+use guest_sdk::{Error, Saga};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Input {
+    mode: String,
+    from: String,
+    to: String,
+    amount: u64,
+}
+
+fn misbehave(saga: &mut Saga, input: Input) -> Result<Value, Error> {
+    let from = json!({ "account": input.from, "amount": input.amount });
+    let to = json!({ "account": input.to, "amount": input.amount });
+    saga.step("debit")
+        .invoke("ledger", "debit", &from)
+        .compensate_with("ledger", "credit", &from)
+        .run::<Value>()?;
+    if input.mode == "branch" {
+        // Which step comes next depends on a journaled random number: a replay that saw a
+        // different number would take the other branch, which the host must detect.
+        let step = if saga.random() % 2 == 0 {
+            "credit-even"
+        } else {
+            "credit-odd"
+        };
+        saga.step(step)
+            .invoke("ledger", "credit", &to)
+            .compensate_with("ledger", "debit", &to)
+            .run::<Value>()?;
+        return Ok(json!({ "branch": step }));
+    }
+    saga.step("credit")
+        .invoke("ledger", "credit", &to)
+        .compensate_with("ledger", "debit", &to)
+        .run::<Value>()?;
+    saga.log(&format!("misbehaving: {}", input.mode));
+    match input.mode.as_str() {
+        "ok" => Ok(json!({ "mode": "ok" })),
+        "panic" => panic!("deliberate panic after two steps"),
+        "loop" => {
+            let mut n: u64 = 0;
+            loop {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+        }
+        "alloc" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(vec![1u8; 1 << 20]);
+                std::hint::black_box(&hoard);
+            }
+        }
+        other => Err(Error::failed(format!("unknown mode '{other}'"))),
+    }
+}
+
+guest_sdk::export_workflow!(misbehave);

@@ -3,7 +3,7 @@
 //!
 //! A workflow is one function from a JSON-deserialisable input to a JSON-serialisable output:
 //!
-//! ```ignore
+//! ```text
 //! use guest_sdk::{Error, Saga};
 //!
 //! fn transfer(saga: &mut Saga, t: Transfer) -> Result<Receipt, Error> {

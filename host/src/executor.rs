@@ -27,7 +27,7 @@ pub enum HostError {
     Journal(#[from] JournalError),
     #[error(transparent)]
     Open(#[from] crate::db::OpenError),
-    #[error("module refused: {0}")]
+    #[error(transparent)]
     Module(#[from] ModuleError),
     #[error("cannot start the wasm engine: {0}")]
     Engine(String),
@@ -374,8 +374,10 @@ impl Host {
             );
         }
         if let Some((_, panic)) = stdio.split_once("panicked at ") {
-            let message: Vec<&str> = panic.lines().take(2).collect();
-            return format!("module panicked at {}", message.join(": "));
+            let mut lines = panic.lines();
+            let location = lines.next().unwrap_or_default().trim_end_matches(':');
+            let message = lines.next().unwrap_or_default();
+            return format!("module panicked at {location}: {message}");
         }
         let trap = format!("{trap:#}");
         format!(

@@ -1,1 +1,12 @@
-fn main() {}
+//! End-to-end tests: the real `wasaga` binary and host library against real SQLite files,
+//! running the real guest workflows built by `tests/build.rs`.
+
+mod bad_input;
+mod crash;
+mod guests {
+    include!(concat!(env!("OUT_DIR"), "/guests.rs"));
+}
+mod nondeterminism;
+mod sagas;
+mod sandbox;
+mod support;

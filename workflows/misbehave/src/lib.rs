@@ -1,6 +1,6 @@
 //! A deliberately badly behaved workflow for the host's sandbox tests: it moves money with two
 //! steps, then panics, loops forever, allocates without bound, or branches on a journaled
-//! random number, as its input asks.
+//! random number, as its input asks; or it calls what the host must refuse.
 
 use guest_sdk::{Error, Saga};
 use serde::Deserialize;
@@ -16,6 +16,19 @@ struct Input {
 }
 
 fn misbehave(saga: &mut Saga, input: Input) -> Result<Value, Error> {
+    // Calls the host must refuse before anything reaches a participant.
+    match input.mode.as_str() {
+        "unknown-participant" => {
+            return saga.step("pay").invoke("bank", "pay", &json!({})).run();
+        }
+        "unknown-action" => {
+            return saga
+                .step("pay")
+                .invoke("ledger", "teleport", &json!({}))
+                .run();
+        }
+        _ => {}
+    }
     let from = json!({ "account": input.from, "amount": input.amount });
     let to = json!({ "account": input.to, "amount": input.amount });
     saga.step("debit")
@@ -25,7 +38,7 @@ fn misbehave(saga: &mut Saga, input: Input) -> Result<Value, Error> {
     if input.mode == "branch" {
         // Which step comes next depends on a journaled random number: a replay that saw a
         // different number would take the other branch, which the host must detect.
-        let step = if saga.random() % 2 == 0 {
+        let step = if saga.random().is_multiple_of(2) {
             "credit-even"
         } else {
             "credit-odd"
@@ -36,10 +49,24 @@ fn misbehave(saga: &mut Saga, input: Input) -> Result<Value, Error> {
             .run::<Value>()?;
         return Ok(json!({ "branch": step }));
     }
-    saga.step("credit")
+    let credited: Value = saga
+        .step("credit")
         .invoke("ledger", "credit", &to)
         .compensate_with("ledger", "debit", &to)
-        .run::<Value>()?;
+        .run()?;
+    if input.mode == "drain" {
+        // Pays out everything the credited account has, with no compensation, then fails:
+        // the host's undo of `credit` can then never succeed, and the run must end stuck.
+        let balance = credited["balance"].as_u64().unwrap_or(0);
+        saga.step("payout")
+            .invoke(
+                "ledger",
+                "transfer",
+                &json!({ "from": input.to, "to": input.from, "amount": balance }),
+            )
+            .run::<Value>()?;
+        return Err(Error::failed("drained the credited account"));
+    }
     saga.log(&format!("misbehaving: {}", input.mode));
     match input.mode.as_str() {
         "ok" => Ok(json!({ "mode": "ok" })),

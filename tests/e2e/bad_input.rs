@@ -1,0 +1,138 @@
+//! Mistakes a user can make: each gives one line naming the problem and a non-zero exit code,
+//! and nothing reaches the ledger.
+
+use crate::guests::{MISBEHAVE, TRANSFER};
+use crate::support::{Sandbox, last_error_line, rt, sql, text};
+use serde_json::json;
+
+/// Ledger operations recorded so far (opening an account records one).
+fn ledger_ops(s: &Sandbox) -> i64 {
+    rt().block_on(async {
+        let mut conn = sql(&s.ledger_db()).await;
+        sqlx::query_scalar("SELECT COUNT(*) FROM ledger_ops")
+            .fetch_one(&mut conn)
+            .await
+            .expect("count")
+    })
+}
+
+#[test]
+fn bad_files_and_bad_json_are_refused_before_anything_runs() {
+    let s = Sandbox::new("bad-input");
+    s.open("alice", 100);
+    s.open("bob", 100);
+    let not_wasm = s.dir.join("notes.wasm");
+    std::fs::write(&not_wasm, "this is not wasm").expect("write");
+    let core = s.dir.join("core.wasm");
+    // The smallest valid core module: a component is required.
+    std::fs::write(&core, b"\0asm\x01\0\0\0").expect("write");
+    let empty_component = s.dir.join("empty.wasm");
+    std::fs::write(&empty_component, b"\0asm\x0d\0\x01\0").expect("write");
+    let missing = s.dir.join("missing.wasm");
+
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "run".into(),
+                TRANSFER.into(),
+                "--input".into(),
+                "{\"from\": ".into(),
+            ],
+            "input is not valid JSON",
+        ),
+        (
+            vec![
+                "run".into(),
+                TRANSFER.into(),
+                "--input".into(),
+                "@/nonexistent/input.json".into(),
+            ],
+            "cannot read input file",
+        ),
+        (
+            vec!["run".into(), not_wasm.display().to_string()],
+            "not a WebAssembly file",
+        ),
+        (
+            vec!["run".into(), core.display().to_string()],
+            "not a component",
+        ),
+        (
+            vec!["run".into(), empty_component.display().to_string()],
+            "does not export the wasaga workflow world",
+        ),
+        (
+            vec!["run".into(), missing.display().to_string()],
+            "cannot read module",
+        ),
+        (
+            vec!["validate".into(), core.display().to_string()],
+            "not a component",
+        ),
+    ];
+    let ops_before = ledger_ops(&s);
+    for (args, expected) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = s.wasaga(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "{args:?} must fail in one line: {stderr}"
+        );
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: expected {expected:?} in {stderr}"
+        );
+    }
+    assert_eq!(
+        ledger_ops(&s),
+        ops_before,
+        "refused input must not reach the ledger"
+    );
+    assert!(s.runs().is_empty(), "refused input must not start a run");
+}
+
+#[test]
+fn unknown_participants_and_actions_fail_the_step_without_touching_the_ledger() {
+    let s = Sandbox::new("unknown-participant");
+    s.open("alice", 100);
+    s.open("bob", 100);
+    let ops_before = ledger_ops(&s);
+    for (mode, expected) in [
+        ("unknown-participant", "unknown participant 'bank'"),
+        ("unknown-action", "the ledger has no action 'teleport'"),
+    ] {
+        let input = json!({ "mode": mode, "from": "alice", "to": "bob", "amount": 1 }).to_string();
+        let out = s.wasaga(&["run", MISBEHAVE, "--input", &input]);
+        assert_eq!(out.status.code(), Some(3), "{mode}: {}", text(&out));
+        let line = last_error_line(&out);
+        assert!(
+            line.contains(expected),
+            "{mode}: expected {expected:?} in {line}"
+        );
+    }
+    assert_eq!(
+        ledger_ops(&s),
+        ops_before,
+        "nothing may be written to the ledger"
+    );
+    let balances = s.balances();
+    assert_eq!((balances["alice"], balances["bob"]), (100, 100));
+}
+
+#[test]
+fn a_module_with_a_mistyped_input_fails_cleanly() {
+    let s = Sandbox::new("typed-input");
+    s.open("alice", 100);
+    let input = json!({ "from": "alice", "to": "bob" }).to_string();
+    let out = s.wasaga(&["run", TRANSFER, "--input", &input]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        last_error_line(&out).contains("missing field `amount`"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(s.balances()["alice"], 100);
+}

@@ -1,0 +1,78 @@
+//! A module whose step sequence differs on replay is reported as nondeterministic and its
+//! journaled steps are compensated.
+
+use crate::guests::MISBEHAVE;
+use crate::support::{Sandbox, rt, sql, text};
+use serde_json::json;
+use std::os::unix::process::ExitStatusExt;
+
+#[test]
+fn a_replay_that_takes_another_step_is_nondeterministic_and_compensated() {
+    let input = json!({ "mode": "branch", "from": "alice", "to": "bob", "amount": 5 }).to_string();
+    // Find the commit that would complete the run: crash right before it, so the journal
+    // holds both steps but the run is unfinished.
+    for commit in 1..=12 {
+        let s = Sandbox::new("nondeterminism");
+        s.open("alice", 100);
+        s.open("bob", 100);
+        let crash = format!("before:{commit}");
+        let out = s.wasaga(&["run", MISBEHAVE, "--input", &input, "--crash-at", &crash]);
+        assert_eq!(
+            out.status.signal(),
+            Some(9),
+            "commit {commit} must be reached: {}",
+            text(&out)
+        );
+        let runs = s.runs();
+        if runs.is_empty() {
+            continue;
+        }
+        let (run_id, status, _) = &runs[0];
+        let kinds: Vec<String> = s
+            .events(run_id)
+            .iter()
+            .map(|e| e["kind"].as_str().expect("kind").to_owned())
+            .collect();
+        if status != "running" || kinds.iter().filter(|k| *k == "step-done").count() < 2 {
+            continue;
+        }
+        // Make the module see a different random number on replay, as hidden nondeterminism
+        // would: the branch it takes no longer matches the journal.
+        rt().block_on(async {
+            let mut conn = sql(&s.db).await;
+            let body: String =
+                sqlx::query_scalar("SELECT body FROM events WHERE run_id = ? AND kind = 'random'")
+                    .bind(run_id)
+                    .fetch_one(&mut conn)
+                    .await
+                    .expect("random journaled");
+            let mut event: serde_json::Value = serde_json::from_str(&body).expect("json");
+            let value = event["value"].as_u64().expect("value");
+            event["value"] = json!(value ^ 1);
+            sqlx::query("UPDATE events SET body = ? WHERE run_id = ? AND kind = 'random'")
+                .bind(event.to_string())
+                .bind(run_id)
+                .execute(&mut conn)
+                .await
+                .expect("update");
+        });
+        let resumed = s.wasaga(&["resume"]);
+        assert_eq!(resumed.status.code(), Some(3), "{}", text(&resumed));
+        let runs = s.runs();
+        assert_eq!(runs[0].1, "compensated");
+        let reason = runs[0].2.clone().unwrap_or_default();
+        assert!(reason.starts_with("nondeterministic:"), "{reason}");
+        assert!(
+            reason.contains("credit-even") && reason.contains("credit-odd"),
+            "{reason}"
+        );
+        let balances = s.balances();
+        assert_eq!(
+            (balances["alice"], balances["bob"]),
+            (100, 100),
+            "steps undone"
+        );
+        return;
+    }
+    panic!("no crash point left the run unfinished with both steps journaled");
+}

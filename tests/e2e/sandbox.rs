@@ -1,0 +1,104 @@
+//! Misbehaving modules, in one host process: each run ends with a named error, the host
+//! compensates its completed steps, and the same host then completes a normal run.
+
+use crate::guests::MISBEHAVE;
+use crate::support::{Sandbox, assert_ledger_consistent, rt};
+use serde_json::json;
+use wasaga::event::RunStatus;
+use wasaga::store::no_observer;
+use wasaga::{Host, HostConfig};
+
+async fn balances(host: &Host) -> (i64, i64) {
+    let mut conn = host.ledger_db().readers().acquire().await.expect("reader");
+    let accounts = wasaga::ledger::accounts(&mut conn).await.expect("accounts");
+    let of = |name: &str| {
+        accounts
+            .iter()
+            .find(|a| a.account == name)
+            .map(|a| a.balance)
+            .expect("account")
+    };
+    (of("alice"), of("bob"))
+}
+
+#[test]
+fn misbehaving_modules_are_stopped_and_compensated_and_the_host_goes_on() {
+    let s = Sandbox::new("misbehave");
+    rt().block_on(async {
+        let mut config = HostConfig::new(s.db.clone());
+        config.limits.run_duration_ms_max = 1_000;
+        config.limits.memory_bytes_max = 16 << 20;
+        config.limits.concurrent_runs_max = 8;
+        let host = Host::open(&config).await.expect("host opens");
+        {
+            let mut tx = host.ledger_db().begin().await.expect("begin");
+            wasaga::ledger::open_account(tx.conn(), "alice", 1_000)
+                .await
+                .expect("open");
+            wasaga::ledger::open_account(tx.conn(), "bob", 1_000)
+                .await
+                .expect("open");
+            tx.commit().await.expect("commit");
+        }
+        let bytes = std::fs::read(MISBEHAVE).expect("guest built");
+        let hash = host
+            .add_module("misbehave", &bytes)
+            .await
+            .expect("valid module");
+        let cases = [
+            (
+                "panic",
+                "module panicked at",
+                "deliberate panic after two steps",
+            ),
+            ("loop", "deadline exceeded", "run_duration_ms_max = 1000"),
+            (
+                "alloc",
+                "memory limit exceeded",
+                "memory_bytes_max = 16777216",
+            ),
+        ];
+        for (mode, named, detail) in cases {
+            let input =
+                json!({ "mode": mode, "from": "alice", "to": "bob", "amount": 7 }).to_string();
+            let (run_id, _) = host
+                .start(None, "misbehave", &hash, &input)
+                .await
+                .expect("start");
+            let outcome = host.drive(&run_id, no_observer()).await.expect("drive");
+            assert_eq!(
+                outcome.status,
+                RunStatus::Compensated,
+                "{mode}: {outcome:?}"
+            );
+            let error = outcome.error.unwrap_or_default();
+            assert!(
+                error.contains(named) && error.contains(detail),
+                "{mode}: {error}"
+            );
+            assert_eq!(
+                balances(&host).await,
+                (1_000, 1_000),
+                "{mode}: steps must be undone"
+            );
+            let events = host.journal().events(&run_id).await.expect("events");
+            let undone = events
+                .iter()
+                .filter(|e| e.event.kind() == "compensation-done")
+                .count();
+            assert_eq!(
+                undone, 2,
+                "{mode}: both completed steps are compensated by the host"
+            );
+        }
+        let input = json!({ "mode": "ok", "from": "alice", "to": "bob", "amount": 7 }).to_string();
+        let (run_id, _) = host
+            .start(None, "misbehave", &hash, &input)
+            .await
+            .expect("start");
+        let outcome = host.drive(&run_id, no_observer()).await.expect("drive");
+        assert_eq!(outcome.status, RunStatus::Completed, "{outcome:?}");
+        assert_eq!(balances(&host).await, (993, 1_007));
+        assert_ledger_consistent(&s.db).await;
+    });
+}

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const GUESTS: &[&str] = &["transfer", "payment-order", "misbehave"];
+const GUESTS: &[&str] = &["transfer", "payment-order", "misbehave", "bench-transfer"];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));

@@ -66,6 +66,9 @@ enum Command {
     /// Open accounts and read balances of the built-in ledger.
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// Measure: the transfer-saga workload through the real executor, journal and ledger.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Check that a file is a loadable workflow component, without running it.
     Validate {
         /// The component (.wasm).
@@ -86,6 +89,32 @@ struct RunArgs {
     /// Use this run id; starting an existing id again just reports that run.
     #[arg(long)]
     run_id: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Closed-loop transfer sagas (debit, credit, settle; every tenth compensated), then the
+    /// workload's invariants. Uses a fresh journal; never the one given by --db.
+    Transfer {
+        /// Number of transfers.
+        #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+        n: u32,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+        c: u32,
+        /// Seed of the transfer generator.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// The bench-transfer component.
+        #[arg(
+            long,
+            default_value = "target/guests/wasm32-wasip2/release/bench_transfer.wasm"
+        )]
+        module: PathBuf,
+        /// The SQLite file for the benchmark's journal and ledger: deleted and recreated.
+        #[arg(long, default_value = "target/bench/transfer.db")]
+        journal: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -175,6 +204,13 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Runs(RunsCommand::Show { run_id }) => runs_show(g, run_id).await,
         Command::Ledger(command) => ledger(g, command).await,
         Command::Validate { module } => validate(g, module).await,
+        Command::Bench(BenchCommand::Transfer {
+            n,
+            c,
+            seed,
+            module,
+            journal,
+        }) => bench_transfer(g, *n, *c, *seed, module, journal).await,
     }
 }
 
@@ -588,14 +624,11 @@ async fn ledger(g: &Global, command: &LedgerCommand) -> Result<u8, Failure> {
     let db = host.ledger_db().clone();
     match command {
         LedgerCommand::Open { account, balance } => {
-            let mut tx = db.begin().await.map_err(|e| anyhow!(e))?;
-            let opened = wasaga::ledger::open_account(tx.conn(), account, *balance).await;
-            let opened = match opened {
+            let opened = match wasaga::ledger::open(&db, account, *balance).await {
                 Ok(account) => account,
                 Err(wasaga::ledger::OpenError::Database(e)) => return Err(anyhow!(e).into()),
                 Err(e) => return Err(usage(e)),
             };
-            tx.commit().await.map_err(|e| anyhow!(e))?;
             if g.json {
                 println!("{}", json!(opened));
             } else {
@@ -666,4 +699,90 @@ async fn validate(g: &Global, module: &Path) -> Result<u8, Failure> {
         );
     }
     Ok(0)
+}
+
+async fn bench_transfer(
+    g: &Global,
+    n: u32,
+    c: u32,
+    seed: u64,
+    module: &Path,
+    journal: &Path,
+) -> Result<u8, Failure> {
+    let bytes = std::fs::read(module)
+        .with_context(|| {
+            format!(
+                "cannot read the benchmark module {}; build it with ./scripts/bench or `cargo build --release --target wasm32-wasip2 --manifest-path workflows/Cargo.toml --target-dir target/guests`",
+                module.display()
+            )
+        })
+        .map_err(usage)?;
+    if journal == g.db {
+        return Err(usage(anyhow!(
+            "the benchmark deletes its journal first; give --journal a file other than --db"
+        )));
+    }
+    if let Some(dir) = journal.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let progress: Option<Arc<dyn Fn(u32) + Send + Sync>> = if g.json {
+        None
+    } else {
+        eprintln!(
+            "transfer-saga: n={n} c={c} seed={seed} journal=sqlite:{} (synchronous=FULL)",
+            journal.display()
+        );
+        Some(Arc::new(move |done| {
+            let width = 40;
+            let filled = (u64::from(done) * width / u64::from(n.max(1))) as usize;
+            eprint!(
+                "\r  [{}{}] {done}/{n}",
+                "#".repeat(filled),
+                ".".repeat(width as usize - filled)
+            );
+        }))
+    };
+    let report = wasaga::bench::transfer(wasaga::bench::TransferBench {
+        n,
+        c,
+        seed,
+        journal_path: journal.to_owned(),
+        module: bytes,
+        progress,
+    })
+    .await
+    .map_err(host_failure)?;
+    if g.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).map_err(|e| anyhow!(e))?
+        );
+    } else {
+        eprintln!();
+        println!(
+            "transfers    {} ({} succeeded, {} compensated, {} failed at debit)",
+            report.n, report.succeeded, report.compensated, report.failed_debit
+        );
+        println!(
+            "throughput   {:.0} sagas/s over {:.2} s",
+            report.throughput, report.elapsed_s
+        );
+        println!(
+            "latency      p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+            report.p50_ms, report.p95_ms, report.p99_ms, report.max_ms
+        );
+        for invariant in &report.invariants {
+            println!(
+                "invariant    {:<50} {}  ({})",
+                invariant.name,
+                if invariant.ok { "held" } else { "VIOLATED" },
+                invariant.detail
+            );
+        }
+    }
+    Ok(if report.invariants_ok {
+        0
+    } else {
+        EXIT_FAILURE
+    })
 }

@@ -71,3 +71,17 @@ fn die() -> ! {
     }
     unreachable!("SIGKILL cannot be caught");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crash_points_parse_and_refuse_nonsense() {
+        assert_eq!("before:3".parse(), Ok(CrashPoint::BeforeCommit(3)));
+        assert_eq!("after:1".parse(), Ok(CrashPoint::AfterCommit(1)));
+        for bad in ["before:0", "after:x", "during:2", "3"] {
+            assert!(bad.parse::<CrashPoint>().is_err(), "{bad} must be refused");
+        }
+    }
+}

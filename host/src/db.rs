@@ -1,18 +1,29 @@
-//! A wasaga SQLite database: one writer connection behind a lock (SQLite admits one writer at a
-//! time anyway) and a pool of readers. Opening applies the embedded migrations.
+//! A wasaga SQLite database (WAL, `synchronous=FULL`): a pool of readers, and one writer task
+//! that owns the only write connection and commits concurrent writers' work together.
 //!
-//! Write transactions are `BEGIN IMMEDIATE` so they never fail half-way on a lock upgrade,
-//! and every commit passes the crash switch so the crash tests can die right before or after it.
+//! Group commit: the writer takes every job waiting in its queue, runs each inside its own
+//! savepoint of one transaction, and commits once: one fsync for the whole batch. A job whose
+//! work fails is rolled back to its savepoint without touching the others. No job's caller
+//! hears back before the transaction holding its work is durable.
+//!
+//! Every commit passes the crash switch, so the crash tests can die right before or after it.
 
+use crate::BoxFuture;
 use crate::crash::CrashSwitch;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection, SqliteConnection, SqlitePool};
+use std::any::Any;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::{mpsc, oneshot};
 
 /// Schema migrations, applied in order and recorded in `PRAGMA user_version`.
 const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_initial.sql")];
+
+/// Jobs waiting for the writer; senders wait when it is full.
+const WRITE_QUEUE_MAX: usize = 4096;
+/// Jobs committed together at most.
+const BATCH_JOBS_MAX: usize = 512;
 
 /// Why a database could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -22,32 +33,36 @@ pub struct OpenError {
     pub source: sqlx::Error,
 }
 
+/// The work of one writer: runs on the write connection inside a savepoint.
+type Work = Box<
+    dyn for<'c> FnOnce(
+            &'c mut SqliteConnection,
+        ) -> BoxFuture<'c, Result<Box<dyn Any + Send>, Box<dyn Any + Send>>>
+        + Send,
+>;
+
+struct Job {
+    work: Work,
+    reply: oneshot::Sender<Result<Box<dyn Any + Send>, JobFailure>>,
+}
+
+enum JobFailure {
+    /// The job's own work failed; its error value.
+    Work(Box<dyn Any + Send>),
+    /// The batch could not be committed.
+    Commit(String),
+}
+
 /// An open database.
 #[derive(Debug)]
 pub struct Database {
     path: PathBuf,
-    writer: Mutex<Writer>,
+    jobs: mpsc::Sender<Job>,
     readers: SqlitePool,
-    crash: CrashSwitch,
-}
-
-#[derive(Debug)]
-struct Writer {
-    conn: SqliteConnection,
-    /// A transaction was begun and neither committed nor rolled back (its owner was dropped,
-    /// e.g. on an error): the next user rolls it back first.
-    in_transaction: bool,
-}
-
-/// A write transaction holding the writer. Dropping it without [`WriteTx::commit`] rolls it back.
-#[derive(Debug)]
-pub struct WriteTx<'a> {
-    writer: MutexGuard<'a, Writer>,
-    crash: &'a CrashSwitch,
 }
 
 impl Database {
-    /// Opens (creating and migrating if needed) the database at `path`.
+    /// Opens (creating and migrating if needed) the database at `path` and starts its writer.
     pub async fn open(path: &Path, crash: CrashSwitch) -> Result<Self, OpenError> {
         let open_error = |source| OpenError {
             path: path.to_owned(),
@@ -93,14 +108,12 @@ impl Database {
             .connect_with(options.read_only(true))
             .await
             .map_err(open_error)?;
+        let (jobs, queue) = mpsc::channel(WRITE_QUEUE_MAX);
+        tokio::spawn(writer(conn, queue, crash));
         Ok(Database {
             path: path.to_owned(),
-            writer: Mutex::new(Writer {
-                conn,
-                in_transaction: false,
-            }),
+            jobs,
             readers,
-            crash,
         })
     }
 
@@ -113,38 +126,102 @@ impl Database {
         &self.readers
     }
 
-    /// Begins a write transaction, waiting for the writer.
-    pub async fn begin(&self) -> Result<WriteTx<'_>, sqlx::Error> {
-        let mut writer = self.writer.lock().await;
-        if writer.in_transaction {
-            sqlx::raw_sql("ROLLBACK").execute(&mut writer.conn).await?;
-            writer.in_transaction = false;
+    /// Runs `work` in a write transaction and returns its value once that transaction is
+    /// durable. If `work` fails, everything it wrote is rolled back and its error returned.
+    pub async fn write<T, E, F>(&self, work: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<sqlx::Error> + Send + 'static,
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T, E>> + Send + 'static,
+    {
+        let work: Work = Box::new(move |conn| {
+            Box::pin(async move {
+                match work(conn).await {
+                    Ok(value) => Ok(Box::new(value) as Box<dyn Any + Send>),
+                    Err(error) => Err(Box::new(error) as Box<dyn Any + Send>),
+                }
+            })
+        });
+        let (reply, answer) = oneshot::channel();
+        let gone = || E::from(sqlx::Error::PoolClosed);
+        self.jobs
+            .send(Job { work, reply })
+            .await
+            .map_err(|_| gone())?;
+        match answer.await.map_err(|_| gone())? {
+            Ok(value) => Ok(*value
+                .downcast::<T>()
+                .expect("a job's value has the job's type")),
+            Err(JobFailure::Work(error)) => Err(*error
+                .downcast::<E>()
+                .expect("a job's error has the job's type")),
+            Err(JobFailure::Commit(reason)) => Err(E::from(sqlx::Error::Protocol(reason))),
         }
-        sqlx::raw_sql("BEGIN IMMEDIATE")
-            .execute(&mut writer.conn)
-            .await?;
-        writer.in_transaction = true;
-        Ok(WriteTx {
-            writer,
-            crash: &self.crash,
-        })
     }
 }
 
-impl WriteTx<'_> {
-    /// The connection the transaction runs on.
-    pub fn conn(&mut self) -> &mut SqliteConnection {
-        &mut self.writer.conn
+/// The writer task: batches jobs into transactions until every sender is gone.
+async fn writer(mut conn: SqliteConnection, mut queue: mpsc::Receiver<Job>, crash: CrashSwitch) {
+    let mut batch: Vec<Job> = Vec::with_capacity(BATCH_JOBS_MAX);
+    while queue.recv_many(&mut batch, BATCH_JOBS_MAX).await > 0 {
+        let (works, replies): (Vec<Work>, Vec<_>) =
+            batch.drain(..).map(|j| (j.work, j.reply)).unzip();
+        let outcomes = run_batch(&mut conn, works, &crash).await;
+        for (reply, outcome) in replies.into_iter().zip(outcomes) {
+            // A caller that stopped waiting does not need its answer.
+            let _ = reply.send(outcome);
+        }
     }
+}
 
-    /// Makes the transaction durable (`synchronous=FULL`: fsynced before this returns).
-    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
-        self.crash.before_commit();
-        sqlx::raw_sql("COMMIT")
-            .execute(&mut self.writer.conn)
-            .await?;
-        self.writer.in_transaction = false;
-        self.crash.after_commit();
-        Ok(())
+async fn run_batch(
+    conn: &mut SqliteConnection,
+    works: Vec<Work>,
+    crash: &CrashSwitch,
+) -> Vec<Result<Box<dyn Any + Send>, JobFailure>> {
+    let all_failed = |reason: String, n: usize| {
+        (0..n)
+            .map(|_| Err(JobFailure::Commit(reason.clone())))
+            .collect::<Vec<_>>()
+    };
+    if let Err(e) = sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *conn).await {
+        return all_failed(
+            format!("cannot begin a write transaction: {e}"),
+            works.len(),
+        );
     }
+    let jobs = works.len();
+    let mut outcomes = Vec::with_capacity(jobs);
+    for work in works {
+        let outcome = async {
+            sqlx::raw_sql("SAVEPOINT job").execute(&mut *conn).await?;
+            let result = work(conn).await;
+            match &result {
+                Ok(_) => sqlx::raw_sql("RELEASE job").execute(&mut *conn).await?,
+                Err(_) => {
+                    sqlx::raw_sql("ROLLBACK TO job; RELEASE job")
+                        .execute(&mut *conn)
+                        .await?
+                }
+            };
+            Ok::<_, sqlx::Error>(result)
+        }
+        .await;
+        match outcome {
+            Ok(Ok(value)) => outcomes.push(Ok(value)),
+            Ok(Err(error)) => outcomes.push(Err(JobFailure::Work(error))),
+            Err(e) => {
+                // The savepoint machinery itself failed: nothing in this batch can be trusted.
+                let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+                return all_failed(format!("write transaction failed: {e}"), jobs);
+            }
+        }
+    }
+    crash.before_commit();
+    if let Err(e) = sqlx::raw_sql("COMMIT").execute(&mut *conn).await {
+        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+        return all_failed(format!("commit failed: {e}"), jobs);
+    }
+    crash.after_commit();
+    outcomes
 }

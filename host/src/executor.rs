@@ -464,19 +464,20 @@ impl Host {
                         fencing_tokens: Vec::new(),
                         call: action.clone(),
                     };
-                    let after = move |o: &Result<String, CallFailure>| {
-                        Some(Event::StepResolved {
-                            call,
-                            outcome: o.clone(),
-                        })
-                    };
+                    let after: crate::store::After =
+                        Arc::new(move |o: &Result<String, CallFailure>| {
+                            Some(Event::StepResolved {
+                                call,
+                                outcome: o.clone(),
+                            })
+                        });
                     let resolved = log
                         .call(
                             &self.inner,
                             route,
                             &request,
                             Vec::new(),
-                            &after,
+                            after,
                             limits.step_retries_max,
                             false,
                         )
@@ -514,20 +515,21 @@ impl Host {
                 fencing_tokens: Vec::new(),
                 call: compensation,
             };
-            let after = move |o: &Result<String, CallFailure>| match o {
-                Ok(output) => Some(Event::CompensationDone {
-                    call,
-                    output: output.clone(),
-                }),
-                Err(_) => None,
-            };
+            let after: crate::store::After =
+                Arc::new(move |o: &Result<String, CallFailure>| match o {
+                    Ok(output) => Some(Event::CompensationDone {
+                        call,
+                        output: output.clone(),
+                    }),
+                    Err(_) => None,
+                });
             let result = log
                 .call(
                     &self.inner,
                     route,
                     &request,
                     Vec::new(),
-                    &after,
+                    after,
                     limits.compensation_retries_max,
                     true,
                 )
@@ -721,12 +723,12 @@ fn check_run_id(id: &str) -> Result<(), HostError> {
         && id.len() <= 128
         && id
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:/".contains(c));
     if ok {
         Ok(())
     } else {
         Err(HostError::Input(format!(
-            "run id '{id}' must be 1 to 128 characters of letters, digits, '-', '_', '.' or ':'"
+            "run id '{id}' must be 1 to 128 characters of letters, digits, '-', '_', '.', ':' or '/'"
         )))
     }
 }

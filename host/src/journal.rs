@@ -4,7 +4,7 @@
 //! Appends are version-checked: `(run_id, seq)` is unique and the projection's `next_seq`
 //! must match, so two writers can never both append at one position of a run.
 
-use crate::db::{Database, WriteTx};
+use crate::db::Database;
 use crate::event::{Event, RunStatus};
 use serde::Serialize;
 use sqlx::{Row, SqliteConnection};
@@ -107,20 +107,25 @@ impl Journal {
         name: &str,
         bytes: &[u8],
     ) -> Result<(), JournalError> {
-        let mut tx = self.db.begin().await?;
-        sqlx::query(
-            "INSERT INTO modules (hash, name, bytes, size_bytes, deployed_at_ms) VALUES (?, ?, ?, ?, ?)
-             ON CONFLICT (hash) DO NOTHING",
-        )
-        .bind(hash)
-        .bind(name)
-        .bind(bytes)
-        .bind(bytes.len() as i64)
-        .bind(now_ms() as i64)
-        .execute(tx.conn())
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let (hash, name, bytes) = (hash.to_owned(), name.to_owned(), bytes.to_vec());
+        self.db
+            .write(move |conn| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "INSERT INTO modules (hash, name, bytes, size_bytes, deployed_at_ms) VALUES (?, ?, ?, ?, ?)
+                         ON CONFLICT (hash) DO NOTHING",
+                    )
+                    .bind(&hash)
+                    .bind(&name)
+                    .bind(&bytes)
+                    .bind(bytes.len() as i64)
+                    .bind(now_ms() as i64)
+                    .execute(conn)
+                    .await?;
+                    Ok::<_, JournalError>(())
+                })
+            })
+            .await
     }
 
     /// The bytes of a stored module.
@@ -144,35 +149,44 @@ impl Journal {
         else {
             unreachable!("create_run takes a started event");
         };
-        let now = now_ms() as i64;
+        let (run_id, workflow, module_hash, input) = (
+            run_id.to_owned(),
+            workflow.clone(),
+            module_hash.clone(),
+            input.clone(),
+        );
         let body = serde_json::to_string(started).expect("events always serialize");
-        let mut tx = self.db.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO runs (run_id, workflow, module_hash, status, input, created_at_ms, updated_at_ms, next_seq)
-             VALUES (?, ?, ?, 'running', ?, ?, ?, 2) ON CONFLICT (run_id) DO NOTHING",
-        )
-        .bind(run_id)
-        .bind(workflow)
-        .bind(module_hash)
-        .bind(input)
-        .bind(now)
-        .bind(now)
-        .execute(tx.conn())
-        .await?
-        .rows_affected();
-        if inserted == 1 {
-            sqlx::query(
-                "INSERT INTO events (run_id, seq, at_ms, kind, body) VALUES (?, 1, ?, ?, ?)",
-            )
-            .bind(run_id)
-            .bind(now)
-            .bind(started.kind())
-            .bind(&body)
-            .execute(tx.conn())
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(inserted == 1)
+        self.db
+            .write(move |conn| {
+                Box::pin(async move {
+                    let now = now_ms() as i64;
+                    let inserted = sqlx::query(
+                        "INSERT INTO runs (run_id, workflow, module_hash, status, input, created_at_ms, updated_at_ms, next_seq)
+                         VALUES (?, ?, ?, 'running', ?, ?, ?, 2) ON CONFLICT (run_id) DO NOTHING",
+                    )
+                    .bind(&run_id)
+                    .bind(&workflow)
+                    .bind(&module_hash)
+                    .bind(&input)
+                    .bind(now)
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected();
+                    if inserted == 1 {
+                        sqlx::query(
+                            "INSERT INTO events (run_id, seq, at_ms, kind, body) VALUES (?, 1, ?, 'started', ?)",
+                        )
+                        .bind(&run_id)
+                        .bind(now)
+                        .bind(&body)
+                        .execute(&mut *conn)
+                        .await?;
+                    }
+                    Ok::<_, JournalError>(inserted == 1)
+                })
+            })
+            .await
     }
 
     /// Appends `events` to a run at `next_seq` in one durable transaction; returns the next
@@ -181,26 +195,20 @@ impl Journal {
         &self,
         run_id: &str,
         next_seq: i64,
-        events: &[Event],
+        events: Vec<Event>,
     ) -> Result<i64, JournalError> {
-        let mut tx = self.db.begin().await?;
-        let seq = Self::append_in(&mut tx, run_id, next_seq, events).await?;
-        tx.commit().await?;
-        Ok(seq)
-    }
-
-    /// Appends `events` inside `tx` (which may also carry a co-located participant's write).
-    pub async fn append_in(
-        tx: &mut WriteTx<'_>,
-        run_id: &str,
-        next_seq: i64,
-        events: &[Event],
-    ) -> Result<i64, JournalError> {
-        append_events(tx.conn(), run_id, next_seq, events).await
+        let run_id = run_id.to_owned();
+        self.db
+            .write(move |conn| {
+                Box::pin(async move { append_events(conn, &run_id, next_seq, &events).await })
+            })
+            .await
     }
 }
 
-async fn append_events(
+/// Appends `events` at `next_seq` on a connection inside a write transaction (which may also
+/// carry a co-located participant's write); returns the next free seq.
+pub(crate) async fn append_events(
     tx: &mut SqliteConnection,
     run_id: &str,
     next_seq: i64,

@@ -9,6 +9,7 @@
 //! the undo records a tombstone for it instead (so it can never apply later) and succeeds
 //! without moving money: compensating what never happened must not create money.
 
+use crate::db::Database;
 use crate::journal::now_ms;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -68,6 +69,19 @@ pub enum OpenError {
 
 /// The largest amount one operation may move, far below overflow of the balance column.
 pub const AMOUNT_MAX: i64 = 1 << 50;
+
+/// Opens `account` with `balance` (minor units) in its own durable transaction.
+pub async fn open(db: &Database, account: &str, balance: i64) -> Result<Account, OpenError> {
+    let account = account.to_owned();
+    db.write(move |conn| Box::pin(async move { open_account(conn, &account, balance).await }))
+        .await
+}
+
+/// Every account, by name, read outside any write transaction.
+pub async fn list(db: &Database) -> Result<Vec<Account>, sqlx::Error> {
+    let mut conn = db.readers().acquire().await?;
+    accounts(&mut conn).await
+}
 
 /// Opens `account` with `balance` (minor units) inside `conn`'s transaction.
 pub async fn open_account(
@@ -644,4 +658,278 @@ async fn void(conn: &mut SqliteConnection, op_id: &str, hold_id: &str) -> Outcom
         .execute(&mut *conn)
         .await?;
     Ok(Ok(json!({ "hold_id": hold_id, "voided": amount })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crash::CrashSwitch;
+
+    async fn ledger(name: &str) -> (Database, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("wasaga-ledger-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let db = Database::open(&dir.join("ledger.db"), CrashSwitch::default())
+            .await
+            .expect("open");
+        open(&db, "alice", 100).await.expect("open alice");
+        open(&db, "bob", 0).await.expect("open bob");
+        (db, dir)
+    }
+
+    async fn call(
+        db: &Database,
+        op_id: &str,
+        undoes: Option<&str>,
+        action: &str,
+        payload: Value,
+    ) -> Result<String, Rejection> {
+        let call = LedgerCall {
+            op_id: op_id.to_owned(),
+            undoes: undoes.map(str::to_owned),
+            action: action.to_owned(),
+            payload: payload.to_string(),
+        };
+        db.write(move |conn| Box::pin(async move { apply(conn, &call).await }))
+            .await
+            .expect("database")
+    }
+
+    async fn balances(db: &Database) -> Vec<(String, i64, i64)> {
+        list(db)
+            .await
+            .expect("accounts")
+            .into_iter()
+            .map(|a| (a.account, a.balance, a.held))
+            .collect()
+    }
+
+    fn owned(rows: &[(&str, i64, i64)]) -> Vec<(String, i64, i64)> {
+        rows.iter()
+            .map(|(a, b, h)| ((*a).to_owned(), *b, *h))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_repeated_key_applies_once_and_returns_the_first_outcome() {
+        let (db, dir) = ledger("repeat").await;
+        let debit = json!({ "account": "alice", "amount": 30 });
+        let first = call(&db, "r/debit", None, "debit", debit.clone()).await;
+        let second = call(&db, "r/debit", None, "debit", debit).await;
+        assert_eq!(first, second);
+        assert_eq!(
+            balances(&db).await,
+            owned(&[("alice", 70, 0), ("bob", 0, 0)])
+        );
+        let reused = call(
+            &db,
+            "r/debit",
+            None,
+            "debit",
+            json!({ "account": "alice", "amount": 1 }),
+        )
+        .await;
+        assert!(
+            reused
+                .expect_err("must be refused")
+                .contains("already used for a different request")
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_recorded_and_returned_again() {
+        let (db, dir) = ledger("refusal").await;
+        let debit = json!({ "account": "bob", "amount": 5 });
+        let refused = call(&db, "r/debit", None, "debit", debit.clone()).await;
+        assert!(
+            refused
+                .clone()
+                .expect_err("must be refused")
+                .contains("insufficient funds")
+        );
+        call(
+            &db,
+            "r/fund",
+            None,
+            "credit",
+            json!({ "account": "bob", "amount": 50 }),
+        )
+        .await
+        .expect("credit");
+        // Money arrived, but the same key still answers with its first outcome.
+        assert_eq!(call(&db, "r/debit", None, "debit", debit).await, refused);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn undoing_what_never_applied_moves_nothing_and_fences_the_original() {
+        let (db, dir) = ledger("tombstone").await;
+        let debit = json!({ "account": "alice", "amount": 40 });
+        let undo = json!({ "account": "alice", "amount": 40 });
+        let undone = call(&db, "r/debit.undo", Some("r/debit"), "credit", undo)
+            .await
+            .expect("undo");
+        assert!(undone.contains("never applied"), "{undone}");
+        assert_eq!(
+            balances(&db).await,
+            owned(&[("alice", 100, 0), ("bob", 0, 0)])
+        );
+        let late = call(&db, "r/debit", None, "debit", debit).await;
+        assert!(
+            late.expect_err("must be refused")
+                .contains("can never apply")
+        );
+        assert_eq!(
+            balances(&db).await,
+            owned(&[("alice", 100, 0), ("bob", 0, 0)])
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn undoing_what_applied_reverses_it_once() {
+        let (db, dir) = ledger("undo").await;
+        let entry = json!({ "account": "alice", "amount": 40 });
+        call(&db, "r/debit", None, "debit", entry.clone())
+            .await
+            .expect("debit");
+        for _ in 0..2 {
+            call(
+                &db,
+                "r/debit.undo",
+                Some("r/debit"),
+                "credit",
+                entry.clone(),
+            )
+            .await
+            .expect("undo");
+        }
+        assert_eq!(
+            balances(&db).await,
+            owned(&[("alice", 100, 0), ("bob", 0, 0)])
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_refused_compensation_stays_retryable() {
+        let (db, dir) = ledger("retryable").await;
+        let entry = json!({ "account": "bob", "amount": 10 });
+        call(&db, "r/credit", None, "credit", entry.clone())
+            .await
+            .expect("credit");
+        call(&db, "x/spend", None, "debit", entry.clone())
+            .await
+            .expect("spend");
+        let refused = call(
+            &db,
+            "r/credit.undo",
+            Some("r/credit"),
+            "debit",
+            entry.clone(),
+        )
+        .await;
+        assert!(
+            refused
+                .expect_err("must be refused")
+                .contains("insufficient funds")
+        );
+        call(&db, "x/refill", None, "credit", entry.clone())
+            .await
+            .expect("refill");
+        call(&db, "r/credit.undo", Some("r/credit"), "debit", entry)
+            .await
+            .expect("retry succeeds");
+        assert_eq!(
+            balances(&db).await,
+            owned(&[("alice", 100, 0), ("bob", 0, 0)])
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn holds_capture_partially_and_void_before_hold_fences_the_hold() {
+        let (db, dir) = ledger("holds").await;
+        let hold = json!({ "hold_id": "h1", "account": "alice", "amount": 60 });
+        call(&db, "r/hold", None, "hold", hold).await.expect("hold");
+        assert_eq!(
+            balances(&db).await,
+            owned(&[("alice", 40, 60), ("bob", 0, 0)])
+        );
+        let captured = call(
+            &db,
+            "r/capture",
+            None,
+            "capture",
+            json!({ "hold_id": "h1", "to": "bob", "amount": 25 }),
+        )
+        .await
+        .expect("capture");
+        assert!(captured.contains("\"released\":35"), "{captured}");
+        assert_eq!(
+            balances(&db).await,
+            owned(&[("alice", 75, 0), ("bob", 25, 0)])
+        );
+
+        // A void that arrives before its hold succeeds and makes the late hold fail.
+        call(&db, "s/void", None, "void", json!({ "hold_id": "h2" }))
+            .await
+            .expect("empty void");
+        let late = call(
+            &db,
+            "s/hold",
+            None,
+            "hold",
+            json!({ "hold_id": "h2", "account": "alice", "amount": 5 }),
+        )
+        .await;
+        assert!(
+            late.expect_err("must be refused")
+                .contains("already exists (voided)")
+        );
+        assert_eq!(
+            balances(&db).await,
+            owned(&[("alice", 75, 0), ("bob", 25, 0)])
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn bad_requests_are_refused_with_the_reason() {
+        let (db, dir) = ledger("bad").await;
+        let cases = [
+            (
+                "debit",
+                json!({ "account": "alice" }),
+                "missing field `amount`",
+            ),
+            (
+                "debit",
+                json!({ "account": "alice", "amount": 0 }),
+                "must be between 1",
+            ),
+            (
+                "debit",
+                json!({ "account": "carol", "amount": 1 }),
+                "unknown account 'carol'",
+            ),
+            (
+                "transfer",
+                json!({ "from": "alice", "to": "alice", "amount": 1 }),
+                "two different accounts",
+            ),
+            ("teleport", json!({}), "no action 'teleport'"),
+        ];
+        for (i, (action, payload, expected)) in cases.into_iter().enumerate() {
+            let refused = call(&db, &format!("r/{i}"), None, action, payload).await;
+            let reason = refused.expect_err("must be refused");
+            assert!(reason.contains(expected), "{action}: {reason}");
+        }
+        assert_eq!(
+            balances(&db).await,
+            owned(&[("alice", 100, 0), ("bob", 0, 0)])
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -72,37 +72,60 @@ impl DatabaseLocks {
         owner: &str,
         ttl_ms: u32,
     ) -> Result<Result<Lease, String>, sqlx::Error> {
-        let now = now_ms();
-        let expires_at_ms = now + u64::from(ttl_ms);
-        let mut tx = self.db.begin().await?;
-        let token: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO locks (key, owner, token, expires_at_ms) VALUES (?1, ?2, 1, ?3)
-             ON CONFLICT (key) DO UPDATE SET owner = ?2, token = token + 1, expires_at_ms = ?3
-             WHERE owner IS NULL OR expires_at_ms < ?4 OR owner = ?2
-             RETURNING token",
-        )
-        .bind(key)
-        .bind(owner)
-        .bind(expires_at_ms as i64)
-        .bind(now as i64)
-        .fetch_optional(tx.conn())
-        .await?;
-        let outcome = match token {
-            Some(token) => Ok(Lease {
-                key: key.to_owned(),
-                owner: owner.to_owned(),
-                fencing_token: token as u64,
-                expires_at_ms,
-            }),
-            None => Err(sqlx::query_scalar("SELECT owner FROM locks WHERE key = ?")
-                .bind(key)
-                .fetch_optional(tx.conn())
-                .await?
-                .flatten()
-                .unwrap_or_else(|| "another run".to_owned())),
-        };
-        tx.commit().await?;
-        Ok(outcome)
+        let (key, owner) = (key.to_owned(), owner.to_owned());
+        self.db
+            .write(move |conn| {
+                Box::pin(async move {
+                    let now = now_ms();
+                    let expires_at_ms = now + u64::from(ttl_ms);
+                    let token: Option<i64> = sqlx::query_scalar(
+                        "INSERT INTO locks (key, owner, token, expires_at_ms) VALUES (?1, ?2, 1, ?3)
+                         ON CONFLICT (key) DO UPDATE SET owner = ?2, token = token + 1, expires_at_ms = ?3
+                         WHERE owner IS NULL OR expires_at_ms < ?4 OR owner = ?2
+                         RETURNING token",
+                    )
+                    .bind(&key)
+                    .bind(&owner)
+                    .bind(expires_at_ms as i64)
+                    .bind(now as i64)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                    Ok(match token {
+                        Some(token) => {
+                            Ok(Lease { key, owner, fencing_token: token as u64, expires_at_ms })
+                        }
+                        None => Err(sqlx::query_scalar("SELECT owner FROM locks WHERE key = ?")
+                            .bind(&key)
+                            .fetch_optional(&mut *conn)
+                            .await?
+                            .flatten()
+                            .unwrap_or_else(|| "another run".to_owned())),
+                    })
+                })
+            })
+            .await
+    }
+
+    async fn clear(&self, owner: String, lease: Option<(String, u64)>) -> Result<(), LockError> {
+        self.db
+            .write(move |conn| {
+                Box::pin(async move {
+                    let query = match &lease {
+                        Some((key, token)) => sqlx::query(
+                            "UPDATE locks SET owner = NULL, expires_at_ms = 0 WHERE owner = ? AND key = ? AND token = ?",
+                        )
+                        .bind(&owner)
+                        .bind(key)
+                        .bind(*token as i64),
+                        None => sqlx::query("UPDATE locks SET owner = NULL, expires_at_ms = 0 WHERE owner = ?")
+                            .bind(&owner),
+                    };
+                    query.execute(conn).await?;
+                    Ok::<_, sqlx::Error>(())
+                })
+            })
+            .await
+            .map_err(|e| self.backend_error(e))
     }
 }
 
@@ -142,30 +165,11 @@ impl LockService for DatabaseLocks {
     }
 
     fn release<'a>(&'a self, lease: &'a Lease) -> crate::BoxFuture<'a, Result<(), LockError>> {
-        Box::pin(async move {
-            let mut tx = self.db.begin().await.map_err(|e| self.backend_error(e))?;
-            sqlx::query(
-                "UPDATE locks SET owner = NULL, expires_at_ms = 0 WHERE key = ? AND owner = ? AND token = ?",
-            )
-            .bind(&lease.key)
-            .bind(&lease.owner)
-            .bind(lease.fencing_token as i64)
-            .execute(tx.conn())
-            .await
-            .map_err(|e| self.backend_error(e))?;
-            tx.commit().await.map_err(|e| self.backend_error(e))
-        })
+        let target = Some((lease.key.clone(), lease.fencing_token));
+        Box::pin(self.clear(lease.owner.clone(), target))
     }
 
     fn release_all<'a>(&'a self, owner: &'a str) -> crate::BoxFuture<'a, Result<(), LockError>> {
-        Box::pin(async move {
-            let mut tx = self.db.begin().await.map_err(|e| self.backend_error(e))?;
-            sqlx::query("UPDATE locks SET owner = NULL, expires_at_ms = 0 WHERE owner = ?")
-                .bind(owner)
-                .execute(tx.conn())
-                .await
-                .map_err(|e| self.backend_error(e))?;
-            tx.commit().await.map_err(|e| self.backend_error(e))
-        })
+        Box::pin(self.clear(owner.to_owned(), None))
     }
 }

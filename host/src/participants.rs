@@ -85,22 +85,17 @@ impl Participants {
     /// Performs a call on a participant with its own durability ([`Route::Separate`]).
     pub async fn call(&self, request: &ParticipantRequest) -> Result<String, CallFailure> {
         // Only the ledger exists so far; `route` has already refused anything else.
-        let unknown = |e: sqlx::Error| {
-            CallFailure::Unknown(format!(
-                "ledger database {}: {e}",
-                self.ledger_db.path().display()
-            ))
-        };
-        let mut tx = self.ledger_db.begin().await.map_err(|e| {
-            CallFailure::Unavailable(format!(
-                "ledger database {}: {e}",
-                self.ledger_db.path().display()
-            ))
-        })?;
-        let outcome = ledger::apply(tx.conn(), &request.ledger_call())
+        let call = request.ledger_call();
+        let outcome = self
+            .ledger_db
+            .write(move |conn| Box::pin(async move { ledger::apply(conn, &call).await }))
             .await
-            .map_err(unknown)?;
-        tx.commit().await.map_err(unknown)?;
+            .map_err(|e: sqlx::Error| {
+                CallFailure::Unknown(format!(
+                    "ledger database {}: {e}",
+                    self.ledger_db.path().display()
+                ))
+            })?;
         outcome.map_err(CallFailure::Rejected)
     }
 }

@@ -216,23 +216,20 @@ impl RunLog {
 
     /// Durably appends the buffered events and then `events`.
     pub async fn commit(&mut self, events: Vec<Event>) -> Result<(), JournalError> {
-        let mut all = std::mem::take(&mut self.pending);
-        let buffered = all.len();
-        all.extend(events);
-        match self.journal.append(&self.run_id, self.next_seq, &all).await {
-            Ok(next_seq) => {
-                self.next_seq = next_seq;
-                for event in &all[buffered..] {
-                    (self.observer)(&self.run_id, event);
-                }
-                Ok(())
-            }
-            Err(e) => {
-                all.truncate(buffered);
-                self.pending = all;
-                Err(e)
-            }
+        if events.is_empty() && self.pending.is_empty() {
+            return Ok(());
         }
+        let mut all = self.pending.clone();
+        all.extend(events.iter().cloned());
+        self.next_seq = self
+            .journal
+            .append(&self.run_id, self.next_seq, all)
+            .await?;
+        self.pending.clear();
+        for event in &events {
+            (self.observer)(&self.run_id, event);
+        }
+        Ok(())
     }
 
     /// Performs `request` on its participant, journaling `before` durably first and
@@ -246,7 +243,7 @@ impl RunLog {
         route: Route,
         request: &ParticipantRequest,
         before: Vec<Event>,
-        after: &(dyn Fn(&Result<String, CallFailure>) -> Option<Event> + Send + Sync),
+        after: After,
         attempts: u32,
         retry_rejections: bool,
     ) -> Result<Result<String, CallFailure>, JournalError> {
@@ -257,7 +254,7 @@ impl RunLog {
                 let ledger_call = request.ledger_call();
                 let mut last = String::new();
                 for attempt in 1..=attempts {
-                    match self.ledger_in_journal(&ledger_call, &before, after).await {
+                    match self.ledger_in_journal(&ledger_call, &before, &after).await {
                         Ok(Ok(outcome)) => {
                             let retry = match &outcome {
                                 Err(CallFailure::Rejected(_)) => retry_rejections,
@@ -316,30 +313,33 @@ impl RunLog {
         &mut self,
         call: &crate::ledger::LedgerCall,
         before: &[Event],
-        after: &(dyn Fn(&Result<String, CallFailure>) -> Option<Event> + Send + Sync),
+        after: &After,
     ) -> Result<Result<Result<String, CallFailure>, String>, JournalError> {
         let database = self.journal.database().clone();
-        let mut tx = match database.begin().await {
-            Ok(tx) => tx,
-            Err(e) => return Ok(Err(e.to_string())),
-        };
-        let outcome = match crate::ledger::apply(tx.conn(), call).await {
-            Ok(outcome) => outcome.map_err(CallFailure::Rejected),
-            Err(e) => return Ok(Err(e.to_string())),
-        };
-        let mut events: Vec<Event> = self.pending.clone();
-        let buffered = events.len();
-        events.extend(before.iter().cloned());
-        events.extend(after(&outcome));
-        let next_seq = match Journal::append_in(&mut tx, &self.run_id, self.next_seq, &events).await
-        {
-            Ok(next_seq) => next_seq,
+        let (call, run_id, next_seq) = (call.clone(), self.run_id.clone(), self.next_seq);
+        let mut first = self.pending.clone();
+        first.extend(before.iter().cloned());
+        let after = after.clone();
+        let written = database
+            .write(move |conn| {
+                Box::pin(async move {
+                    let outcome = crate::ledger::apply(conn, &call)
+                        .await?
+                        .map_err(CallFailure::Rejected);
+                    let mut events = first;
+                    events.extend(after(&outcome));
+                    let next_seq =
+                        crate::journal::append_events(conn, &run_id, next_seq, &events).await?;
+                    Ok::<_, JournalError>((outcome, events, next_seq))
+                })
+            })
+            .await;
+        let (outcome, events, next_seq) = match written {
+            Ok(written) => written,
             Err(JournalError::Database(e)) => return Ok(Err(e.to_string())),
             Err(other) => return Err(other),
         };
-        if let Err(e) = tx.commit().await {
-            return Ok(Err(e.to_string()));
-        }
+        let buffered = self.pending.len();
         self.pending.clear();
         self.next_seq = next_seq;
         for event in &events[buffered..] {
@@ -348,3 +348,6 @@ impl RunLog {
         Ok(Ok(outcome))
     }
 }
+
+/// Makes the journal event that records a call's outcome, if any.
+pub(crate) type After = Arc<dyn Fn(&Result<String, CallFailure>) -> Option<Event> + Send + Sync>;

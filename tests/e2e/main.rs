@@ -2,6 +2,7 @@
 //! running the real guest workflows built by `tests/build.rs`.
 
 mod bad_input;
+mod bench;
 mod crash;
 mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));

@@ -1,4 +1,5 @@
-//! Misbehaving modules, in one host process: each run ends with a named error, the host
+//! Misbehaving modules (panic, endless loop, unbounded allocation, oversized payload, endless
+//! journal), in one host process: each run ends with a named error, the host
 //! compensates its completed steps, and the same host then completes a normal run.
 
 use crate::guests::MISBEHAVE;
@@ -9,8 +10,9 @@ use wasaga::store::no_observer;
 use wasaga::{Host, HostConfig};
 
 async fn balances(host: &Host) -> (i64, i64) {
-    let mut conn = host.ledger_db().readers().acquire().await.expect("reader");
-    let accounts = wasaga::ledger::accounts(&mut conn).await.expect("accounts");
+    let accounts = wasaga::ledger::list(host.ledger_db())
+        .await
+        .expect("accounts");
     let of = |name: &str| {
         accounts
             .iter()
@@ -29,17 +31,15 @@ fn misbehaving_modules_are_stopped_and_compensated_and_the_host_goes_on() {
         config.limits.run_duration_ms_max = 1_000;
         config.limits.memory_bytes_max = 16 << 20;
         config.limits.concurrent_runs_max = 8;
+        config.limits.payload_bytes_max = 64 << 10;
+        config.limits.journal_events_max = 200;
         let host = Host::open(&config).await.expect("host opens");
-        {
-            let mut tx = host.ledger_db().begin().await.expect("begin");
-            wasaga::ledger::open_account(tx.conn(), "alice", 1_000)
-                .await
-                .expect("open");
-            wasaga::ledger::open_account(tx.conn(), "bob", 1_000)
-                .await
-                .expect("open");
-            tx.commit().await.expect("commit");
-        }
+        wasaga::ledger::open(host.ledger_db(), "alice", 1_000)
+            .await
+            .expect("open");
+        wasaga::ledger::open(host.ledger_db(), "bob", 1_000)
+            .await
+            .expect("open");
         let bytes = std::fs::read(MISBEHAVE).expect("guest built");
         let hash = host
             .add_module("misbehave", &bytes)

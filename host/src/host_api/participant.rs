@@ -88,25 +88,26 @@ impl Host for RunState {
         };
         let host = run.host.clone();
         let payload_bytes_max = host.limits.payload_bytes_max;
-        let after = move |outcome: &Result<String, CallFailure>| {
-            Some(match outcome {
-                Ok(output) if output.len() > payload_bytes_max => Event::StepFailed {
-                    call,
-                    error: CallFailure::Unknown(format!(
-                        "reply of {} bytes exceeds payload_bytes_max = {payload_bytes_max}",
-                        output.len()
-                    )),
-                },
-                Ok(output) => Event::StepDone {
-                    call,
-                    output: output.clone(),
-                },
-                Err(error) => Event::StepFailed {
-                    call,
-                    error: error.clone(),
-                },
-            })
-        };
+        let after: crate::store::After =
+            std::sync::Arc::new(move |outcome: &Result<String, CallFailure>| {
+                Some(match outcome {
+                    Ok(output) if output.len() > payload_bytes_max => Event::StepFailed {
+                        call,
+                        error: CallFailure::Unknown(format!(
+                            "reply of {} bytes exceeds payload_bytes_max = {payload_bytes_max}",
+                            output.len()
+                        )),
+                    },
+                    Ok(output) => Event::StepDone {
+                        call,
+                        output: output.clone(),
+                    },
+                    Err(error) => Event::StepFailed {
+                        call,
+                        error: error.clone(),
+                    },
+                })
+            });
         let outcome = run
             .log
             .call(
@@ -114,7 +115,7 @@ impl Host for RunState {
                 route,
                 &request,
                 before,
-                &after,
+                after,
                 host.limits.step_retries_max,
                 false,
             )

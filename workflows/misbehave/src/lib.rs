@@ -1,6 +1,6 @@
 //! A deliberately badly behaved workflow for the host's sandbox tests: it moves money with two
 //! steps, then panics, loops forever, allocates without bound, or branches on a journaled
-//! random number, as its input asks; or it calls what the host must refuse.
+//! random number, sends an oversized payload or logs without end, as its input asks; or it calls what the host must refuse.
 
 use guest_sdk::{Error, Saga};
 use serde::Deserialize;
@@ -70,6 +70,22 @@ fn misbehave(saga: &mut Saga, input: Input) -> Result<Value, Error> {
     saga.log(&format!("misbehaving: {}", input.mode));
     match input.mode.as_str() {
         "ok" => Ok(json!({ "mode": "ok" })),
+        "big" => {
+            let memo = "x".repeat(1 << 20);
+            saga.step("annotate")
+                .invoke(
+                    "ledger",
+                    "balance",
+                    &json!({ "account": input.from, "memo": memo }),
+                )
+                .run()
+        }
+        "chatty" => {
+            for i in 0..1_000 {
+                saga.log(&format!("chatter {i}"));
+            }
+            Ok(json!({ "mode": "chatty" }))
+        }
         "panic" => panic!("deliberate panic after two steps"),
         "loop" => {
             let mut n: u64 = 0;

@@ -1,0 +1,434 @@
+//! `wasaga bench transfer`: the transfer-saga workload (shared/WORKLOAD.md) through the real
+//! executor, journal and ledger, with a closed-loop driver, latency percentiles and the
+//! workload's invariants checked afterwards.
+
+use crate::config::HostConfig;
+use crate::event::RunStatus;
+use crate::executor::{Host, HostError};
+use crate::store::no_observer;
+use rand::{RngExt, SeedableRng};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Accounts in the workload, ids 1..=ACCOUNTS.
+pub const ACCOUNTS: u32 = 1_000;
+/// Every account's opening balance.
+pub const OPENING_BALANCE: i64 = 1_000_000;
+
+/// What to run.
+#[derive(Clone)]
+pub struct TransferBench {
+    pub n: u32,
+    pub c: u32,
+    pub seed: u64,
+    /// The journal (and ledger) file; deleted and recreated before the run.
+    pub journal_path: PathBuf,
+    /// The bench-transfer workflow component.
+    pub module: Vec<u8>,
+    /// Called now and then with the number of finished transfers.
+    pub progress: Option<Arc<dyn Fn(u32) + Send + Sync>>,
+}
+
+impl std::fmt::Debug for TransferBench {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransferBench")
+            .field("n", &self.n)
+            .field("c", &self.c)
+            .field("seed", &self.seed)
+            .field("journal_path", &self.journal_path)
+            .finish()
+    }
+}
+
+/// One checked invariant.
+#[derive(Debug, Clone, Serialize)]
+pub struct Invariant {
+    pub name: &'static str,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// What the benchmark measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct TransferReport {
+    pub engine: &'static str,
+    pub n: u32,
+    pub c: u32,
+    pub seed: u64,
+    pub throughput: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub elapsed_s: f64,
+    pub invariants_ok: bool,
+    pub succeeded: u32,
+    pub compensated: u32,
+    pub failed_debit: u32,
+    pub journal: &'static str,
+    pub invariants: Vec<Invariant>,
+}
+
+#[derive(Debug, Clone)]
+struct Transfer {
+    from: u32,
+    to: u32,
+    amount: i64,
+}
+
+fn workload(n: u32, seed: u64) -> Vec<Transfer> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            let from = rng.random_range(1..=ACCOUNTS);
+            let mut to = rng.random_range(1..ACCOUNTS);
+            if to >= from {
+                to += 1;
+            }
+            Transfer {
+                from,
+                to,
+                amount: rng.random_range(1..=100),
+            }
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Missing,
+    Succeeded,
+    FailedDebit,
+    Compensated,
+    Other,
+}
+
+/// Runs the workload and checks its invariants.
+pub async fn transfer(bench: TransferBench) -> Result<TransferReport, HostError> {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = bench.journal_path.clone().into_os_string();
+        path.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(path));
+    }
+    let mut config = HostConfig::new(bench.journal_path.clone());
+    config.limits.concurrent_runs_max = bench.c.max(1) * 2;
+    let host = Host::open(&config).await?;
+    let db = host.ledger_db().clone();
+    db.write(|conn| {
+        Box::pin(async move {
+            for id in 1..=ACCOUNTS {
+                crate::ledger::open_account(conn, &id.to_string(), OPENING_BALANCE).await?;
+            }
+            Ok::<_, crate::ledger::OpenError>(())
+        })
+    })
+    .await
+    .map_err(|e| HostError::Input(format!("cannot open the benchmark accounts: {e}")))?;
+    let hash = host.add_module("bench-transfer", &bench.module).await?;
+
+    let transfers = Arc::new(workload(bench.n, bench.seed));
+    let prefix = format!("bench-{}", bench.seed);
+    let next = Arc::new(AtomicU32::new(0));
+    let done = Arc::new(AtomicU32::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..bench.c.max(1) {
+        let (host, hash, transfers, next, done, prefix) = (
+            host.clone(),
+            hash.clone(),
+            transfers.clone(),
+            next.clone(),
+            done.clone(),
+            prefix.clone(),
+        );
+        let n = bench.n;
+        workers.push(tokio::spawn(async move {
+            let mut results: Vec<(u32, Duration, Outcome)> = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return Ok::<_, HostError>(results);
+                }
+                let t = &transfers[i as usize];
+                let input = format!(
+                    r#"{{"i":{i},"from":"{}","to":"{}","amount":{}}}"#,
+                    t.from, t.to, t.amount
+                );
+                let began = Instant::now();
+                let (run_id, _) = host
+                    .start(
+                        Some(format!("{prefix}/{i}")),
+                        "bench-transfer",
+                        &hash,
+                        &input,
+                    )
+                    .await?;
+                let outcome = host.drive(&run_id, no_observer()).await?;
+                let latency = began.elapsed();
+                let outcome = match outcome.status {
+                    RunStatus::Completed => Outcome::Succeeded,
+                    RunStatus::Compensated
+                        if outcome
+                            .error
+                            .as_deref()
+                            .is_some_and(|e| e.contains("step 'debit'")) =>
+                    {
+                        Outcome::FailedDebit
+                    }
+                    RunStatus::Compensated => Outcome::Compensated,
+                    _ => Outcome::Other,
+                };
+                results.push((i, latency, outcome));
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let progress = bench.progress.clone().map(|report| {
+        let done = done.clone();
+        tokio::spawn(async move {
+            loop {
+                report(done.load(Ordering::Relaxed));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    });
+    let mut outcomes = vec![Outcome::Missing; bench.n as usize];
+    let mut latencies = Vec::with_capacity(bench.n as usize);
+    let mut first_error = None;
+    for worker in workers {
+        match worker.await {
+            Ok(Ok(results)) => {
+                for (i, latency, outcome) in results {
+                    outcomes[i as usize] = outcome;
+                    latencies.push(latency);
+                }
+            }
+            Ok(Err(e)) => first_error = first_error.or(Some(e)),
+            Err(e) => {
+                first_error =
+                    first_error.or(Some(HostError::Engine(format!("worker panicked: {e}"))))
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    if let Some(progress) = progress {
+        progress.abort();
+    }
+    if let Some(report) = &bench.progress {
+        report(done.load(Ordering::Relaxed));
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    latencies.sort();
+    let percentile = |p: f64| -> f64 {
+        if latencies.is_empty() {
+            return 0.0;
+        }
+        // Nearest rank: the smallest value with at least p% of values at or below it.
+        let rank = ((p / 100.0) * latencies.len() as f64).ceil().max(1.0) as usize;
+        latencies[rank.min(latencies.len()) - 1].as_secs_f64() * 1_000.0
+    };
+    let invariants = check(&host, &prefix, &transfers, &outcomes).await?;
+    let count = |o: Outcome| outcomes.iter().filter(|x| **x == o).count() as u32;
+    Ok(TransferReport {
+        engine: "wasaga",
+        n: bench.n,
+        c: bench.c,
+        seed: bench.seed,
+        throughput: f64::from(bench.n) / elapsed.as_secs_f64(),
+        p50_ms: percentile(50.0),
+        p95_ms: percentile(95.0),
+        p99_ms: percentile(99.0),
+        max_ms: latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1_000.0),
+        elapsed_s: elapsed.as_secs_f64(),
+        invariants_ok: invariants.iter().all(|i| i.ok),
+        succeeded: count(Outcome::Succeeded),
+        compensated: count(Outcome::Compensated) + count(Outcome::FailedDebit),
+        failed_debit: count(Outcome::FailedDebit),
+        journal: "sqlite",
+        invariants,
+    })
+}
+
+/// The workload's five invariants, from the ledger's own records.
+async fn check(
+    host: &Host,
+    prefix: &str,
+    transfers: &[Transfer],
+    outcomes: &[Outcome],
+) -> Result<Vec<Invariant>, HostError> {
+    let db = host.ledger_db();
+    let accounts = crate::ledger::list(db)
+        .await
+        .map_err(crate::journal::JournalError::from)?;
+    let entries: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT op_id, account, delta FROM ledger_entries WHERE op_id NOT LIKE 'open/%'",
+    )
+    .fetch_all(db.readers())
+    .await
+    .map_err(crate::journal::JournalError::from)?;
+    let applied: Vec<String> = sqlx::query_scalar(
+        "SELECT op_id FROM ledger_ops WHERE status = 'applied' AND op_id LIKE ?",
+    )
+    .bind(format!("{prefix}/%"))
+    .fetch_all(db.readers())
+    .await
+    .map_err(crate::journal::JournalError::from)?;
+
+    // Per transfer: (account -> net delta) and the applied operation names.
+    let mut net: HashMap<u32, HashMap<String, i64>> = HashMap::new();
+    let mut by_account: HashMap<String, i64> = HashMap::new();
+    for (op_id, account, delta) in &entries {
+        *by_account.entry(account.clone()).or_default() += delta;
+        if let Some(i) = transfer_index(prefix, op_id) {
+            *net.entry(i)
+                .or_default()
+                .entry(account.clone())
+                .or_default() += delta;
+        }
+    }
+    let mut ops: HashMap<u32, Vec<String>> = HashMap::new();
+    for op_id in &applied {
+        if let Some(i) = transfer_index(prefix, op_id) {
+            let name = op_id.rsplit('/').next().unwrap_or_default().to_owned();
+            ops.entry(i).or_default().push(name);
+        }
+    }
+
+    let total: i64 = accounts.iter().map(|a| a.balance + a.held).sum();
+    let expected_total = i64::from(ACCOUNTS) * OPENING_BALANCE;
+    let mut invariants = vec![Invariant {
+        name: "sum of balances is constant",
+        ok: total == expected_total,
+        detail: format!("sum {total}, expected {expected_total}"),
+    }];
+
+    let mut bad_compensated = Vec::new();
+    let mut bad_succeeded = Vec::new();
+    for (i, outcome) in outcomes.iter().enumerate() {
+        let i = i as u32;
+        let t = &transfers[i as usize];
+        let nets = net.get(&i);
+        let net_of = |account: u32| {
+            nets.and_then(|n| n.get(&account.to_string()))
+                .copied()
+                .unwrap_or(0)
+        };
+        match outcome {
+            Outcome::Compensated | Outcome::FailedDebit
+                if net_of(t.from) != 0 || net_of(t.to) != 0 =>
+            {
+                bad_compensated.push(i);
+            }
+            Outcome::Succeeded => {
+                let mut names = ops.get(&i).cloned().unwrap_or_default();
+                names.sort();
+                let moved = net_of(t.from) == -t.amount && net_of(t.to) == t.amount;
+                if names != ["credit", "debit"] || !moved || i.is_multiple_of(10) {
+                    bad_succeeded.push(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    invariants.push(Invariant {
+        name: "compensated runs net to zero",
+        ok: bad_compensated.is_empty(),
+        detail: format!(
+            "{} violations {:?}",
+            bad_compensated.len(),
+            first(&bad_compensated)
+        ),
+    });
+    invariants.push(Invariant {
+        name: "succeeded runs applied debit and credit once each",
+        ok: bad_succeeded.is_empty(),
+        detail: format!(
+            "{} violations {:?}",
+            bad_succeeded.len(),
+            first(&bad_succeeded)
+        ),
+    });
+    let mismatched: Vec<&str> = accounts
+        .iter()
+        .filter(|a| {
+            a.balance + a.held != OPENING_BALANCE + by_account.get(&a.account).copied().unwrap_or(0)
+        })
+        .map(|a| a.account.as_str())
+        .collect();
+    invariants.push(Invariant {
+        name: "balances equal opening plus applied operations",
+        ok: mismatched.is_empty() && accounts.len() == ACCOUNTS as usize,
+        detail: format!(
+            "{} accounts differ {:?}",
+            mismatched.len(),
+            first(&mismatched)
+        ),
+    });
+    let missing = outcomes
+        .iter()
+        .filter(|o| matches!(o, Outcome::Missing | Outcome::Other))
+        .count();
+    invariants.push(Invariant {
+        name: "every run has an outcome",
+        ok: missing == 0,
+        detail: format!("{missing} runs without a final outcome"),
+    });
+    Ok(invariants)
+}
+
+fn transfer_index(prefix: &str, op_id: &str) -> Option<u32> {
+    op_id
+        .strip_prefix(prefix)?
+        .strip_prefix('/')?
+        .split('/')
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn first<T: Clone>(items: &[T]) -> Vec<T> {
+    items.iter().take(5).cloned().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_workload_is_deterministic_and_in_range() {
+        let a = workload(500, 42);
+        let b = workload(500, 42);
+        assert!(
+            a.iter()
+                .zip(&b)
+                .all(|(x, y)| x.from == y.from && x.to == y.to && x.amount == y.amount)
+        );
+        for t in &a {
+            assert!((1..=ACCOUNTS).contains(&t.from) && (1..=ACCOUNTS).contains(&t.to));
+            assert_ne!(t.from, t.to);
+            assert!((1..=100).contains(&t.amount));
+        }
+        assert!(
+            workload(500, 43)
+                .iter()
+                .zip(&a)
+                .any(|(x, y)| x.from != y.from)
+        );
+    }
+
+    #[test]
+    fn op_ids_map_back_to_their_transfer() {
+        assert_eq!(transfer_index("bench-42", "bench-42/17/debit"), Some(17));
+        assert_eq!(
+            transfer_index("bench-42", "bench-42/17/credit.undo"),
+            Some(17)
+        );
+        assert_eq!(transfer_index("bench-42", "open/5"), None);
+    }
+}

@@ -1,0 +1,66 @@
+//! `wasaga bench transfer` runs the workload through the real executor and checks its
+//! invariants. (Only correctness is asserted here; the numbers are for people to read.)
+
+use crate::guests::BENCH_TRANSFER;
+use crate::support::{Sandbox, text};
+
+#[test]
+fn the_transfer_benchmark_runs_the_workload_and_its_invariants_hold() {
+    let s = Sandbox::new("bench");
+    let journal = s.dir.join("bench.db");
+    let out = s.wasaga(&[
+        "bench",
+        "transfer",
+        "--n",
+        "120",
+        "--c",
+        "8",
+        "--seed",
+        "7",
+        "--module",
+        BENCH_TRANSFER,
+        "--journal",
+        &journal.display().to_string(),
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    assert_eq!(report["engine"], "wasaga");
+    assert_eq!(report["invariants_ok"], true, "{report}");
+    assert_eq!(report["n"], 120);
+    assert_eq!(
+        report["succeeded"], 108,
+        "every tenth transfer is compensated: {report}"
+    );
+    assert_eq!(report["compensated"], 12, "{report}");
+    assert_eq!(report["journal"], "sqlite");
+    for field in ["throughput", "p50_ms", "p95_ms", "p99_ms"] {
+        assert!(
+            report[field].as_f64().is_some_and(|v| v > 0.0),
+            "{field} missing: {report}"
+        );
+    }
+    let invariants = report["invariants"].as_array().expect("invariants");
+    assert_eq!(invariants.len(), 5);
+}
+
+#[test]
+fn the_benchmark_refuses_to_reset_the_users_database() {
+    let s = Sandbox::new("bench-refuse");
+    s.open("alice", 5);
+    let db = s.db.display().to_string();
+    let out = s.wasaga(&[
+        "bench",
+        "transfer",
+        "--module",
+        BENCH_TRANSFER,
+        "--journal",
+        &db,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(
+        s.balances()["alice"],
+        5,
+        "the user's ledger must be untouched"
+    );
+}

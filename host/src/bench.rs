@@ -432,3 +432,106 @@ mod tests {
         assert_eq!(transfer_index("bench-42", "open/5"), None);
     }
 }
+
+/// Micro figures: what one instantiation, one replayed host call and one durable journal
+/// append cost on this machine.
+#[derive(Debug, Clone, Serialize)]
+pub struct MicroReport {
+    /// Mean time to instantiate a workflow (pooling allocator, pre-linked component).
+    pub instantiate_us: f64,
+    /// Mean cost of one host call answered from the journal (the host's own overhead per
+    /// step, with no participant and no journal write), including the guest's own work.
+    pub replayed_call_us: f64,
+    /// Durable appends per second from one writer waiting for each commit.
+    pub journal_appends_per_s_serial: f64,
+    /// Durable appends per second from `writers` concurrent writers (group commit).
+    pub journal_appends_per_s_concurrent: f64,
+    pub writers: u32,
+}
+
+/// Measures [`MicroReport`] on a fresh journal at `journal_path`.
+pub async fn micro(journal_path: PathBuf, module: Vec<u8>) -> Result<MicroReport, HostError> {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = journal_path.clone().into_os_string();
+        path.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(path));
+    }
+    let mut config = HostConfig::new(journal_path);
+    config.limits.concurrent_runs_max = 64;
+    let host = Host::open(&config).await?;
+    let db = host.ledger_db().clone();
+    for account in ["1", "2"] {
+        crate::ledger::open(&db, account, OPENING_BALANCE)
+            .await
+            .map_err(|e| HostError::Input(format!("cannot open accounts: {e}")))?;
+    }
+    let hash = host.add_module("bench-transfer", &module).await?;
+    let input = r#"{"i":1,"from":"1","to":"2","amount":5}"#;
+    let (run_id, _) = host
+        .start(Some("micro/1".into()), "bench-transfer", &hash, input)
+        .await?;
+    host.drive(&run_id, no_observer()).await?;
+
+    let rounds = 2_000u32;
+    let (mut instantiate, mut replay, mut calls) = (Duration::ZERO, Duration::ZERO, 0);
+    for _ in 0..rounds {
+        let (i, r, c) = host.replay_only(&run_id).await?;
+        instantiate += i;
+        replay += r;
+        calls = c;
+    }
+    let instantiate_us = instantiate.as_secs_f64() * 1e6 / f64::from(rounds);
+    let replayed_call_us = replay.as_secs_f64() * 1e6 / f64::from(rounds * calls.max(1));
+
+    let serial = appends_per_second(&host, &hash, 1, 300).await?;
+    let writers = 32;
+    let concurrent = appends_per_second(&host, &hash, writers, 300).await?;
+    Ok(MicroReport {
+        instantiate_us,
+        replayed_call_us,
+        journal_appends_per_s_serial: serial,
+        journal_appends_per_s_concurrent: concurrent,
+        writers,
+    })
+}
+
+async fn appends_per_second(
+    host: &Host,
+    hash: &str,
+    writers: u32,
+    each: u32,
+) -> Result<f64, HostError> {
+    let mut runs = Vec::new();
+    for w in 0..writers {
+        let (run_id, _) = host
+            .start(
+                Some(format!("micro/append-{writers}-{w}")),
+                "bench-transfer",
+                hash,
+                "{}",
+            )
+            .await?;
+        runs.push(run_id);
+    }
+    let began = Instant::now();
+    let mut tasks = Vec::new();
+    for run_id in runs {
+        let journal = host.journal().clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seq = 2;
+            for k in 0..each {
+                let event = crate::event::Event::Log {
+                    call: Some(k),
+                    message: "append".into(),
+                };
+                seq = journal.append(&run_id, seq, vec![event]).await?;
+            }
+            Ok::<_, crate::journal::JournalError>(())
+        }));
+    }
+    for task in tasks {
+        task.await
+            .map_err(|e| HostError::Engine(format!("append task: {e}")))??;
+    }
+    Ok(f64::from(writers * each) / began.elapsed().as_secs_f64())
+}

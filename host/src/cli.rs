@@ -93,6 +93,18 @@ struct RunArgs {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
+    /// Micro figures: instantiation, host cost per replayed call, durable journal appends/s.
+    Micro {
+        /// The bench-transfer component.
+        #[arg(
+            long,
+            default_value = "target/guests/wasm32-wasip2/release/bench_transfer.wasm"
+        )]
+        module: PathBuf,
+        /// The SQLite file to measure on: deleted and recreated.
+        #[arg(long, default_value = "target/bench/micro.db")]
+        journal: PathBuf,
+    },
     /// Closed-loop transfer sagas (debit, credit, settle; every tenth compensated), then the
     /// workload's invariants. Uses a fresh journal; never the one given by --db.
     Transfer {
@@ -204,6 +216,9 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Runs(RunsCommand::Show { run_id }) => runs_show(g, run_id).await,
         Command::Ledger(command) => ledger(g, command).await,
         Command::Validate { module } => validate(g, module).await,
+        Command::Bench(BenchCommand::Micro { module, journal }) => {
+            bench_micro(g, module, journal).await
+        }
         Command::Bench(BenchCommand::Transfer {
             n,
             c,
@@ -701,14 +716,8 @@ async fn validate(g: &Global, module: &Path) -> Result<u8, Failure> {
     Ok(0)
 }
 
-async fn bench_transfer(
-    g: &Global,
-    n: u32,
-    c: u32,
-    seed: u64,
-    module: &Path,
-    journal: &Path,
-) -> Result<u8, Failure> {
+/// Reads the benchmark module and prepares the benchmark's own journal path.
+fn bench_files(g: &Global, module: &Path, journal: &Path) -> Result<Vec<u8>, Failure> {
     let bytes = std::fs::read(module)
         .with_context(|| {
             format!(
@@ -725,6 +734,46 @@ async fn bench_transfer(
     if let Some(dir) = journal.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
+    Ok(bytes)
+}
+
+async fn bench_micro(g: &Global, module: &Path, journal: &Path) -> Result<u8, Failure> {
+    let bytes = bench_files(g, module, journal)?;
+    let report = wasaga::bench::micro(journal.to_owned(), bytes)
+        .await
+        .map_err(host_failure)?;
+    if g.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).map_err(|e| anyhow!(e))?
+        );
+    } else {
+        println!("instantiate            {:.1} us", report.instantiate_us);
+        println!(
+            "replayed host call     {:.2} us (host cost per step, no participant, no journal write)",
+            report.replayed_call_us
+        );
+        println!(
+            "journal appends        {:.0}/s from 1 writer (each waits for its fsync)",
+            report.journal_appends_per_s_serial
+        );
+        println!(
+            "journal appends        {:.0}/s from {} writers (group commit)",
+            report.journal_appends_per_s_concurrent, report.writers
+        );
+    }
+    Ok(0)
+}
+
+async fn bench_transfer(
+    g: &Global,
+    n: u32,
+    c: u32,
+    seed: u64,
+    module: &Path,
+    journal: &Path,
+) -> Result<u8, Failure> {
+    let bytes = bench_files(g, module, journal)?;
     let progress: Option<Arc<dyn Fn(u32) + Send + Sync>> = if g.json {
         None
     } else {

@@ -206,9 +206,8 @@ impl Host {
         };
         let replay = replay_map(&events);
         let replayed_calls = replay.len();
-        let step_names: HashSet<String> = HashSet::new();
         let (result, mut context, stdio, refused_bytes) = self
-            .execute(&loaded, &mut log, replay, step_names, input, *started_at_ms)
+            .execute(&loaded, &mut log, replay, input, *started_at_ms)
             .await;
         // Captured stdout/stderr is journaled once, at the end of the execution that produced
         // it, so a replay never duplicates it.
@@ -257,6 +256,59 @@ impl Host {
         self.compensate(log, Some(cause)).await
     }
 
+    /// Re-executes a finished run's module against its journal, answering every call from the
+    /// journal and writing nothing; returns how long instantiation and the replay took and how
+    /// many calls were answered. For `wasaga bench micro`: it isolates the host's own cost per
+    /// call from participants and journal writes.
+    pub async fn replay_only(&self, run_id: &str) -> Result<(Duration, Duration, u32), HostError> {
+        let events: Vec<Event> = self
+            .inner
+            .journal
+            .events(run_id)
+            .await?
+            .into_iter()
+            .map(|e| e.event)
+            .collect();
+        let Some(Event::Started {
+            module_hash,
+            input,
+            started_at_ms,
+            ..
+        }) = events.first()
+        else {
+            return Err(HostError::Input(format!(
+                "run {run_id} has no started event"
+            )));
+        };
+        let loaded = self.load(module_hash).await?;
+        let replay = replay_map(&events);
+        let calls = replay.len() as u32;
+        let mut log = RunLog {
+            journal: self.inner.journal.clone(),
+            run_id: run_id.to_owned(),
+            next_seq: events.len() as i64 + 1,
+            pending: Vec::new(),
+            observer: crate::store::no_observer(),
+        };
+        let began = std::time::Instant::now();
+        let (mut store, _, _) = self.new_store(&mut log, replay, *started_at_ms);
+        let workflow = loaded
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| HostError::Engine(format!("{e:#}")))?;
+        let instantiated = began.elapsed();
+        let result = workflow.call_run(&mut store, input).await;
+        let total = began.elapsed();
+        match result {
+            Ok(Ok(_)) | Ok(Err(_)) if store.data().run.fatal.is_none() => {
+                Ok((instantiated, total - instantiated, calls))
+            }
+            _ => Err(HostError::Engine(format!(
+                "replay of {run_id} did not follow its journal"
+            ))),
+        }
+    }
+
     /// Finishes every run that is not in a terminal state (after a crash, say).
     pub async fn resume_unfinished(
         &self,
@@ -274,13 +326,11 @@ impl Host {
         Ok(self.inner.engine.load(hash, &bytes)?)
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn execute(
         &self,
         loaded: &Loaded,
         log: &mut RunLog,
         replay: std::collections::HashMap<u32, crate::store::Replayed>,
-        step_names: HashSet<String>,
         input: &str,
         started_at_ms: u64,
     ) -> (
@@ -289,6 +339,32 @@ impl Host {
         String,
         Option<usize>,
     ) {
+        let (mut store, stdout, stderr) = self.new_store(log, replay, started_at_ms);
+        let result = async {
+            let workflow = loaded.instantiate_async(&mut store).await?;
+            workflow.call_run(&mut store, input).await
+        }
+        .await;
+        let state = store.into_data();
+        let mut stdio = String::from_utf8_lossy(&stdout.contents()).into_owned();
+        stdio.push_str(&String::from_utf8_lossy(&stderr.contents()));
+        (
+            result,
+            state.run,
+            stdio.trim_end().to_owned(),
+            state.limiter.refused_bytes,
+        )
+    }
+
+    /// A store for one execution of a run: deny-everything WASI with frozen clocks and seeded
+    /// randomness, the memory limiter, the epoch deadline, and the run's context (taking over
+    /// `log`'s cursor).
+    fn new_store(
+        &self,
+        log: &mut RunLog,
+        replay: std::collections::HashMap<u32, crate::store::Replayed>,
+        started_at_ms: u64,
+    ) -> (Store<RunState>, MemoryOutputPipe, MemoryOutputPipe) {
         let limits = &self.inner.limits;
         let stdout = MemoryOutputPipe::new(limits.payload_bytes_max);
         let stderr = MemoryOutputPipe::new(limits.payload_bytes_max);
@@ -308,6 +384,9 @@ impl Host {
             .secure_random(rand::rngs::StdRng::seed_from_u64(seed))
             .insecure_random(rand::rngs::StdRng::seed_from_u64(seed ^ 1))
             .insecure_random_seed(u128::from(seed))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
             .build();
         let placeholder = RunLog {
             journal: log.journal.clone(),
@@ -322,7 +401,7 @@ impl Host {
             next_call: 0,
             replay,
             fatal: None,
-            step_names,
+            step_names: HashSet::new(),
             leases: Vec::new(),
         };
         let state = RunState {
@@ -338,20 +417,7 @@ impl Host {
         store.limiter(|state| &mut state.limiter);
         store.set_epoch_deadline(limits.run_duration_ms_max.div_ceil(EPOCH_TICK_MS).max(1));
         store.epoch_deadline_trap();
-        let result = async {
-            let workflow = loaded.instantiate_async(&mut store).await?;
-            workflow.call_run(&mut store, input).await
-        }
-        .await;
-        let state = store.into_data();
-        let mut stdio = String::from_utf8_lossy(&stdout.contents()).into_owned();
-        stdio.push_str(&String::from_utf8_lossy(&stderr.contents()));
-        (
-            result,
-            state.run,
-            stdio.trim_end().to_owned(),
-            state.limiter.refused_bytes,
-        )
+        (store, stdout, stderr)
     }
 
     fn classify_trap(

@@ -8,7 +8,13 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const GUESTS: &[&str] = &["transfer", "payment-order", "misbehave", "bench-transfer"];
+const GUESTS: &[&str] = &[
+    "transfer",
+    "payment-order",
+    "misbehave",
+    "bench-transfer",
+    "counter",
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));

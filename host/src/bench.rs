@@ -535,3 +535,78 @@ async fn appends_per_second(
     }
     Ok(f64::from(writers * each) / began.elapsed().as_secs_f64())
 }
+
+/// What `wasaga bench locks` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct LockReport {
+    pub backend: String,
+    pub n: u32,
+    pub c: u32,
+    /// Acquire-and-release pairs per second.
+    pub pairs_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// Acquire-and-release pairs on `backend`, from `c` clients on distinct keys, `n` in all.
+pub async fn locks(
+    backend: crate::locks::LockBackend,
+    scratch_path: PathBuf,
+    n: u32,
+    c: u32,
+) -> Result<LockReport, HostError> {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = scratch_path.clone().into_os_string();
+        path.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(path));
+    }
+    let scratch = Arc::new(crate::db::Database::open(&scratch_path, Default::default()).await?);
+    let service: Arc<dyn crate::locks::LockService> = Arc::from(
+        crate::locks::connect(&backend, &scratch)
+            .await
+            .map_err(|e| HostError::Input(e.to_string()))?,
+    );
+    let next = Arc::new(AtomicU32::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for worker in 0..c.max(1) {
+        let (service, next) = (service.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            let key = format!("bench/{worker}");
+            let owner = format!("bench-owner-{worker}");
+            let mut latencies = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < n {
+                let began = Instant::now();
+                let lease = service.acquire(&key, &owner, 10_000, 10_000).await?;
+                service.release(&lease).await?;
+                latencies.push(began.elapsed());
+            }
+            Ok::<_, crate::locks::LockError>(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for worker in workers {
+        latencies.extend(
+            worker
+                .await
+                .map_err(|e| HostError::Engine(format!("lock bench worker: {e}")))?
+                .map_err(|e| HostError::Input(e.to_string()))?,
+        );
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    let percentile = |p: f64| {
+        let rank = ((p / 100.0) * latencies.len() as f64).ceil().max(1.0) as usize;
+        latencies
+            .get(rank.min(latencies.len()).saturating_sub(1))
+            .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+    };
+    Ok(LockReport {
+        backend: service.describe(),
+        n,
+        c,
+        pairs_per_s: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50_ms: percentile(50.0),
+        p99_ms: percentile(99.0),
+    })
+}

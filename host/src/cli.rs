@@ -37,6 +37,9 @@ struct Global {
     /// Keep the ledger in its own SQLite file instead of the journal's.
     #[arg(long, global = true, env = "WASAGA_LEDGER")]
     ledger: Option<PathBuf>,
+    /// Where locks come from: `journal` (the journal's database), sqlite:<file>, or redis://host:port.
+    #[arg(long, global = true, env = "WASAGA_LOCKS", default_value = "journal")]
+    locks: wasaga::locks::LockBackend,
     /// Print one JSON document instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -93,6 +96,19 @@ struct RunArgs {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
+    /// Lock backend throughput: acquire+release pairs per second and their latency.
+    Locks {
+        /// journal (a scratch SQLite file), sqlite:<file> or redis://host:port.
+        #[arg(long, default_value = "journal")]
+        backend: wasaga::locks::LockBackend,
+        #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+        n: u32,
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        c: u32,
+        /// Scratch SQLite file for the journal backend: deleted and recreated.
+        #[arg(long, default_value = "target/bench/locks.db")]
+        scratch: PathBuf,
+    },
     /// Micro figures: instantiation, host cost per replayed call, durable journal appends/s.
     Micro {
         /// The bench-transfer component.
@@ -216,6 +232,12 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Runs(RunsCommand::Show { run_id }) => runs_show(g, run_id).await,
         Command::Ledger(command) => ledger(g, command).await,
         Command::Validate { module } => validate(g, module).await,
+        Command::Bench(BenchCommand::Locks {
+            backend,
+            n,
+            c,
+            scratch,
+        }) => bench_locks(g, backend, *n, *c, scratch).await,
         Command::Bench(BenchCommand::Micro { module, journal }) => {
             bench_micro(g, module, journal).await
         }
@@ -238,6 +260,7 @@ fn config(g: &Global) -> HostConfig {
     // One CLI process runs few modules at once: a small pool starts faster.
     config.limits.concurrent_runs_max = 16;
     config.crash_at = g.crash_at;
+    config.locks = g.locks.clone();
     config
 }
 
@@ -393,6 +416,7 @@ fn printer() -> Observer {
                 name,
                 action,
                 compensation,
+                ..
             } => {
                 let undo = compensation
                     .as_ref()
@@ -552,6 +576,7 @@ async fn runs_show(g: &Global, run_id: &str) -> Result<u8, Failure> {
                 name,
                 action,
                 compensation,
+                ..
             } => {
                 let undo = compensation.as_ref().map_or("-".to_owned(), |c| {
                     format!("{}.{} {}", c.participant, c.action, c.payload)
@@ -735,6 +760,44 @@ fn bench_files(g: &Global, module: &Path, journal: &Path) -> Result<Vec<u8>, Fai
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     Ok(bytes)
+}
+
+async fn bench_locks(
+    g: &Global,
+    backend: &wasaga::locks::LockBackend,
+    n: u32,
+    c: u32,
+    scratch: &Path,
+) -> Result<u8, Failure> {
+    if scratch == g.db {
+        return Err(usage(anyhow!(
+            "the lock benchmark deletes its scratch file; give --scratch a file other than --db"
+        )));
+    }
+    if let Some(dir) = scratch.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let report = wasaga::bench::locks(backend.clone(), scratch.to_owned(), n, c)
+        .await
+        .map_err(host_failure)?;
+    if g.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).map_err(|e| anyhow!(e))?
+        );
+    } else {
+        println!("backend      {}", report.backend);
+        println!(
+            "pairs        {} acquire+release from {} clients on distinct keys",
+            report.n, report.c
+        );
+        println!("throughput   {:.0} pairs/s", report.pairs_per_s);
+        println!(
+            "latency      p50 {:.2} ms  p99 {:.2} ms",
+            report.p50_ms, report.p99_ms
+        );
+    }
+    Ok(0)
 }
 
 async fn bench_micro(g: &Global, module: &Path, journal: &Path) -> Result<u8, Failure> {

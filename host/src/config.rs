@@ -58,6 +58,8 @@ pub struct HostConfig {
     /// Where precompiled modules are cached, by content hash.
     pub cache_dir: PathBuf,
     pub limits: Limits,
+    /// Where locks come from.
+    pub locks: crate::locks::LockBackend,
     /// Test hook: die by SIGKILL at this commit.
     pub crash_at: Option<CrashPoint>,
 }
@@ -73,6 +75,7 @@ impl HostConfig {
             ledger_path: None,
             cache_dir: PathBuf::from(cache),
             limits: Limits::default(),
+            locks: crate::locks::LockBackend::Journal,
             crash_at: None,
         }
     }

@@ -18,7 +18,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// Schema migrations, applied in order and recorded in `PRAGMA user_version`.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_initial.sql"),
+    include_str!("../migrations/0002_fences_and_registers.sql"),
+];
 
 /// Jobs waiting for the writer; senders wait when it is full.
 const WRITE_QUEUE_MAX: usize = 4096;

@@ -67,6 +67,10 @@ pub enum Event {
         name: String,
         action: CallSpec,
         compensation: Option<CallSpec>,
+        /// `(lock key, token)` of the run's locks when the step was taken: a repeat of the
+        /// action (to learn an unknown outcome) carries the same tokens.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        fencing_tokens: Vec<(String, u64)>,
     },
     /// The step's action succeeded with this reply.
     StepDone { call: u32, output: String },

@@ -8,7 +8,7 @@ use crate::db::Database;
 use crate::engine::{EPOCH_TICK_MS, Loaded, ModuleError, WorkflowEngine, module_hash};
 use crate::event::{CallFailure, Event, RunStatus};
 use crate::journal::{Journal, JournalError, RunRecord, StoredEvent, now_ms};
-use crate::locks::{DatabaseLocks, LockService};
+use crate::locks::{Lease, LockService};
 use crate::participants::{ParticipantRequest, Participants};
 use crate::store::{Fatal, MemoryLimiter, Observer, RunContext, RunLog, RunState, replay_map};
 use rand::SeedableRng;
@@ -70,6 +70,9 @@ pub(crate) struct HostInner {
     pub participants: Participants,
     pub locks: Box<dyn LockService>,
     pub limits: Limits,
+    /// One permit per instance slot of the pool: a run waits here for a slot rather than
+    /// failing when `concurrent_runs_max` modules are already executing.
+    pub executions: tokio::sync::Semaphore,
 }
 
 /// A wasaga host: engine, journal, participants and locks. Cheap to clone.
@@ -91,14 +94,20 @@ impl Host {
         };
         let engine = WorkflowEngine::new(&config.limits, &config.cache_dir)
             .map_err(|e| HostError::Engine(format!("{e:#}")))?;
+        let locks = crate::locks::connect(&config.locks, &journal_db)
+            .await
+            .map_err(|e| HostError::Input(e.to_string()))?;
         Ok(Host {
             inner: Arc::new(HostInner {
                 engine,
                 journal: Journal::new(journal_db.clone()),
                 participants: Participants::new(ledger_db.clone(), shares),
                 ledger_db,
-                locks: Box::new(DatabaseLocks::new(journal_db)),
+                locks,
                 limits: config.limits.clone(),
+                executions: tokio::sync::Semaphore::new(
+                    config.limits.concurrent_runs_max.max(1) as usize
+                ),
             }),
         })
     }
@@ -290,6 +299,12 @@ impl Host {
             pending: Vec::new(),
             observer: crate::store::no_observer(),
         };
+        let _slot = self
+            .inner
+            .executions
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
         let began = std::time::Instant::now();
         let (mut store, _, _) = self.new_store(&mut log, replay, *started_at_ms);
         let workflow = loaded
@@ -339,12 +354,20 @@ impl Host {
         String,
         Option<usize>,
     ) {
+        let _slot = self
+            .inner
+            .executions
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
         let (mut store, stdout, stderr) = self.new_store(log, replay, started_at_ms);
+        let renewal = tokio::spawn(renew(self.inner.clone(), store.data().run.leases.clone()));
         let result = async {
             let workflow = loaded.instantiate_async(&mut store).await?;
             workflow.call_run(&mut store, input).await
         }
         .await;
+        renewal.abort();
         let state = store.into_data();
         let mut stdio = String::from_utf8_lossy(&stdout.contents()).into_owned();
         stdio.push_str(&String::from_utf8_lossy(&stderr.contents()));
@@ -402,7 +425,7 @@ impl Host {
             replay,
             fatal: None,
             step_names: HashSet::new(),
-            leases: Vec::new(),
+            leases: Arc::new(std::sync::Mutex::new(Vec::new())),
         };
         let state = RunState {
             wasi,
@@ -454,8 +477,7 @@ impl Host {
 
     async fn complete(&self, mut log: RunLog, output: String) -> Result<RunOutcome, HostError> {
         let run_id = log.run_id.clone();
-        let releases = self.release_events(&run_id).await?;
-        let mut events = releases;
+        let (mut events, leases) = self.held_leases(&run_id).await?;
         events.push(Event::Completed {
             output: output.clone(),
         });
@@ -465,7 +487,7 @@ impl Host {
                 run_id: run_id.clone(),
                 reason: e.to_string(),
             })?;
-        self.release_locks(&run_id).await;
+        self.release_locks(&leases).await;
         Ok(RunOutcome {
             run_id,
             status: RunStatus::Completed,
@@ -509,6 +531,7 @@ impl Host {
                 name,
                 action,
                 compensation,
+                fencing_tokens,
                 mut outcome,
                 compensated,
             } = step;
@@ -527,7 +550,7 @@ impl Host {
                     let request = ParticipantRequest {
                         op_id: op_id.clone(),
                         undoes: None,
-                        fencing_tokens: Vec::new(),
+                        fencing_tokens,
                         call: action.clone(),
                     };
                     let after: crate::store::After =
@@ -613,12 +636,12 @@ impl Host {
                     .await;
             }
         }
-        let mut events = self.release_events(&run_id).await?;
+        let (mut events, leases) = self.held_leases(&run_id).await?;
         events.push(Event::Compensated {
             cause: cause.clone(),
         });
         log.commit(events).await.map_err(interrupted)?;
-        self.release_locks(&run_id).await;
+        self.release_locks(&leases).await;
         Ok(RunOutcome {
             run_id,
             status: RunStatus::Compensated,
@@ -647,33 +670,84 @@ impl Host {
         })
     }
 
-    /// `lock-released` events for every lease the run still holds by its journal.
-    async fn release_events(&self, run_id: &str) -> Result<Vec<Event>, HostError> {
-        let mut held: Vec<(String, u64)> = Vec::new();
+    /// The `lock-released` events for the leases the run still holds by its journal, and
+    /// every lease it ever acquired: all of them are given back to the backend (a release
+    /// only frees a grant that is still the run's own), because a release the journal records
+    /// may not have reached the backend before a crash.
+    async fn held_leases(&self, run_id: &str) -> Result<(Vec<Event>, Vec<Lease>), HostError> {
+        let mut acquired: Vec<Lease> = Vec::new();
+        let mut released: Vec<(String, u64)> = Vec::new();
         for stored in self.inner.journal.events(run_id).await? {
             match stored.event {
                 Event::LockAcquired {
-                    key, fencing_token, ..
-                } => held.push((key, fencing_token)),
+                    key,
+                    fencing_token,
+                    ttl_ms,
+                    expires_at_ms,
+                    ..
+                } => acquired.push(Lease {
+                    key,
+                    owner: run_id.to_owned(),
+                    fencing_token,
+                    ttl_ms,
+                    expires_at_ms,
+                }),
                 Event::LockReleased {
                     key, fencing_token, ..
-                } => held.retain(|(k, t)| !(k == &key && *t == fencing_token)),
+                } => released.push((key, fencing_token)),
                 _ => {}
             }
         }
-        Ok(held
-            .into_iter()
-            .map(|(key, fencing_token)| Event::LockReleased {
-                call: None,
-                key,
-                fencing_token,
+        let events = acquired
+            .iter()
+            .filter(|l| {
+                !released
+                    .iter()
+                    .any(|(k, t)| *k == l.key && *t == l.fencing_token)
             })
-            .collect())
+            .map(|l| Event::LockReleased {
+                call: None,
+                key: l.key.clone(),
+                fencing_token: l.fencing_token,
+            })
+            .collect();
+        Ok((events, acquired))
     }
 
-    async fn release_locks(&self, run_id: &str) {
-        // A failed release only delays the next holder until the lease expires.
-        let _ = self.inner.locks.release_all(run_id).await;
+    async fn release_locks(&self, leases: &[Lease]) {
+        for lease in leases {
+            // A failed release only delays the next holder until the lease expires.
+            let _ = self.inner.locks.release(lease).await;
+        }
+    }
+}
+
+/// Keeps the run's leases alive while its module executes: each lease is extended once a
+/// third of its ttl is left. A lease that cannot be extended has passed to someone else; the
+/// run goes on, and participants refuse its stale fencing token.
+async fn renew(host: Arc<HostInner>, leases: Arc<std::sync::Mutex<Vec<Lease>>>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let due: Vec<Lease> = {
+            let leases = leases.lock().expect("lease list lock poisoned");
+            let now = now_ms();
+            leases
+                .iter()
+                .filter(|l| l.expires_at_ms.saturating_sub(now) < u64::from(l.ttl_ms) / 3)
+                .cloned()
+                .collect()
+        };
+        for lease in due {
+            if let Ok(extended) = host.locks.extend(&lease).await {
+                let mut leases = leases.lock().expect("lease list lock poisoned");
+                if let Some(held) = leases
+                    .iter_mut()
+                    .find(|l| l.key == lease.key && l.fencing_token == lease.fencing_token)
+                {
+                    held.expires_at_ms = extended.expires_at_ms;
+                }
+            }
+        }
     }
 }
 
@@ -691,6 +765,7 @@ struct StepState {
     name: String,
     action: crate::event::CallSpec,
     compensation: Option<crate::event::CallSpec>,
+    fencing_tokens: Vec<(String, u64)>,
     outcome: StepOutcome,
     compensated: bool,
 }
@@ -706,11 +781,13 @@ fn steps_of(events: &[StoredEvent]) -> Vec<StepState> {
                 name,
                 action,
                 compensation,
+                fencing_tokens,
             } => steps.push(StepState {
                 call: *call,
                 name: name.clone(),
                 action: action.clone(),
                 compensation: compensation.clone(),
+                fencing_tokens: fencing_tokens.clone(),
                 outcome: StepOutcome::Unknown,
                 compensated: false,
             }),

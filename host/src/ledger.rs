@@ -28,6 +28,8 @@ pub const ACTIONS: &[&str] = &[
     "order-create",
     "order-cancel",
     "record",
+    "read",
+    "write",
 ];
 
 /// A request to the ledger, as the host sends it.
@@ -39,6 +41,9 @@ pub struct LedgerCall {
     pub undoes: Option<String>,
     pub action: String,
     pub payload: String,
+    /// `(lock key, fencing token)` of the locks the caller holds; an older token than the
+    /// newest seen for a key is refused.
+    pub fencing_tokens: Vec<(String, u64)>,
 }
 
 /// A business refusal: permanent, recorded, returned again for the same key.
@@ -205,6 +210,10 @@ pub async fn apply(
         }
     }
 
+    if let Err(stale) = fence(conn, &call.fencing_tokens).await? {
+        record(conn, call, &request, Err(stale.clone())).await?;
+        return Ok(Err(stale));
+    }
     let outcome = perform(conn, call).await?.map(|reply| reply.to_string());
     // A refused compensation is not recorded: it must stay retryable (by the host's backoff or
     // an operator) once the refusal's cause, such as a spent balance, is fixed.
@@ -212,6 +221,37 @@ pub async fn apply(
         record(conn, call, &request, outcome.clone()).await?;
     }
     Ok(outcome)
+}
+
+/// Refuses a call whose fencing token for some lock is older than the newest one seen, and
+/// remembers the newest token per lock otherwise.
+async fn fence(
+    conn: &mut SqliteConnection,
+    tokens: &[(String, u64)],
+) -> Result<Result<(), Rejection>, sqlx::Error> {
+    for (key, token) in tokens {
+        let newest: Option<i64> =
+            sqlx::query_scalar("SELECT token FROM ledger_fences WHERE key = ?")
+                .bind(key)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if let Some(newest) = newest.filter(|newest| *newest > *token as i64) {
+            return Ok(Err(format!(
+                "stale fencing token {token} for lock '{key}': the ledger has already seen token {newest}, so the lock has passed to another holder"
+            )));
+        }
+    }
+    for (key, token) in tokens {
+        sqlx::query(
+            "INSERT INTO ledger_fences (key, token) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET token = MAX(token, ?2)",
+        )
+        .bind(key)
+        .bind(*token as i64)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(Ok(()))
 }
 
 async fn record(
@@ -294,6 +334,21 @@ struct OrderCreate {
 #[serde(deny_unknown_fields)]
 struct OrderRef {
     order_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterRead {
+    key: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterWrite {
+    key: String,
+    value: i64,
+    /// Refuse the write unless the register is at this version (optimistic concurrency).
+    expected_version: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -456,6 +511,45 @@ async fn perform(conn: &mut SqliteConnection, call: &LedgerCall) -> Outcome {
                 "reference": r.reference, "order_id": r.order_id,
                 "customer_balance": customer.balance,
             })))
+        }
+        "read" => {
+            let r: RegisterRead = check!(parse(call));
+            let row: Option<(i64, i64)> =
+                sqlx::query_as("SELECT value, version FROM ledger_registers WHERE key = ?")
+                    .bind(&r.key)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            let (value, version) = row.unwrap_or((0, 0));
+            Ok(Ok(
+                json!({ "key": r.key, "value": value, "version": version }),
+            ))
+        }
+        "write" => {
+            let w: RegisterWrite = check!(parse(call));
+            let version: i64 =
+                sqlx::query_scalar("SELECT version FROM ledger_registers WHERE key = ?")
+                    .bind(&w.key)
+                    .fetch_optional(&mut *conn)
+                    .await?
+                    .unwrap_or(0);
+            if let Some(expected) = w.expected_version.filter(|e| *e != version) {
+                return Ok(Err(format!(
+                    "register '{}' is at version {version}, not {expected}: it was written concurrently",
+                    w.key
+                )));
+            }
+            sqlx::query(
+                "INSERT INTO ledger_registers (key, value, version) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (key) DO UPDATE SET value = ?2, version = ?3",
+            )
+            .bind(&w.key)
+            .bind(w.value)
+            .bind(version + 1)
+            .execute(&mut *conn)
+            .await?;
+            Ok(Ok(
+                json!({ "key": w.key, "value": w.value, "version": version + 1 }),
+            ))
         }
         other => Ok(Err(format!(
             "the ledger has no action '{other}'; it has: {}",
@@ -689,6 +783,7 @@ mod tests {
             undoes: undoes.map(str::to_owned),
             action: action.to_owned(),
             payload: payload.to_string(),
+            fencing_tokens: Vec::new(),
         };
         db.write(move |conn| Box::pin(async move { apply(conn, &call).await }))
             .await
@@ -892,6 +987,70 @@ mod tests {
             balances(&db).await,
             owned(&[("alice", 75, 0), ("bob", 25, 0)])
         );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_stale_fencing_token_is_refused_and_a_newer_one_accepted() {
+        let (db, dir) = ledger("fencing").await;
+        let fenced = |op: &str, token: u64, value: i64| {
+            let call = LedgerCall {
+                op_id: op.to_owned(),
+                undoes: None,
+                action: "write".to_owned(),
+                payload: json!({ "key": "counter", "value": value }).to_string(),
+                fencing_tokens: vec![("counter".to_owned(), token)],
+            };
+            db.write(move |conn| Box::pin(async move { apply(conn, &call).await }))
+        };
+        fenced("a/1", 5, 1)
+            .await
+            .expect("db")
+            .expect("token 5 is the newest");
+        fenced("b/1", 6, 2)
+            .await
+            .expect("db")
+            .expect("token 6 is newer");
+        let stale = fenced("a/2", 5, 99)
+            .await
+            .expect("db")
+            .expect_err("token 5 is stale now");
+        assert!(
+            stale.contains("stale fencing token 5") && stale.contains("token 6"),
+            "{stale}"
+        );
+        let read = call(&db, "c/read", None, "read", json!({ "key": "counter" }))
+            .await
+            .expect("read");
+        assert!(
+            read.contains("\"value\":2") && read.contains("\"version\":2"),
+            "{read}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_write_with_an_old_expected_version_is_refused() {
+        let (db, dir) = ledger("versions").await;
+        call(
+            &db,
+            "w/1",
+            None,
+            "write",
+            json!({ "key": "k", "value": 1, "expected_version": 0 }),
+        )
+        .await
+        .expect("first write");
+        let conflict = call(
+            &db,
+            "w/2",
+            None,
+            "write",
+            json!({ "key": "k", "value": 7, "expected_version": 0 }),
+        )
+        .await
+        .expect_err("version moved on");
+        assert!(conflict.contains("at version 1, not 0"), "{conflict}");
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -26,6 +26,7 @@ impl ParticipantRequest {
             undoes: self.undoes.clone(),
             action: self.call.action.clone(),
             payload: self.call.payload.clone(),
+            fencing_tokens: self.fencing_tokens.clone(),
         }
     }
 }

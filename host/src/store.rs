@@ -123,7 +123,8 @@ pub(crate) struct RunContext {
     pub replay: HashMap<u32, Replayed>,
     pub fatal: Option<Fatal>,
     pub step_names: HashSet<String>,
-    pub leases: Vec<Lease>,
+    /// The run's leases, shared with the task that renews them while the module runs.
+    pub leases: Arc<std::sync::Mutex<Vec<Lease>>>,
 }
 
 impl RunContext {
@@ -168,9 +169,28 @@ impl RunContext {
         Ok(())
     }
 
+    /// Adds a lease the run now holds.
+    pub fn hold(&mut self, lease: Lease) {
+        self.leases
+            .lock()
+            .expect("lease list lock poisoned")
+            .push(lease);
+    }
+
+    /// Removes and returns the lease on `key` with `fencing_token`, if the run holds it.
+    pub fn unhold(&mut self, key: &str, fencing_token: u64) -> Option<Lease> {
+        let mut leases = self.leases.lock().expect("lease list lock poisoned");
+        let index = leases
+            .iter()
+            .position(|l| l.key == key && l.fencing_token == fencing_token)?;
+        Some(leases.swap_remove(index))
+    }
+
     /// Fencing tokens of the locks the run holds.
     pub fn fencing_tokens(&self) -> Vec<(String, u64)> {
         self.leases
+            .lock()
+            .expect("lease list lock poisoned")
             .iter()
             .map(|l| (l.key.clone(), l.fencing_token))
             .collect()

@@ -7,7 +7,9 @@ mod crash;
 mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 }
+mod locks;
 mod nondeterminism;
 mod sagas;
 mod sandbox;
+mod services;
 mod support;

@@ -1,5 +1,5 @@
-//! `wasaga:workflow/lock`: leases owned by the run, with fencing tokens. The host releases
-//! whatever the run still holds when it ends.
+//! `wasaga:workflow/lock`: leases owned by the run, with fencing tokens, renewed by the host
+//! while the run executes. The host releases whatever the run still holds when it ends.
 
 use crate::bindings::wasaga::workflow::lock::{Host, Lease};
 use crate::event::Event;
@@ -23,10 +23,11 @@ impl Host for RunState {
                     expires_at_ms,
                     ..
                 } if k == key && t == ttl_ms => {
-                    run.leases.push(crate::locks::Lease {
+                    run.hold(crate::locks::Lease {
                         key: key.clone(),
                         owner: run.log.run_id.clone(),
                         fencing_token,
+                        ttl_ms,
                         expires_at_ms,
                     });
                     Ok(Ok(Lease {
@@ -46,12 +47,19 @@ impl Host for RunState {
         }
         run.check_journal_room(1)?;
         let limits = &run.host.limits;
-        let event = if ttl_ms == 0 || ttl_ms > limits.lock_ttl_ms_max {
+        let event = if ttl_ms == 0
+            || ttl_ms > limits.lock_ttl_ms_max
+            || key.is_empty()
+            || key.len() > 256
+        {
             Event::LockFailed {
                 call,
                 key: key.clone(),
                 ttl_ms,
-                reason: format!("ttl must be between 1 and {} ms", limits.lock_ttl_ms_max),
+                reason: format!(
+                    "a lock needs a key of 1 to 256 bytes and a ttl between 1 and {} ms",
+                    limits.lock_ttl_ms_max
+                ),
             }
         } else {
             let wait_ms = wait_ms.min(limits.lock_wait_ms_max);
@@ -69,7 +77,7 @@ impl Host for RunState {
                         fencing_token: lease.fencing_token,
                         expires_at_ms: lease.expires_at_ms,
                     };
-                    run.leases.push(lease);
+                    run.hold(lease);
                     event
                 }
                 Err(e) => Event::LockFailed {
@@ -102,36 +110,27 @@ impl Host for RunState {
     async fn release(&mut self, lease: Lease) -> wasmtime::Result<Result<(), String>> {
         let run = &mut self.run;
         let (call, replayed) = run.begin_call();
-        let held = run
-            .leases
-            .iter()
-            .position(|l| l.key == lease.key && l.fencing_token == lease.fencing_token);
         if let Some(replayed) = replayed {
             return match replayed.first {
                 Event::LockReleased {
                     key, fencing_token, ..
                 } if key == lease.key && fencing_token == lease.fencing_token => {
-                    if let Some(index) = held {
-                        run.leases.swap_remove(index);
-                    }
+                    run.unhold(&lease.key, lease.fencing_token);
                     Ok(Ok(()))
                 }
                 other => Err(run.diverged(call, &other, format!("lock release '{}'", lease.key))),
             };
         }
-        let Some(index) = held else {
+        let Some(held) = run.unhold(&lease.key, lease.fencing_token) else {
             return Ok(Err(format!(
                 "this run does not hold lock '{}' with fencing token {}",
                 lease.key, lease.fencing_token
             )));
         };
         run.check_journal_room(1)?;
-        let held = run.leases.swap_remove(index);
-        let host = run.host.clone();
-        if let Err(e) = host.locks.release(&held).await {
-            // Not fatal: the lease expires, and the host releases by owner at the end.
-            return Ok(Err(e.to_string()));
-        }
+        // Journal first: if the host dies after releasing, replay must not think it still
+        // holds the lock. A release the backend misses only delays the next holder until the
+        // lease expires.
         let event = Event::LockReleased {
             call: Some(call),
             key: held.key.clone(),
@@ -141,6 +140,7 @@ impl Host for RunState {
             .commit(vec![event])
             .await
             .map_err(|e| run.interrupted(e))?;
-        Ok(Ok(()))
+        let host = run.host.clone();
+        Ok(host.locks.release(&held).await.map_err(|e| e.to_string()))
     }
 }

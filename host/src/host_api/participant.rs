@@ -19,33 +19,36 @@ impl Host for RunState {
         let compensation = compensation.map(CallSpec::from);
         let (call, replayed) = run.begin_call();
         let made = || format!("step '{name}' ({}.{})", action.participant, action.action);
-        let before = match replayed {
+        let (before, fencing_tokens) = match replayed {
             Some(replayed) => {
-                match &replayed.first {
+                let fencing_tokens = match &replayed.first {
                     Event::StepIntent {
                         name: n,
                         action: a,
                         compensation: c,
+                        fencing_tokens,
                         ..
-                    } if *n == name && *a == action && *c == compensation => {}
+                    } if *n == name && *a == action && *c == compensation => fencing_tokens.clone(),
                     other => return Err(run.diverged(call, other, made())),
-                }
+                };
                 run.step_names.insert(name.clone());
                 match replayed.result {
                     Some(Event::StepDone { output, .. }) => return Ok(Ok(output)),
                     Some(Event::StepFailed { error, .. }) => return Ok(Err(error.into())),
                     // The intent is journaled but not the outcome (the host died in between):
-                    // repeat the call with the same idempotency key to learn it.
-                    _ => Vec::new(),
+                    // repeat the call with the same idempotency key (and tokens) to learn it.
+                    _ => (Vec::new(), fencing_tokens),
                 }
             }
             None => {
                 run.check_journal_room(2)?;
+                let fencing_tokens = run.fencing_tokens();
                 let intent = Event::StepIntent {
                     call,
                     name: name.clone(),
                     action: action.clone(),
                     compensation: compensation.clone(),
+                    fencing_tokens: fencing_tokens.clone(),
                 };
                 if let Err(reason) = check_step(run, &name, &action, compensation.as_ref()) {
                     let failure = CallFailure::Rejected(reason);
@@ -59,7 +62,7 @@ impl Host for RunState {
                         .map_err(|e| run.interrupted(e))?;
                     return Ok(Err(failure.into()));
                 }
-                vec![intent]
+                (vec![intent], fencing_tokens)
             }
         };
         run.step_names.insert(name.clone());
@@ -83,7 +86,7 @@ impl Host for RunState {
         let request = ParticipantRequest {
             op_id: format!("{}/{name}", run.log.run_id),
             undoes: None,
-            fencing_tokens: run.fencing_tokens(),
+            fencing_tokens,
             call: action,
         };
         let host = run.host.clone();

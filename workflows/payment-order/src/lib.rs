@@ -32,6 +32,14 @@ fn payment_order(saga: &mut Saga, order: Order) -> Result<Receipt, Error> {
     if order.amount == 0 {
         return Err(Error::failed("amount must be positive"));
     }
+    // Lock both parties' accounts in one global order: no two orders can deadlock.
+    let (first, second) = if order.customer < order.merchant {
+        (&order.customer, &order.merchant)
+    } else {
+        (&order.merchant, &order.customer)
+    };
+    let _first = saga.lock(&format!("account/{first}"), 10_000, 10_000)?;
+    let _second = saga.lock(&format!("account/{second}"), 10_000, 10_000)?;
     let hold_id = format!("order/{}", order.order_id);
     saga.step("create-order")
         .invoke(

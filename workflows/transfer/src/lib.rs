@@ -7,6 +7,11 @@ use guest_sdk::{Error, Saga};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// How long a lock lasts without renewal (the host renews it while the run is alive).
+const LOCK_TTL_MS: u32 = 10_000;
+/// How long to wait for a lock before the step fails and the run compensates.
+const LOCK_WAIT_MS: u32 = 10_000;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Transfer {
@@ -37,6 +42,15 @@ fn transfer(saga: &mut Saga, t: Transfer) -> Result<Receipt, Error> {
     if t.from == t.to {
         return Err(Error::failed("from and to must be different accounts"));
     }
+    // Both accounts are locked, always in the same global order, so two transfers between
+    // the same accounts in opposite directions can never deadlock.
+    let (first, second) = if t.from < t.to {
+        (&t.from, &t.to)
+    } else {
+        (&t.to, &t.from)
+    };
+    let _first = saga.lock(&format!("account/{first}"), LOCK_TTL_MS, LOCK_WAIT_MS)?;
+    let _second = saga.lock(&format!("account/{second}"), LOCK_TTL_MS, LOCK_WAIT_MS)?;
     let from = Entry {
         account: &t.from,
         amount: t.amount,

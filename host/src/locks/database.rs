@@ -1,52 +1,11 @@
-//! Locks owned by runs, with fencing tokens. The `LockService` trait is what the executor
-//! depends on; the database backend keeps lease rows with an expiry and a per-key token that
-//! only ever grows, in the journal's own database.
+//! The database lock backend: lease rows with an expiry and a per-key fencing token that only
+//! ever grows, in the journal's own database.
 
+use super::{Lease, LockError, LockService};
 use crate::db::Database;
 use crate::journal::now_ms;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// A held lease.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lease {
-    pub key: String,
-    pub owner: String,
-    pub fencing_token: u64,
-    pub expires_at_ms: u64,
-}
-
-/// Why a lock operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum LockError {
-    #[error("lock '{key}' is still held by {holder} after waiting {waited_ms} ms")]
-    Timeout {
-        key: String,
-        holder: String,
-        waited_ms: u64,
-    },
-    #[error("lock backend {backend} failed: {reason}")]
-    Backend { backend: String, reason: String },
-}
-
-/// A lock backend.
-pub trait LockService: Send + Sync + std::fmt::Debug {
-    /// Takes `key` for `owner` for `ttl_ms`, waiting at most `wait_ms`. Re-acquiring a key the
-    /// owner already holds renews it with a new token.
-    fn acquire<'a>(
-        &'a self,
-        key: &'a str,
-        owner: &'a str,
-        ttl_ms: u32,
-        wait_ms: u32,
-    ) -> crate::BoxFuture<'a, Result<Lease, LockError>>;
-
-    /// Gives `lease` back; a lease that has already passed to someone else is left alone.
-    fn release<'a>(&'a self, lease: &'a Lease) -> crate::BoxFuture<'a, Result<(), LockError>>;
-
-    /// Gives back every lease `owner` holds (at the end of a run).
-    fn release_all<'a>(&'a self, owner: &'a str) -> crate::BoxFuture<'a, Result<(), LockError>>;
-}
 
 /// Locks as rows of the database's `locks` table.
 #[derive(Debug)]
@@ -91,9 +50,13 @@ impl DatabaseLocks {
                     .fetch_optional(&mut *conn)
                     .await?;
                     Ok(match token {
-                        Some(token) => {
-                            Ok(Lease { key, owner, fencing_token: token as u64, expires_at_ms })
-                        }
+                        Some(token) => Ok(Lease {
+                            key,
+                            owner,
+                            fencing_token: token as u64,
+                            ttl_ms,
+                            expires_at_ms,
+                        }),
                         None => Err(sqlx::query_scalar("SELECT owner FROM locks WHERE key = ?")
                             .bind(&key)
                             .fetch_optional(&mut *conn)
@@ -106,22 +69,23 @@ impl DatabaseLocks {
             .await
     }
 
-    async fn clear(&self, owner: String, lease: Option<(String, u64)>) -> Result<(), LockError> {
+    async fn update(&self, lease: Lease, expires_at_ms: u64) -> Result<bool, LockError> {
         self.db
             .write(move |conn| {
                 Box::pin(async move {
-                    let query = match &lease {
-                        Some((key, token)) => sqlx::query(
-                            "UPDATE locks SET owner = NULL, expires_at_ms = 0 WHERE owner = ? AND key = ? AND token = ?",
-                        )
-                        .bind(&owner)
-                        .bind(key)
-                        .bind(*token as i64),
-                        None => sqlx::query("UPDATE locks SET owner = NULL, expires_at_ms = 0 WHERE owner = ?")
-                            .bind(&owner),
-                    };
-                    query.execute(conn).await?;
-                    Ok::<_, sqlx::Error>(())
+                    let owner = (expires_at_ms > 0).then_some(&lease.owner);
+                    let updated = sqlx::query(
+                        "UPDATE locks SET owner = ?, expires_at_ms = ? WHERE key = ? AND owner = ? AND token = ?",
+                    )
+                    .bind(owner)
+                    .bind(expires_at_ms as i64)
+                    .bind(&lease.key)
+                    .bind(&lease.owner)
+                    .bind(lease.fencing_token as i64)
+                    .execute(conn)
+                    .await?
+                    .rows_affected();
+                    Ok::<_, sqlx::Error>(updated == 1)
                 })
             })
             .await
@@ -130,6 +94,10 @@ impl DatabaseLocks {
 }
 
 impl LockService for DatabaseLocks {
+    fn describe(&self) -> String {
+        format!("sqlite:{}", self.db.path().display())
+    }
+
     fn acquire<'a>(
         &'a self,
         key: &'a str,
@@ -164,12 +132,24 @@ impl LockService for DatabaseLocks {
         })
     }
 
-    fn release<'a>(&'a self, lease: &'a Lease) -> crate::BoxFuture<'a, Result<(), LockError>> {
-        let target = Some((lease.key.clone(), lease.fencing_token));
-        Box::pin(self.clear(lease.owner.clone(), target))
+    fn extend<'a>(&'a self, lease: &'a Lease) -> crate::BoxFuture<'a, Result<Lease, LockError>> {
+        Box::pin(async move {
+            let expires_at_ms = now_ms() + u64::from(lease.ttl_ms);
+            if self.update(lease.clone(), expires_at_ms).await? {
+                Ok(Lease {
+                    expires_at_ms,
+                    ..lease.clone()
+                })
+            } else {
+                Err(LockError::Lost {
+                    key: lease.key.clone(),
+                    fencing_token: lease.fencing_token,
+                })
+            }
+        })
     }
 
-    fn release_all<'a>(&'a self, owner: &'a str) -> crate::BoxFuture<'a, Result<(), LockError>> {
-        Box::pin(self.clear(owner.to_owned(), None))
+    fn release<'a>(&'a self, lease: &'a Lease) -> crate::BoxFuture<'a, Result<(), LockError>> {
+        Box::pin(async move { self.update(lease.clone(), 0).await.map(|_| ()) })
     }
 }

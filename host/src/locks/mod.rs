@@ -1,0 +1,112 @@
+//! Locks owned by runs, with fencing tokens. The executor depends only on [`LockService`];
+//! the backend is chosen by URL in the host config: the journal's own database (default) or
+//! Redis. A lease alone never decides correctness: participants refuse calls carrying a
+//! fencing token older than the newest they have seen for that key.
+
+mod database;
+mod redis;
+
+pub use database::DatabaseLocks;
+pub use redis::RedisLocks;
+
+/// A held lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub key: String,
+    /// The run that holds it.
+    pub owner: String,
+    /// Grows with every grant of this key; participants refuse older ones.
+    pub fencing_token: u64,
+    /// How long each grant or renewal lasts.
+    pub ttl_ms: u32,
+    pub expires_at_ms: u64,
+}
+
+/// Why a lock operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("lock '{key}' is still held by {holder} after waiting {waited_ms} ms")]
+    Timeout {
+        key: String,
+        holder: String,
+        waited_ms: u64,
+    },
+    #[error(
+        "lock '{key}' (fencing token {fencing_token}) has expired and passed to another holder"
+    )]
+    Lost { key: String, fencing_token: u64 },
+    #[error(
+        "lock backend {backend} is unavailable: {reason}; check that it is running and reachable"
+    )]
+    Backend { backend: String, reason: String },
+}
+
+/// A lock backend.
+pub trait LockService: Send + Sync + std::fmt::Debug {
+    /// Names the backend and its address, for messages.
+    fn describe(&self) -> String;
+
+    /// Takes `key` for `owner` for `ttl_ms`, waiting at most `wait_ms`. Re-acquiring a key the
+    /// owner already holds renews it with a new token.
+    fn acquire<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        ttl_ms: u32,
+        wait_ms: u32,
+    ) -> crate::BoxFuture<'a, Result<Lease, LockError>>;
+
+    /// Extends `lease` by its ttl from now, if it is still the current grant of its key.
+    fn extend<'a>(&'a self, lease: &'a Lease) -> crate::BoxFuture<'a, Result<Lease, LockError>>;
+
+    /// Gives `lease` back; a lease that has already passed to someone else is left alone.
+    fn release<'a>(&'a self, lease: &'a Lease) -> crate::BoxFuture<'a, Result<(), LockError>>;
+}
+
+/// Where locks come from, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockBackend {
+    /// Lease rows in the journal's database.
+    Journal,
+    /// Lease rows in a SQLite file of their own (shared by several hosts on one machine).
+    Sqlite(std::path::PathBuf),
+    /// A Redis server, `redis://host:port[/db]`.
+    Redis(String),
+}
+
+impl std::str::FromStr for LockBackend {
+    type Err = String;
+
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        match url.split_once("://").map(|(scheme, _)| scheme) {
+            _ if url == "journal" => Ok(LockBackend::Journal),
+            Some("redis") => Ok(LockBackend::Redis(url.to_owned())),
+            _ if url.starts_with("sqlite:") && url.len() > "sqlite:".len() => {
+                Ok(LockBackend::Sqlite(url["sqlite:".len()..].into()))
+            }
+            _ => Err(format!(
+                "lock backend '{url}' is not supported; use 'journal' (the journal's database), sqlite:<file> or redis://host:port"
+            )),
+        }
+    }
+}
+
+/// Builds the lock service for `backend`; `journal` is the journal's database.
+pub async fn connect(
+    backend: &LockBackend,
+    journal: &std::sync::Arc<crate::db::Database>,
+) -> Result<Box<dyn LockService>, LockError> {
+    Ok(match backend {
+        LockBackend::Journal => Box::new(DatabaseLocks::new(journal.clone())),
+        LockBackend::Sqlite(path) => {
+            let db = crate::db::Database::open(path, crate::crash::CrashSwitch::default())
+                .await
+                .map_err(|e| LockError::Backend {
+                    backend: format!("sqlite:{}", path.display()),
+                    reason: e.to_string(),
+                })?;
+            Box::new(DatabaseLocks::new(std::sync::Arc::new(db)))
+        }
+        LockBackend::Redis(url) => Box::new(RedisLocks::new(url)?),
+    })
+}

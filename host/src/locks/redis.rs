@@ -1,0 +1,223 @@
+//! The Redis lock backend: `SET key value NX PX ttl` semantics in Lua scripts, so that taking a
+//! lock and drawing its fencing token (`INCR` of a per-key counter) happen atomically, and a
+//! holder only ever extends or deletes its own grant (compare-and-pexpire, compare-and-delete).
+//!
+//! The connection is made lazily and remade after failures, so a Redis that was down serves
+//! new runs as soon as it is back, without restarting the host.
+
+use super::{Lease, LockError, LockService};
+use crate::journal::now_ms;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+/// Takes the lock if it is free (or already the caller's) and returns the new fencing token.
+/// KEYS[1] lock key, KEYS[2] token counter; ARGV[1] owner, ARGV[2] ttl ms.
+const ACQUIRE: &str = r"
+local current = redis.call('GET', KEYS[1])
+if current and string.sub(current, 1, string.len(ARGV[1]) + 1) ~= ARGV[1] .. '|' then
+  return {0, current}
+end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
+return {token, ''}
+";
+
+/// Extends the grant if it is still ours. KEYS[1] lock key; ARGV[1] owner|token, ARGV[2] ttl.
+const EXTEND: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+";
+
+/// Deletes the grant if it is still ours. KEYS[1] lock key; ARGV[1] owner|token.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// Locks in a Redis server.
+pub struct RedisLocks {
+    url: String,
+    client: redis::Client,
+    connection: Mutex<Option<ConnectionManager>>,
+    acquire: redis::Script,
+    extend: redis::Script,
+    release: redis::Script,
+}
+
+impl std::fmt::Debug for RedisLocks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLocks")
+            .field("url", &self.url)
+            .finish()
+    }
+}
+
+/// How long one Redis command or connection attempt may take before the backend counts as down.
+const REDIS_TIMEOUT: Duration = Duration::from_millis(1_000);
+
+impl RedisLocks {
+    /// A backend for the server at `url`; nothing is connected until first use.
+    pub fn new(url: &str) -> Result<Self, LockError> {
+        let client = redis::Client::open(url).map_err(|e| LockError::Backend {
+            backend: url.to_owned(),
+            reason: format!("invalid Redis URL: {e}"),
+        })?;
+        Ok(RedisLocks {
+            url: url.to_owned(),
+            client,
+            connection: Mutex::new(None),
+            acquire: redis::Script::new(ACQUIRE),
+            extend: redis::Script::new(EXTEND),
+            release: redis::Script::new(RELEASE),
+        })
+    }
+
+    fn unavailable(&self, e: impl std::fmt::Display) -> LockError {
+        LockError::Backend {
+            backend: self.url.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, LockError> {
+        let mut slot = self.connection.lock().await;
+        if let Some(connection) = slot.as_ref() {
+            return Ok(connection.clone());
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(REDIS_TIMEOUT))
+            .set_number_of_retries(1);
+        let connection = self
+            .client
+            .get_connection_manager_with_config(config)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        *slot = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// Forgets a connection that failed, so the next call connects afresh.
+    async fn forget(&self) {
+        *self.connection.lock().await = None;
+    }
+
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        keys: &[String],
+        args: &[String],
+    ) -> Result<T, LockError> {
+        let mut connection = self.connection().await?;
+        let mut invocation = script.prepare_invoke();
+        for key in keys {
+            invocation.key(key);
+        }
+        for arg in args {
+            invocation.arg(arg);
+        }
+        match invocation.invoke_async(&mut connection).await {
+            Ok(value) => Ok(value),
+            Err(e) => {
+                self.forget().await;
+                Err(self.unavailable(e))
+            }
+        }
+    }
+}
+
+fn lock_key(key: &str) -> String {
+    format!("wasaga:lock:{key}")
+}
+
+fn token_key(key: &str) -> String {
+    format!("wasaga:lock-token:{key}")
+}
+
+impl LockService for RedisLocks {
+    fn describe(&self) -> String {
+        self.url.clone()
+    }
+
+    fn acquire<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        ttl_ms: u32,
+        wait_ms: u32,
+    ) -> crate::BoxFuture<'a, Result<Lease, LockError>> {
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            let mut pause_ms = 2;
+            loop {
+                let (token, holder): (u64, String) = self
+                    .invoke(
+                        &self.acquire,
+                        &[lock_key(key), token_key(key)],
+                        &[owner.to_owned(), ttl_ms.to_string()],
+                    )
+                    .await?;
+                if token > 0 {
+                    let expires_at_ms = now_ms() + u64::from(ttl_ms);
+                    return Ok(Lease {
+                        key: key.to_owned(),
+                        owner: owner.to_owned(),
+                        fencing_token: token,
+                        ttl_ms,
+                        expires_at_ms,
+                    });
+                }
+                let waited_ms = started.elapsed().as_millis() as u64;
+                if waited_ms >= u64::from(wait_ms) {
+                    let holder = holder.split('|').next().unwrap_or_default().to_owned();
+                    return Err(LockError::Timeout {
+                        key: key.to_owned(),
+                        holder,
+                        waited_ms,
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+                pause_ms = (pause_ms * 2).min(50);
+            }
+        })
+    }
+
+    fn extend<'a>(&'a self, lease: &'a Lease) -> crate::BoxFuture<'a, Result<Lease, LockError>> {
+        Box::pin(async move {
+            let grant = format!("{}|{}", lease.owner, lease.fencing_token);
+            let extended: i64 = self
+                .invoke(
+                    &self.extend,
+                    &[lock_key(&lease.key)],
+                    &[grant, lease.ttl_ms.to_string()],
+                )
+                .await?;
+            if extended == 1 {
+                Ok(Lease {
+                    expires_at_ms: now_ms() + u64::from(lease.ttl_ms),
+                    ..lease.clone()
+                })
+            } else {
+                Err(LockError::Lost {
+                    key: lease.key.clone(),
+                    fencing_token: lease.fencing_token,
+                })
+            }
+        })
+    }
+
+    fn release<'a>(&'a self, lease: &'a Lease) -> crate::BoxFuture<'a, Result<(), LockError>> {
+        Box::pin(async move {
+            let grant = format!("{}|{}", lease.owner, lease.fencing_token);
+            let _deleted: i64 = self
+                .invoke(&self.release, &[lock_key(&lease.key)], &[grant])
+                .await?;
+            Ok(())
+        })
+    }
+}

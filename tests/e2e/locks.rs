@@ -1,0 +1,311 @@
+//! Locks with fencing tokens, on every backend against a real server: mutual exclusion under
+//! contention, a paused holder fenced out by the ledger, a backend that dies and comes back,
+//! and opposing transfers that never deadlock.
+
+use crate::guests::{COUNTER, TRANSFER};
+use crate::services::Redis;
+use crate::support::{Sandbox, assert_ledger_consistent, rt, text};
+use serde_json::json;
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::Duration;
+use wasaga::event::{Event, RunStatus};
+use wasaga::locks::LockBackend;
+use wasaga::store::no_observer;
+use wasaga::{Host, HostConfig};
+
+async fn host(s: &Sandbox, locks: LockBackend) -> Host {
+    let mut config = HostConfig::new(s.db.clone());
+    config.locks = locks;
+    config.limits.concurrent_runs_max = 32;
+    Host::open(&config).await.expect("host opens")
+}
+
+async fn register(host: &Host, key: &str) -> i64 {
+    sqlx::query_scalar("SELECT value FROM ledger_registers WHERE key = ?")
+        .bind(key)
+        .fetch_optional(host.ledger_db().readers())
+        .await
+        .expect("read register")
+        .unwrap_or(0)
+}
+
+/// 8 runs each doing 50 lock-guarded read-increment-writes of one register.
+async fn guarded_increments(locks: LockBackend) {
+    let s = Sandbox::new("increments");
+    let host = host(&s, locks).await;
+    let module = std::fs::read(COUNTER).expect("guest built");
+    let hash = host
+        .add_module("counter", &module)
+        .await
+        .expect("valid module");
+    let input = json!({ "key": "shared", "increments": 50 }).to_string();
+    let mut runs = Vec::new();
+    for i in 0..8 {
+        let (run_id, _) = host
+            .start(Some(format!("inc-{i}")), "counter", &hash, &input)
+            .await
+            .expect("start");
+        let host = host.clone();
+        runs.push(tokio::spawn(async move {
+            host.drive(&run_id, no_observer()).await
+        }));
+    }
+    for run in runs {
+        let outcome = run.await.expect("task").expect("drive");
+        assert_eq!(outcome.status, RunStatus::Completed, "{outcome:?}");
+    }
+    assert_eq!(
+        register(&host, "shared").await,
+        400,
+        "no increment may be lost"
+    );
+
+    // Holder intervals, from the journals: a release is journaled before the backend frees
+    // the lock and an acquisition after the backend grants it, so no two may overlap.
+    let mut intervals = Vec::new();
+    for i in 0..8 {
+        let events = host
+            .journal()
+            .events(&format!("inc-{i}"))
+            .await
+            .expect("events");
+        let mut acquired = None;
+        for stored in events {
+            match stored.event {
+                Event::LockAcquired { fencing_token, .. } => {
+                    acquired = Some((stored.at_ms, fencing_token))
+                }
+                Event::LockReleased { .. } => {
+                    let (at, token) = acquired.take().expect("released what was acquired");
+                    intervals.push((at, stored.at_ms, token));
+                }
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(intervals.len(), 400);
+    intervals.sort();
+    for pair in intervals.windows(2) {
+        assert!(
+            pair[1].0 >= pair[0].1,
+            "holder intervals overlap: {:?} and {:?}",
+            pair[0],
+            pair[1]
+        );
+        assert!(
+            pair[1].2 > pair[0].2,
+            "fencing tokens must grow with each grant: {pair:?}"
+        );
+    }
+}
+
+#[test]
+fn guarded_increments_are_exclusive_with_database_locks() {
+    rt().block_on(guarded_increments(LockBackend::Journal));
+}
+
+#[test]
+fn guarded_increments_are_exclusive_with_redis_locks() {
+    let redis = Redis::start();
+    rt().block_on(guarded_increments(LockBackend::Redis(redis.url())));
+}
+
+/// Holder A takes the lock and is frozen (SIGSTOP) between its read and its write; its lease
+/// expires, B takes the lock and writes; A, thawed, writes with its old token and the ledger
+/// refuses it.
+fn paused_holder_is_fenced_out(locks: &str) {
+    let s = Sandbox::new("paused-holder");
+    let shared_ledger = s.dir.join("ledger.db").display().to_string();
+    let a_db = s.dir.join("a.db").display().to_string();
+    let b_db = s.dir.join("b.db").display().to_string();
+    let wasaga = crate::support::wasaga_bin();
+    let common = |db: &str| {
+        vec![
+            "--db".to_owned(),
+            db.to_owned(),
+            "--ledger".to_owned(),
+            shared_ledger.clone(),
+            "--locks".to_owned(),
+            locks.to_owned(),
+        ]
+    };
+
+    let a_input =
+        json!({ "key": "k", "increments": 1, "ttl_ms": 300, "pause_spins": 3_000_000_000u64 })
+            .to_string();
+    let mut a = std::process::Command::new(&wasaga)
+        .args(common(&a_db))
+        .args(["run", COUNTER, "--input", &a_input])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start holder A");
+    let pid = a.id().to_string();
+    let mut lines = BufReader::new(a.stdout.take().expect("stdout")).lines();
+    // Freeze A once it has read the register under its lock.
+    loop {
+        let line = lines.next().expect("A streams its steps").expect("utf-8");
+        if line.contains("read-0") {
+            break;
+        }
+    }
+    let stop = std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .expect("kill");
+    assert!(stop.success());
+    std::thread::sleep(Duration::from_millis(900));
+
+    let b_input = json!({ "key": "k", "increments": 1, "ttl_ms": 5_000 }).to_string();
+    let b = std::process::Command::new(&wasaga)
+        .args(common(&b_db))
+        .args(["run", COUNTER, "--input", &b_input])
+        .output()
+        .expect("run B");
+    assert_eq!(
+        b.status.code(),
+        Some(0),
+        "B takes the expired lock: {}",
+        text(&b)
+    );
+
+    let cont = std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .expect("kill");
+    assert!(cont.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let a_out = a.wait_with_output().expect("A ends");
+    assert_eq!(
+        a_out.status.code(),
+        Some(3),
+        "A is compensated: {rest:?} {}",
+        String::from_utf8_lossy(&a_out.stderr)
+    );
+    let reason = String::from_utf8_lossy(&a_out.stderr);
+    assert!(
+        reason.contains("stale fencing token 1"),
+        "A's write must be refused for its stale token: {reason}"
+    );
+
+    rt().block_on(async {
+        let mut conn = crate::support::sql(std::path::Path::new(&shared_ledger)).await;
+        let value: i64 = sqlx::query_scalar("SELECT value FROM ledger_registers WHERE key = 'k'")
+            .fetch_one(&mut conn)
+            .await
+            .expect("register");
+        assert_eq!(value, 1, "only B's write took effect");
+    });
+}
+
+#[test]
+fn a_paused_holder_is_fenced_out_with_database_locks() {
+    let s = Sandbox::new("locks-file");
+    paused_holder_is_fenced_out(&format!("sqlite:{}", s.dir.join("locks.db").display()));
+}
+
+#[test]
+fn a_paused_holder_is_fenced_out_with_redis_locks() {
+    let redis = Redis::start();
+    paused_holder_is_fenced_out(&redis.url());
+}
+
+#[test]
+fn redis_going_away_compensates_runs_and_coming_back_needs_no_restart() {
+    let mut redis = Redis::start();
+    let port = redis.port;
+    let s = Sandbox::new("redis-down");
+    rt().block_on(async {
+        let host = host(&s, LockBackend::Redis(redis.url())).await;
+        for (account, balance) in [("alice", 1_000), ("bob", 1_000)] {
+            wasaga::ledger::open(host.ledger_db(), account, balance)
+                .await
+                .expect("open");
+        }
+        let module = std::fs::read(TRANSFER).expect("guest built");
+        let hash = host.add_module("transfer", &module).await.expect("valid");
+        let transfer = json!({ "from": "alice", "to": "bob", "amount": 10 }).to_string();
+        let run = |id: &str| {
+            let (host, hash, transfer, id) =
+                (host.clone(), hash.clone(), transfer.clone(), id.to_owned());
+            async move {
+                let (run_id, _) = host
+                    .start(Some(id), "transfer", &hash, &transfer)
+                    .await
+                    .expect("start");
+                host.drive(&run_id, no_observer()).await.expect("drive")
+            }
+        };
+        assert_eq!(run("before").await.status, RunStatus::Completed);
+
+        redis.kill();
+        let down = run("during").await;
+        assert_eq!(down.status, RunStatus::Compensated, "{down:?}");
+        let reason = down.error.unwrap_or_default();
+        assert!(
+            reason.contains(&format!("redis://127.0.0.1:{port}")) && reason.contains("unavailable"),
+            "{reason}"
+        );
+
+        let _back = Redis::start_on(port);
+        assert_eq!(
+            run("after").await.status,
+            RunStatus::Completed,
+            "no host restart needed"
+        );
+        let accounts = wasaga::ledger::list(host.ledger_db()).await.expect("list");
+        let balances: Vec<i64> = accounts.iter().map(|a| a.balance).collect();
+        assert_eq!(
+            balances,
+            [980, 1_020],
+            "exactly the two completed transfers moved money"
+        );
+    });
+    rt().block_on(assert_ledger_consistent(&s.db));
+}
+
+#[test]
+fn transfers_in_both_directions_never_deadlock() {
+    let s = Sandbox::new("deadlock");
+    rt().block_on(async {
+        let host = host(&s, LockBackend::Journal).await;
+        let accounts = ["a", "b", "c"];
+        for account in accounts {
+            wasaga::ledger::open(host.ledger_db(), account, 10_000)
+                .await
+                .expect("open");
+        }
+        let module = std::fs::read(TRANSFER).expect("guest built");
+        let hash = host.add_module("transfer", &module).await.expect("valid");
+        let mut runs = Vec::new();
+        for i in 0..60usize {
+            let (from, to) = (accounts[i % 3], accounts[(i + 1 + i / 3 % 2) % 3]);
+            let input = json!({ "from": from, "to": to, "amount": 1 + i }).to_string();
+            let (run_id, _) = host
+                .start(None, "transfer", &hash, &input)
+                .await
+                .expect("start");
+            let host = host.clone();
+            runs.push(tokio::spawn(async move {
+                host.drive(&run_id, no_observer()).await
+            }));
+        }
+        for run in runs {
+            let outcome = tokio::time::timeout(Duration::from_secs(120), run)
+                .await
+                .expect("every run ends: no deadlock")
+                .expect("task")
+                .expect("drive");
+            assert_eq!(outcome.status, RunStatus::Completed, "{outcome:?}");
+        }
+        let total: i64 = wasaga::ledger::list(host.ledger_db())
+            .await
+            .expect("list")
+            .iter()
+            .map(|a| a.balance)
+            .sum();
+        assert_eq!(total, 30_000);
+    });
+    rt().block_on(assert_ledger_consistent(&s.db));
+}

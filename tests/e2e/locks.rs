@@ -3,7 +3,7 @@
 //! and opposing transfers that never deadlock.
 
 use crate::guests::{COUNTER, TRANSFER};
-use crate::services::Redis;
+use crate::services::{Redis, ZooKeeper};
 use crate::support::{Sandbox, assert_ledger_consistent, rt, text};
 use serde_json::json;
 use std::io::{BufRead, BufReader};
@@ -111,10 +111,16 @@ fn guarded_increments_are_exclusive_with_redis_locks() {
     rt().block_on(guarded_increments(LockBackend::Redis(redis.url())));
 }
 
+#[test]
+fn guarded_increments_are_exclusive_with_zookeeper_locks() {
+    let zookeeper = ZooKeeper::start();
+    rt().block_on(guarded_increments(LockBackend::ZooKeeper(zookeeper.url())));
+}
+
 /// Holder A takes the lock and is frozen (SIGSTOP) between its read and its write; its lease
 /// expires, B takes the lock and writes; A, thawed, writes with its old token and the ledger
 /// refuses it.
-fn paused_holder_is_fenced_out(locks: &str) {
+fn paused_holder_is_fenced_out(locks: &str, lease_lapse: Duration) {
     let s = Sandbox::new("paused-holder");
     let shared_ledger = s.dir.join("ledger.db").display().to_string();
     let a_db = s.dir.join("a.db").display().to_string();
@@ -155,7 +161,7 @@ fn paused_holder_is_fenced_out(locks: &str) {
         .status()
         .expect("kill");
     assert!(stop.success());
-    std::thread::sleep(Duration::from_millis(900));
+    std::thread::sleep(lease_lapse);
 
     let b_input = json!({ "key": "k", "increments": 1, "ttl_ms": 5_000 }).to_string();
     let b = std::process::Command::new(&wasaga)
@@ -185,7 +191,7 @@ fn paused_holder_is_fenced_out(locks: &str) {
     );
     let reason = String::from_utf8_lossy(&a_out.stderr);
     assert!(
-        reason.contains("stale fencing token 1"),
+        reason.contains("stale fencing token"),
         "A's write must be refused for its stale token: {reason}"
     );
 
@@ -202,22 +208,61 @@ fn paused_holder_is_fenced_out(locks: &str) {
 #[test]
 fn a_paused_holder_is_fenced_out_with_database_locks() {
     let s = Sandbox::new("locks-file");
-    paused_holder_is_fenced_out(&format!("sqlite:{}", s.dir.join("locks.db").display()));
+    paused_holder_is_fenced_out(
+        &format!("sqlite:{}", s.dir.join("locks.db").display()),
+        Duration::from_millis(900),
+    );
 }
 
 #[test]
 fn a_paused_holder_is_fenced_out_with_redis_locks() {
     let redis = Redis::start();
-    paused_holder_is_fenced_out(&redis.url());
+    paused_holder_is_fenced_out(&redis.url(), Duration::from_millis(900));
 }
 
 #[test]
-fn redis_going_away_compensates_runs_and_coming_back_needs_no_restart() {
-    let mut redis = Redis::start();
-    let port = redis.port;
-    let s = Sandbox::new("redis-down");
+fn a_paused_holder_is_fenced_out_with_zookeeper_locks() {
+    // A's session (2 s) expires while it is frozen, and ZooKeeper deletes its znode.
+    let zookeeper = ZooKeeper::start();
+    paused_holder_is_fenced_out(&zookeeper.url(), Duration::from_millis(4_000));
+}
+
+/// A lock server that can be killed and started again on the same port.
+trait Server {
+    fn url(&self) -> String;
+    fn kill(&mut self);
+}
+
+impl Server for Redis {
+    fn url(&self) -> String {
+        Redis::url(self)
+    }
+    fn kill(&mut self) {
+        Redis::kill(self)
+    }
+}
+
+impl Server for ZooKeeper {
+    fn url(&self) -> String {
+        ZooKeeper::url(self)
+    }
+    fn kill(&mut self) {
+        ZooKeeper::kill(self)
+    }
+}
+
+/// The lock server dies between runs: runs that need a lock compensate with an error naming
+/// the backend and its address, nothing is lost, and once the server is back new runs
+/// succeed on the same host.
+fn server_going_away<S: Server>(
+    mut server: S,
+    backend: fn(String) -> LockBackend,
+    restart: impl FnOnce() -> S,
+) {
+    let url = server.url();
+    let s = Sandbox::new("backend-down");
     rt().block_on(async {
-        let host = host(&s, LockBackend::Redis(redis.url())).await;
+        let host = host(&s, backend(url.clone())).await;
         for (account, balance) in [("alice", 1_000), ("bob", 1_000)] {
             wasaga::ledger::open(host.ledger_db(), account, balance)
                 .await
@@ -239,16 +284,16 @@ fn redis_going_away_compensates_runs_and_coming_back_needs_no_restart() {
         };
         assert_eq!(run("before").await.status, RunStatus::Completed);
 
-        redis.kill();
+        server.kill();
         let down = run("during").await;
         assert_eq!(down.status, RunStatus::Compensated, "{down:?}");
         let reason = down.error.unwrap_or_default();
         assert!(
-            reason.contains(&format!("redis://127.0.0.1:{port}")) && reason.contains("unavailable"),
+            reason.contains(&url) && reason.contains("unavailable"),
             "{reason}"
         );
 
-        let _back = Redis::start_on(port);
+        let _back = restart();
         assert_eq!(
             run("after").await.status,
             RunStatus::Completed,
@@ -263,6 +308,22 @@ fn redis_going_away_compensates_runs_and_coming_back_needs_no_restart() {
         );
     });
     rt().block_on(assert_ledger_consistent(&s.db));
+}
+
+#[test]
+fn redis_going_away_compensates_runs_and_coming_back_needs_no_restart() {
+    let redis = Redis::start();
+    let port = redis.port;
+    server_going_away(redis, LockBackend::Redis, || Redis::start_on(port));
+}
+
+#[test]
+fn zookeeper_going_away_compensates_runs_and_coming_back_needs_no_restart() {
+    let zookeeper = ZooKeeper::start();
+    let port = zookeeper.port;
+    server_going_away(zookeeper, LockBackend::ZooKeeper, || {
+        ZooKeeper::start_on(port)
+    });
 }
 
 #[test]

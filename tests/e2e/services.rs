@@ -70,3 +70,71 @@ impl Drop for Redis {
         self.kill();
     }
 }
+
+/// A ZooKeeper server (the Debian package's zkServer.sh, which execs java) with a private data
+/// directory. tickTime is short so sessions (and so locks of a paused host) expire quickly.
+pub struct ZooKeeper {
+    pub port: u16,
+    dir: std::path::PathBuf,
+    child: Option<Child>,
+}
+
+pub const ZOOKEEPER_SCRIPT: &str = "/usr/share/zookeeper/bin/zkServer.sh";
+
+impl ZooKeeper {
+    pub fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    pub fn start_on(port: u16) -> Self {
+        assert!(
+            std::path::Path::new(ZOOKEEPER_SCRIPT).exists(),
+            "{ZOOKEEPER_SCRIPT} is missing: install ZooKeeper (./scripts/test does, as root: apt-get install -y zookeeper)"
+        );
+        let dir = std::env::temp_dir().join(format!("wasaga-zk-{}-{port}", std::process::id()));
+        // A restart on the same port keeps the data, as a real server's would: its sequence
+        // numbers (the fencing tokens) must keep growing.
+        std::fs::create_dir_all(dir.join("data")).expect("zk dir");
+        let config = dir.join("zoo.cfg");
+        std::fs::write(
+            &config,
+            format!(
+                "tickTime=500\ninitLimit=10\nsyncLimit=5\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\nadmin.enableServer=false\n",
+                dir.join("data").display()
+            ),
+        )
+        .expect("zoo.cfg");
+        let child = Command::new(ZOOKEEPER_SCRIPT)
+            .arg("start-foreground")
+            .arg(&config)
+            .env("ZOO_LOG_DIR", &dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start ZooKeeper ({e})"));
+        wait_until_listening(port, "ZooKeeper");
+        ZooKeeper {
+            port,
+            dir,
+            child: Some(child),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("zookeeper://127.0.0.1:{}", self.port)
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ZooKeeper {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

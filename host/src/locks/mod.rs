@@ -1,13 +1,15 @@
 //! Locks owned by runs, with fencing tokens. The executor depends only on [`LockService`];
-//! the backend is chosen by URL in the host config: the journal's own database (default) or
-//! Redis. A lease alone never decides correctness: participants refuse calls carrying a
+//! the backend is chosen by URL in the host config: the journal's own database (default), a
+//! SQLite file of its own, Redis or ZooKeeper. A lease alone never decides correctness: participants refuse calls carrying a
 //! fencing token older than the newest they have seen for that key.
 
 mod database;
 mod redis;
+mod zookeeper;
 
 pub use database::DatabaseLocks;
 pub use redis::RedisLocks;
+pub use zookeeper::ZooKeeperLocks;
 
 /// A held lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +74,8 @@ pub enum LockBackend {
     Sqlite(std::path::PathBuf),
     /// A Redis server, `redis://host:port[/db]`.
     Redis(String),
+    /// A ZooKeeper ensemble, `zookeeper://host:port[,host:port...]`.
+    ZooKeeper(String),
 }
 
 impl std::str::FromStr for LockBackend {
@@ -81,11 +85,12 @@ impl std::str::FromStr for LockBackend {
         match url.split_once("://").map(|(scheme, _)| scheme) {
             _ if url == "journal" => Ok(LockBackend::Journal),
             Some("redis") => Ok(LockBackend::Redis(url.to_owned())),
+            Some("zookeeper") => Ok(LockBackend::ZooKeeper(url.to_owned())),
             _ if url.starts_with("sqlite:") && url.len() > "sqlite:".len() => {
                 Ok(LockBackend::Sqlite(url["sqlite:".len()..].into()))
             }
             _ => Err(format!(
-                "lock backend '{url}' is not supported; use 'journal' (the journal's database), sqlite:<file> or redis://host:port"
+                "lock backend '{url}' is not supported; use 'journal' (the journal's database), sqlite:<file>, redis://host:port or zookeeper://host:port"
             )),
         }
     }
@@ -108,5 +113,6 @@ pub async fn connect(
             Box::new(DatabaseLocks::new(std::sync::Arc::new(db)))
         }
         LockBackend::Redis(url) => Box::new(RedisLocks::new(url)?),
+        LockBackend::ZooKeeper(url) => Box::new(ZooKeeperLocks::new(url)?),
     })
 }

@@ -13,13 +13,21 @@ use tokio::sync::Mutex;
 
 /// Takes the lock if it is free (or already the caller's) and returns the new fencing token.
 /// KEYS[1] lock key, KEYS[2] token counter; ARGV[1] owner, ARGV[2] ttl ms.
+///
+/// The token is the per-key counter plus one, but never less than the server's clock in
+/// microseconds: a Redis that restarts without its data (no persistence, a failover to a
+/// replica that missed the last `INCR`) must not hand out a token the participants have
+/// already seen. (Lua numbers are doubles: microsecond timestamps are exact below 2^53.)
 const ACQUIRE: &str = r"
 local current = redis.call('GET', KEYS[1])
 if current and string.sub(current, 1, string.len(ARGV[1]) + 1) ~= ARGV[1] .. '|' then
   return {0, current}
 end
-local token = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
+local now = redis.call('TIME')
+local floor = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local token = math.max(tonumber(redis.call('GET', KEYS[2]) or '0') + 1, floor)
+redis.call('SET', KEYS[2], string.format('%.0f', token))
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. string.format('%.0f', token), 'PX', ARGV[2])
 return {token, ''}
 ";
 

@@ -1,0 +1,232 @@
+//! The ZooKeeper lock backend, the standard recipe: each contender creates an ephemeral
+//! sequential znode under the lock's node and holds the lock when its znode is the lowest;
+//! otherwise it watches only its predecessor (no herd effect). The fencing token is the
+//! znode's sequence number, which only grows under one parent. A lease lives as long as the
+//! host's ZooKeeper session: a host that stops heart-beating loses its znodes when the session
+//! expires, and the next contender takes over.
+//!
+//! The session is made lazily and remade after it expires or the server goes away, so a
+//! ZooKeeper that was down serves new runs as soon as it is back.
+
+use super::{Lease, LockError, LockService};
+use crate::journal::now_ms;
+use std::time::Duration;
+use tokio::sync::Mutex;
+use zookeeper_client as zk;
+
+/// The session timeout asked of the server; a paused host loses its locks after about this.
+const SESSION_TIMEOUT: Duration = Duration::from_millis(2_000);
+/// How long connecting may take before the backend counts as down.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(2_000);
+const ROOT: &str = "/wasaga-locks";
+
+/// Locks in a ZooKeeper ensemble.
+pub struct ZooKeeperLocks {
+    url: String,
+    /// `host:port[,host:port...]`
+    cluster: String,
+    client: Mutex<Option<zk::Client>>,
+}
+
+impl std::fmt::Debug for ZooKeeperLocks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZooKeeperLocks")
+            .field("url", &self.url)
+            .finish()
+    }
+}
+
+/// The znode under which contenders for `key` queue (`/` in keys is escaped).
+fn lock_node(key: &str) -> String {
+    format!("{ROOT}/{}", key.replace('%', "%25").replace('/', "%2F"))
+}
+
+/// A contender's znode name, as the server names sequential nodes.
+fn sequence_of(child: &str) -> Option<i64> {
+    child.strip_prefix("lock-")?.parse().ok()
+}
+
+impl ZooKeeperLocks {
+    /// A backend for `zookeeper://host:port[,host:port...]`; nothing connects until first use.
+    pub fn new(url: &str) -> Result<Self, LockError> {
+        let cluster = url
+            .strip_prefix("zookeeper://")
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| LockError::Backend {
+                backend: url.to_owned(),
+                reason: "expected zookeeper://host:port".to_owned(),
+            })?;
+        Ok(ZooKeeperLocks {
+            url: url.to_owned(),
+            cluster: cluster.trim_end_matches('/').to_owned(),
+            client: Mutex::new(None),
+        })
+    }
+
+    fn unavailable(&self, e: impl std::fmt::Display) -> LockError {
+        LockError::Backend {
+            backend: self.url.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    async fn client(&self) -> Result<zk::Client, LockError> {
+        let mut slot = self.client.lock().await;
+        if let Some(client) = slot.as_ref()
+            && !client.state().is_terminated()
+        {
+            return Ok(client.clone());
+        }
+        let connect = zk::Client::connector()
+            .with_session_timeout(SESSION_TIMEOUT)
+            .with_connection_timeout(CONNECT_TIMEOUT)
+            .connect(&self.cluster);
+        let client = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|_| {
+                self.unavailable(format!(
+                    "no answer within {} ms",
+                    CONNECT_TIMEOUT.as_millis()
+                ))
+            })?
+            .map_err(|e| self.unavailable(e))?;
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Maps a client error, dropping a session that can no longer be used.
+    async fn failed(&self, e: zk::Error) -> LockError {
+        let unusable = matches!(
+            e,
+            zk::Error::NoHosts
+                | zk::Error::SessionExpired
+                | zk::Error::AuthFailed
+                | zk::Error::ClientClosed
+                | zk::Error::ConnectionLoss
+        );
+        if unusable {
+            *self.client.lock().await = None;
+        }
+        self.unavailable(e)
+    }
+
+    async fn ensure_node(&self, client: &zk::Client, path: &str) -> Result<(), LockError> {
+        let options = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+        match client.create(path, &[], &options).await {
+            Ok(_) | Err(zk::Error::NodeExists) => Ok(()),
+            Err(e) => Err(self.failed(e).await),
+        }
+    }
+
+    async fn try_acquire(&self, key: &str, owner: &str, wait_ms: u32) -> Result<Lease, LockError> {
+        let client = self.client().await?;
+        let parent = lock_node(key);
+        self.ensure_node(&client, ROOT).await?;
+        self.ensure_node(&client, &parent).await?;
+        let options = zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all());
+        let (_, sequence) = match client
+            .create(&format!("{parent}/lock-"), owner.as_bytes(), &options)
+            .await
+        {
+            Ok(created) => created,
+            Err(e) => return Err(self.failed(e).await),
+        };
+        let ours = sequence.into_i64();
+        let node = format!("{parent}/lock-{sequence}");
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(u64::from(wait_ms));
+        loop {
+            let mut queue: Vec<(i64, String)> = match client.list_children(&parent).await {
+                Ok(children) => children
+                    .into_iter()
+                    .filter_map(|c| sequence_of(&c).map(|s| (s, c)))
+                    .collect(),
+                Err(e) => return Err(self.failed(e).await),
+            };
+            queue.sort();
+            let Some(position) = queue.iter().position(|(s, _)| *s == ours) else {
+                // Our znode is gone: the session expired while we waited.
+                return Err(LockError::Lost {
+                    key: key.to_owned(),
+                    fencing_token: ours as u64,
+                });
+            };
+            if position == 0 {
+                return Ok(Lease {
+                    key: key.to_owned(),
+                    owner: owner.to_owned(),
+                    fencing_token: ours as u64,
+                    ttl_ms: SESSION_TIMEOUT.as_millis() as u32,
+                    expires_at_ms: now_ms() + SESSION_TIMEOUT.as_millis() as u64,
+                });
+            }
+            let predecessor = format!("{parent}/{}", queue[position - 1].1);
+            let watcher = match client.check_and_watch_stat(&predecessor).await {
+                Ok((None, _)) => continue,
+                Ok((Some(_), watcher)) => watcher,
+                Err(e) => return Err(self.failed(e).await),
+            };
+            if tokio::time::timeout_at(deadline, watcher.changed())
+                .await
+                .is_err()
+            {
+                let holder = match client.get_data(&format!("{parent}/{}", queue[0].1)).await {
+                    Ok((data, _)) => String::from_utf8_lossy(&data).into_owned(),
+                    Err(_) => "another run".to_owned(),
+                };
+                // Leave the queue; a failure here only leaves a znode until the session ends.
+                let _ = client.delete(&node, None).await;
+                return Err(LockError::Timeout {
+                    key: key.to_owned(),
+                    holder,
+                    waited_ms: u64::from(wait_ms),
+                });
+            }
+        }
+    }
+}
+
+impl LockService for ZooKeeperLocks {
+    fn describe(&self) -> String {
+        self.url.clone()
+    }
+
+    fn acquire<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        _ttl_ms: u32,
+        wait_ms: u32,
+    ) -> crate::BoxFuture<'a, Result<Lease, LockError>> {
+        Box::pin(self.try_acquire(key, owner, wait_ms))
+    }
+
+    fn extend<'a>(&'a self, lease: &'a Lease) -> crate::BoxFuture<'a, Result<Lease, LockError>> {
+        Box::pin(async move {
+            // The session's heartbeats keep the znode; the lease holds while the znode exists.
+            let client = self.client().await?;
+            let node = format!("{}/lock-{:010}", lock_node(&lease.key), lease.fencing_token);
+            match client.check_stat(&node).await {
+                Ok(Some(_)) => Ok(Lease {
+                    expires_at_ms: now_ms() + SESSION_TIMEOUT.as_millis() as u64,
+                    ..lease.clone()
+                }),
+                Ok(None) => Err(LockError::Lost {
+                    key: lease.key.clone(),
+                    fencing_token: lease.fencing_token,
+                }),
+                Err(e) => Err(self.failed(e).await),
+            }
+        })
+    }
+
+    fn release<'a>(&'a self, lease: &'a Lease) -> crate::BoxFuture<'a, Result<(), LockError>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let node = format!("{}/lock-{:010}", lock_node(&lease.key), lease.fencing_token);
+            match client.delete(&node, None).await {
+                Ok(()) | Err(zk::Error::NoNode) => Ok(()),
+                Err(e) => Err(self.failed(e).await),
+            }
+        })
+    }
+}

@@ -3,7 +3,7 @@
 //! and opposing transfers that never deadlock.
 
 use crate::guests::{COUNTER, TRANSFER};
-use crate::services::{Redis, ZooKeeper};
+use crate::services::{Postgres, Redis, ZooKeeper};
 use crate::support::{Sandbox, assert_ledger_consistent, rt, text};
 use serde_json::json;
 use std::io::{BufRead, BufReader};
@@ -112,6 +112,12 @@ fn guarded_increments_are_exclusive_with_redis_locks() {
 }
 
 #[test]
+fn guarded_increments_are_exclusive_with_postgres_locks() {
+    let postgres = Postgres::start();
+    rt().block_on(guarded_increments(LockBackend::Postgres(postgres.url())));
+}
+
+#[test]
 fn guarded_increments_are_exclusive_with_zookeeper_locks() {
     let zookeeper = ZooKeeper::start();
     rt().block_on(guarded_increments(LockBackend::ZooKeeper(zookeeper.url())));
@@ -206,6 +212,59 @@ fn paused_holder_is_fenced_out(locks: &str, lease_lapse: Duration) {
 }
 
 #[test]
+fn a_lock_that_cannot_be_had_in_time_fails_the_run_with_a_clear_error() {
+    let s = Sandbox::new("lock-timeout");
+    let wasaga = crate::support::wasaga_bin();
+    let locks = format!("sqlite:{}", s.dir.join("locks.db").display());
+    let ledger = s.dir.join("ledger.db").display().to_string();
+    let args = |db: &str| {
+        let db = s.dir.join(db).display().to_string();
+        vec![
+            "--db".to_owned(),
+            db,
+            "--ledger".to_owned(),
+            ledger.clone(),
+            "--locks".to_owned(),
+            locks.clone(),
+        ]
+    };
+    // A holds the lock for a long while (it spins between its read and its write).
+    let a_input =
+        json!({ "key": "k", "increments": 1, "pause_spins": 4_000_000_000u64 }).to_string();
+    let mut a = std::process::Command::new(&wasaga)
+        .args(args("a.db"))
+        .args(["run", COUNTER, "--input", &a_input])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start A");
+    let mut lines = BufReader::new(a.stdout.take().expect("stdout")).lines();
+    while !lines
+        .next()
+        .expect("A streams")
+        .expect("utf-8")
+        .contains("read-0")
+    {}
+
+    let b_input = json!({ "key": "k", "increments": 1, "wait_ms": 300 }).to_string();
+    let b = std::process::Command::new(&wasaga)
+        .args(args("b.db"))
+        .args(["run", COUNTER, "--input", &b_input])
+        .output()
+        .expect("run B");
+    let _ = a.kill();
+    let _ = a.wait();
+    assert_eq!(b.status.code(), Some(3), "B compensates: {}", text(&b));
+    let reason = String::from_utf8_lossy(&b.stderr);
+    assert!(
+        reason.contains("lock 'k'")
+            && reason.contains("still held by")
+            && reason.contains("after waiting"),
+        "{reason}"
+    );
+}
+
+#[test]
 fn a_paused_holder_is_fenced_out_with_database_locks() {
     let s = Sandbox::new("locks-file");
     paused_holder_is_fenced_out(
@@ -218,6 +277,12 @@ fn a_paused_holder_is_fenced_out_with_database_locks() {
 fn a_paused_holder_is_fenced_out_with_redis_locks() {
     let redis = Redis::start();
     paused_holder_is_fenced_out(&redis.url(), Duration::from_millis(900));
+}
+
+#[test]
+fn a_paused_holder_is_fenced_out_with_postgres_locks() {
+    let postgres = Postgres::start();
+    paused_holder_is_fenced_out(&postgres.url(), Duration::from_millis(900));
 }
 
 #[test]
@@ -242,6 +307,15 @@ impl Server for Redis {
     }
 }
 
+impl Server for Postgres {
+    fn url(&self) -> String {
+        Postgres::url(self)
+    }
+    fn kill(&mut self) {
+        Postgres::kill(self)
+    }
+}
+
 impl Server for ZooKeeper {
     fn url(&self) -> String {
         ZooKeeper::url(self)
@@ -251,13 +325,13 @@ impl Server for ZooKeeper {
     }
 }
 
-/// The lock server dies between runs: runs that need a lock compensate with an error naming
-/// the backend and its address, nothing is lost, and once the server is back new runs
-/// succeed on the same host.
-fn server_going_away<S: Server>(
+/// The lock server dies while a run is in the middle of lock-guarded work and before another
+/// starts: both compensate with an error naming the backend and its address, nothing is lost,
+/// and once the server is back new runs succeed on the same host.
+fn server_going_away<S: Server, R>(
     mut server: S,
     backend: fn(String) -> LockBackend,
-    restart: impl FnOnce() -> S,
+    restart: impl FnOnce(&S) -> R,
 ) {
     let url = server.url();
     let s = Sandbox::new("backend-down");
@@ -284,7 +358,48 @@ fn server_going_away<S: Server>(
         };
         assert_eq!(run("before").await.status, RunStatus::Completed);
 
+        // A run in the middle of many lock-guarded increments when the server dies.
+        let counter = std::fs::read(COUNTER).expect("guest built");
+        let counter = host.add_module("counter", &counter).await.expect("valid");
+        let input = json!({ "key": "busy", "increments": 100_000 }).to_string();
+        let (busy, _) = host
+            .start(Some("busy".into()), "counter", &counter, &input)
+            .await
+            .expect("start");
+        let in_flight = {
+            let host = host.clone();
+            tokio::spawn(async move { host.drive(&busy, no_observer()).await })
+        };
+        while register(&host, "busy").await < 5 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         server.kill();
+        let cut = in_flight.await.expect("task").expect("drive");
+        assert_eq!(cut.status, RunStatus::Compensated, "{cut:?}");
+        let reason = cut.error.unwrap_or_default();
+        assert!(
+            reason.contains(&url) && reason.contains("unavailable"),
+            "{reason}"
+        );
+        let events = host.journal().events("busy").await.expect("events");
+        let writes: Vec<u32> = events
+            .iter()
+            .filter_map(|e| match &e.event {
+                Event::StepIntent { call, name, .. } if name.starts_with("write-") => Some(*call),
+                _ => None,
+            })
+            .collect();
+        let written = events
+            .iter()
+            .filter(|e| matches!(&e.event, Event::StepDone { call, .. } if writes.contains(call)))
+            .count() as i64;
+        assert!(
+            written >= 5,
+            "the run was cut mid-way, after {written} increments"
+        );
+        // Every journaled write is in the register, and nothing else: nothing was lost.
+        assert_eq!(register(&host, "busy").await, written);
+
         let down = run("during").await;
         assert_eq!(down.status, RunStatus::Compensated, "{down:?}");
         let reason = down.error.unwrap_or_default();
@@ -293,7 +408,7 @@ fn server_going_away<S: Server>(
             "{reason}"
         );
 
-        let _back = restart();
+        let _back = restart(&server);
         assert_eq!(
             run("after").await.status,
             RunStatus::Completed,
@@ -314,16 +429,22 @@ fn server_going_away<S: Server>(
 fn redis_going_away_compensates_runs_and_coming_back_needs_no_restart() {
     let redis = Redis::start();
     let port = redis.port;
-    server_going_away(redis, LockBackend::Redis, || Redis::start_on(port));
+    server_going_away(redis, LockBackend::Redis, |_| Redis::start_on(port));
 }
 
 #[test]
 fn zookeeper_going_away_compensates_runs_and_coming_back_needs_no_restart() {
     let zookeeper = ZooKeeper::start();
     let port = zookeeper.port;
-    server_going_away(zookeeper, LockBackend::ZooKeeper, || {
+    server_going_away(zookeeper, LockBackend::ZooKeeper, |_| {
         ZooKeeper::start_on(port)
     });
+}
+
+#[test]
+fn postgres_going_away_compensates_runs_and_coming_back_needs_no_restart() {
+    let postgres = Postgres::start();
+    server_going_away(postgres, LockBackend::Postgres, Postgres::restart);
 }
 
 #[test]

@@ -138,3 +138,137 @@ impl Drop for ZooKeeper {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A private PostgreSQL 15 cluster (initdb + pg_ctl from PATH). PostgreSQL refuses to run as
+/// root, so as root the cluster belongs to the `wasaga-pg` user, created if missing.
+pub struct Postgres {
+    pub port: u16,
+    dir: std::path::PathBuf,
+}
+
+const POSTGRES_USER: &str = "wasaga-pg";
+
+/// Whether this process runs as root (PostgreSQL refuses to); as root, makes sure the user
+/// the clusters run as exists.
+fn root_with_postgres_user() -> bool {
+    static ROOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ROOT.get_or_init(|| {
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout.starts_with(b"0\n"))
+            .unwrap_or(false);
+        if root {
+            let exists = Command::new("id")
+                .arg(POSTGRES_USER)
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            if !exists {
+                let made = Command::new("useradd")
+                    .args(["-m", "-s", "/bin/sh", POSTGRES_USER])
+                    .status();
+                assert!(
+                    made.map(|s| s.success()).unwrap_or(false),
+                    "cannot create the {POSTGRES_USER} user"
+                );
+            }
+        }
+        root
+    })
+}
+
+fn as_postgres_user(program: &str) -> Command {
+    if root_with_postgres_user() {
+        let mut command = Command::new("runuser");
+        command.args(["-u", POSTGRES_USER, "--", program]);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+impl Postgres {
+    pub fn start() -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("wasaga-pg-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("pg dir");
+        if root_with_postgres_user() {
+            let owned = Command::new("chown")
+                .args(["-R", POSTGRES_USER])
+                .arg(&dir)
+                .status();
+            assert!(
+                owned.map(|s| s.success()).unwrap_or(false),
+                "cannot chown {}",
+                dir.display()
+            );
+        }
+        let data = dir.join("data");
+        let initdb = as_postgres_user("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args(["-A", "trust", "-U", "postgres"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| {
+                panic!("cannot run initdb ({e}): PostgreSQL 15's initdb and pg_ctl must be on PATH")
+            });
+        assert!(initdb.success(), "initdb failed in {}", dir.display());
+        let postgres = Postgres { port, dir };
+        postgres.pg_ctl_start();
+        postgres
+    }
+
+    fn pg_ctl_start(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_prepared_transactions=64 -c max_connections=200",
+            self.port,
+            self.dir.display()
+        );
+        let started = as_postgres_user("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-l")
+            .arg(self.dir.join("log"))
+            .args(["-w", "start", "-o", &options])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("pg_ctl runs");
+        assert!(
+            started.success(),
+            "pg_ctl start failed; see {}",
+            self.dir.join("log").display()
+        );
+        wait_until_listening(self.port, "PostgreSQL");
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stops the server at once (as a crash would); [`Postgres::restart`] brings it back.
+    pub fn kill(&mut self) {
+        let _ = as_postgres_user("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    pub fn restart(&self) {
+        self.pg_ctl_start();
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,13 +1,15 @@
 //! Locks owned by runs, with fencing tokens. The executor depends only on [`LockService`];
 //! the backend is chosen by URL in the host config: the journal's own database (default), a
-//! SQLite file of its own, Redis or ZooKeeper. A lease alone never decides correctness: participants refuse calls carrying a
+//! SQLite file of its own, PostgreSQL, Redis or ZooKeeper. A lease alone never decides correctness: participants refuse calls carrying a
 //! fencing token older than the newest they have seen for that key.
 
 mod database;
+mod postgres;
 mod redis;
 mod zookeeper;
 
 pub use database::DatabaseLocks;
+pub use postgres::PostgresLocks;
 pub use redis::RedisLocks;
 pub use zookeeper::ZooKeeperLocks;
 
@@ -76,6 +78,8 @@ pub enum LockBackend {
     Redis(String),
     /// A ZooKeeper ensemble, `zookeeper://host:port[,host:port...]`.
     ZooKeeper(String),
+    /// A PostgreSQL database, `postgres://user@host:port/db`.
+    Postgres(String),
 }
 
 impl std::str::FromStr for LockBackend {
@@ -86,11 +90,12 @@ impl std::str::FromStr for LockBackend {
             _ if url == "journal" => Ok(LockBackend::Journal),
             Some("redis") => Ok(LockBackend::Redis(url.to_owned())),
             Some("zookeeper") => Ok(LockBackend::ZooKeeper(url.to_owned())),
+            Some("postgres" | "postgresql") => Ok(LockBackend::Postgres(url.to_owned())),
             _ if url.starts_with("sqlite:") && url.len() > "sqlite:".len() => {
                 Ok(LockBackend::Sqlite(url["sqlite:".len()..].into()))
             }
             _ => Err(format!(
-                "lock backend '{url}' is not supported; use 'journal' (the journal's database), sqlite:<file>, redis://host:port or zookeeper://host:port"
+                "lock backend '{url}' is not supported; use 'journal' (the journal's database), sqlite:<file>, postgres://..., redis://host:port or zookeeper://host:port"
             )),
         }
     }
@@ -114,5 +119,6 @@ pub async fn connect(
         }
         LockBackend::Redis(url) => Box::new(RedisLocks::new(url)?),
         LockBackend::ZooKeeper(url) => Box::new(ZooKeeperLocks::new(url)?),
+        LockBackend::Postgres(url) => Box::new(PostgresLocks::new(url)?),
     })
 }

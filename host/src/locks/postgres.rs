@@ -1,0 +1,218 @@
+//! The PostgreSQL lock backend: lease rows with an expiry and a per-key fencing token that only
+//! ever grows, as in the SQLite backend, but timed by the database's clock so that hosts with
+//! skewed clocks agree on when a lease has expired. The table is created on first use.
+//!
+//! The pool connects lazily, so a database that was down serves new runs once it is back.
+
+use super::{Lease, LockError, LockService};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS wasaga_locks (
+    key           TEXT PRIMARY KEY,
+    owner         TEXT,
+    token         BIGINT NOT NULL,
+    expires_at_ms BIGINT NOT NULL
+)";
+
+/// The database's clock, in milliseconds since the Unix epoch.
+const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+
+/// Locks in a PostgreSQL database.
+pub struct PostgresLocks {
+    /// The URL without its password, for messages.
+    shown: String,
+    pool: PgPool,
+    schema: OnceCell<()>,
+}
+
+impl std::fmt::Debug for PostgresLocks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresLocks")
+            .field("url", &self.shown)
+            .finish()
+    }
+}
+
+/// `url` with any password replaced, so it can appear in errors and logs.
+fn without_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl PostgresLocks {
+    /// A backend for `postgres://...`; nothing connects until first use.
+    pub fn new(url: &str) -> Result<Self, LockError> {
+        let shown = without_password(url);
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(2))
+            .connect_lazy(url)
+            .map_err(|e| LockError::Backend {
+                backend: shown.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(PostgresLocks {
+            shown,
+            pool,
+            schema: OnceCell::new(),
+        })
+    }
+
+    fn unavailable(&self, e: impl std::fmt::Display) -> LockError {
+        LockError::Backend {
+            backend: self.shown.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    async fn ready(&self) -> Result<(), LockError> {
+        self.schema
+            .get_or_try_init(|| async { sqlx::query(SCHEMA).execute(&self.pool).await.map(|_| ()) })
+            .await
+            .map(|_| ())
+            .map_err(|e| self.unavailable(e))
+    }
+
+    async fn try_acquire(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl_ms: u32,
+    ) -> Result<Result<Lease, String>, LockError> {
+        self.ready().await?;
+        let granted: Option<(i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO wasaga_locks AS l (key, owner, token, expires_at_ms) VALUES ($1, $2, 1, {NOW_MS} + $3)
+             ON CONFLICT (key) DO UPDATE SET owner = $2, token = l.token + 1, expires_at_ms = {NOW_MS} + $3
+             WHERE l.owner IS NULL OR l.expires_at_ms < {NOW_MS} OR l.owner = $2
+             RETURNING token, expires_at_ms"
+        )))
+        .bind(key)
+        .bind(owner)
+        .bind(i64::from(ttl_ms))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.unavailable(e))?;
+        Ok(match granted {
+            Some((token, expires_at_ms)) => Ok(Lease {
+                key: key.to_owned(),
+                owner: owner.to_owned(),
+                fencing_token: token as u64,
+                ttl_ms,
+                expires_at_ms: expires_at_ms as u64,
+            }),
+            None => Err(sqlx::query_scalar::<_, Option<String>>(
+                "SELECT owner FROM wasaga_locks WHERE key = $1",
+            )
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.unavailable(e))?
+            .flatten()
+            .unwrap_or_else(|| "another run".to_owned())),
+        })
+    }
+}
+
+impl LockService for PostgresLocks {
+    fn describe(&self) -> String {
+        self.shown.clone()
+    }
+
+    fn acquire<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        ttl_ms: u32,
+        wait_ms: u32,
+    ) -> crate::BoxFuture<'a, Result<Lease, LockError>> {
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            let mut pause_ms = 2;
+            loop {
+                match self.try_acquire(key, owner, ttl_ms).await? {
+                    Ok(lease) => return Ok(lease),
+                    Err(holder) => {
+                        let waited_ms = started.elapsed().as_millis() as u64;
+                        if waited_ms >= u64::from(wait_ms) {
+                            return Err(LockError::Timeout {
+                                key: key.to_owned(),
+                                holder,
+                                waited_ms,
+                            });
+                        }
+                        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+                        pause_ms = (pause_ms * 2).min(50);
+                    }
+                }
+            }
+        })
+    }
+
+    fn extend<'a>(&'a self, lease: &'a Lease) -> crate::BoxFuture<'a, Result<Lease, LockError>> {
+        Box::pin(async move {
+            self.ready().await?;
+            let extended: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "UPDATE wasaga_locks SET expires_at_ms = {NOW_MS} + $4
+                 WHERE key = $1 AND owner = $2 AND token = $3 RETURNING expires_at_ms"
+            )))
+            .bind(&lease.key)
+            .bind(&lease.owner)
+            .bind(lease.fencing_token as i64)
+            .bind(i64::from(lease.ttl_ms))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+            match extended {
+                Some(expires_at_ms) => Ok(Lease {
+                    expires_at_ms: expires_at_ms as u64,
+                    ..lease.clone()
+                }),
+                None => Err(LockError::Lost {
+                    key: lease.key.clone(),
+                    fencing_token: lease.fencing_token,
+                }),
+            }
+        })
+    }
+
+    fn release<'a>(&'a self, lease: &'a Lease) -> crate::BoxFuture<'a, Result<(), LockError>> {
+        Box::pin(async move {
+            self.ready().await?;
+            sqlx::query(
+                "UPDATE wasaga_locks SET owner = NULL, expires_at_ms = 0 WHERE key = $1 AND owner = $2 AND token = $3",
+            )
+            .bind(&lease.key)
+            .bind(&lease.owner)
+            .bind(lease.fencing_token as i64)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_never_appear_in_messages() {
+        assert_eq!(
+            super::without_password("postgres://app:s3cret@db:5432/pay"),
+            "postgres://app:***@db:5432/pay"
+        );
+        assert_eq!(
+            super::without_password("postgres://db/pay"),
+            "postgres://db/pay"
+        );
+    }
+}

@@ -14,6 +14,7 @@ const GUESTS: &[&str] = &[
     "misbehave",
     "bench-transfer",
     "counter",
+    "optimistic",
 ];
 
 fn main() {

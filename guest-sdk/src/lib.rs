@@ -71,6 +71,75 @@ impl Saga {
             })
     }
 
+    /// Reads the versioned value `key` of `participant` (`None` if never written).
+    pub fn read<T: DeserializeOwned>(
+        &mut self,
+        participant: &str,
+        key: &str,
+    ) -> Result<Versioned<T>, Error> {
+        let (value, version) =
+            participant::read(participant, key).map_err(|e| Error::Versioned {
+                key: key.to_owned(),
+                error: e.into(),
+            })?;
+        let value = serde_json::from_str::<Option<T>>(&value).map_err(|e| {
+            Error::Invalid(format!("value of '{key}' ({value}) does not decode: {e}"))
+        })?;
+        Ok(Versioned { value, version })
+    }
+
+    /// Writes `value` to `key` only if it is still at `expected_version`; returns the new
+    /// version. A concurrent write makes it fail with [`Error::Conflict`].
+    pub fn write_if<T: Serialize>(
+        &mut self,
+        participant: &str,
+        key: &str,
+        expected_version: u64,
+        value: &T,
+    ) -> Result<u64, Error> {
+        let value = serde_json::to_string(value)
+            .map_err(|e| Error::Invalid(format!("value for '{key}' does not encode: {e}")))?;
+        participant::write_if(participant, key, expected_version, &value).map_err(|e| match e {
+            types::CallError::Rejected(m) if m.starts_with("version conflict") => Error::Conflict {
+                key: key.to_owned(),
+                attempts: 1,
+            },
+            e => Error::Versioned {
+                key: key.to_owned(),
+                error: e.into(),
+            },
+        })
+    }
+
+    /// Optimistic read-modify-write: reads `key`, computes the new value with `change`, and
+    /// writes it if nobody wrote in between; on a conflict it reads again and retries, at most
+    /// `attempts_max` times in all. Returns the value written.
+    pub fn update<T, F>(
+        &mut self,
+        participant: &str,
+        key: &str,
+        attempts_max: u32,
+        mut change: F,
+    ) -> Result<T, Error>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnMut(Option<T>) -> T,
+    {
+        for _ in 0..attempts_max.max(1) {
+            let current = self.read::<T>(participant, key)?;
+            let next = change(current.value);
+            match self.write_if(participant, key, current.version, &next) {
+                Ok(_) => return Ok(next),
+                Err(Error::Conflict { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Conflict {
+            key: key.to_owned(),
+            attempts: attempts_max.max(1),
+        })
+    }
+
     /// Milliseconds since the Unix epoch, journaled: a replay sees the first value.
     pub fn now_ms(&mut self) -> u64 {
         context::now_ms()
@@ -155,6 +224,15 @@ fn make_call<T: Serialize>(
     })
 }
 
+/// A value read with its version, for a later [`Saga::write_if`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned<T> {
+    /// The value, `None` if it was never written.
+    pub value: Option<T>,
+    /// Its version, 0 if it was never written.
+    pub version: u64,
+}
+
 /// A held lock. Dropping it releases the lock; the host releases it anyway when the run ends.
 #[derive(Debug)]
 pub struct Lock {
@@ -228,6 +306,20 @@ pub enum Error {
         /// The host's reason.
         reason: String,
     },
+    /// A versioned read or write failed.
+    Versioned {
+        /// The value's key.
+        key: String,
+        /// How it failed.
+        error: StepError,
+    },
+    /// A version-checked write lost to a concurrent writer (`attempts` times).
+    Conflict {
+        /// The value's key.
+        key: String,
+        /// How many writes were tried.
+        attempts: u32,
+    },
     /// Input, payload or reply that does not fit the expected shape.
     Invalid(String),
     /// A business rule of the workflow itself refused to go on.
@@ -263,6 +355,13 @@ impl fmt::Display for Error {
                 write!(f, "step '{step}' outcome unknown: {m}")
             }
             Error::Lock { key, reason } => write!(f, "lock '{key}': {reason}"),
+            Error::Versioned { key, error } => write!(f, "versioned value '{key}': {error:?}"),
+            Error::Conflict { key, attempts } => {
+                write!(
+                    f,
+                    "value '{key}' kept changing: {attempts} version-checked writes lost"
+                )
+            }
             Error::Invalid(m) => write!(f, "invalid: {m}"),
             Error::Failed(m) => f.write_str(m),
         }

@@ -5,10 +5,10 @@ CREATE TABLE ledger_fences (
     token INTEGER NOT NULL
 ) WITHOUT ROWID;
 
--- Versioned registers: a value that workflows read and write under a lock (or optimistically,
--- by version).
+-- Versioned registers: a JSON value that workflows read and write under a lock, or
+-- optimistically by version.
 CREATE TABLE ledger_registers (
     key     TEXT PRIMARY KEY,
-    value   INTEGER NOT NULL,
+    value   TEXT NOT NULL,
     version INTEGER NOT NULL
 ) WITHOUT ROWID;

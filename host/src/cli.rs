@@ -618,6 +618,32 @@ async fn runs_show(g: &Global, run_id: &str) -> Result<u8, Failure> {
                     Err(e) => format!("step {name:<14} resolved  {action} had not applied: {e}"),
                 }
             }
+            Event::Read {
+                participant,
+                key,
+                outcome,
+                ..
+            } => match outcome {
+                Ok((value, version)) => {
+                    format!("read      {participant} '{key}' = {value} (version {version})")
+                }
+                Err(e) => format!("read      {participant} '{key}' failed: {e}"),
+            },
+            Event::WriteIf {
+                participant,
+                key,
+                expected_version,
+                value,
+                outcome,
+                ..
+            } => match outcome {
+                Ok(version) => format!(
+                    "write-if  {participant} '{key}' = {value} at version {expected_version} -> version {version}"
+                ),
+                Err(e) => format!(
+                    "write-if  {participant} '{key}' at version {expected_version} refused: {e}"
+                ),
+            },
             Event::Clock { ms, .. } => format!("clock     {ms}"),
             Event::Random { value, .. } => format!("random    {value}"),
             Event::Log { message, .. } => format!(

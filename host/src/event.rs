@@ -76,6 +76,22 @@ pub enum Event {
     StepDone { call: u32, output: String },
     /// The step's action failed (after the host's retries for transient failures).
     StepFailed { call: u32, error: CallFailure },
+    /// `participant.read` returned this (value JSON and version).
+    Read {
+        call: u32,
+        participant: String,
+        key: String,
+        outcome: Result<(String, u64), CallFailure>,
+    },
+    /// `participant.write-if` was performed with this outcome (the new version).
+    WriteIf {
+        call: u32,
+        participant: String,
+        key: String,
+        expected_version: u64,
+        value: String,
+        outcome: Result<u64, CallFailure>,
+    },
     /// `context.now-ms` returned this.
     Clock { call: u32, ms: u64 },
     /// `context.random-u64` returned this.
@@ -128,6 +144,8 @@ impl Event {
             Event::StepIntent { .. } => "step-intent",
             Event::StepDone { .. } => "step-done",
             Event::StepFailed { .. } => "step-failed",
+            Event::Read { .. } => "read",
+            Event::WriteIf { .. } => "write-if",
             Event::Clock { .. } => "clock",
             Event::Random { .. } => "random",
             Event::Log { .. } => "log",
@@ -147,6 +165,8 @@ impl Event {
     pub fn replayed_call(&self) -> Option<u32> {
         match self {
             Event::StepIntent { call, .. }
+            | Event::Read { call, .. }
+            | Event::WriteIf { call, .. }
             | Event::Clock { call, .. }
             | Event::Random { call, .. }
             | Event::LockAcquired { call, .. }

@@ -346,7 +346,7 @@ struct RegisterRead {
 #[serde(deny_unknown_fields)]
 struct RegisterWrite {
     key: String,
-    value: i64,
+    value: Value,
     /// Refuse the write unless the register is at this version (optimistic concurrency).
     expected_version: Option<i64>,
 }
@@ -514,12 +514,17 @@ async fn perform(conn: &mut SqliteConnection, call: &LedgerCall) -> Outcome {
         }
         "read" => {
             let r: RegisterRead = check!(parse(call));
-            let row: Option<(i64, i64)> =
+            let row: Option<(String, i64)> =
                 sqlx::query_as("SELECT value, version FROM ledger_registers WHERE key = ?")
                     .bind(&r.key)
                     .fetch_optional(&mut *conn)
                     .await?;
-            let (value, version) = row.unwrap_or((0, 0));
+            let (value, version) = match row {
+                Some((text, version)) => {
+                    (serde_json::from_str(&text).unwrap_or(Value::Null), version)
+                }
+                None => (Value::Null, 0),
+            };
             Ok(Ok(
                 json!({ "key": r.key, "value": value, "version": version }),
             ))
@@ -534,7 +539,7 @@ async fn perform(conn: &mut SqliteConnection, call: &LedgerCall) -> Outcome {
                     .unwrap_or(0);
             if let Some(expected) = w.expected_version.filter(|e| *e != version) {
                 return Ok(Err(format!(
-                    "register '{}' is at version {version}, not {expected}: it was written concurrently",
+                    "version conflict: register '{}' is at version {version}, not {expected}",
                     w.key
                 )));
             }
@@ -543,7 +548,7 @@ async fn perform(conn: &mut SqliteConnection, call: &LedgerCall) -> Outcome {
                  ON CONFLICT (key) DO UPDATE SET value = ?2, version = ?3",
             )
             .bind(&w.key)
-            .bind(w.value)
+            .bind(w.value.to_string())
             .bind(version + 1)
             .execute(&mut *conn)
             .await?;
@@ -1050,7 +1055,10 @@ mod tests {
         )
         .await
         .expect_err("version moved on");
-        assert!(conflict.contains("at version 1, not 0"), "{conflict}");
+        assert!(
+            conflict.starts_with("version conflict") && conflict.contains("at version 1, not 0"),
+            "{conflict}"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -83,6 +83,42 @@ impl Participants {
         }
     }
 
+    /// Checks that `participant` keeps versioned values (for `read` / `write-if`).
+    pub fn route_versioned(&self, participant: &str) -> Result<(), String> {
+        match participant {
+            "ledger" => Ok(()),
+            other => Err(format!(
+                "participant '{other}' has no versioned values; this host has: ledger"
+            )),
+        }
+    }
+
+    /// Reads a versioned value: its JSON text and version. The read goes through the writer,
+    /// so it sees every write acknowledged before it.
+    pub async fn read(&self, key: &str) -> Result<(String, u64), CallFailure> {
+        let key = key.to_owned();
+        let row: Option<(String, i64)> = self
+            .ledger_db
+            .write(move |conn| {
+                Box::pin(async move {
+                    sqlx::query_as("SELECT value, version FROM ledger_registers WHERE key = ?")
+                        .bind(&key)
+                        .fetch_optional(conn)
+                        .await
+                })
+            })
+            .await
+            .map_err(|e: sqlx::Error| {
+                CallFailure::Unavailable(format!(
+                    "ledger database {}: {e}",
+                    self.ledger_db.path().display()
+                ))
+            })?;
+        Ok(row.map_or(("null".to_owned(), 0), |(value, version)| {
+            (value, version as u64)
+        }))
+    }
+
     /// Performs a call on a participant with its own durability ([`Route::Separate`]).
     pub async fn call(&self, request: &ParticipantRequest) -> Result<String, CallFailure> {
         // Only the ledger exists so far; `route` has already refused anything else.

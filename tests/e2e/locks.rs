@@ -22,12 +22,13 @@ async fn host(s: &Sandbox, locks: LockBackend) -> Host {
 }
 
 async fn register(host: &Host, key: &str) -> i64 {
-    sqlx::query_scalar("SELECT value FROM ledger_registers WHERE key = ?")
-        .bind(key)
-        .fetch_optional(host.ledger_db().readers())
-        .await
-        .expect("read register")
-        .unwrap_or(0)
+    let value: Option<String> =
+        sqlx::query_scalar("SELECT value FROM ledger_registers WHERE key = ?")
+            .bind(key)
+            .fetch_optional(host.ledger_db().readers())
+            .await
+            .expect("read register");
+    value.map_or(0, |v| v.parse().expect("an integer register"))
 }
 
 /// 8 runs each doing 50 lock-guarded read-increment-writes of one register.
@@ -203,11 +204,12 @@ fn paused_holder_is_fenced_out(locks: &str, lease_lapse: Duration) {
 
     rt().block_on(async {
         let mut conn = crate::support::sql(std::path::Path::new(&shared_ledger)).await;
-        let value: i64 = sqlx::query_scalar("SELECT value FROM ledger_registers WHERE key = 'k'")
-            .fetch_one(&mut conn)
-            .await
-            .expect("register");
-        assert_eq!(value, 1, "only B's write took effect");
+        let value: String =
+            sqlx::query_scalar("SELECT value FROM ledger_registers WHERE key = 'k'")
+                .fetch_one(&mut conn)
+                .await
+                .expect("register");
+        assert_eq!(value, "1", "only B's write took effect");
     });
 }
 

@@ -9,6 +9,7 @@ mod guests {
 }
 mod locks;
 mod nondeterminism;
+mod optimistic;
 mod sagas;
 mod sandbox;
 mod services;

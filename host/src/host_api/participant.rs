@@ -133,6 +133,157 @@ impl Host for RunState {
             Err(failure) => Err(failure.into()),
         })
     }
+
+    async fn read(
+        &mut self,
+        participant: String,
+        key: String,
+    ) -> wasmtime::Result<Result<(String, u64), CallError>> {
+        let run = &mut self.run;
+        let (call, replayed) = run.begin_call();
+        if let Some(replayed) = replayed {
+            return match replayed.first {
+                Event::Read {
+                    participant: p,
+                    key: k,
+                    outcome,
+                    ..
+                } if p == participant && k == key => Ok(outcome.map_err(Into::into)),
+                other => Err(run.diverged(call, &other, format!("read of {participant} '{key}'"))),
+            };
+        }
+        run.check_journal_room(1)?;
+        let outcome = match run.host.participants.route_versioned(&participant) {
+            Ok(()) => run.host.participants.read(&key).await,
+            Err(reason) => Err(CallFailure::Rejected(reason)),
+        };
+        // A read changes nothing anywhere: like a clock read, its result commits with the
+        // run's next durable write.
+        run.log.buffer(Event::Read {
+            call,
+            participant,
+            key,
+            outcome: outcome.clone(),
+        });
+        Ok(outcome.map_err(Into::into))
+    }
+
+    async fn write_if(
+        &mut self,
+        participant: String,
+        key: String,
+        expected_version: u64,
+        value: String,
+    ) -> wasmtime::Result<Result<u64, CallError>> {
+        let run = &mut self.run;
+        let (call, replayed) = run.begin_call();
+        if let Some(replayed) = replayed {
+            return match replayed.first {
+                Event::WriteIf {
+                    participant: p,
+                    key: k,
+                    expected_version: e,
+                    value: v,
+                    outcome,
+                    ..
+                } if p == participant && k == key && e == expected_version && v == value => {
+                    Ok(outcome.map_err(Into::into))
+                }
+                other => {
+                    Err(run.diverged(call, &other, format!("write-if of {participant} '{key}'")))
+                }
+            };
+        }
+        run.check_journal_room(1)?;
+        let max = run.host.limits.payload_bytes_max;
+        let checked = run
+            .host
+            .participants
+            .route_versioned(&participant)
+            .and_then(|()| {
+                if value.len() > max {
+                    return Err(format!(
+                        "value of {} bytes is over payload_bytes_max = {max}",
+                        value.len()
+                    ));
+                }
+                serde_json::from_str::<serde_json::Value>(&value)
+                    .map_err(|e| format!("write-if value is not JSON: {e}"))
+            });
+        let parsed = match checked {
+            Ok(parsed) => parsed,
+            Err(reason) => {
+                let outcome = Err(CallFailure::Rejected(reason));
+                let event = Event::WriteIf {
+                    call,
+                    participant,
+                    key,
+                    expected_version,
+                    value,
+                    outcome: outcome.clone(),
+                };
+                run.log
+                    .commit(vec![event])
+                    .await
+                    .map_err(|e| run.interrupted(e))?;
+                return Ok(outcome.map_err(Into::into));
+            }
+        };
+        let action = CallSpec {
+            participant: participant.clone(),
+            action: "write".to_owned(),
+            payload: serde_json::json!({ "key": key, "value": parsed, "expected_version": expected_version })
+                .to_string(),
+        };
+        let route = run
+            .host
+            .participants
+            .route(&action)
+            .map_err(wasmtime::Error::msg)?;
+        let request = ParticipantRequest {
+            op_id: format!("{}/write-{call}", run.log.run_id),
+            undoes: None,
+            fencing_tokens: run.fencing_tokens(),
+            call: action,
+        };
+        let (p, k, v) = (participant.clone(), key.clone(), value.clone());
+        let after: crate::store::After =
+            std::sync::Arc::new(move |outcome: &Result<String, CallFailure>| {
+                Some(Event::WriteIf {
+                    call,
+                    participant: p.clone(),
+                    key: k.clone(),
+                    expected_version,
+                    value: v.clone(),
+                    outcome: new_version(outcome),
+                })
+            });
+        let host = run.host.clone();
+        let outcome = run
+            .log
+            .call(
+                &host,
+                route,
+                &request,
+                Vec::new(),
+                after,
+                host.limits.step_retries_max,
+                false,
+            )
+            .await
+            .map_err(|e| run.interrupted(e))?;
+        let outcome = new_version(&outcome);
+        if let Err(CallFailure::Rejected(reason)) = &outcome
+            && reason.starts_with("version conflict")
+        {
+            // Writers that collided all retry from a fresh read; a random pause spreads them
+            // out so that the same ones do not collide again (timing only: nothing here is
+            // seen by the module, so replay is unaffected).
+            let pause_ms = 1 + rand::random::<u64>() % 8;
+            tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
+        }
+        Ok(outcome.map_err(Into::into))
+    }
 }
 
 /// Checks a new step before anything is performed; the error is its rejection.
@@ -163,4 +314,15 @@ fn check_step(
         run.host.participants.route(call)?;
     }
     Ok(())
+}
+
+/// The version a ledger `write` reply reports.
+fn new_version(outcome: &Result<String, CallFailure>) -> Result<u64, CallFailure> {
+    match outcome {
+        Ok(reply) => serde_json::from_str::<serde_json::Value>(reply)
+            .ok()
+            .and_then(|r| r["version"].as_u64())
+            .ok_or_else(|| CallFailure::Unknown(format!("write reply without a version: {reply}"))),
+        Err(e) => Err(e.clone()),
+    }
 }

@@ -15,6 +15,7 @@ const GUESTS: &[&str] = &[
     "bench-transfer",
     "counter",
     "optimistic",
+    "atomic-transfer",
 ];
 
 fn main() {

@@ -71,6 +71,15 @@ impl Saga {
             })
     }
 
+    /// Two-phase commit: prepares every branch on its participant, then commits all of them or
+    /// none. The host journals the decision before committing, so a crash at any point ends
+    /// with every branch committed or every branch aborted. A refused prepare aborts all and
+    /// returns [`Error::Transaction`] naming the branch and the refusal.
+    pub fn commit_all(&mut self, branches: &[Branch]) -> Result<Vec<String>, Error> {
+        let calls: Vec<types::Call> = branches.iter().map(|b| b.call.clone()).collect();
+        participant::commit_all(&calls).map_err(|e| Error::Transaction { error: e.into() })
+    }
+
     /// Reads the versioned value `key` of `participant` (`None` if never written).
     pub fn read<T: DeserializeOwned>(
         &mut self,
@@ -224,6 +233,21 @@ fn make_call<T: Serialize>(
     })
 }
 
+/// One branch of a [`Saga::commit_all`] transaction.
+#[derive(Debug, Clone)]
+pub struct Branch {
+    call: types::Call,
+}
+
+impl Branch {
+    /// A branch calling `action` on `participant` with a JSON `payload`.
+    pub fn new<T: Serialize>(participant: &str, action: &str, payload: &T) -> Result<Self, Error> {
+        Ok(Branch {
+            call: make_call("commit-all", participant, action, payload)?,
+        })
+    }
+}
+
 /// A value read with its version, for a later [`Saga::write_if`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Versioned<T> {
@@ -306,6 +330,11 @@ pub enum Error {
         /// The host's reason.
         reason: String,
     },
+    /// A two-phase commit was aborted on every branch.
+    Transaction {
+        /// Why (for a refused prepare: the branch and the participant's reason).
+        error: StepError,
+    },
     /// A versioned read or write failed.
     Versioned {
         /// The value's key.
@@ -356,6 +385,10 @@ impl fmt::Display for Error {
             }
             Error::Lock { key, reason } => write!(f, "lock '{key}': {reason}"),
             Error::Versioned { key, error } => write!(f, "versioned value '{key}': {error:?}"),
+            Error::Transaction {
+                error: StepError::Rejected(m),
+            } => write!(f, "transaction aborted: {m}"),
+            Error::Transaction { error } => write!(f, "transaction aborted: {error:?}"),
             Error::Conflict { key, attempts } => {
                 write!(
                     f,

@@ -448,6 +448,13 @@ fn printer() -> Observer {
                 println!("  check {name:<16} {action:<22} {outcome}");
             }
             Event::Compensating { cause } => println!("  compensating: {cause}"),
+            Event::TwoPhaseDecided { commit, reason, .. } => match (commit, reason) {
+                (true, _) => println!("  2pc   decision: commit"),
+                (false, reason) => println!(
+                    "  2pc   decision: abort ({})",
+                    reason.as_deref().unwrap_or("no reason")
+                ),
+            },
             Event::CompensationDone { call, output } => {
                 let (name, _, undo) = name(&steps, call);
                 println!("  undo  {name:<16} {undo:<22} done      {output}");
@@ -618,6 +625,24 @@ async fn runs_show(g: &Global, run_id: &str) -> Result<u8, Failure> {
                     Err(e) => format!("step {name:<14} resolved  {action} had not applied: {e}"),
                 }
             }
+            Event::TwoPhaseStarted { xid, calls, .. } => {
+                let branches: Vec<String> = calls
+                    .iter()
+                    .map(|c| format!("{}.{} {}", c.participant, c.action, c.payload))
+                    .collect();
+                format!("2pc       {xid} prepare: {}", branches.join("; "))
+            }
+            Event::TwoPhaseDecided { commit, reason, .. } => match (commit, reason) {
+                (true, _) => "2pc       decision: commit".to_owned(),
+                (false, reason) => format!(
+                    "2pc       decision: abort ({})",
+                    reason.as_deref().unwrap_or("no reason")
+                ),
+            },
+            Event::TwoPhaseFinished { outcome, .. } => match outcome {
+                Ok(_) => "2pc       committed on every branch".to_owned(),
+                Err(e) => format!("2pc       aborted on every branch: {e}"),
+            },
             Event::Read {
                 participant,
                 key,

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_initial.sql"),
     include_str!("../migrations/0002_fences_and_registers.sql"),
+    include_str!("../migrations/0003_two_phase.sql"),
 ];
 
 /// Jobs waiting for the writer; senders wait when it is full.

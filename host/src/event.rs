@@ -76,6 +76,24 @@ pub enum Event {
     StepDone { call: u32, output: String },
     /// The step's action failed (after the host's retries for transient failures).
     StepFailed { call: u32, error: CallFailure },
+    /// `participant.commit-all` began: transaction `xid` over these calls (its branches).
+    TwoPhaseStarted {
+        call: u32,
+        xid: String,
+        calls: Vec<CallSpec>,
+    },
+    /// The decision, durable before any branch is committed or aborted. No decision record
+    /// means abort (presumed abort).
+    TwoPhaseDecided {
+        call: u32,
+        commit: bool,
+        reason: Option<String>,
+    },
+    /// Every branch was committed (the prepare replies) or aborted (the reason).
+    TwoPhaseFinished {
+        call: u32,
+        outcome: Result<Vec<String>, CallFailure>,
+    },
     /// `participant.read` returned this (value JSON and version).
     Read {
         call: u32,
@@ -144,6 +162,9 @@ impl Event {
             Event::StepIntent { .. } => "step-intent",
             Event::StepDone { .. } => "step-done",
             Event::StepFailed { .. } => "step-failed",
+            Event::TwoPhaseStarted { .. } => "two-phase-started",
+            Event::TwoPhaseDecided { .. } => "two-phase-decided",
+            Event::TwoPhaseFinished { .. } => "two-phase-finished",
             Event::Read { .. } => "read",
             Event::WriteIf { .. } => "write-if",
             Event::Clock { .. } => "clock",
@@ -165,6 +186,7 @@ impl Event {
     pub fn replayed_call(&self) -> Option<u32> {
         match self {
             Event::StepIntent { call, .. }
+            | Event::TwoPhaseStarted { call, .. }
             | Event::Read { call, .. }
             | Event::WriteIf { call, .. }
             | Event::Clock { call, .. }

@@ -515,7 +515,17 @@ impl Host {
                 .await
                 .map_err(interrupted)?;
         }
+        // Transactions left in doubt end first: decided ones are finished, undecided ones
+        // aborted (presumed abort), so that no reserve stays held for a compensated run.
         let events: Vec<StoredEvent> = self.inner.journal.events(&run_id).await?;
+        for (call, xid, calls, known) in in_doubt(&events) {
+            let _ended = crate::two_phase::drive(&self.inner, &mut log, call, &xid, &calls, known)
+                .await
+                .map_err(|reason| HostError::Interrupted {
+                    run_id: run_id.clone(),
+                    reason,
+                })?;
+        }
         let cause = events
             .iter()
             .rev()
@@ -749,6 +759,43 @@ async fn renew(host: Arc<HostInner>, leases: Arc<std::sync::Mutex<Vec<Lease>>>) 
             }
         }
     }
+}
+
+/// Two-phase transactions the journal shows started but not finished.
+fn in_doubt(
+    events: &[StoredEvent],
+) -> Vec<(
+    u32,
+    String,
+    Vec<crate::event::CallSpec>,
+    crate::two_phase::Known,
+)> {
+    let mut open = Vec::new();
+    for stored in events {
+        match &stored.event {
+            Event::TwoPhaseStarted { call, xid, calls } => open.push((
+                *call,
+                xid.clone(),
+                calls.clone(),
+                crate::two_phase::Known::Undecided,
+            )),
+            Event::TwoPhaseDecided {
+                call,
+                commit,
+                reason,
+            } => {
+                if let Some(entry) = open.iter_mut().find(|e| e.0 == *call) {
+                    entry.3 = crate::two_phase::Known::Decided {
+                        commit: *commit,
+                        reason: reason.clone(),
+                    };
+                }
+            }
+            Event::TwoPhaseFinished { call, .. } => open.retain(|e| e.0 != *call),
+            _ => {}
+        }
+    }
+    open
 }
 
 /// What the journal says about one step.

@@ -32,6 +32,9 @@ pub const ACTIONS: &[&str] = &[
     "write",
 ];
 
+/// Actions the host uses for two-phase commit; not callable as steps.
+pub const TWO_PHASE_ACTIONS: &[&str] = &["prepare", "commit-prepared", "abort-prepared"];
+
 /// A request to the ledger, as the host sends it.
 #[derive(Debug, Clone)]
 pub struct LedgerCall {
@@ -353,6 +356,23 @@ struct RegisterWrite {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct Prepare {
+    xid: String,
+    branch: i64,
+    /// `debit` or `credit`.
+    action: String,
+    account: String,
+    amount: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Decided {
+    xid: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Record {
     reference: String,
     order_id: String,
@@ -512,6 +532,19 @@ async fn perform(conn: &mut SqliteConnection, call: &LedgerCall) -> Outcome {
                 "customer_balance": customer.balance,
             })))
         }
+        "prepare" => {
+            let p: Prepare = check!(parse(call));
+            check!(check_amount(p.amount));
+            prepare(conn, &call.op_id, p).await
+        }
+        "commit-prepared" => {
+            let d: Decided = check!(parse(call));
+            finish_prepared(conn, &call.op_id, &d.xid, true).await
+        }
+        "abort-prepared" => {
+            let d: Decided = check!(parse(call));
+            finish_prepared(conn, &call.op_id, &d.xid, false).await
+        }
         "read" => {
             let r: RegisterRead = check!(parse(call));
             let row: Option<(String, i64)> =
@@ -561,6 +594,122 @@ async fn perform(conn: &mut SqliteConnection, call: &LedgerCall) -> Outcome {
             ACTIONS.join(", ")
         ))),
     }
+}
+
+/// Phase one: reserves a debit branch's amount (balance -> held) or records a credit
+/// branch, unless the transaction was already aborted.
+async fn prepare(conn: &mut SqliteConnection, op_id: &str, p: Prepare) -> Outcome {
+    let fenced: Option<String> = sqlx::query_scalar(
+        "SELECT state FROM ledger_prepared WHERE xid = ? AND state = 'aborted' LIMIT 1",
+    )
+    .bind(&p.xid)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if fenced.is_some() {
+        return Ok(Err(format!(
+            "transaction {} was aborted; it can never prepare",
+            p.xid
+        )));
+    }
+    let delta = match p.action.as_str() {
+        "debit" => {
+            check!(debit(conn, op_id, &p.account, p.amount).await?);
+            sqlx::query("UPDATE ledger_accounts SET held = held + ? WHERE account = ?")
+                .bind(p.amount)
+                .bind(&p.account)
+                .execute(&mut *conn)
+                .await?;
+            -p.amount
+        }
+        "credit" => {
+            check!(account(conn, &p.account).await?);
+            p.amount
+        }
+        other => {
+            return Ok(Err(format!(
+                "the ledger can prepare debit and credit, not '{other}'"
+            )));
+        }
+    };
+    sqlx::query(
+        "INSERT INTO ledger_prepared (xid, branch, account, delta, state) VALUES (?, ?, ?, ?, 'prepared')",
+    )
+    .bind(&p.xid)
+    .bind(p.branch)
+    .bind(&p.account)
+    .bind(delta)
+    .execute(&mut *conn)
+    .await?;
+    Ok(Ok(
+        json!({ "xid": p.xid, "branch": p.branch, "prepared": true }),
+    ))
+}
+
+/// Phase two: posts (commit) or releases (abort) every prepared branch of `xid`. An abort
+/// with nothing prepared leaves a fence so that a late prepare is refused (presumed abort).
+async fn finish_prepared(
+    conn: &mut SqliteConnection,
+    op_id: &str,
+    xid: &str,
+    commit: bool,
+) -> Outcome {
+    let branches: Vec<(i64, String, i64)> = sqlx::query_as(
+        "SELECT branch, account, delta FROM ledger_prepared WHERE xid = ? AND state = 'prepared' ORDER BY branch",
+    )
+    .bind(xid)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (branch, account, delta) in &branches {
+        match (commit, *delta < 0) {
+            // A committed debit leaves the reserve; the balance already dropped at prepare.
+            (true, true) => {
+                sqlx::query("UPDATE ledger_accounts SET held = held + ?1 WHERE account = ?2")
+                    .bind(delta)
+                    .bind(account)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            (true, false) => {
+                // The account was checked at prepare; a credit that fails now (an overflow)
+                // must not leave the other branches posted: fail the whole job instead.
+                if let Err(reason) =
+                    credit(conn, &format!("{op_id}/{branch}"), account, *delta).await?
+                {
+                    return Err(sqlx::Error::Protocol(format!(
+                        "commit of {xid} branch {branch}: {reason}"
+                    )));
+                }
+            }
+            // An aborted debit returns its reserve to the balance.
+            (false, true) => {
+                sqlx::query("UPDATE ledger_accounts SET held = held + ?1, balance = balance - ?1 WHERE account = ?2")
+                    .bind(delta)
+                    .bind(account)
+                    .execute(&mut *conn)
+                    .await?;
+                entry(conn, &format!("{op_id}/{branch}"), account, -delta).await?;
+            }
+            (false, false) => {}
+        }
+    }
+    let state = if commit { "committed" } else { "aborted" };
+    sqlx::query("UPDATE ledger_prepared SET state = ? WHERE xid = ? AND state = 'prepared'")
+        .bind(state)
+        .bind(xid)
+        .execute(&mut *conn)
+        .await?;
+    if !commit && branches.is_empty() {
+        sqlx::query(
+            "INSERT INTO ledger_prepared (xid, branch, account, delta, state) VALUES (?, -1, '', 0, 'aborted')
+             ON CONFLICT (xid, branch) DO NOTHING",
+        )
+        .bind(xid)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(Ok(
+        json!({ "xid": xid, "state": state, "branches": branches.len() }),
+    ))
 }
 
 async fn account(

@@ -15,6 +15,7 @@ pub mod ledger;
 pub mod locks;
 pub mod participants;
 pub mod store;
+mod two_phase;
 
 pub use config::{HostConfig, Limits};
 pub use executor::{Host, HostError, RunOutcome};

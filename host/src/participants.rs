@@ -83,6 +83,17 @@ impl Participants {
         }
     }
 
+    /// Where the two-phase commit actions of `participant` go, if it can prepare.
+    pub fn route_two_phase(&self, participant: &str) -> Result<Route, String> {
+        match participant {
+            "ledger" if self.ledger_shares_journal => Ok(Route::LedgerInJournal),
+            "ledger" => Ok(Route::Separate),
+            other => Err(format!(
+                "participant '{other}' cannot prepare; this host's ledger can"
+            )),
+        }
+    }
+
     /// Checks that `participant` keeps versioned values (for `read` / `write-if`).
     pub fn route_versioned(&self, participant: &str) -> Result<(), String> {
         match participant {

@@ -86,6 +86,8 @@ pub(crate) enum Fatal {
 pub(crate) struct Replayed {
     pub first: Event,
     pub result: Option<Event>,
+    /// For a two-phase commit: its decision, if one was journaled.
+    pub decision: Option<Event>,
 }
 
 /// Groups a run's journal into replayable calls by call index.
@@ -93,10 +95,18 @@ pub(crate) fn replay_map(events: &[Event]) -> HashMap<u32, Replayed> {
     let mut calls = HashMap::new();
     for event in events {
         match event {
-            Event::StepDone { call, .. } | Event::StepFailed { call, .. } => {
+            Event::StepDone { call, .. }
+            | Event::StepFailed { call, .. }
+            | Event::TwoPhaseFinished { call, .. } => {
                 if let Some(replayed) = calls.get_mut(call) {
                     let replayed: &mut Replayed = replayed;
                     replayed.result = Some(event.clone());
+                }
+            }
+            Event::TwoPhaseDecided { call, .. } => {
+                if let Some(replayed) = calls.get_mut(call) {
+                    let replayed: &mut Replayed = replayed;
+                    replayed.decision = Some(event.clone());
                 }
             }
             other => {
@@ -106,6 +116,7 @@ pub(crate) fn replay_map(events: &[Event]) -> HashMap<u32, Replayed> {
                         Replayed {
                             first: other.clone(),
                             result: None,
+                            decision: None,
                         },
                     );
                 }

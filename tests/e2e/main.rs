@@ -14,3 +14,4 @@ mod sagas;
 mod sandbox;
 mod services;
 mod support;
+mod two_phase;

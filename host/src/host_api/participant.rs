@@ -134,6 +134,83 @@ impl Host for RunState {
         })
     }
 
+    async fn commit_all(
+        &mut self,
+        calls: Vec<Call>,
+    ) -> wasmtime::Result<Result<Vec<String>, CallError>> {
+        use crate::two_phase::{self, Known};
+        let run = &mut self.run;
+        let calls: Vec<CallSpec> = calls.into_iter().map(CallSpec::from).collect();
+        let (call, replayed) = run.begin_call();
+        let xid = format!("{}/2pc-{call}", run.log.run_id);
+        let known = match replayed {
+            Some(replayed) => {
+                match &replayed.first {
+                    Event::TwoPhaseStarted {
+                        calls: journaled, ..
+                    } if *journaled == calls => {}
+                    other => {
+                        return Err(run.diverged(
+                            call,
+                            other,
+                            format!("commit-all of {} calls", calls.len()),
+                        ));
+                    }
+                }
+                if let Some(Event::TwoPhaseFinished { outcome, .. }) = replayed.result {
+                    return Ok(outcome.map_err(Into::into));
+                }
+                match replayed.decision {
+                    Some(Event::TwoPhaseDecided { commit, reason, .. }) => {
+                        Known::Decided { commit, reason }
+                    }
+                    _ => Known::Undecided,
+                }
+            }
+            None => {
+                run.check_journal_room(3)?;
+                let started = Event::TwoPhaseStarted {
+                    call,
+                    xid: xid.clone(),
+                    calls: calls.clone(),
+                };
+                if let Err(reason) = two_phase::check(&run.host, &calls) {
+                    let outcome = Err(CallFailure::Rejected(reason.clone()));
+                    let events = vec![
+                        started,
+                        Event::TwoPhaseDecided {
+                            call,
+                            commit: false,
+                            reason: Some(reason),
+                        },
+                        Event::TwoPhaseFinished {
+                            call,
+                            outcome: outcome.clone(),
+                        },
+                    ];
+                    run.log
+                        .commit(events)
+                        .await
+                        .map_err(|e| run.interrupted(e))?;
+                    return Ok(outcome.map_err(Into::into));
+                }
+                run.log
+                    .commit(vec![started])
+                    .await
+                    .map_err(|e| run.interrupted(e))?;
+                Known::New
+            }
+        };
+        let host = run.host.clone();
+        match two_phase::drive(&host, &mut run.log, call, &xid, &calls, known).await {
+            Ok(outcome) => Ok(outcome.map_err(Into::into)),
+            Err(stalled) => {
+                run.fatal = Some(crate::store::Fatal::Interrupted(stalled.clone()));
+                Err(wasmtime::Error::msg(stalled))
+            }
+        }
+    }
+
     async fn read(
         &mut self,
         participant: String,

@@ -16,6 +16,8 @@ const GUESTS: &[&str] = &[
     "counter",
     "optimistic",
     "atomic-transfer",
+    "xa-transfer",
+    "tcc-order",
 ];
 
 fn main() {

@@ -40,6 +40,12 @@ struct Global {
     /// Where locks come from: `journal` (the journal's database), sqlite:<file>, or redis://host:port.
     #[arg(long, global = true, env = "WASAGA_LOCKS", default_value = "journal")]
     locks: wasaga::locks::LockBackend,
+    /// A postgres-xa participant for two-phase commits: NAME=postgres://user@host:port/db (repeatable).
+    #[arg(long = "xa", global = true, value_name = "NAME=URL", value_parser = parse_xa)]
+    xa: Vec<(String, String)>,
+    /// This host's name in the ids of its prepared transactions (one per host sharing databases).
+    #[arg(long, global = true, default_value = "wasaga")]
+    host_id: String,
     /// Print one JSON document instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -261,6 +267,8 @@ fn config(g: &Global) -> HostConfig {
     config.limits.concurrent_runs_max = 16;
     config.crash_at = g.crash_at;
     config.locks = g.locks.clone();
+    config.xa = g.xa.clone();
+    config.host_id = g.host_id.clone();
     config
 }
 
@@ -342,8 +350,40 @@ async fn run(g: &Global, args: &RunArgs) -> Result<u8, Failure> {
     Ok(report(g, &outcome))
 }
 
+fn parse_xa(text: &str) -> Result<(String, String), String> {
+    let (name, url) = text
+        .split_once('=')
+        .ok_or_else(|| format!("'{text}' must be NAME=postgres://user@host:port/db"))?;
+    let valid_name = !name.is_empty()
+        && name != "ledger"
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !valid_name {
+        return Err(format!(
+            "participant name '{name}' must be letters, digits, '-' or '_' (and not 'ledger')"
+        ));
+    }
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(format!(
+            "participant {name}: '{url}' is not a postgres:// URL"
+        ));
+    }
+    Ok((name.to_owned(), url.to_owned()))
+}
+
+/// Resolves in-doubt prepared transactions from the journal.
+async fn sweep(g: &Global, host: &Host) -> Result<(), Failure> {
+    let resolved = host.sweep_in_doubt().await.map_err(host_failure)?;
+    if resolved > 0 && !g.json {
+        println!("resolved {resolved} in-doubt prepared transaction(s) from the journal");
+    }
+    Ok(())
+}
+
 /// Finishes runs a previous process left unfinished, saying so in one line each.
 async fn resume_quietly(g: &Global, host: &Host) -> Result<(), Failure> {
+    sweep(g, host).await?;
     let outcomes = host
         .resume_unfinished(no_observer())
         .await

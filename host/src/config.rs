@@ -60,6 +60,11 @@ pub struct HostConfig {
     pub limits: Limits,
     /// Where locks come from.
     pub locks: crate::locks::LockBackend,
+    /// `postgres-xa` participants: name and database URL.
+    pub xa: Vec<(String, String)>,
+    /// Names this host in the global ids of its prepared transactions, so that its recovery
+    /// finds its own in-doubt transactions and no other host's.
+    pub host_id: String,
     /// Test hook: die by SIGKILL at this commit.
     pub crash_at: Option<CrashPoint>,
 }
@@ -76,6 +81,8 @@ impl HostConfig {
             cache_dir: PathBuf::from(cache),
             limits: Limits::default(),
             locks: crate::locks::LockBackend::Journal,
+            xa: Vec::new(),
+            host_id: "wasaga".to_owned(),
             crash_at: None,
         }
     }

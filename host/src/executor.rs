@@ -94,6 +94,12 @@ impl Host {
         };
         let engine = WorkflowEngine::new(&config.limits, &config.cache_dir)
             .map_err(|e| HostError::Engine(format!("{e:#}")))?;
+        let mut xa = Vec::new();
+        for (name, url) in &config.xa {
+            let participant =
+                crate::xa::PostgresXa::new(name, url, &config.host_id).map_err(HostError::Input)?;
+            xa.push(Arc::new(participant));
+        }
         let locks = crate::locks::connect(&config.locks, &journal_db)
             .await
             .map_err(|e| HostError::Input(e.to_string()))?;
@@ -101,7 +107,7 @@ impl Host {
             inner: Arc::new(HostInner {
                 engine,
                 journal: Journal::new(journal_db.clone()),
-                participants: Participants::new(ledger_db.clone(), shares),
+                participants: Participants::new(ledger_db.clone(), shares, xa),
                 ledger_db,
                 locks,
                 limits: config.limits.clone(),
@@ -322,6 +328,50 @@ impl Host {
                 "replay of {run_id} did not follow its journal"
             ))),
         }
+    }
+
+    /// Resolves the `postgres-xa` transactions this host left prepared from the journal:
+    /// committed where the journal holds a commit decision, rolled back otherwise. Returns how
+    /// many it resolved. Runs still unfinished resolve theirs again on resume (idempotently).
+    pub async fn sweep_in_doubt(&self) -> Result<usize, HostError> {
+        let mut resolved = 0;
+        for participant in self.inner.participants.xa() {
+            let stalled = |reason: String| HostError::Interrupted {
+                run_id: "(in-doubt sweep)".into(),
+                reason,
+            };
+            let xids = participant
+                .in_doubt()
+                .await
+                .map_err(|e| stalled(e.to_string()))?;
+            for xid in xids {
+                let commit = match xid.rsplit_once("/2pc-") {
+                    Some((run_id, call)) => {
+                        let call: u32 = call.parse().unwrap_or(u32::MAX);
+                        let events = match self.inner.journal.events(run_id).await {
+                            Ok(events) => events,
+                            Err(JournalError::UnknownRun(_)) => Vec::new(),
+                            Err(e) => return Err(e.into()),
+                        };
+                        events.iter().any(|e| {
+                            matches!(e.event, Event::TwoPhaseDecided { call: c, commit: true, .. } if c == call)
+                        })
+                    }
+                    None => false,
+                };
+                let action = if commit {
+                    "commit-prepared"
+                } else {
+                    "abort-prepared"
+                };
+                participant
+                    .call(action, &serde_json::json!({ "xid": xid }).to_string())
+                    .await
+                    .map_err(|e| stalled(e.to_string()))?;
+                resolved += 1;
+            }
+        }
+        Ok(resolved)
     }
 
     /// Finishes every run that is not in a terminal state (after a crash, say).

@@ -16,6 +16,7 @@ pub mod locks;
 pub mod participants;
 pub mod store;
 mod two_phase;
+pub mod xa;
 
 pub use config::{HostConfig, Limits};
 pub use executor::{Host, HostError, RunOutcome};

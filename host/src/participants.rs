@@ -36,6 +36,8 @@ impl ParticipantRequest {
 pub struct Participants {
     ledger_db: Arc<Database>,
     ledger_shares_journal: bool,
+    /// `postgres-xa` participants by name.
+    xa: Vec<Arc<crate::xa::PostgresXa>>,
 }
 
 /// Where a call goes.
@@ -48,15 +50,33 @@ pub enum Route {
     Separate,
 }
 
-/// The participant names this host knows.
-pub const NAMES: &[&str] = &["ledger"];
-
 impl Participants {
-    pub fn new(ledger_db: Arc<Database>, ledger_shares_journal: bool) -> Self {
+    pub fn new(
+        ledger_db: Arc<Database>,
+        ledger_shares_journal: bool,
+        xa: Vec<Arc<crate::xa::PostgresXa>>,
+    ) -> Self {
         Participants {
             ledger_db,
             ledger_shares_journal,
+            xa,
         }
+    }
+
+    /// The `postgres-xa` participants.
+    pub fn xa(&self) -> &[Arc<crate::xa::PostgresXa>] {
+        &self.xa
+    }
+
+    fn xa_named(&self, name: &str) -> Option<&Arc<crate::xa::PostgresXa>> {
+        self.xa.iter().find(|p| p.name() == name)
+    }
+
+    fn names(&self) -> String {
+        std::iter::once("ledger")
+            .chain(self.xa.iter().map(|p| p.name()))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Checks that `call` names a known participant and action; the error is the rejection.
@@ -76,9 +96,12 @@ impl Participants {
                     Route::Separate
                 })
             }
+            other if self.xa_named(other).is_some() => Err(format!(
+                "participant '{other}' takes part only in two-phase commits (saga.commit_all)"
+            )),
             other => Err(format!(
                 "unknown participant '{other}'; this host has: {}",
-                NAMES.join(", ")
+                self.names()
             )),
         }
     }
@@ -88,8 +111,10 @@ impl Participants {
         match participant {
             "ledger" if self.ledger_shares_journal => Ok(Route::LedgerInJournal),
             "ledger" => Ok(Route::Separate),
+            other if self.xa_named(other).is_some() => Ok(Route::Separate),
             other => Err(format!(
-                "participant '{other}' cannot prepare; this host's ledger can"
+                "participant '{other}' cannot prepare; these can: {}",
+                self.names()
             )),
         }
     }
@@ -132,7 +157,9 @@ impl Participants {
 
     /// Performs a call on a participant with its own durability ([`Route::Separate`]).
     pub async fn call(&self, request: &ParticipantRequest) -> Result<String, CallFailure> {
-        // Only the ledger exists so far; `route` has already refused anything else.
+        if let Some(xa) = self.xa_named(&request.call.participant) {
+            return xa.call(&request.call.action, &request.call.payload).await;
+        }
         let call = request.ledger_call();
         let outcome = self
             .ledger_db

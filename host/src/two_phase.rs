@@ -100,7 +100,12 @@ pub(crate) async fn drive(
             (commit, refusal)
         }
     };
-    finish(host, log, xid, commit).await?;
+    let mut participants: Vec<&str> = calls.iter().map(|c| c.participant.as_str()).collect();
+    participants.sort_unstable();
+    participants.dedup();
+    for participant in participants {
+        finish(host, log, participant, xid, commit).await?;
+    }
     let outcome = if commit {
         Ok((0..calls.len())
             .map(|b| json!({ "xid": xid, "branch": b, "committed": true }).to_string())
@@ -180,12 +185,13 @@ async fn prepare(
 async fn finish(
     host: &HostInner,
     log: &mut RunLog,
+    participant: &str,
     xid: &str,
     commit: bool,
 ) -> Result<(), Stalled> {
     let route = host
         .participants
-        .route_two_phase("ledger")
+        .route_two_phase(participant)
         .map_err(|e| e.to_string())?;
     let (suffix, action) = if commit {
         ("commit", "commit-prepared")
@@ -193,11 +199,11 @@ async fn finish(
         ("abort", "abort-prepared")
     };
     let request = ParticipantRequest {
-        op_id: format!("{xid}/{suffix}"),
+        op_id: format!("{xid}/{participant}/{suffix}"),
         undoes: None,
         fencing_tokens: Vec::new(),
         call: CallSpec {
-            participant: "ledger".to_owned(),
+            participant: participant.to_owned(),
             action: action.to_owned(),
             payload: json!({ "xid": xid }).to_string(),
         },
@@ -218,7 +224,7 @@ async fn finish(
     {
         Ok(_) => Ok(()),
         Err(failure) => Err(format!(
-            "transaction {xid} could not be {suffix}ed: {failure}"
+            "transaction {xid} could not be {suffix}ed on {participant}: {failure}"
         )),
     }
 }

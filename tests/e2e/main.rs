@@ -15,3 +15,4 @@ mod sandbox;
 mod services;
 mod support;
 mod two_phase;
+mod xa;

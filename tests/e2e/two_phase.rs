@@ -149,3 +149,40 @@ fn a_crash_at_any_commit_leaves_nothing_in_doubt() {
     }
     panic!("the run never stopped committing");
 }
+
+#[test]
+fn tcc_confirms_partially_and_cancels_on_decline() {
+    use crate::guests::TCC_ORDER;
+    let s = Sandbox::new("tcc");
+    s.open("alice", 1_000);
+    s.open("shop", 0);
+    let order = |id: &str, confirmed: i64| {
+        json!({ "order_id": id, "customer": "alice", "merchant": "shop", "amount": 400, "confirmed_amount": confirmed })
+            .to_string()
+    };
+    // Confirm 250 of the 400 held: 250 moves, 150 is released.
+    let out = s.wasaga(&["run", TCC_ORDER, "--input", &order("t-1", 250)]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"released\":150"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        s.balances(),
+        BTreeMap::from([("alice".into(), 750), ("shop".into(), 250)])
+    );
+    // Declined: the host cancels the try (voids the hold).
+    let out = s.wasaga(&["run", TCC_ORDER, "--input", &order("t-2", 0)]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(last_error_line(&out).contains("declined"), "{}", text(&out));
+    assert_eq!(
+        s.balances(),
+        BTreeMap::from([("alice".into(), 750), ("shop".into(), 250)])
+    );
+    let held: i64 = s.json(&["ledger", "balance", "alice"])["held"]
+        .as_i64()
+        .expect("held");
+    assert_eq!(held, 0, "the cancel released the hold");
+    rt().block_on(assert_ledger_consistent(&s.db));
+}

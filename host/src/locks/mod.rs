@@ -10,6 +10,7 @@ mod zookeeper;
 
 pub use database::DatabaseLocks;
 pub use postgres::PostgresLocks;
+pub(crate) use postgres::without_password;
 pub use redis::RedisLocks;
 pub use zookeeper::ZooKeeperLocks;
 

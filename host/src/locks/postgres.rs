@@ -36,7 +36,7 @@ impl std::fmt::Debug for PostgresLocks {
 }
 
 /// `url` with any password replaced, so it can appear in errors and logs.
-fn without_password(url: &str) -> String {
+pub(crate) fn without_password(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let credentials = &url[scheme + 3..at];

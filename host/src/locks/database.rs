@@ -5,7 +5,6 @@ use super::{Lease, LockError, LockService};
 use crate::db::Database;
 use crate::journal::now_ms;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Locks as rows of the database's `locks` table.
 #[derive(Debug)]
@@ -105,31 +104,11 @@ impl LockService for DatabaseLocks {
         ttl_ms: u32,
         wait_ms: u32,
     ) -> crate::BoxFuture<'a, Result<Lease, LockError>> {
-        Box::pin(async move {
-            let started = std::time::Instant::now();
-            let mut pause_ms = 2;
-            loop {
-                match self
-                    .try_acquire(key, owner, ttl_ms)
-                    .await
-                    .map_err(|e| self.backend_error(e))?
-                {
-                    Ok(lease) => return Ok(lease),
-                    Err(holder) => {
-                        let waited_ms = started.elapsed().as_millis() as u64;
-                        if waited_ms >= u64::from(wait_ms) {
-                            return Err(LockError::Timeout {
-                                key: key.to_owned(),
-                                holder,
-                                waited_ms,
-                            });
-                        }
-                        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
-                        pause_ms = (pause_ms * 2).min(50);
-                    }
-                }
-            }
-        })
+        Box::pin(super::poll(key, wait_ms, move || async move {
+            self.try_acquire(key, owner, ttl_ms)
+                .await
+                .map_err(|e| self.backend_error(e))
+        }))
     }
 
     fn extend<'a>(&'a self, lease: &'a Lease) -> crate::BoxFuture<'a, Result<Lease, LockError>> {

@@ -68,6 +68,35 @@ pub trait LockService: Send + Sync + std::fmt::Debug {
     fn release<'a>(&'a self, lease: &'a Lease) -> crate::BoxFuture<'a, Result<(), LockError>>;
 }
 
+/// Tries `attempt` until it grants a lease, pausing with backoff between tries, for at most
+/// `wait_ms`; an attempt's `Err(holder)` means the lock is taken (by `holder`). Backends
+/// without a way to wait for a release (rows, Redis keys) acquire through this.
+async fn poll<F, A>(key: &str, wait_ms: u32, mut attempt: F) -> Result<Lease, LockError>
+where
+    F: FnMut() -> A,
+    A: std::future::Future<Output = Result<Result<Lease, String>, LockError>>,
+{
+    let started = std::time::Instant::now();
+    let mut pause_ms = 2;
+    loop {
+        match attempt().await? {
+            Ok(lease) => return Ok(lease),
+            Err(holder) => {
+                let waited_ms = started.elapsed().as_millis() as u64;
+                if waited_ms >= u64::from(wait_ms) {
+                    return Err(LockError::Timeout {
+                        key: key.to_owned(),
+                        holder,
+                        waited_ms,
+                    });
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
+                pause_ms = (pause_ms * 2).min(50);
+            }
+        }
+    }
+}
+
 /// Where locks come from, as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LockBackend {

@@ -135,27 +135,9 @@ impl LockService for PostgresLocks {
         ttl_ms: u32,
         wait_ms: u32,
     ) -> crate::BoxFuture<'a, Result<Lease, LockError>> {
-        Box::pin(async move {
-            let started = std::time::Instant::now();
-            let mut pause_ms = 2;
-            loop {
-                match self.try_acquire(key, owner, ttl_ms).await? {
-                    Ok(lease) => return Ok(lease),
-                    Err(holder) => {
-                        let waited_ms = started.elapsed().as_millis() as u64;
-                        if waited_ms >= u64::from(wait_ms) {
-                            return Err(LockError::Timeout {
-                                key: key.to_owned(),
-                                holder,
-                                waited_ms,
-                            });
-                        }
-                        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
-                        pause_ms = (pause_ms * 2).min(50);
-                    }
-                }
-            }
-        })
+        Box::pin(super::poll(key, wait_ms, move || {
+            self.try_acquire(key, owner, ttl_ms)
+        }))
     }
 
     fn extend<'a>(&'a self, lease: &'a Lease) -> crate::BoxFuture<'a, Result<Lease, LockError>> {

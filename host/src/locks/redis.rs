@@ -159,40 +159,25 @@ impl LockService for RedisLocks {
         ttl_ms: u32,
         wait_ms: u32,
     ) -> crate::BoxFuture<'a, Result<Lease, LockError>> {
-        Box::pin(async move {
-            let started = std::time::Instant::now();
-            let mut pause_ms = 2;
-            loop {
-                let (token, holder): (u64, String) = self
-                    .invoke(
-                        &self.acquire,
-                        &[lock_key(key), token_key(key)],
-                        &[owner.to_owned(), ttl_ms.to_string()],
-                    )
-                    .await?;
-                if token > 0 {
-                    let expires_at_ms = now_ms() + u64::from(ttl_ms);
-                    return Ok(Lease {
-                        key: key.to_owned(),
-                        owner: owner.to_owned(),
-                        fencing_token: token,
-                        ttl_ms,
-                        expires_at_ms,
-                    });
-                }
-                let waited_ms = started.elapsed().as_millis() as u64;
-                if waited_ms >= u64::from(wait_ms) {
-                    let holder = holder.split('|').next().unwrap_or_default().to_owned();
-                    return Err(LockError::Timeout {
-                        key: key.to_owned(),
-                        holder,
-                        waited_ms,
-                    });
-                }
-                tokio::time::sleep(Duration::from_millis(pause_ms)).await;
-                pause_ms = (pause_ms * 2).min(50);
+        Box::pin(super::poll(key, wait_ms, move || async move {
+            let (token, holder): (u64, String) = self
+                .invoke(
+                    &self.acquire,
+                    &[lock_key(key), token_key(key)],
+                    &[owner.to_owned(), ttl_ms.to_string()],
+                )
+                .await?;
+            if token == 0 {
+                return Ok(Err(holder.split('|').next().unwrap_or_default().to_owned()));
             }
-        })
+            Ok(Ok(Lease {
+                key: key.to_owned(),
+                owner: owner.to_owned(),
+                fencing_token: token,
+                ttl_ms,
+                expires_at_ms: now_ms() + u64::from(ttl_ms),
+            }))
+        }))
     }
 
     fn extend<'a>(&'a self, lease: &'a Lease) -> crate::BoxFuture<'a, Result<Lease, LockError>> {

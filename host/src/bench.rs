@@ -109,11 +109,7 @@ enum Outcome {
 
 /// Runs the workload and checks its invariants.
 pub async fn transfer(bench: TransferBench) -> Result<TransferReport, HostError> {
-    for suffix in ["", "-wal", "-shm"] {
-        let mut path = bench.journal_path.clone().into_os_string();
-        path.push(suffix);
-        let _ = std::fs::remove_file(PathBuf::from(path));
-    }
+    remove_database(&bench.journal_path);
     let mut config = HostConfig::new(bench.journal_path.clone());
     config.limits.concurrent_runs_max = bench.c.max(1) * 2;
     let host = Host::open(&config).await?;
@@ -225,14 +221,7 @@ pub async fn transfer(bench: TransferBench) -> Result<TransferReport, HostError>
         return Err(e);
     }
     latencies.sort();
-    let percentile = |p: f64| -> f64 {
-        if latencies.is_empty() {
-            return 0.0;
-        }
-        // Nearest rank: the smallest value with at least p% of values at or below it.
-        let rank = ((p / 100.0) * latencies.len() as f64).ceil().max(1.0) as usize;
-        latencies[rank.min(latencies.len()) - 1].as_secs_f64() * 1_000.0
-    };
+    let percentile = |p: f64| percentile_ms(&latencies, p);
     let invariants = check(&host, &prefix, &transfers, &outcomes).await?;
     let count = |o: Outcome| outcomes.iter().filter(|x| **x == o).count() as u32;
     Ok(TransferReport {
@@ -382,6 +371,25 @@ async fn check(
     Ok(invariants)
 }
 
+/// Deletes a SQLite database and its WAL files, so a benchmark starts from nothing.
+fn remove_database(path: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        // Missing files are what we want.
+        let _ = std::fs::remove_file(PathBuf::from(file));
+    }
+}
+
+/// The nearest-rank `p`th percentile of sorted `latencies`, in milliseconds: the smallest
+/// value with at least p% of all values at or below it.
+fn percentile_ms(latencies: &[Duration], p: f64) -> f64 {
+    let rank = ((p / 100.0) * latencies.len() as f64).ceil().max(1.0) as usize;
+    latencies
+        .get(rank.min(latencies.len()).saturating_sub(1))
+        .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+}
+
 fn transfer_index(prefix: &str, op_id: &str) -> Option<u32> {
     op_id
         .strip_prefix(prefix)?
@@ -423,6 +431,15 @@ mod tests {
     }
 
     #[test]
+    fn percentiles_are_nearest_rank() {
+        let latencies: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(percentile_ms(&latencies, 50.0), 50.0);
+        assert_eq!(percentile_ms(&latencies, 99.0), 99.0);
+        assert_eq!(percentile_ms(&latencies[..1], 99.0), 1.0);
+        assert_eq!(percentile_ms(&[], 50.0), 0.0);
+    }
+
+    #[test]
     fn op_ids_map_back_to_their_transfer() {
         assert_eq!(transfer_index("bench-42", "bench-42/17/debit"), Some(17));
         assert_eq!(
@@ -451,11 +468,7 @@ pub struct MicroReport {
 
 /// Measures [`MicroReport`] on a fresh journal at `journal_path`.
 pub async fn micro(journal_path: PathBuf, module: Vec<u8>) -> Result<MicroReport, HostError> {
-    for suffix in ["", "-wal", "-shm"] {
-        let mut path = journal_path.clone().into_os_string();
-        path.push(suffix);
-        let _ = std::fs::remove_file(PathBuf::from(path));
-    }
+    remove_database(&journal_path);
     let mut config = HostConfig::new(journal_path);
     config.limits.concurrent_runs_max = 64;
     let host = Host::open(&config).await?;
@@ -555,11 +568,7 @@ pub async fn locks(
     n: u32,
     c: u32,
 ) -> Result<LockReport, HostError> {
-    for suffix in ["", "-wal", "-shm"] {
-        let mut path = scratch_path.clone().into_os_string();
-        path.push(suffix);
-        let _ = std::fs::remove_file(PathBuf::from(path));
-    }
+    remove_database(&scratch_path);
     let scratch = Arc::new(crate::db::Database::open(&scratch_path, Default::default()).await?);
     let service: Arc<dyn crate::locks::LockService> = Arc::from(
         crate::locks::connect(&backend, &scratch)
@@ -595,12 +604,7 @@ pub async fn locks(
     }
     let elapsed = started.elapsed();
     latencies.sort();
-    let percentile = |p: f64| {
-        let rank = ((p / 100.0) * latencies.len() as f64).ceil().max(1.0) as usize;
-        latencies
-            .get(rank.min(latencies.len()).saturating_sub(1))
-            .map_or(0.0, |d| d.as_secs_f64() * 1e3)
-    };
+    let percentile = |p: f64| percentile_ms(&latencies, p);
     Ok(LockReport {
         backend: service.describe(),
         n,

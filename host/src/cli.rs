@@ -273,14 +273,8 @@ fn config(g: &Global) -> HostConfig {
 }
 
 async fn open(g: &Global) -> Result<Host, Failure> {
-    Host::open(&config(g)).await.map_err(|e| {
-        anyhow!(e)
-            .context(format!(
-                "cannot open the wasaga database {}",
-                g.db.display()
-            ))
-            .into()
-    })
+    // Host errors already name the file or service and what to do.
+    Host::open(&config(g)).await.map_err(|e| anyhow!(e).into())
 }
 
 /// Only one process executes runs on a database at a time (two would both resume the same

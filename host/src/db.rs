@@ -31,10 +31,10 @@ const BATCH_JOBS_MAX: usize = 512;
 
 /// Why a database could not be opened.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot open database {path}: {source}")]
+#[error("cannot open database {path}: {cause}; check that its directory exists and is writable")]
 pub struct OpenError {
     pub path: PathBuf,
-    pub source: sqlx::Error,
+    pub cause: sqlx::Error,
 }
 
 /// The work of one writer: runs on the write connection inside a savepoint.
@@ -68,9 +68,9 @@ pub struct Database {
 impl Database {
     /// Opens (creating and migrating if needed) the database at `path` and starts its writer.
     pub async fn open(path: &Path, crash: CrashSwitch) -> Result<Self, OpenError> {
-        let open_error = |source| OpenError {
+        let open_error = |cause| OpenError {
             path: path.to_owned(),
-            source,
+            cause,
         };
         let options = SqliteConnectOptions::new()
             .filename(path)

@@ -163,6 +163,9 @@ enum RunsCommand {
     },
     /// Show one run's journal as a timeline.
     Show { run_id: String },
+    /// Take up a stuck run again once the cause is fixed: its compensation resumes where it
+    /// stopped.
+    Retry { run_id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -236,6 +239,7 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
             runs_list(g, status.as_deref(), *limit).await
         }
         Command::Runs(RunsCommand::Show { run_id }) => runs_show(g, run_id).await,
+        Command::Runs(RunsCommand::Retry { run_id }) => runs_retry(g, run_id).await,
         Command::Ledger(command) => ledger(g, command).await,
         Command::Validate { module } => validate(g, module).await,
         Command::Bench(BenchCommand::Locks {
@@ -577,6 +581,17 @@ async fn runs_list(g: &Global, status: Option<&str>, limit: u32) -> Result<u8, F
         );
     }
     Ok(0)
+}
+
+async fn runs_retry(g: &Global, run_id: &str) -> Result<u8, Failure> {
+    let _lock = lock_executor(&g.db)?;
+    let host = open(g).await?;
+    let observer = if g.json { no_observer() } else { printer() };
+    let outcome = host
+        .retry_stuck(run_id, observer)
+        .await
+        .map_err(host_failure)?;
+    Ok(report(g, &outcome))
 }
 
 async fn runs_show(g: &Global, run_id: &str) -> Result<u8, Failure> {

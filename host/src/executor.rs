@@ -374,6 +374,40 @@ impl Host {
         Ok(resolved)
     }
 
+    /// Takes a `stuck` run up again once an operator has fixed what made its compensation
+    /// fail: compensation resumes where it stopped (compensations already done are not
+    /// repeated) and the run ends `compensated`, or `stuck` again with the new reason.
+    pub async fn retry_stuck(
+        &self,
+        run_id: &str,
+        observer: Observer,
+    ) -> Result<RunOutcome, HostError> {
+        let record = self.inner.journal.run(run_id).await?;
+        if record.status != RunStatus::Stuck {
+            return Err(HostError::Input(format!(
+                "run {run_id} is {}, not stuck; only stuck runs can be retried",
+                record.status
+            )));
+        }
+        let events = self.inner.journal.events(run_id).await?;
+        let cause = events
+            .iter()
+            .rev()
+            .find_map(|e| match &e.event {
+                Event::Compensating { cause } => Some(cause.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| "compensating".to_owned());
+        let log = RunLog {
+            journal: self.inner.journal.clone(),
+            run_id: run_id.to_owned(),
+            next_seq: events.len() as i64 + 1,
+            pending: Vec::new(),
+            observer,
+        };
+        self.compensate(log, Some(cause)).await
+    }
+
     /// Finishes every run that is not in a terminal state (after a crash, say).
     pub async fn resume_unfinished(
         &self,

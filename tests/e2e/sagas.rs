@@ -195,4 +195,40 @@ fn a_compensation_that_cannot_succeed_parks_the_run_as_stuck() {
     // Money is neither created nor lost, even though the run could not be undone.
     assert_eq!(s.balances().values().sum::<i64>(), 1_500);
     rt().block_on(assert_ledger_consistent(&s.db));
+
+    // Retrying before the cause is fixed parks it again, with the same reason.
+    let again = s.wasaga(&["runs", "retry", &runs[0].0, "--compensation-retries", "2"]);
+    assert_eq!(again.status.code(), Some(4), "{}", text(&again));
+    // An operator refunds bob; the retry finishes the compensation where it stopped.
+    let refund = json!({ "from": "alice", "to": "bob", "amount": 10 }).to_string();
+    let funded = s.wasaga(&["run", TRANSFER, "--input", &refund]);
+    assert_eq!(funded.status.code(), Some(0), "{}", text(&funded));
+    let retried = s.wasaga(&["runs", "retry", &runs[0].0]);
+    assert_eq!(
+        retried.status.code(),
+        Some(3),
+        "compensated now: {}",
+        text(&retried)
+    );
+    let timeline =
+        String::from_utf8_lossy(&s.wasaga(&["runs", "show", &runs[0].0]).stdout).into_owned();
+    assert_eq!(
+        timeline.matches("undo credit").count(),
+        1,
+        "the credit is undone once:\n{timeline}"
+    );
+    assert_eq!(
+        timeline.matches("undo debit").count(),
+        1,
+        "the debit is undone once:\n{timeline}"
+    );
+    let balances = s.balances();
+    assert_eq!(balances.values().sum::<i64>(), 1_500);
+    // alice: 1,000 - 10 (debit) + 510 (payout) - 10 (refund) + 10 (debit undone) = 1,500;
+    // bob: 500 + 10 - 510 + 10 - 10 (credit undone) = 0.
+    assert_eq!((balances["alice"], balances["bob"]), (1_500, 0));
+    let not_stuck = s.wasaga(&["runs", "retry", &runs[0].0]);
+    assert_eq!(not_stuck.status.code(), Some(2), "{}", text(&not_stuck));
+    assert!(last_error_line(&not_stuck).contains("only stuck runs can be retried"));
+    rt().block_on(assert_ledger_consistent(&s.db));
 }

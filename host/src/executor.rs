@@ -255,7 +255,14 @@ impl Host {
                         output.len()
                     )
                 } else {
-                    return self.complete(log, output).await;
+                    // Replay matched every journaled call, so the leases this execution holds
+                    // and held are exactly those the journal records: no need to read it again.
+                    let held = context
+                        .leases
+                        .lock()
+                        .expect("lease list lock poisoned")
+                        .clone();
+                    return self.complete(log, output, &held, &context.acquired).await;
                 }
             }
             (None, Ok(Err(message))) => format!("workflow failed: {message}"),
@@ -390,14 +397,7 @@ impl Host {
             )));
         }
         let events = self.inner.journal.events(run_id).await?;
-        let cause = events
-            .iter()
-            .rev()
-            .find_map(|e| match &e.event {
-                Event::Compensating { cause } => Some(cause.clone()),
-                _ => None,
-            })
-            .unwrap_or_else(|| "compensating".to_owned());
+        let cause = last_cause(&events);
         let log = RunLog {
             journal: self.inner.journal.clone(),
             run_id: run_id.to_owned(),
@@ -510,6 +510,7 @@ impl Host {
             fatal: None,
             step_names: HashSet::new(),
             leases: Arc::new(std::sync::Mutex::new(Vec::new())),
+            acquired: Vec::new(),
         };
         let state = RunState {
             wasi,
@@ -559,9 +560,15 @@ impl Host {
         )
     }
 
-    async fn complete(&self, mut log: RunLog, output: String) -> Result<RunOutcome, HostError> {
+    async fn complete(
+        &self,
+        mut log: RunLog,
+        output: String,
+        held: &[Lease],
+        acquired: &[Lease],
+    ) -> Result<RunOutcome, HostError> {
         let run_id = log.run_id.clone();
-        let (mut events, leases) = self.held_leases(&run_id).await?;
+        let mut events = release_events(held);
         events.push(Event::Completed {
             output: output.clone(),
         });
@@ -571,7 +578,7 @@ impl Host {
                 run_id: run_id.clone(),
                 reason: e.to_string(),
             })?;
-        self.release_locks(&leases).await;
+        self.release_locks(acquired).await;
         Ok(RunOutcome {
             run_id,
             status: RunStatus::Completed,
@@ -610,14 +617,7 @@ impl Host {
                     reason,
                 })?;
         }
-        let cause = events
-            .iter()
-            .rev()
-            .find_map(|e| match &e.event {
-                Event::Compensating { cause } => Some(cause.clone()),
-                _ => None,
-            })
-            .unwrap_or_else(|| "compensating".to_owned());
+        let cause = last_cause(&events);
         let limits = &self.inner.limits;
         for step in steps_of(&events).into_iter().rev() {
             let StepState {
@@ -792,20 +792,16 @@ impl Host {
                 _ => {}
             }
         }
-        let events = acquired
+        let held: Vec<Lease> = acquired
             .iter()
             .filter(|l| {
                 !released
                     .iter()
                     .any(|(k, t)| *k == l.key && *t == l.fencing_token)
             })
-            .map(|l| Event::LockReleased {
-                call: None,
-                key: l.key.clone(),
-                fencing_token: l.fencing_token,
-            })
+            .cloned()
             .collect();
-        Ok((events, acquired))
+        Ok((release_events(&held), acquired))
     }
 
     async fn release_locks(&self, leases: &[Lease]) {
@@ -843,6 +839,29 @@ async fn renew(host: Arc<HostInner>, leases: Arc<std::sync::Mutex<Vec<Lease>>>) 
             }
         }
     }
+}
+
+/// `lock-released` events for leases the host gives back at the run's end.
+fn release_events(held: &[Lease]) -> Vec<Event> {
+    held.iter()
+        .map(|l| Event::LockReleased {
+            call: None,
+            key: l.key.clone(),
+            fencing_token: l.fencing_token,
+        })
+        .collect()
+}
+
+/// Why the run is compensating, as its latest `compensating` event says.
+fn last_cause(events: &[StoredEvent]) -> String {
+    events
+        .iter()
+        .rev()
+        .find_map(|e| match &e.event {
+            Event::Compensating { cause } => Some(cause.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| "compensating".to_owned())
 }
 
 /// Two-phase transactions the journal shows started but not finished.

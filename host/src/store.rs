@@ -136,6 +136,10 @@ pub(crate) struct RunContext {
     pub step_names: HashSet<String>,
     /// The run's leases, shared with the task that renews them while the module runs.
     pub leases: Arc<std::sync::Mutex<Vec<Lease>>>,
+    /// Every lease this execution held at some point (journaled or live): at the run's end
+    /// all are given back to the backend, since a release the journal records may not have
+    /// reached the backend before a crash.
+    pub acquired: Vec<Lease>,
 }
 
 impl RunContext {
@@ -182,6 +186,7 @@ impl RunContext {
 
     /// Adds a lease the run now holds.
     pub fn hold(&mut self, lease: Lease) {
+        self.acquired.push(lease.clone());
         self.leases
             .lock()
             .expect("lease list lock poisoned")

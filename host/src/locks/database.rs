@@ -120,10 +120,7 @@ impl LockService for DatabaseLocks {
                     ..lease.clone()
                 })
             } else {
-                Err(LockError::Lost {
-                    key: lease.key.clone(),
-                    fencing_token: lease.fencing_token,
-                })
+                Err(lease.lost())
             }
         })
     }

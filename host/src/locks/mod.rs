@@ -27,6 +27,16 @@ pub struct Lease {
     pub expires_at_ms: u64,
 }
 
+impl Lease {
+    /// The error for this lease having passed to another holder.
+    pub fn lost(&self) -> LockError {
+        LockError::Lost {
+            key: self.key.clone(),
+            fencing_token: self.fencing_token,
+        }
+    }
+}
+
 /// Why a lock operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {

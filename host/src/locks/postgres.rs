@@ -159,10 +159,7 @@ impl LockService for PostgresLocks {
                     expires_at_ms: expires_at_ms as u64,
                     ..lease.clone()
                 }),
-                None => Err(LockError::Lost {
-                    key: lease.key.clone(),
-                    fencing_token: lease.fencing_token,
-                }),
+                None => Err(lease.lost()),
             }
         })
     }

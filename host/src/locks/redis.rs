@@ -196,10 +196,7 @@ impl LockService for RedisLocks {
                     ..lease.clone()
                 })
             } else {
-                Err(LockError::Lost {
-                    key: lease.key.clone(),
-                    fencing_token: lease.fencing_token,
-                })
+                Err(lease.lost())
             }
         })
     }

@@ -210,10 +210,7 @@ impl LockService for ZooKeeperLocks {
                     expires_at_ms: now_ms() + SESSION_TIMEOUT.as_millis() as u64,
                     ..lease.clone()
                 }),
-                Ok(None) => Err(LockError::Lost {
-                    key: lease.key.clone(),
-                    fencing_token: lease.fencing_token,
-                }),
+                Ok(None) => Err(lease.lost()),
                 Err(e) => Err(self.failed(e).await),
             }
         })

@@ -3,6 +3,7 @@
 //! workload's invariants checked afterwards.
 
 use crate::config::HostConfig;
+use crate::db::{Database, Location};
 use crate::event::RunStatus;
 use crate::executor::{Host, HostError};
 use crate::store::no_observer;
@@ -25,8 +26,12 @@ pub struct TransferBench {
     pub n: u32,
     pub c: u32,
     pub seed: u64,
-    /// The journal (and ledger) file; deleted and recreated before the run.
-    pub journal_path: PathBuf,
+    /// The journal's database (and the ledger's, unless `ledger` is given); emptied first.
+    pub journal: Location,
+    /// The ledger's own database, if not the journal's; emptied first.
+    pub ledger: Option<Location>,
+    /// Where compiled modules are cached.
+    pub cache_dir: PathBuf,
     /// The bench-transfer workflow component.
     pub module: Vec<u8>,
     /// Called now and then with the number of finished transfers.
@@ -39,7 +44,8 @@ impl std::fmt::Debug for TransferBench {
             .field("n", &self.n)
             .field("c", &self.c)
             .field("seed", &self.seed)
-            .field("journal_path", &self.journal_path)
+            .field("journal", &self.journal)
+            .field("ledger", &self.ledger)
             .finish()
     }
 }
@@ -70,6 +76,7 @@ pub struct TransferReport {
     pub compensated: u32,
     pub failed_debit: u32,
     pub journal: &'static str,
+    pub ledger: &'static str,
     pub invariants: Vec<Invariant>,
 }
 
@@ -109,15 +116,21 @@ enum Outcome {
 
 /// Runs the workload and checks its invariants.
 pub async fn transfer(bench: TransferBench) -> Result<TransferReport, HostError> {
-    remove_database(&bench.journal_path);
-    let mut config = HostConfig::new(bench.journal_path.clone());
+    Database::destroy(&bench.journal).await?;
+    if let Some(ledger) = &bench.ledger {
+        Database::destroy(ledger).await?;
+    }
+    let mut config = HostConfig::new(bench.journal.clone());
+    config.ledger = bench.ledger.clone();
+    config.cache_dir = bench.cache_dir.clone();
     config.limits.concurrent_runs_max = bench.c.max(1) * 2;
+    config.pools.postgres_connections_max = bench.c.clamp(4, 64);
     let host = Host::open(&config).await?;
     let db = host.ledger_db().clone();
-    db.write(|conn| {
+    db.write(|tx| {
         Box::pin(async move {
             for id in 1..=ACCOUNTS {
-                crate::ledger::open_account(conn, &id.to_string(), OPENING_BALANCE).await?;
+                crate::ledger::open_account(tx, &id.to_string(), OPENING_BALANCE).await?;
             }
             Ok::<_, crate::ledger::OpenError>(())
         })
@@ -239,7 +252,8 @@ pub async fn transfer(bench: TransferBench) -> Result<TransferReport, HostError>
         succeeded: count(Outcome::Succeeded),
         compensated: count(Outcome::Compensated) + count(Outcome::FailedDebit),
         failed_debit: count(Outcome::FailedDebit),
-        journal: "sqlite",
+        journal: kind(&bench.journal),
+        ledger: kind(bench.ledger.as_ref().unwrap_or(&bench.journal)),
         invariants,
     })
 }
@@ -252,22 +266,35 @@ async fn check(
     outcomes: &[Outcome],
 ) -> Result<Vec<Invariant>, HostError> {
     let db = host.ledger_db();
-    let accounts = crate::ledger::list(db)
-        .await
-        .map_err(crate::journal::JournalError::from)?;
-    let entries: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT op_id, account, delta FROM ledger_entries WHERE op_id NOT LIKE 'open/%'",
-    )
-    .fetch_all(db.readers())
-    .await
-    .map_err(crate::journal::JournalError::from)?;
-    let applied: Vec<String> = sqlx::query_scalar(
-        "SELECT op_id FROM ledger_ops WHERE status = 'applied' AND op_id LIKE ?",
-    )
-    .bind(format!("{prefix}/%"))
-    .fetch_all(db.readers())
-    .await
-    .map_err(crate::journal::JournalError::from)?;
+    let pattern = format!("{prefix}/%");
+    let (accounts, entries, applied) = db
+        .read(move |tx| {
+            Box::pin(async move {
+                let accounts = crate::ledger::accounts(tx).await?;
+                let rows = tx
+                    .fetch_all(
+                        "SELECT op_id, account, delta FROM ledger_entries WHERE op_id NOT LIKE 'open/%'",
+                        &[],
+                    )
+                    .await?;
+                let mut entries: Vec<(String, String, i64)> = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    entries.push((row.text(0)?, row.text(1)?, row.int(2)?));
+                }
+                let rows = tx
+                    .fetch_all(
+                        "SELECT op_id FROM ledger_ops WHERE status = 'applied' AND op_id LIKE $1",
+                        crate::args![&pattern],
+                    )
+                    .await?;
+                let applied = rows
+                    .iter()
+                    .map(|r| r.text(0))
+                    .collect::<Result<Vec<String>, _>>()?;
+                Ok::<_, crate::journal::JournalError>((accounts, entries, applied))
+            })
+        })
+        .await?;
 
     // Per transfer: (account -> net delta) and the applied operation names.
     let mut net: HashMap<u32, HashMap<String, i64>> = HashMap::new();
@@ -371,13 +398,10 @@ async fn check(
     Ok(invariants)
 }
 
-/// Deletes a SQLite database and its WAL files, so a benchmark starts from nothing.
-fn remove_database(path: &std::path::Path) {
-    for suffix in ["", "-wal", "-shm"] {
-        let mut file = path.as_os_str().to_owned();
-        file.push(suffix);
-        // Missing files are what we want.
-        let _ = std::fs::remove_file(PathBuf::from(file));
+fn kind(location: &Location) -> &'static str {
+    match location {
+        Location::Sqlite(_) => "sqlite",
+        Location::Postgres { .. } => "postgres",
     }
 }
 
@@ -466,10 +490,15 @@ pub struct MicroReport {
     pub writers: u32,
 }
 
-/// Measures [`MicroReport`] on a fresh journal at `journal_path`.
-pub async fn micro(journal_path: PathBuf, module: Vec<u8>) -> Result<MicroReport, HostError> {
-    remove_database(&journal_path);
-    let mut config = HostConfig::new(journal_path);
+/// Measures [`MicroReport`] on a fresh journal at `journal`.
+pub async fn micro(
+    journal: Location,
+    cache_dir: PathBuf,
+    module: Vec<u8>,
+) -> Result<MicroReport, HostError> {
+    Database::destroy(&journal).await?;
+    let mut config = HostConfig::new(journal);
+    config.cache_dir = cache_dir;
     config.limits.concurrent_runs_max = 64;
     let host = Host::open(&config).await?;
     let db = host.ledger_db().clone();
@@ -568,8 +597,9 @@ pub async fn locks(
     n: u32,
     c: u32,
 ) -> Result<LockReport, HostError> {
-    remove_database(&scratch_path);
-    let scratch = Arc::new(crate::db::Database::open(&scratch_path, Default::default()).await?);
+    let scratch = Location::Sqlite(scratch_path);
+    Database::destroy(&scratch).await?;
+    let scratch = Arc::new(Database::open(&scratch, Default::default(), Default::default()).await?);
     let service: Arc<dyn crate::locks::LockService> = Arc::from(
         crate::locks::connect(&backend, &scratch)
             .await

@@ -1,6 +1,10 @@
-//! Host configuration: where the journal and ledger live, and the limits every run obeys.
+//! Host configuration: where the journal and ledger live, the limits every run obeys, and what
+//! each workflow is granted. Built and validated by the binary (from flags and the config
+//! file) before anything runs; the library never reads files or the environment for it.
 
 use crate::crash::CrashPoint;
+use crate::db::{Location, PoolSizes};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// Limits on what one run may use. Exceeding any ends the run with a named error and
@@ -28,6 +32,10 @@ pub struct Limits {
     pub lock_wait_ms_max: u32,
     /// Longest lease a module may ask for.
     pub lock_ttl_ms_max: u32,
+    /// How long a host's ownership of a run lasts unless renewed (it is renewed every third
+    /// of this while the run executes). A host that dies loses its runs after this long, and
+    /// another host resumes them.
+    pub run_lease_ms: u64,
 }
 
 impl Default for Limits {
@@ -44,17 +52,47 @@ impl Default for Limits {
             concurrent_runs_max: 256,
             lock_wait_ms_max: 30_000,
             lock_ttl_ms_max: 300_000,
+            run_lease_ms: 10_000,
         }
     }
+}
+
+/// What one workflow may use. Everything else is denied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grant {
+    /// Participants its steps, reads and writes may call (`ledger`, a `postgres-xa` name).
+    pub participants: Vec<String>,
+    /// Prefixes of the lock keys it may take; an empty prefix allows every key.
+    pub lock_prefixes: Vec<String>,
+}
+
+impl Grant {
+    pub fn allows_participant(&self, participant: &str) -> bool {
+        self.participants.iter().any(|p| p == participant)
+    }
+
+    pub fn allows_lock(&self, key: &str) -> bool {
+        self.lock_prefixes
+            .iter()
+            .any(|p| key.starts_with(p.as_str()))
+    }
+}
+
+/// Grants by workflow name. `None` in [`HostConfig::grants`] means no config file asked for
+/// grants: every configured participant and every lock key is allowed (the command line's
+/// single-user mode).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants {
+    pub workflows: BTreeMap<String, Grant>,
 }
 
 /// Everything a host needs to start.
 #[derive(Debug, Clone)]
 pub struct HostConfig {
-    /// The SQLite journal file.
-    pub journal_path: PathBuf,
-    /// The ledger's SQLite file; `None` shares the journal's file (and its transactions).
-    pub ledger_path: Option<PathBuf>,
+    /// The journal's database.
+    pub journal: Location,
+    /// The ledger's database; `None` shares the journal's (and its transactions).
+    pub ledger: Option<Location>,
     /// Where precompiled modules are cached, by content hash.
     pub cache_dir: PathBuf,
     pub limits: Limits,
@@ -62,27 +100,38 @@ pub struct HostConfig {
     pub locks: crate::locks::LockBackend,
     /// `postgres-xa` participants: name and database URL.
     pub xa: Vec<(String, String)>,
-    /// Names this host in the global ids of its prepared transactions, so that its recovery
-    /// finds its own in-doubt transactions and no other host's.
+    /// Names this host in the global ids of its prepared transactions and in the leases it
+    /// holds on runs, so that its recovery finds its own in-doubt transactions.
     pub host_id: String,
+    /// Per-workflow grants, if a config file gave them.
+    pub grants: Option<Grants>,
+    pub pools: PoolSizes,
     /// Test hook: die by SIGKILL at this commit.
     pub crash_at: Option<CrashPoint>,
 }
 
 impl HostConfig {
-    /// A config with default limits for the journal at `journal_path`, caching compiled
-    /// modules beside it.
-    pub fn new(journal_path: PathBuf) -> Self {
-        let mut cache = journal_path.clone().into_os_string();
-        cache.push(".cache");
+    /// A config with default limits for the journal at `journal`. Compiled modules are cached
+    /// beside a SQLite journal, or in `.wasaga-cache` for PostgreSQL.
+    pub fn new(journal: Location) -> Self {
+        let cache_dir = match &journal {
+            Location::Sqlite(path) => {
+                let mut cache = path.clone().into_os_string();
+                cache.push(".cache");
+                PathBuf::from(cache)
+            }
+            Location::Postgres { .. } => PathBuf::from(".wasaga-cache"),
+        };
         HostConfig {
-            journal_path,
-            ledger_path: None,
-            cache_dir: PathBuf::from(cache),
+            journal,
+            ledger: None,
+            cache_dir,
             limits: Limits::default(),
             locks: crate::locks::LockBackend::Journal,
             xa: Vec::new(),
             host_id: "wasaga".to_owned(),
+            grants: None,
+            pools: PoolSizes::default(),
             crash_at: None,
         }
     }

@@ -56,6 +56,52 @@ impl std::fmt::Debug for WorkflowEngine {
     }
 }
 
+/// What a module declares it uses, from its `wasaga:manifest` custom section (written by
+/// guest-sdk's `export_workflow!`). A deploy checks it against the workflow's grant.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Manifest {
+    pub participants: Vec<String>,
+    pub lock_prefixes: Vec<String>,
+}
+
+/// The custom section a module's manifest lives in.
+pub const MANIFEST_SECTION: &str = "wasaga:manifest";
+
+/// Reads the manifest of a component (from any of its core modules), if it has one.
+pub fn manifest(bytes: &[u8]) -> Result<Option<Manifest>, ModuleError> {
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        let payload = payload.map_err(|e| ModuleError::Invalid(e.to_string()))?;
+        if let wasmparser::Payload::CustomSection(section) = payload
+            && section.name() == MANIFEST_SECTION
+        {
+            return parse_manifest(section.data()).map(Some);
+        }
+    }
+    Ok(None)
+}
+
+/// The manifest's text: a `wasaga-manifest 1` line, then `participant <name>` and
+/// `lock <prefix>` lines.
+fn parse_manifest(data: &[u8]) -> Result<Manifest, ModuleError> {
+    let bad = |why: String| ModuleError::Invalid(format!("its {MANIFEST_SECTION} section {why}"));
+    let text = std::str::from_utf8(data).map_err(|_| bad("is not UTF-8".to_owned()))?;
+    let mut lines = text.lines();
+    if lines.next() != Some("wasaga-manifest 1") {
+        return Err(bad(
+            "is not version 1; rebuild the module with this host's guest-sdk".to_owned(),
+        ));
+    }
+    let mut manifest = Manifest::default();
+    for line in lines.filter(|l| !l.is_empty()) {
+        match line.split_once(' ') {
+            Some(("participant", name)) => manifest.participants.push(name.to_owned()),
+            Some(("lock", prefix)) => manifest.lock_prefixes.push(prefix.to_owned()),
+            _ => return Err(bad(format!("has an unknown line {line:?}"))),
+        }
+    }
+    Ok(manifest)
+}
+
 /// The largest module accepted.
 pub const MODULE_BYTES_MAX: usize = 64 << 20;
 
@@ -126,6 +172,15 @@ impl WorkflowEngine {
         let hash = module_hash(bytes);
         self.load(&hash, bytes)?;
         Ok(hash)
+    }
+
+    /// The loaded module with content hash `hash`, if this engine has loaded it before.
+    pub fn cached(&self, hash: &str) -> Option<Loaded> {
+        self.loaded
+            .lock()
+            .expect("module map lock poisoned")
+            .get(hash)
+            .cloned()
     }
 
     /// Compiles (or fetches from the caches) and links the module with content hash `hash`.

@@ -1,19 +1,25 @@
 //! The executor: starts runs, executes (or replays) their module, and drives each run to one of
 //! its ends, completed, compensated or stuck. Compensation is performed by the host from the
 //! journal, newest step first, without the module.
+//!
+//! A host executes only runs it owns: ones it started, or took over once their previous
+//! owner's lease expired. While it drives a run it renews its lease; if it ever loses the
+//! lease (it was paused for longer than the lease, say) its next journal write is refused and
+//! it stops executing that run, which the new owner resumes by replay.
 
-use crate::config::{HostConfig, Limits};
+use crate::config::{Grant, HostConfig, Limits};
 use crate::crash::CrashSwitch;
 use crate::db::Database;
 use crate::engine::{EPOCH_TICK_MS, Loaded, ModuleError, WorkflowEngine, module_hash};
 use crate::event::{CallFailure, Event, RunStatus};
-use crate::journal::{Journal, JournalError, RunRecord, StoredEvent, now_ms};
+use crate::journal::{Deployed, Journal, JournalError, RunRecord, StoredEvent, now_ms};
 use crate::locks::{Lease, LockService};
 use crate::participants::{ParticipantRequest, Participants};
 use crate::store::{Fatal, MemoryLimiter, Observer, RunContext, RunLog, RunState, replay_map};
 use rand::SeedableRng;
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use wasmtime::Store;
 use wasmtime::component::ResourceTable;
@@ -33,6 +39,9 @@ pub enum HostError {
     Engine(String),
     #[error("invalid input: {0}")]
     Input(String),
+    /// A deploy that the grants in the config do not allow.
+    #[error("{0}")]
+    NotGranted(String),
     /// The run could not go on (its journal could not be written); it is left unfinished and
     /// the next `wasaga resume` (or `run`) finishes it.
     #[error(
@@ -61,6 +70,13 @@ impl From<RunRecord> for RunOutcome {
     }
 }
 
+/// A run this host is driving right now.
+#[derive(Debug, Default)]
+pub(crate) struct LiveRun {
+    /// Set when the renewal found that another host has taken the run over.
+    pub lost: AtomicBool,
+}
+
 /// Shared by every run of a host.
 #[derive(Debug)]
 pub(crate) struct HostInner {
@@ -70,9 +86,34 @@ pub(crate) struct HostInner {
     pub participants: Participants,
     pub locks: Box<dyn LockService>,
     pub limits: Limits,
+    pub grants: Option<crate::config::Grants>,
     /// One permit per instance slot of the pool: a run waits here for a slot rather than
     /// failing when `concurrent_runs_max` modules are already executing.
     pub executions: tokio::sync::Semaphore,
+    /// Runs being driven, whose leases the renewal task extends.
+    pub live: Mutex<HashMap<String, Arc<LiveRun>>>,
+    /// Set when the host is shutting down: runs stop at their next journal point.
+    pub stopping: AtomicBool,
+}
+
+impl HostInner {
+    /// Whether a run must stop at its next host call, and why.
+    pub(crate) fn stop_reason(&self, live: &LiveRun) -> Option<&'static str> {
+        if live.lost.load(Ordering::Relaxed) {
+            Some("another host took the run over after this host's lease on it expired")
+        } else if self.stopping.load(Ordering::Relaxed) {
+            Some("the host is shutting down; the run resumes when a host starts again")
+        } else {
+            None
+        }
+    }
+
+    /// The grant of `workflow`, or `None` when no grants are configured (everything allowed).
+    pub(crate) fn grant(&self, workflow: &str) -> Option<Arc<Grant>> {
+        self.grants
+            .as_ref()
+            .map(|grants| Arc::new(grants.workflows.get(workflow).cloned().unwrap_or_default()))
+    }
 }
 
 /// A wasaga host: engine, journal, participants and locks. Cheap to clone.
@@ -81,15 +122,43 @@ pub struct Host {
     inner: Arc<HostInner>,
 }
 
+/// What one execution of a run's module starts from.
+struct Execution {
+    /// The journaled calls to answer, by call number.
+    replay: HashMap<u32, crate::store::Replayed>,
+    started_at_ms: u64,
+    grant: Option<Arc<Grant>>,
+    live: Arc<LiveRun>,
+}
+
+/// Removes a run from the live set when its driving ends, however it ends.
+struct LiveGuard {
+    inner: Arc<HostInner>,
+    run_id: String,
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.inner
+            .live
+            .lock()
+            .expect("live run map lock poisoned")
+            .remove(&self.run_id);
+    }
+}
+
 impl Host {
-    /// Opens the journal (and the ledger's database, if separate) and builds the engine.
+    /// Opens the journal (and the ledger's database, if separate), builds the engine, and
+    /// starts renewing the leases of the runs this host drives.
     pub async fn open(config: &HostConfig) -> Result<Host, HostError> {
         let crash = CrashSwitch::new(config.crash_at);
-        let journal_db = Arc::new(Database::open(&config.journal_path, crash.clone()).await?);
-        let (ledger_db, shares) = match &config.ledger_path {
-            Some(path) if path != &config.journal_path => {
-                (Arc::new(Database::open(path, crash).await?), false)
-            }
+        let journal_db =
+            Arc::new(Database::open(&config.journal, config.pools, crash.clone()).await?);
+        let (ledger_db, shares) = match &config.ledger {
+            Some(location) if location != &config.journal => (
+                Arc::new(Database::open(location, config.pools, crash).await?),
+                false,
+            ),
             _ => (journal_db.clone(), true),
         };
         let engine = WorkflowEngine::new(&config.limits, &config.cache_dir)
@@ -103,19 +172,30 @@ impl Host {
         let locks = crate::locks::connect(&config.locks, &journal_db)
             .await
             .map_err(|e| HostError::Input(e.to_string()))?;
-        Ok(Host {
-            inner: Arc::new(HostInner {
-                engine,
-                journal: Journal::new(journal_db.clone()),
-                participants: Participants::new(ledger_db.clone(), shares, xa),
-                ledger_db,
-                locks,
-                limits: config.limits.clone(),
-                executions: tokio::sync::Semaphore::new(
-                    config.limits.concurrent_runs_max.max(1) as usize
-                ),
-            }),
-        })
+        // The owner names this process, not just the host: a host that restarts under the same
+        // id must not mistake the leases of its previous, dead process for its own.
+        let owner = format!(
+            "{}/{}-{:04x}",
+            config.host_id,
+            std::process::id(),
+            rand::random::<u16>()
+        );
+        let inner = Arc::new(HostInner {
+            engine,
+            journal: Journal::new(journal_db.clone(), owner, config.limits.run_lease_ms),
+            participants: Participants::new(ledger_db.clone(), shares, xa),
+            ledger_db,
+            locks,
+            limits: config.limits.clone(),
+            grants: config.grants.clone(),
+            executions: tokio::sync::Semaphore::new(
+                config.limits.concurrent_runs_max.max(1) as usize
+            ),
+            live: Mutex::new(HashMap::new()),
+            stopping: AtomicBool::new(false),
+        });
+        tokio::spawn(renew_run_leases(Arc::downgrade(&inner)));
+        Ok(Host { inner })
     }
 
     pub fn journal(&self) -> &Journal {
@@ -131,6 +211,26 @@ impl Host {
         &self.inner.limits
     }
 
+    /// Runs this host is driving right now.
+    pub fn live_runs(&self) -> usize {
+        self.inner
+            .live
+            .lock()
+            .expect("live run map lock poisoned")
+            .len()
+    }
+
+    /// Makes every run this host drives stop at its next journal point (shutdown). Runs
+    /// stopped this way stay unfinished and resume on the next start.
+    pub fn stop_runs(&self) {
+        self.inner.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`Host::stop_runs`] was called.
+    pub fn is_stopping(&self) -> bool {
+        self.inner.stopping.load(Ordering::Relaxed)
+    }
+
     /// Validates a module and stores it by content hash; returns the hash.
     pub async fn add_module(&self, name: &str, bytes: &[u8]) -> Result<String, HostError> {
         let hash = self.inner.engine.validate(bytes)?;
@@ -138,9 +238,68 @@ impl Host {
         Ok(hash)
     }
 
-    /// Starts a run of the stored module `module_hash` on `input` (JSON). Starting an existing
-    /// run id again returns that run without starting anything. Returns the run id and whether
-    /// it was created now.
+    /// Validates a module as a version of `workflow` (it loads, exports the workflow world,
+    /// and asks only for what the workflow's grant allows), stores it and makes it the version
+    /// new runs of `workflow` get. Runs already started keep the version they started on.
+    pub async fn deploy(&self, workflow: &str, bytes: &[u8]) -> Result<Deployed, HostError> {
+        check_workflow_name(workflow)?;
+        let hash = self.inner.engine.validate(bytes)?;
+        let manifest = crate::engine::manifest(bytes)?;
+        self.check_grants(workflow, &manifest)?;
+        Ok(self.inner.journal.deploy(workflow, &hash, bytes).await?)
+    }
+
+    /// Refuses a module whose declared needs the workflow's grant does not cover.
+    fn check_grants(
+        &self,
+        workflow: &str,
+        manifest: &Option<crate::engine::Manifest>,
+    ) -> Result<(), HostError> {
+        let Some(grant) = self.inner.grant(workflow) else {
+            return Ok(());
+        };
+        if self
+            .inner
+            .grants
+            .as_ref()
+            .is_some_and(|g| !g.workflows.contains_key(workflow))
+        {
+            return Err(HostError::NotGranted(format!(
+                "workflow '{workflow}' has no grant in the config: add a [workflows.{workflow}] section listing the participants and lock prefixes it may use"
+            )));
+        }
+        let Some(manifest) = manifest else {
+            return Err(HostError::NotGranted(format!(
+                "the module does not declare what it uses, so its grant cannot be checked: build it with guest-sdk's export_workflow!({}, participants = [...], locks = [...])",
+                workflow.replace('-', "_")
+            )));
+        };
+        for participant in &manifest.participants {
+            if !grant.allows_participant(participant) {
+                return Err(HostError::NotGranted(format!(
+                    "workflow '{workflow}' asks for participant '{participant}', which its grant does not include (granted: {}); add it to [workflows.{workflow}] participants",
+                    list_or_none(&grant.participants)
+                )));
+            }
+            self.inner
+                .participants
+                .exists(participant)
+                .map_err(HostError::NotGranted)?;
+        }
+        for prefix in &manifest.lock_prefixes {
+            if !grant.allows_lock(prefix) {
+                return Err(HostError::NotGranted(format!(
+                    "workflow '{workflow}' asks for locks under '{prefix}', which its grant does not include (granted prefixes: {}); add it to [workflows.{workflow}] lock_prefixes",
+                    list_or_none(&grant.lock_prefixes)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a run of the stored module `module_hash` on `input` (JSON), owned by this host.
+    /// Starting an existing run id again returns that run without starting anything. Returns
+    /// the run id and whether it was created now.
     pub async fn start(
         &self,
         run_id: Option<String>,
@@ -174,19 +333,36 @@ impl Host {
         Ok((run_id, created))
     }
 
-    /// Drives a run to its end (or to an interruption the next resume picks up).
+    /// Starts a run of the active version of the deployed workflow `workflow`.
+    pub async fn start_deployed(
+        &self,
+        run_id: Option<String>,
+        workflow: &str,
+        input: &str,
+    ) -> Result<(String, bool), HostError> {
+        let active = self.inner.journal.active(workflow).await?;
+        self.start(run_id, workflow, &active.hash, input).await
+    }
+
+    /// Drives a run this host owns to its end (or to an interruption the next resume picks
+    /// up).
     pub async fn drive(&self, run_id: &str, observer: Observer) -> Result<RunOutcome, HostError> {
+        let live = Arc::new(LiveRun::default());
+        self.inner
+            .live
+            .lock()
+            .expect("live run map lock poisoned")
+            .insert(run_id.to_owned(), live.clone());
+        let _guard = LiveGuard {
+            inner: self.inner.clone(),
+            run_id: run_id.to_owned(),
+        };
         let journal = &self.inner.journal;
-        let record = journal.run(run_id).await?;
+        let (record, events) = journal.run_with_events(run_id).await?;
         if record.status.is_terminal() {
             return Ok(record.into());
         }
-        let events: Vec<Event> = journal
-            .events(run_id)
-            .await?
-            .into_iter()
-            .map(|e| e.event)
-            .collect();
+        let events: Vec<Event> = events.into_iter().map(|e| e.event).collect();
         let mut log = RunLog {
             journal: journal.clone(),
             run_id: run_id.to_owned(),
@@ -195,7 +371,7 @@ impl Host {
             observer,
         };
         if record.status == RunStatus::Compensating {
-            return self.compensate(log, None).await;
+            return self.compensate(log, None, &live).await;
         }
         let Some(Event::Started {
             module_hash: hash,
@@ -213,16 +389,37 @@ impl Host {
         };
         let loaded = match self.load(hash).await {
             Ok(loaded) => loaded,
+            Err(HostError::Journal(e @ JournalError::Database(_))) => {
+                return Err(HostError::Interrupted {
+                    run_id: run_id.to_owned(),
+                    reason: e.to_string(),
+                });
+            }
             Err(e) => {
                 return self
-                    .compensate(log, Some(format!("module can no longer be loaded: {e}")))
+                    .compensate(
+                        log,
+                        Some(format!("module can no longer be loaded: {e}")),
+                        &live,
+                    )
                     .await;
             }
         };
         let replay = replay_map(&events);
         let replayed_calls = replay.len();
+        let grant = self.inner.grant(&record.workflow);
         let (result, mut context, stdio, refused_bytes) = self
-            .execute(&loaded, &mut log, replay, input, *started_at_ms)
+            .execute(
+                &loaded,
+                &mut log,
+                input,
+                Execution {
+                    replay,
+                    started_at_ms: *started_at_ms,
+                    grant,
+                    live: live.clone(),
+                },
+            )
             .await;
         // Captured stdout/stderr is journaled once, at the end of the execution that produced
         // it, so a replay never duplicates it.
@@ -275,13 +472,9 @@ impl Host {
                 reason: e.to_string(),
             });
         }
-        self.compensate(log, Some(cause)).await
+        self.compensate(log, Some(cause), &live).await
     }
 
-    /// Re-executes a finished run's module against its journal, answering every call from the
-    /// journal and writing nothing; returns how long instantiation and the replay took and how
-    /// many calls were answered. For `wasaga bench micro`: it isolates the host's own cost per
-    /// call from participants and journal writes.
     pub async fn replay_only(&self, run_id: &str) -> Result<(Duration, Duration, u32), HostError> {
         let events: Vec<Event> = self
             .inner
@@ -319,7 +512,13 @@ impl Host {
             .await
             .expect("the semaphore is never closed");
         let began = std::time::Instant::now();
-        let (mut store, _, _) = self.new_store(&mut log, replay, *started_at_ms);
+        let (mut store, _, _) = self.new_store(
+            &mut log,
+            replay,
+            *started_at_ms,
+            None,
+            Arc::new(LiveRun::default()),
+        );
         let workflow = loaded
             .instantiate_async(&mut store)
             .await
@@ -396,6 +595,22 @@ impl Host {
                 record.status
             )));
         }
+        if !self.inner.journal.claim_stuck(run_id).await? {
+            return Err(HostError::Input(format!(
+                "run {run_id} is being retried by another host ({}) right now",
+                record.owner.as_deref().unwrap_or("unknown")
+            )));
+        }
+        let live = Arc::new(LiveRun::default());
+        self.inner
+            .live
+            .lock()
+            .expect("live run map lock poisoned")
+            .insert(run_id.to_owned(), live.clone());
+        let _guard = LiveGuard {
+            inner: self.inner.clone(),
+            run_id: run_id.to_owned(),
+        };
         let events = self.inner.journal.events(run_id).await?;
         let cause = last_cause(&events);
         let log = RunLog {
@@ -405,22 +620,39 @@ impl Host {
             pending: Vec::new(),
             observer,
         };
-        self.compensate(log, Some(cause)).await
+        self.compensate(log, Some(cause), &live).await
     }
 
-    /// Finishes every run that is not in a terminal state (after a crash, say).
+    /// Takes over the unfinished runs no live host holds (or, with `takeover_all`, every
+    /// unfinished run: for a process that knows every earlier one is dead) and drives them to
+    /// their ends, one after the other.
     pub async fn resume_unfinished(
         &self,
         observer: Observer,
+        takeover_all: bool,
     ) -> Result<Vec<RunOutcome>, HostError> {
         let mut outcomes = Vec::new();
-        for run_id in self.inner.journal.unfinished_runs().await? {
+        for run_id in self.inner.journal.claim(10_000, takeover_all).await? {
             outcomes.push(self.drive(&run_id, observer.clone()).await?);
         }
         Ok(outcomes)
     }
 
+    /// Claims up to `limit` unfinished runs that no live host holds, for this host to drive.
+    pub async fn claim(&self, limit: u32) -> Result<Vec<String>, HostError> {
+        Ok(self.inner.journal.claim(limit, false).await?)
+    }
+
+    /// Gives up this host's leases on unfinished runs (after [`Host::stop_runs`] and once
+    /// its runs have stopped), so they resume at once elsewhere or on the next start.
+    pub async fn release_runs(&self) -> Result<u64, HostError> {
+        Ok(self.inner.journal.release_leases().await?)
+    }
+
     async fn load(&self, hash: &str) -> Result<Loaded, HostError> {
+        if let Some(loaded) = self.inner.engine.cached(hash) {
+            return Ok(loaded);
+        }
         let bytes = self.inner.journal.module_bytes(hash).await?;
         Ok(self.inner.engine.load(hash, &bytes)?)
     }
@@ -429,9 +661,8 @@ impl Host {
         &self,
         loaded: &Loaded,
         log: &mut RunLog,
-        replay: std::collections::HashMap<u32, crate::store::Replayed>,
         input: &str,
-        started_at_ms: u64,
+        run: Execution,
     ) -> (
         wasmtime::Result<Result<String, String>>,
         RunContext,
@@ -444,7 +675,8 @@ impl Host {
             .acquire()
             .await
             .expect("the semaphore is never closed");
-        let (mut store, stdout, stderr) = self.new_store(log, replay, started_at_ms);
+        let (mut store, stdout, stderr) =
+            self.new_store(log, run.replay, run.started_at_ms, run.grant, run.live);
         let renewal = tokio::spawn(renew(self.inner.clone(), store.data().run.leases.clone()));
         let result = async {
             let workflow = loaded.instantiate_async(&mut store).await?;
@@ -471,6 +703,8 @@ impl Host {
         log: &mut RunLog,
         replay: std::collections::HashMap<u32, crate::store::Replayed>,
         started_at_ms: u64,
+        grant: Option<Arc<Grant>>,
+        live: Arc<LiveRun>,
     ) -> (Store<RunState>, MemoryOutputPipe, MemoryOutputPipe) {
         let limits = &self.inner.limits;
         let stdout = MemoryOutputPipe::new(limits.payload_bytes_max);
@@ -511,6 +745,8 @@ impl Host {
             step_names: HashSet::new(),
             leases: Arc::new(std::sync::Mutex::new(Vec::new())),
             acquired: Vec::new(),
+            grant,
+            live,
         };
         let state = RunState {
             wasi,
@@ -595,6 +831,7 @@ impl Host {
         &self,
         mut log: RunLog,
         cause: Option<String>,
+        live: &LiveRun,
     ) -> Result<RunOutcome, HostError> {
         let run_id = log.run_id.clone();
         let interrupted = |e: JournalError| HostError::Interrupted {
@@ -631,6 +868,12 @@ impl Host {
             } = step;
             if compensated {
                 continue;
+            }
+            if let Some(reason) = self.inner.stop_reason(live) {
+                return Err(HostError::Interrupted {
+                    run_id: run_id.clone(),
+                    reason: reason.to_owned(),
+                });
             }
             let op_id = format!("{run_id}/{name}");
             if outcome == StepOutcome::Unknown {
@@ -808,6 +1051,41 @@ impl Host {
         for lease in leases {
             // A failed release only delays the next holder until the lease expires.
             let _ = self.inner.locks.release(lease).await;
+        }
+    }
+}
+
+/// Extends this host's leases on the runs it drives, every third of the lease; a run whose
+/// lease turns out to be gone (another host took it over) is told to stop. Ends with the host.
+async fn renew_run_leases(host: Weak<HostInner>) {
+    let period_ms = match host.upgrade() {
+        Some(host) => (host.limits.run_lease_ms / 3).max(10),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(Duration::from_millis(period_ms)).await;
+        let Some(host) = host.upgrade() else { return };
+        let live: Vec<(String, Arc<LiveRun>)> = host
+            .live
+            .lock()
+            .expect("live run map lock poisoned")
+            .iter()
+            .map(|(id, live)| (id.clone(), live.clone()))
+            .collect();
+        if live.is_empty() {
+            continue;
+        }
+        let ids: Vec<String> = live.iter().map(|(id, _)| id.clone()).collect();
+        // A renewal that fails (the database is briefly away) is retried next period; the
+        // lease is three periods long.
+        if let Ok(renewed) = host.journal.renew(&ids).await {
+            let renewed: HashSet<&str> = renewed.iter().map(String::as_str).collect();
+            for (id, run) in &live {
+                // A run that just ended is not renewed either; telling it to stop is harmless.
+                if !renewed.contains(id.as_str()) {
+                    run.lost.store(true, Ordering::Relaxed);
+                }
+            }
         }
     }
 }
@@ -1009,6 +1287,30 @@ fn seed_of(run_id: &str) -> u64 {
 /// A new, time-ordered, unique run id.
 pub fn new_run_id() -> String {
     format!("r-{:012x}-{:08x}", now_ms(), rand::random::<u32>())
+}
+
+fn list_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".to_owned()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// Workflow names appear in URLs, config section names and file names.
+fn check_workflow_name(name: &str) -> Result<(), HostError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(HostError::Input(format!(
+            "workflow name '{name}' must be 1 to 64 lowercase letters, digits, '-' or '_'"
+        )))
+    }
 }
 
 fn check_run_id(id: &str) -> Result<(), HostError> {

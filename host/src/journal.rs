@@ -1,13 +1,15 @@
-//! The durable journal: append-only events per run, the `runs` projection and the module
-//! store, in a wasaga SQLite database (WAL, `synchronous=FULL`).
+//! The durable journal: append-only events per run, the `runs` projection, the module store
+//! and the registry of deployed workflow versions, in a wasaga database (SQLite or
+//! PostgreSQL, see `db`).
 //!
-//! Appends are version-checked: `(run_id, seq)` is unique and the projection's `next_seq`
-//! must match, so two writers can never both append at one position of a run.
+//! Appends are version-checked and fenced: `(run_id, seq)` is unique, the projection's
+//! `next_seq` must match, and the run must still be owned by this journal's owner. A host owns
+//! a run through a lease in its `runs` row (`owner`, `lease_expires_at_ms`); a host whose lease
+//! expired (it was paused, say) and was taken over can no longer append to that run.
 
-use crate::db::Database;
+use crate::db::{Database, DbError, Dialect, Row, Tx};
 use crate::event::{Event, RunStatus};
 use serde::Serialize;
-use sqlx::{Row, SqliteConnection};
 use std::sync::Arc;
 
 /// Why a journal operation failed.
@@ -16,11 +18,15 @@ pub enum JournalError {
     #[error(transparent)]
     Open(#[from] crate::db::OpenError),
     #[error("journal database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(#[from] DbError),
     #[error(
         "journal of run {run_id} already has an event at seq {seq}: another process appended to it"
     )]
     VersionConflict { run_id: String, seq: i64 },
+    #[error(
+        "run {run_id} is now owned by {owner} (this host's lease on it expired): this host stops executing it"
+    )]
+    NotOwner { run_id: String, owner: String },
     #[error("journal of run {run_id} is corrupt at seq {seq}: {reason}")]
     Corrupt {
         run_id: String,
@@ -31,6 +37,18 @@ pub enum JournalError {
     UnknownRun(String),
     #[error("module {0} is not in the module store")]
     UnknownModule(String),
+    #[error(
+        "workflow '{0}' has never been deployed; deploy it with `wasaga deploy <file.wasm> --name {0}`"
+    )]
+    UnknownWorkflow(String),
+    #[error(
+        "workflow '{workflow}' has no version {version}; `wasaga versions {workflow}` lists them"
+    )]
+    UnknownVersion { workflow: String, version: i64 },
+    #[error(
+        "workflow '{workflow}' is at version {version}, its first: there is nothing to roll back to"
+    )]
+    NothingToRollBack { workflow: String, version: i64 },
 }
 
 /// One stored event with its position and time.
@@ -54,32 +72,59 @@ pub struct RunRecord {
     pub error: Option<String>,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
+    /// The host that executes (or last executed) the run.
+    pub owner: Option<String>,
+    /// The deployed version of the workflow the run's module is, if it was deployed.
+    pub version: Option<i64>,
 }
 
-/// A stored module.
-#[derive(Debug, Clone, Serialize)]
-pub struct ModuleRecord {
+/// One deployed version of a workflow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Deployment {
+    pub workflow: String,
+    pub version: i64,
     pub hash: String,
-    pub name: String,
-    pub size_bytes: u64,
     pub deployed_at_ms: u64,
+    /// Whether new runs of the workflow get this version.
+    pub active: bool,
+}
+
+/// What a deploy did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Deployed {
+    pub deployment: Deployment,
+    /// False when the module was already a version of the workflow (it is re-activated).
+    pub new_version: bool,
+    /// The version that was active before, if any.
+    pub previous: Option<i64>,
+}
+
+/// Which runs to list.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub status: Option<RunStatus>,
+    pub workflow: Option<String>,
+    pub limit: u32,
 }
 
 /// `SELECT <the columns of RunRecord> FROM runs <rest>`, as one static string.
 macro_rules! run_select {
     ($rest:literal) => {
         concat!(
-            "SELECT run_id, workflow, module_hash, status, input, output, error, ",
-            "created_at_ms, updated_at_ms FROM runs ",
+            "SELECT r.run_id, r.workflow, r.module_hash, r.status, r.input, r.output, r.error, ",
+            "r.created_at_ms, r.updated_at_ms, r.owner, d.version FROM runs r ",
+            "LEFT JOIN deployments d ON d.workflow = r.workflow AND d.hash = r.module_hash ",
             $rest
         )
     };
 }
 
-/// The journal. Cheap to clone.
+/// The journal, as one host (its `owner`) sees it. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Journal {
     db: Arc<Database>,
+    owner: Arc<str>,
+    run_lease_ms: u64,
 }
 
 /// Milliseconds since the Unix epoch by the host's clock.
@@ -91,13 +136,28 @@ pub fn now_ms() -> u64 {
 }
 
 impl Journal {
-    pub fn new(db: Arc<Database>) -> Self {
-        Journal { db }
+    /// The journal in `db`, for the host `owner`, whose leases on runs last `run_lease_ms`
+    /// unless renewed.
+    pub fn new(db: Arc<Database>, owner: String, run_lease_ms: u64) -> Self {
+        Journal {
+            db,
+            owner: owner.into(),
+            run_lease_ms,
+        }
     }
 
     /// The database the journal lives in.
     pub fn database(&self) -> &Arc<Database> {
         &self.db
+    }
+
+    /// The host this journal appends for.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    pub fn run_lease_ms(&self) -> u64 {
+        self.run_lease_ms
     }
 
     /// Stores a module's bytes under its content hash (idempotent).
@@ -109,19 +169,9 @@ impl Journal {
     ) -> Result<(), JournalError> {
         let (hash, name, bytes) = (hash.to_owned(), name.to_owned(), bytes.to_vec());
         self.db
-            .write(move |conn| {
+            .write(move |tx| {
                 Box::pin(async move {
-                    sqlx::query(
-                        "INSERT INTO modules (hash, name, bytes, size_bytes, deployed_at_ms) VALUES (?, ?, ?, ?, ?)
-                         ON CONFLICT (hash) DO NOTHING",
-                    )
-                    .bind(&hash)
-                    .bind(&name)
-                    .bind(&bytes)
-                    .bind(bytes.len() as i64)
-                    .bind(now_ms() as i64)
-                    .execute(conn)
-                    .await?;
+                    put_module(tx, &hash, &name, &bytes).await?;
                     Ok::<_, JournalError>(())
                 })
             })
@@ -130,67 +180,39 @@ impl Journal {
 
     /// The bytes of a stored module.
     pub async fn module_bytes(&self, hash: &str) -> Result<Vec<u8>, JournalError> {
-        sqlx::query_scalar("SELECT bytes FROM modules WHERE hash = ?")
-            .bind(hash)
-            .fetch_optional(self.db.readers())
-            .await?
-            .ok_or_else(|| JournalError::UnknownModule(hash.to_owned()))
-    }
-
-    /// Creates a run with its `started` event, or returns the existing run with that id
-    /// (starting the same run id twice is idempotent). Returns whether it was created.
-    pub async fn create_run(&self, run_id: &str, started: &Event) -> Result<bool, JournalError> {
-        let Event::Started {
-            workflow,
-            module_hash,
-            input,
-            ..
-        } = started
-        else {
-            unreachable!("create_run takes a started event");
-        };
-        let (run_id, workflow, module_hash, input) = (
-            run_id.to_owned(),
-            workflow.clone(),
-            module_hash.clone(),
-            input.clone(),
-        );
-        let body = serde_json::to_string(started).expect("events always serialize");
+        let hash = hash.to_owned();
         self.db
-            .write(move |conn| {
+            .read(move |tx| {
                 Box::pin(async move {
-                    let now = now_ms() as i64;
-                    let inserted = sqlx::query(
-                        "INSERT INTO runs (run_id, workflow, module_hash, status, input, created_at_ms, updated_at_ms, next_seq)
-                         VALUES (?, ?, ?, 'running', ?, ?, ?, 2) ON CONFLICT (run_id) DO NOTHING",
+                    tx.fetch_optional(
+                        "SELECT bytes FROM modules WHERE hash = $1",
+                        crate::args![&hash],
                     )
-                    .bind(&run_id)
-                    .bind(&workflow)
-                    .bind(&module_hash)
-                    .bind(&input)
-                    .bind(now)
-                    .bind(now)
-                    .execute(&mut *conn)
                     .await?
-                    .rows_affected();
-                    if inserted == 1 {
-                        sqlx::query(
-                            "INSERT INTO events (run_id, seq, at_ms, kind, body) VALUES (?, 1, ?, 'started', ?)",
-                        )
-                        .bind(&run_id)
-                        .bind(now)
-                        .bind(&body)
-                        .execute(&mut *conn)
-                        .await?;
-                    }
-                    Ok::<_, JournalError>(inserted == 1)
+                    .map(|row| row.blob(0))
+                    .transpose()?
+                    .ok_or(JournalError::UnknownModule(hash))
                 })
             })
             .await
     }
 
+    /// Creates a run with its `started` event, owned by this host, or finds the existing run
+    /// with that id (starting the same run id twice is idempotent). Returns whether it was
+    /// created.
+    pub async fn create_run(&self, run_id: &str, started: &Event) -> Result<bool, JournalError> {
+        let run_id = run_id.to_owned();
+        let started = started.clone();
+        let (owner, lease_ms) = (self.owner.clone(), self.run_lease_ms);
+        self.db
+            .write(move |tx| {
+                Box::pin(async move { create_run(tx, &run_id, &started, &owner, lease_ms).await })
+            })
+            .await
+    }
+
     /// Appends `events` to a run at `next_seq` in one durable transaction; returns the next
-    /// free seq.
+    /// free seq. Fails with [`JournalError::NotOwner`] if another host has taken the run over.
     pub async fn append(
         &self,
         run_id: &str,
@@ -198,173 +220,639 @@ impl Journal {
         events: Vec<Event>,
     ) -> Result<i64, JournalError> {
         let run_id = run_id.to_owned();
+        let owner = self.owner.clone();
         self.db
-            .write(move |conn| {
-                Box::pin(async move { append_events(conn, &run_id, next_seq, &events).await })
+            .write(move |tx| {
+                Box::pin(async move { append_events(tx, &run_id, &owner, next_seq, &events).await })
+            })
+            .await
+    }
+
+    /// Every event of a run, in order.
+    pub async fn events(&self, run_id: &str) -> Result<Vec<StoredEvent>, JournalError> {
+        let run_id = run_id.to_owned();
+        self.db
+            .read(move |tx| Box::pin(async move { events(tx, &run_id).await }))
+            .await
+    }
+
+    /// One run's projection row.
+    pub async fn run(&self, run_id: &str) -> Result<RunRecord, JournalError> {
+        let run_id = run_id.to_owned();
+        self.db
+            .read(move |tx| {
+                Box::pin(async move {
+                    let row = tx
+                        .fetch_optional(run_select!("WHERE r.run_id = $1"), crate::args![&run_id])
+                        .await?
+                        .ok_or_else(|| JournalError::UnknownRun(run_id.clone()))?;
+                    run_record(&row)
+                })
+            })
+            .await
+    }
+
+    /// A run's projection row and its events, from one snapshot.
+    pub async fn run_with_events(
+        &self,
+        run_id: &str,
+    ) -> Result<(RunRecord, Vec<StoredEvent>), JournalError> {
+        let run_id = run_id.to_owned();
+        self.db
+            .read(move |tx| {
+                Box::pin(async move {
+                    let row = tx
+                        .fetch_optional(run_select!("WHERE r.run_id = $1"), crate::args![&run_id])
+                        .await?
+                        .ok_or_else(|| JournalError::UnknownRun(run_id.clone()))?;
+                    Ok((run_record(&row)?, events(tx, &run_id).await?))
+                })
+            })
+            .await
+    }
+
+    /// Runs, newest first, filtered.
+    pub async fn runs(&self, filter: RunFilter) -> Result<Vec<RunRecord>, JournalError> {
+        self.db
+            .read(move |tx| {
+                Box::pin(async move {
+                    let status = filter.status.map(RunStatus::as_str);
+                    let rows = tx
+                        .fetch_all(
+                            run_select!(
+                                "WHERE ($1 IS NULL OR r.status = $1) AND ($2 IS NULL OR r.workflow = $2)
+                                 ORDER BY r.created_at_ms DESC, r.run_id DESC LIMIT $3"
+                            ),
+                            crate::args![status, filter.workflow.as_deref(), i64::from(filter.limit)],
+                        )
+                        .await?;
+                    rows.iter().map(run_record).collect()
+                })
+            })
+            .await
+    }
+
+    /// Takes over unfinished runs (running or compensating) that no live host holds: those
+    /// without an owner or whose lease has expired, or, with `takeover_all`, every one of them
+    /// (for a process that knows every previous owner is dead). Returns their ids, oldest
+    /// first, at most `limit`.
+    pub async fn claim(&self, limit: u32, takeover_all: bool) -> Result<Vec<String>, JournalError> {
+        let (owner, lease_ms) = (self.owner.clone(), self.run_lease_ms as i64);
+        let (host_now, all) = (now_ms() as i64, i64::from(takeover_all));
+        self.db
+            .write(move |tx| {
+                Box::pin(async move {
+                    let sql = match tx.dialect() {
+                        Dialect::Sqlite => {
+                            "UPDATE runs SET owner = $1, lease_expires_at_ms = $2 + $3
+                             WHERE run_id IN (
+                                 SELECT run_id FROM runs
+                                 WHERE status IN ('running', 'compensating')
+                                   AND (owner IS NULL OR owner = $1 OR lease_expires_at_ms < $2 OR $4 = 1)
+                                 ORDER BY created_at_ms, run_id LIMIT $5)
+                             RETURNING run_id, created_at_ms"
+                        }
+                        Dialect::Postgres => {
+                            "UPDATE runs SET owner = $1,
+                                 lease_expires_at_ms = CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) + $3
+                             WHERE run_id IN (
+                                 SELECT run_id FROM runs
+                                 WHERE status IN ('running', 'compensating')
+                                   AND (owner IS NULL OR owner = $1
+                                        OR lease_expires_at_ms < CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)
+                                        OR $2 = 1)
+                                 ORDER BY created_at_ms, run_id LIMIT $4
+                                 FOR UPDATE SKIP LOCKED)
+                             RETURNING run_id, created_at_ms"
+                        }
+                    };
+                    let limit = i64::from(limit);
+                    let rows = match tx.dialect() {
+                        Dialect::Sqlite => {
+                            tx.fetch_all(sql, crate::args![&*owner, host_now, lease_ms, all, limit])
+                                .await?
+                        }
+                        Dialect::Postgres => {
+                            tx.fetch_all(sql, crate::args![&*owner, all, lease_ms, limit])
+                                .await?
+                        }
+                    };
+                    let mut claimed = rows
+                        .iter()
+                        .map(|r| Ok((r.int(1)?, r.text(0)?)))
+                        .collect::<Result<Vec<_>, DbError>>()?;
+                    claimed.sort();
+                    Ok::<_, JournalError>(claimed.into_iter().map(|(_, id)| id).collect())
+                })
+            })
+            .await
+    }
+
+    /// Takes a stuck run for this host, so that `runs retry` can compensate it again. A stuck
+    /// run holds no live lease (nothing executes it), unless another host is retrying it now.
+    pub async fn claim_stuck(&self, run_id: &str) -> Result<bool, JournalError> {
+        let (run_id, owner, lease_ms) = (
+            run_id.to_owned(),
+            self.owner.clone(),
+            self.run_lease_ms as i64,
+        );
+        let host_now = now_ms() as i64;
+        self.db
+            .write(move |tx| {
+                Box::pin(async move {
+                    let sql = match tx.dialect() {
+                        Dialect::Sqlite => {
+                            "UPDATE runs SET owner = $1, lease_expires_at_ms = $2 + $3
+                             WHERE run_id = $4 AND status = 'stuck'
+                               AND (owner IS NULL OR owner = $1 OR lease_expires_at_ms < $2)"
+                        }
+                        Dialect::Postgres => {
+                            "UPDATE runs SET owner = $1,
+                                 lease_expires_at_ms = CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) + $3
+                             WHERE run_id = $2 AND status = 'stuck'
+                               AND (owner IS NULL OR owner = $1
+                                    OR lease_expires_at_ms < CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT))"
+                        }
+                    };
+                    let changed = match tx.dialect() {
+                        Dialect::Sqlite => {
+                            tx.execute(sql, crate::args![&*owner, host_now, lease_ms, &run_id])
+                                .await?
+                        }
+                        Dialect::Postgres => {
+                            tx.execute(sql, crate::args![&*owner, &run_id, lease_ms]).await?
+                        }
+                    };
+                    Ok::<_, JournalError>(changed == 1)
+                })
+            })
+            .await
+    }
+
+    /// Extends this host's leases on `run_ids`; returns the ids whose lease it still held
+    /// (a run missing from the answer was taken over or has ended).
+    pub async fn renew(&self, run_ids: &[String]) -> Result<Vec<String>, JournalError> {
+        if run_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = serde_json::to_string(run_ids).expect("strings always serialize");
+        let (owner, lease_ms) = (self.owner.clone(), self.run_lease_ms as i64);
+        let host_now = now_ms() as i64;
+        self.db
+            .write(move |tx| {
+                Box::pin(async move {
+                    let sql = match tx.dialect() {
+                        Dialect::Sqlite => {
+                            "UPDATE runs SET lease_expires_at_ms = $1 + $2
+                             WHERE owner = $3 AND run_id IN (SELECT value FROM json_each($4))
+                             RETURNING run_id"
+                        }
+                        Dialect::Postgres => {
+                            "UPDATE runs SET lease_expires_at_ms =
+                                 CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) + $1
+                             WHERE owner = $2 AND run_id IN (SELECT json_array_elements_text(CAST($3 AS json)))
+                             RETURNING run_id"
+                        }
+                    };
+                    let rows = match tx.dialect() {
+                        Dialect::Sqlite => {
+                            tx.fetch_all(sql, crate::args![host_now, lease_ms, &*owner, &ids])
+                                .await?
+                        }
+                        Dialect::Postgres => {
+                            tx.fetch_all(sql, crate::args![lease_ms, &*owner, &ids]).await?
+                        }
+                    };
+                    Ok::<_, JournalError>(
+                        rows.iter()
+                            .map(|r| r.text(0))
+                            .collect::<Result<Vec<_>, _>>()?,
+                    )
+                })
+            })
+            .await
+    }
+
+    /// Gives up this host's leases on its unfinished runs, so another host (or this one's next
+    /// start) resumes them at once rather than after the lease expires. For a clean shutdown.
+    pub async fn release_leases(&self) -> Result<u64, JournalError> {
+        let owner = self.owner.clone();
+        self.db
+            .write(move |tx| {
+                Box::pin(async move {
+                    Ok::<_, JournalError>(
+                        tx.execute(
+                            "UPDATE runs SET owner = NULL, lease_expires_at_ms = 0
+                             WHERE owner = $1 AND status IN ('running', 'compensating')",
+                            crate::args![&*owner],
+                        )
+                        .await?,
+                    )
+                })
+            })
+            .await
+    }
+
+    /// Stores `bytes` (already validated) and makes it the version new runs of `workflow`
+    /// get. A module that is already a version of the workflow is re-activated, not added.
+    pub async fn deploy(
+        &self,
+        workflow: &str,
+        hash: &str,
+        bytes: &[u8],
+    ) -> Result<Deployed, JournalError> {
+        let (workflow, hash, bytes) = (workflow.to_owned(), hash.to_owned(), bytes.to_vec());
+        self.db
+            .write(move |tx| {
+                Box::pin(async move {
+                    put_module(tx, &hash, &workflow, &bytes).await?;
+                    let previous = active_version(tx, &workflow).await?;
+                    let existing = tx
+                        .fetch_optional(
+                            "SELECT version FROM deployments WHERE workflow = $1 AND hash = $2",
+                            crate::args![&workflow, &hash],
+                        )
+                        .await?;
+                    let (version, new_version) = match existing {
+                        Some(row) => (row.int(0)?, false),
+                        None => {
+                            let next = tx
+                                .fetch_optional(
+                                    "SELECT COALESCE(MAX(version), 0) + 1 FROM deployments WHERE workflow = $1",
+                                    crate::args![&workflow],
+                                )
+                                .await?
+                                .map(|r| r.int(0))
+                                .transpose()?
+                                .unwrap_or(1);
+                            tx.execute(
+                                "INSERT INTO deployments (workflow, version, hash, deployed_at_ms)
+                                 VALUES ($1, $2, $3, $4)",
+                                crate::args![&workflow, next, &hash, now_ms() as i64],
+                            )
+                            .await?;
+                            (next, true)
+                        }
+                    };
+                    let deployment = activate(tx, &workflow, version).await?;
+                    Ok::<_, JournalError>(Deployed {
+                        deployment,
+                        new_version,
+                        previous,
+                    })
+                })
+            })
+            .await
+    }
+
+    /// Makes `version` (or, with `None`, the version before the active one) the version new
+    /// runs of `workflow` get. Runs already started keep theirs.
+    pub async fn activate(
+        &self,
+        workflow: &str,
+        version: Option<i64>,
+    ) -> Result<Deployment, JournalError> {
+        let workflow = workflow.to_owned();
+        self.db
+            .write(move |tx| {
+                Box::pin(async move {
+                    let active = active_version(tx, &workflow)
+                        .await?
+                        .ok_or_else(|| JournalError::UnknownWorkflow(workflow.clone()))?;
+                    let target = match version {
+                        Some(version) => version,
+                        None => tx
+                            .fetch_optional(
+                                "SELECT MAX(version) FROM deployments WHERE workflow = $1 AND version < $2",
+                                crate::args![&workflow, active],
+                            )
+                            .await?
+                            .map(|r| r.opt_int(0))
+                            .transpose()?
+                            .flatten()
+                            .ok_or_else(|| JournalError::NothingToRollBack {
+                                workflow: workflow.clone(),
+                                version: active,
+                            })?,
+                    };
+                    activate(tx, &workflow, target).await
+                })
+            })
+            .await
+    }
+
+    /// The version new runs of `workflow` get.
+    pub async fn active(&self, workflow: &str) -> Result<Deployment, JournalError> {
+        let workflow = workflow.to_owned();
+        self.db
+            .read(move |tx| {
+                Box::pin(async move {
+                    let row = tx
+                        .fetch_optional(
+                            "SELECT d.workflow, d.version, d.hash, d.deployed_at_ms
+                             FROM workflows w JOIN deployments d
+                               ON d.workflow = w.name AND d.version = w.active_version
+                             WHERE w.name = $1",
+                            crate::args![&workflow],
+                        )
+                        .await?
+                        .ok_or_else(|| JournalError::UnknownWorkflow(workflow.clone()))?;
+                    deployment(&row, true)
+                })
+            })
+            .await
+    }
+
+    /// Every version of `workflow`, oldest first.
+    pub async fn versions(&self, workflow: &str) -> Result<Vec<Deployment>, JournalError> {
+        let workflow = workflow.to_owned();
+        self.db
+            .read(move |tx| {
+                Box::pin(async move {
+                    let rows = tx
+                        .fetch_all(
+                            "SELECT d.workflow, d.version, d.hash, d.deployed_at_ms,
+                                    CASE WHEN w.active_version = d.version THEN 1 ELSE 0 END
+                             FROM deployments d JOIN workflows w ON w.name = d.workflow
+                             WHERE d.workflow = $1 ORDER BY d.version",
+                            crate::args![&workflow],
+                        )
+                        .await?;
+                    if rows.is_empty() {
+                        return Err(JournalError::UnknownWorkflow(workflow));
+                    }
+                    rows.iter().map(|r| deployment(r, r.int(4)? == 1)).collect()
+                })
+            })
+            .await
+    }
+
+    /// The active version of every deployed workflow, by name.
+    pub async fn workflows(&self) -> Result<Vec<Deployment>, JournalError> {
+        self.db
+            .read(|tx| {
+                Box::pin(async move {
+                    let rows = tx
+                        .fetch_all(
+                            "SELECT d.workflow, d.version, d.hash, d.deployed_at_ms
+                             FROM workflows w JOIN deployments d
+                               ON d.workflow = w.name AND d.version = w.active_version
+                             ORDER BY w.name",
+                            &[],
+                        )
+                        .await?;
+                    rows.iter().map(|r| deployment(r, true)).collect()
+                })
             })
             .await
     }
 }
 
-/// Appends `events` at `next_seq` on a connection inside a write transaction (which may also
-/// carry a co-located participant's write); returns the next free seq.
-pub(crate) async fn append_events(
-    tx: &mut SqliteConnection,
+async fn put_module(tx: &mut dyn Tx, hash: &str, name: &str, bytes: &[u8]) -> Result<(), DbError> {
+    tx.execute(
+        "INSERT INTO modules (hash, name, bytes, size_bytes, deployed_at_ms) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (hash) DO NOTHING",
+        crate::args![hash, name, bytes, bytes.len() as i64, now_ms() as i64],
+    )
+    .await
+    .map(|_| ())
+}
+
+async fn active_version(tx: &mut dyn Tx, workflow: &str) -> Result<Option<i64>, DbError> {
+    tx.fetch_optional(
+        "SELECT active_version FROM workflows WHERE name = $1",
+        crate::args![workflow],
+    )
+    .await?
+    .map(|r| r.int(0))
+    .transpose()
+}
+
+async fn activate(
+    tx: &mut dyn Tx,
+    workflow: &str,
+    version: i64,
+) -> Result<Deployment, JournalError> {
+    let row = tx
+        .fetch_optional(
+            "SELECT workflow, version, hash, deployed_at_ms FROM deployments
+             WHERE workflow = $1 AND version = $2",
+            crate::args![workflow, version],
+        )
+        .await?
+        .ok_or_else(|| JournalError::UnknownVersion {
+            workflow: workflow.to_owned(),
+            version,
+        })?;
+    tx.execute(
+        "INSERT INTO workflows (name, active_version, activated_at_ms) VALUES ($1, $2, $3)
+         ON CONFLICT (name) DO UPDATE SET active_version = excluded.active_version,
+                                          activated_at_ms = excluded.activated_at_ms",
+        crate::args![workflow, version, now_ms() as i64],
+    )
+    .await?;
+    deployment(&row, true)
+}
+
+fn deployment(row: &Row, active: bool) -> Result<Deployment, JournalError> {
+    Ok(Deployment {
+        workflow: row.text(0)?,
+        version: row.int(1)?,
+        hash: row.text(2)?,
+        deployed_at_ms: row.int(3)? as u64,
+        active,
+    })
+}
+
+/// Inserts a run and its `started` event inside `tx`, unless the run id exists. Returns whether
+/// it was created.
+pub(crate) async fn create_run(
+    tx: &mut dyn Tx,
     run_id: &str,
+    started: &Event,
+    owner: &str,
+    lease_ms: u64,
+) -> Result<bool, JournalError> {
+    let Event::Started {
+        workflow,
+        module_hash,
+        input,
+        ..
+    } = started
+    else {
+        unreachable!("create_run takes a started event");
+    };
+    let body = serde_json::to_string(started).expect("events always serialize");
+    let now = now_ms() as i64;
+    let sql = match tx.dialect() {
+        Dialect::Sqlite => {
+            "INSERT INTO runs (run_id, workflow, module_hash, status, input, created_at_ms, updated_at_ms,
+                               next_seq, owner, lease_expires_at_ms)
+             VALUES ($1, $2, $3, 'running', $4, $5, $5, 2, $6, $5 + $7) ON CONFLICT (run_id) DO NOTHING"
+        }
+        Dialect::Postgres => {
+            "INSERT INTO runs (run_id, workflow, module_hash, status, input, created_at_ms, updated_at_ms,
+                               next_seq, owner, lease_expires_at_ms)
+             VALUES ($1, $2, $3, 'running', $4, $5, $5, 2, $6,
+                     CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) + $7)
+             ON CONFLICT (run_id) DO NOTHING"
+        }
+    };
+    let inserted = tx
+        .execute(
+            sql,
+            crate::args![
+                run_id,
+                workflow,
+                module_hash,
+                input,
+                now,
+                owner,
+                lease_ms as i64
+            ],
+        )
+        .await?;
+    if inserted == 1 {
+        tx.execute(
+            "INSERT INTO events (run_id, seq, at_ms, kind, body) VALUES ($1, 1, $2, 'started', $3)",
+            crate::args![run_id, now, &body],
+        )
+        .await?;
+    }
+    Ok(inserted == 1)
+}
+
+/// Appends `events` at `next_seq` inside a write transaction (which may also carry a
+/// co-located participant's write), fenced by `owner`; returns the next free seq.
+pub(crate) async fn append_events(
+    tx: &mut dyn Tx,
+    run_id: &str,
+    owner: &str,
     next_seq: i64,
     events: &[Event],
 ) -> Result<i64, JournalError> {
     let now = now_ms() as i64;
-    let mut seq = next_seq;
+    let after = next_seq + events.len() as i64;
     let mut projection: Option<(&'static str, Option<&str>, Option<&str>)> = None;
     for event in events {
-        let body = serde_json::to_string(event).expect("events always serialize");
-        let inserted = sqlx::query(
-            "INSERT INTO events (run_id, seq, at_ms, kind, body) VALUES (?, ?, ?, ?, ?)
-                 ON CONFLICT (run_id, seq) DO NOTHING",
-        )
-        .bind(run_id)
-        .bind(seq)
-        .bind(now)
-        .bind(event.kind())
-        .bind(&body)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if inserted != 1 {
-            return Err(JournalError::VersionConflict {
-                run_id: run_id.to_owned(),
-                seq,
-            });
-        }
-        seq += 1;
         match event {
-            Event::Completed { output } => projection = Some(("completed", Some(output), None)),
-            Event::Compensating { cause } => projection = Some(("compensating", None, Some(cause))),
-            Event::Compensated { cause } => projection = Some(("compensated", None, Some(cause))),
-            Event::Stuck { reason } => projection = Some(("stuck", None, Some(reason))),
+            Event::Completed { output } => {
+                projection = Some(("completed", Some(output.as_str()), None))
+            }
+            Event::Compensating { cause } => {
+                projection = Some(("compensating", None, Some(cause.as_str())))
+            }
+            Event::Compensated { cause } => {
+                projection = Some(("compensated", None, Some(cause.as_str())))
+            }
+            Event::Stuck { reason } => projection = Some(("stuck", None, Some(reason.as_str()))),
             _ => {}
         }
     }
+    // The fence first: in PostgreSQL the update locks the run's row, so a host taking the run
+    // over waits for this transaction and then sees its events.
     let updated = match projection {
-        Some((status, output, error)) => sqlx::query(
-            "UPDATE runs SET next_seq = ?, updated_at_ms = ?, status = ?, output = ?, error = ?
-                 WHERE run_id = ? AND next_seq = ?",
-        )
-        .bind(seq)
-        .bind(now)
-        .bind(status)
-        .bind(output)
-        .bind(error)
-        .bind(run_id)
-        .bind(next_seq)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected(),
-        None => sqlx::query(
-            "UPDATE runs SET next_seq = ?, updated_at_ms = ? WHERE run_id = ? AND next_seq = ?",
-        )
-        .bind(seq)
-        .bind(now)
-        .bind(run_id)
-        .bind(next_seq)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected(),
+        Some((status, output, error)) => {
+            // A run that has ended holds no lease: nothing executes it any more, and a stuck
+            // run must be free for whichever host an operator retries it on.
+            tx.execute(
+                "UPDATE runs SET next_seq = $1, updated_at_ms = $2, status = $3, output = $4, error = $5,
+                                 lease_expires_at_ms = CASE WHEN $3 = 'compensating'
+                                                            THEN lease_expires_at_ms ELSE 0 END
+                 WHERE run_id = $6 AND next_seq = $7 AND owner = $8",
+                crate::args![after, now, status, output, error, run_id, next_seq, owner],
+            )
+            .await?
+        }
+        None => {
+            tx.execute(
+                "UPDATE runs SET next_seq = $1, updated_at_ms = $2
+                 WHERE run_id = $3 AND next_seq = $4 AND owner = $5",
+                crate::args![after, now, run_id, next_seq, owner],
+            )
+            .await?
+        }
     };
     if updated != 1 {
-        return Err(JournalError::VersionConflict {
-            run_id: run_id.to_owned(),
-            seq: next_seq,
+        let row = tx
+            .fetch_optional(
+                "SELECT next_seq, owner FROM runs WHERE run_id = $1",
+                crate::args![run_id],
+            )
+            .await?
+            .ok_or_else(|| JournalError::UnknownRun(run_id.to_owned()))?;
+        let holder = row.opt_text(1)?;
+        return Err(match holder {
+            Some(holder) if holder != owner => JournalError::NotOwner {
+                run_id: run_id.to_owned(),
+                owner: holder,
+            },
+            None => JournalError::NotOwner {
+                run_id: run_id.to_owned(),
+                owner: "nobody (this host gave the run up)".to_owned(),
+            },
+            Some(_) => JournalError::VersionConflict {
+                run_id: run_id.to_owned(),
+                seq: next_seq,
+            },
         });
+    }
+    let mut seq = next_seq;
+    for event in events {
+        let body = serde_json::to_string(event).expect("events always serialize");
+        tx.execute(
+            "INSERT INTO events (run_id, seq, at_ms, kind, body) VALUES ($1, $2, $3, $4, $5)",
+            crate::args![run_id, seq, now, event.kind(), &body],
+        )
+        .await?;
+        seq += 1;
     }
     Ok(seq)
 }
 
-impl Journal {
-    /// Every event of a run, in order.
-    pub async fn events(&self, run_id: &str) -> Result<Vec<StoredEvent>, JournalError> {
-        let rows = sqlx::query("SELECT seq, at_ms, body FROM events WHERE run_id = ? ORDER BY seq")
-            .bind(run_id)
-            .fetch_all(self.db.readers())
-            .await?;
-        let mut events = Vec::with_capacity(rows.len());
-        for (index, row) in rows.iter().enumerate() {
-            let seq: i64 = row.get(0);
-            let body: String = row.get(2);
-            if seq != index as i64 + 1 {
-                return Err(JournalError::Corrupt {
-                    run_id: run_id.to_owned(),
-                    seq,
-                    reason: format!("expected seq {}", index + 1),
-                });
-            }
-            let event = serde_json::from_str(&body).map_err(|e| JournalError::Corrupt {
+async fn events(tx: &mut dyn Tx, run_id: &str) -> Result<Vec<StoredEvent>, JournalError> {
+    let rows = tx
+        .fetch_all(
+            "SELECT seq, at_ms, body FROM events WHERE run_id = $1 ORDER BY seq",
+            crate::args![run_id],
+        )
+        .await?;
+    let mut events = Vec::with_capacity(rows.len());
+    for (index, row) in rows.iter().enumerate() {
+        let seq = row.int(0)?;
+        if seq != index as i64 + 1 {
+            return Err(JournalError::Corrupt {
                 run_id: run_id.to_owned(),
                 seq,
-                reason: e.to_string(),
-            })?;
-            events.push(StoredEvent {
-                seq,
-                at_ms: row.get::<i64, _>(1) as u64,
-                event,
+                reason: format!("expected seq {}", index + 1),
             });
         }
-        Ok(events)
+        let body = row.text(2)?;
+        let event = serde_json::from_str(&body).map_err(|e| JournalError::Corrupt {
+            run_id: run_id.to_owned(),
+            seq,
+            reason: e.to_string(),
+        })?;
+        events.push(StoredEvent {
+            seq,
+            at_ms: row.int(1)? as u64,
+            event,
+        });
     }
-
-    /// One run's projection row.
-    pub async fn run(&self, run_id: &str) -> Result<RunRecord, JournalError> {
-        let row = sqlx::query(run_select!("WHERE run_id = ?"))
-            .bind(run_id)
-            .fetch_optional(self.db.readers())
-            .await?
-            .ok_or_else(|| JournalError::UnknownRun(run_id.to_owned()))?;
-        run_record(&row)
+    if events.is_empty() {
+        let exists = tx
+            .fetch_optional("SELECT 1 FROM runs WHERE run_id = $1", crate::args![run_id])
+            .await?;
+        if exists.is_none() {
+            return Err(JournalError::UnknownRun(run_id.to_owned()));
+        }
     }
-
-    /// Runs, newest first, optionally only those with `status`, at most `limit`.
-    pub async fn runs(
-        &self,
-        status: Option<RunStatus>,
-        limit: u32,
-    ) -> Result<Vec<RunRecord>, JournalError> {
-        let rows = match status {
-            Some(status) => {
-                sqlx::query(run_select!(
-                    "WHERE status = ? ORDER BY created_at_ms DESC, run_id DESC LIMIT ?"
-                ))
-                .bind(status.as_str())
-                .bind(limit)
-                .fetch_all(self.db.readers())
-                .await?
-            }
-            None => {
-                sqlx::query(run_select!(
-                    "ORDER BY created_at_ms DESC, run_id DESC LIMIT ?"
-                ))
-                .bind(limit)
-                .fetch_all(self.db.readers())
-                .await?
-            }
-        };
-        rows.iter().map(run_record).collect()
-    }
-
-    /// Ids of runs that have not reached a terminal state, oldest first.
-    pub async fn unfinished_runs(&self) -> Result<Vec<String>, JournalError> {
-        Ok(sqlx::query_scalar(
-            "SELECT run_id FROM runs WHERE status IN ('running', 'compensating')
-             ORDER BY created_at_ms, run_id",
-        )
-        .fetch_all(self.db.readers())
-        .await?)
-    }
+    Ok(events)
 }
 
-fn run_record(row: &sqlx::sqlite::SqliteRow) -> Result<RunRecord, JournalError> {
-    let run_id: String = row.get(0);
-    let status: String = row.get(3);
+fn run_record(row: &Row) -> Result<RunRecord, JournalError> {
+    let run_id = row.text(0)?;
+    let status = row.text(3)?;
     let status = RunStatus::parse(&status).ok_or_else(|| JournalError::Corrupt {
         run_id: run_id.clone(),
         seq: 0,
@@ -372,13 +860,15 @@ fn run_record(row: &sqlx::sqlite::SqliteRow) -> Result<RunRecord, JournalError> 
     })?;
     Ok(RunRecord {
         run_id,
-        workflow: row.get(1),
-        module_hash: row.get(2),
+        workflow: row.text(1)?,
+        module_hash: row.text(2)?,
         status,
-        input: row.get(4),
-        output: row.get(5),
-        error: row.get(6),
-        created_at_ms: row.get::<i64, _>(7) as u64,
-        updated_at_ms: row.get::<i64, _>(8) as u64,
+        input: row.text(4)?,
+        output: row.opt_text(5)?,
+        error: row.opt_text(6)?,
+        created_at_ms: row.int(7)? as u64,
+        updated_at_ms: row.int(8)? as u64,
+        owner: row.opt_text(9)?,
+        version: row.opt_int(10)?,
     })
 }

@@ -3,18 +3,19 @@
 //! key.
 //!
 //! Operations run inside a transaction the caller provides, so that when the ledger lives in
-//! the journal's database the ledger write and the step's journal entry commit together.
+//! the journal's database the ledger write and the step's journal entry commit together. The
+//! SQL is portable: the same rules run on SQLite and on PostgreSQL.
 //!
 //! Compensations carry the key of the operation they undo. If that operation never applied,
 //! the undo records a tombstone for it instead (so it can never apply later) and succeeds
 //! without moving money: compensating what never happened must not create money.
 
-use crate::db::Database;
+use crate::args;
+use crate::db::{Database, DbError, Tx};
 use crate::journal::now_ms;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use sqlx::{Row, SqliteConnection};
 
 /// The actions a workflow may call on the ledger.
 pub const ACTIONS: &[&str] = &[
@@ -72,7 +73,7 @@ pub enum OpenError {
     #[error("opening balance must be between 0 and {}", AMOUNT_MAX)]
     BadBalance,
     #[error("ledger database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(#[from] DbError),
 }
 
 /// The largest amount one operation may move, far below overflow of the balance column.
@@ -81,19 +82,19 @@ pub const AMOUNT_MAX: i64 = 1 << 50;
 /// Opens `account` with `balance` (minor units) in its own durable transaction.
 pub async fn open(db: &Database, account: &str, balance: i64) -> Result<Account, OpenError> {
     let account = account.to_owned();
-    db.write(move |conn| Box::pin(async move { open_account(conn, &account, balance).await }))
+    db.write(move |tx| Box::pin(async move { open_account(tx, &account, balance).await }))
         .await
 }
 
-/// Every account, by name, read outside any write transaction.
-pub async fn list(db: &Database) -> Result<Vec<Account>, sqlx::Error> {
-    let mut conn = db.readers().acquire().await?;
-    accounts(&mut conn).await
+/// Every account, by name, from one snapshot.
+pub async fn list(db: &Database) -> Result<Vec<Account>, DbError> {
+    db.read(|tx| Box::pin(async move { accounts(tx).await }))
+        .await
 }
 
-/// Opens `account` with `balance` (minor units) inside `conn`'s transaction.
+/// Opens `account` with `balance` (minor units) inside `tx`.
 pub async fn open_account(
-    conn: &mut SqliteConnection,
+    tx: &mut dyn Tx,
     account: &str,
     balance: i64,
 ) -> Result<Account, OpenError> {
@@ -108,33 +109,28 @@ pub async fn open_account(
     if !(0..=AMOUNT_MAX).contains(&balance) {
         return Err(OpenError::BadBalance);
     }
-    let inserted = sqlx::query(
-        "INSERT INTO ledger_accounts (account, balance, held, opened_at_ms) VALUES (?, ?, 0, ?)
-         ON CONFLICT (account) DO NOTHING",
-    )
-    .bind(account)
-    .bind(balance)
-    .bind(now_ms() as i64)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
+    let now = now_ms() as i64;
+    let inserted = tx
+        .execute(
+            "INSERT INTO ledger_accounts (account, balance, held, opened_at_ms) VALUES ($1, $2, 0, $3)
+             ON CONFLICT (account) DO NOTHING",
+            args![account, balance, now],
+        )
+        .await?;
     if inserted == 0 {
         return Err(OpenError::Exists(account.to_owned()));
     }
     let op_id = format!("open/{account}");
-    sqlx::query("INSERT INTO ledger_entries (op_id, account, delta) VALUES (?, ?, ?)")
-        .bind(&op_id)
-        .bind(account)
-        .bind(balance)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query(
-        "INSERT INTO ledger_ops (op_id, action, request, status, reply, at_ms) VALUES (?, 'open', ?, 'applied', '{}', ?)",
+    tx.execute(
+        "INSERT INTO ledger_entries (op_id, account, delta) VALUES ($1, $2, $3)",
+        args![&op_id, account, balance],
     )
-    .bind(&op_id)
-    .bind(balance.to_string())
-    .bind(now_ms() as i64)
-    .execute(&mut *conn)
+    .await?;
+    tx.execute(
+        "INSERT INTO ledger_ops (op_id, action, request, status, reply, at_ms)
+         VALUES ($1, 'open', $2, 'applied', '{}', $3)",
+        args![&op_id, &balance.to_string(), now],
+    )
     .await?;
     Ok(Account {
         account: account.to_owned(),
@@ -144,36 +140,42 @@ pub async fn open_account(
 }
 
 /// Every account, by name.
-pub async fn accounts(conn: &mut SqliteConnection) -> Result<Vec<Account>, sqlx::Error> {
-    let rows = sqlx::query("SELECT account, balance, held FROM ledger_accounts ORDER BY account")
-        .fetch_all(&mut *conn)
+pub async fn accounts(tx: &mut dyn Tx) -> Result<Vec<Account>, DbError> {
+    let rows = tx
+        .fetch_all(
+            "SELECT account, balance, held FROM ledger_accounts ORDER BY account",
+            &[],
+        )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| Account {
-            account: r.get(0),
-            balance: r.get(1),
-            held: r.get(2),
+    rows.iter()
+        .map(|r| {
+            Ok(Account {
+                account: r.text(0)?,
+                balance: r.int(1)?,
+                held: r.int(2)?,
+            })
         })
-        .collect())
+        .collect()
 }
 
-/// Performs `call` inside `conn`'s transaction. The outer `Result` is a database failure
-/// (nothing was recorded; the caller rolls back); the inner one is the business outcome, which
-/// is recorded under the call's key.
+/// Performs `call` inside `tx`. The outer `Result` is a database failure (nothing was
+/// recorded; the caller rolls back); the inner one is the business outcome, which is recorded
+/// under the call's key.
 pub async fn apply(
-    conn: &mut SqliteConnection,
+    tx: &mut dyn Tx,
     call: &LedgerCall,
-) -> Result<Result<String, Rejection>, sqlx::Error> {
+) -> Result<Result<String, Rejection>, DbError> {
     let request = format!("{} {}", call.action, call.payload);
-    let previous = sqlx::query("SELECT status, request, reply FROM ledger_ops WHERE op_id = ?")
-        .bind(&call.op_id)
-        .fetch_optional(&mut *conn)
+    let previous = tx
+        .fetch_optional(
+            "SELECT status, request, reply FROM ledger_ops WHERE op_id = $1",
+            args![&call.op_id],
+        )
         .await?;
     if let Some(row) = previous {
-        let status: String = row.get(0);
-        let first_request: String = row.get(1);
-        let reply: String = row.get(2);
+        let status = row.text(0)?;
+        let first_request = row.text(1)?;
+        let reply = row.text(2)?;
         if first_request != request && status != "tombstone" {
             return Ok(Err(format!(
                 "idempotency key {} was already used for a different request ({first_request})",
@@ -191,37 +193,38 @@ pub async fn apply(
     }
 
     if let Some(undone) = &call.undoes {
-        let status: Option<String> =
-            sqlx::query_scalar("SELECT status FROM ledger_ops WHERE op_id = ?")
-                .bind(undone)
-                .fetch_optional(&mut *conn)
-                .await?;
+        let status = tx
+            .fetch_optional(
+                "SELECT status FROM ledger_ops WHERE op_id = $1",
+                args![undone],
+            )
+            .await?
+            .map(|r| r.text(0))
+            .transpose()?;
         if status.as_deref() != Some("applied") {
             if status.is_none() {
-                sqlx::query(
+                tx.execute(
                     "INSERT INTO ledger_ops (op_id, action, request, status, reply, at_ms)
-                     VALUES (?, 'tombstone', '', 'tombstone', '', ?)",
+                     VALUES ($1, 'tombstone', '', 'tombstone', '', $2)",
+                    args![undone, now_ms() as i64],
                 )
-                .bind(undone)
-                .bind(now_ms() as i64)
-                .execute(&mut *conn)
                 .await?;
             }
             let reply = json!({ "undone": false, "reason": format!("{undone} never applied") });
-            record(conn, call, &request, Ok(reply.to_string())).await?;
+            record(tx, call, &request, Ok(reply.to_string())).await?;
             return Ok(Ok(reply.to_string()));
         }
     }
 
-    if let Err(stale) = fence(conn, &call.fencing_tokens).await? {
-        record(conn, call, &request, Err(stale.clone())).await?;
+    if let Err(stale) = fence(tx, &call.fencing_tokens).await? {
+        record(tx, call, &request, Err(stale.clone())).await?;
         return Ok(Err(stale));
     }
-    let outcome = perform(conn, call).await?.map(|reply| reply.to_string());
+    let outcome = perform(tx, call).await?.map(|reply| reply.to_string());
     // A refused compensation is not recorded: it must stay retryable (by the host's backoff or
     // an operator) once the refusal's cause, such as a spent balance, is fixed.
     if outcome.is_ok() || call.undoes.is_none() {
-        record(conn, call, &request, outcome.clone()).await?;
+        record(tx, call, &request, outcome.clone()).await?;
     }
     Ok(outcome)
 }
@@ -229,15 +232,15 @@ pub async fn apply(
 /// Refuses a call whose fencing token for some lock is older than the newest one seen, and
 /// remembers the newest token per lock otherwise.
 async fn fence(
-    conn: &mut SqliteConnection,
+    tx: &mut dyn Tx,
     tokens: &[(String, u64)],
-) -> Result<Result<(), Rejection>, sqlx::Error> {
+) -> Result<Result<(), Rejection>, DbError> {
     for (key, token) in tokens {
-        let newest: Option<i64> =
-            sqlx::query_scalar("SELECT token FROM ledger_fences WHERE key = ?")
-                .bind(key)
-                .fetch_optional(&mut *conn)
-                .await?;
+        let newest = tx
+            .fetch_optional("SELECT token FROM ledger_fences WHERE key = $1", args![key])
+            .await?
+            .map(|r| r.int(0))
+            .transpose()?;
         if let Some(newest) = newest.filter(|newest| *newest > *token as i64) {
             return Ok(Err(format!(
                 "stale fencing token {token} for lock '{key}': the ledger has already seen token {newest}, so the lock has passed to another holder"
@@ -245,38 +248,32 @@ async fn fence(
         }
     }
     for (key, token) in tokens {
-        sqlx::query(
-            "INSERT INTO ledger_fences (key, token) VALUES (?1, ?2)
-             ON CONFLICT (key) DO UPDATE SET token = MAX(token, ?2)",
+        tx.execute(
+            "INSERT INTO ledger_fences (key, token) VALUES ($1, $2)
+             ON CONFLICT (key) DO UPDATE SET token = CASE
+                 WHEN ledger_fences.token > excluded.token THEN ledger_fences.token
+                 ELSE excluded.token END",
+            args![key, *token as i64],
         )
-        .bind(key)
-        .bind(*token as i64)
-        .execute(&mut *conn)
         .await?;
     }
     Ok(Ok(()))
 }
 
 async fn record(
-    conn: &mut SqliteConnection,
+    tx: &mut dyn Tx,
     call: &LedgerCall,
     request: &str,
     outcome: Result<String, Rejection>,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), DbError> {
     let (status, reply) = match outcome {
         Ok(reply) => ("applied", reply),
         Err(reason) => ("rejected", reason),
     };
-    sqlx::query(
-        "INSERT INTO ledger_ops (op_id, action, request, status, reply, at_ms) VALUES (?, ?, ?, ?, ?, ?)",
+    tx.execute(
+        "INSERT INTO ledger_ops (op_id, action, request, status, reply, at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+        args![&call.op_id, &call.action, request, status, &reply, now_ms() as i64],
     )
-    .bind(&call.op_id)
-    .bind(&call.action)
-    .bind(request)
-    .bind(status)
-    .bind(reply)
-    .bind(now_ms() as i64)
-    .execute(&mut *conn)
     .await?;
     Ok(())
 }
@@ -393,7 +390,7 @@ fn check_amount(amount: i64) -> Result<(), Rejection> {
     Ok(())
 }
 
-type Outcome = Result<Result<Value, Rejection>, sqlx::Error>;
+type Outcome = Result<Result<Value, Rejection>, DbError>;
 
 /// Turns a validation failure into a recorded rejection.
 macro_rules! check {
@@ -405,17 +402,17 @@ macro_rules! check {
     };
 }
 
-async fn perform(conn: &mut SqliteConnection, call: &LedgerCall) -> Outcome {
+async fn perform(tx: &mut dyn Tx, call: &LedgerCall) -> Outcome {
     match call.action.as_str() {
         "debit" => {
             let e: Entry = check!(parse(call));
             check!(check_amount(e.amount));
-            debit(conn, &call.op_id, &e.account, e.amount).await
+            debit(tx, &call.op_id, &e.account, e.amount).await
         }
         "credit" => {
             let e: Entry = check!(parse(call));
             check!(check_amount(e.amount));
-            credit(conn, &call.op_id, &e.account, e.amount).await
+            credit(tx, &call.op_id, &e.account, e.amount).await
         }
         "transfer" => {
             let t: Transfer = check!(parse(call));
@@ -423,8 +420,8 @@ async fn perform(conn: &mut SqliteConnection, call: &LedgerCall) -> Outcome {
             if t.from == t.to {
                 return Ok(Err("transfer needs two different accounts".to_owned()));
             }
-            let from = check!(debit(conn, &call.op_id, &t.from, t.amount).await?);
-            let to = check!(credit(conn, &call.op_id, &t.to, t.amount).await?);
+            let from = check!(debit(tx, &call.op_id, &t.from, t.amount).await?);
+            let to = check!(credit(tx, &call.op_id, &t.to, t.amount).await?);
             Ok(Ok(json!({
                 "from": t.from, "to": t.to, "amount": t.amount,
                 "from_balance": from["balance"], "to_balance": to["balance"],
@@ -432,39 +429,35 @@ async fn perform(conn: &mut SqliteConnection, call: &LedgerCall) -> Outcome {
         }
         "balance" => {
             let a: AccountRef = check!(parse(call));
-            let account = check!(account(conn, &a.account).await?);
+            let account = check!(account(tx, &a.account).await?);
             Ok(Ok(json!(account)))
         }
         "hold" => {
             let h: Hold = check!(parse(call));
             check!(check_amount(h.amount));
-            hold(conn, &call.op_id, h).await
+            hold(tx, &call.op_id, h).await
         }
         "capture" => {
             let c: Capture = check!(parse(call));
             check!(check_amount(c.amount));
-            capture(conn, &call.op_id, c).await
+            capture(tx, &call.op_id, c).await
         }
         "void" => {
             let v: HoldRef = check!(parse(call));
-            void(conn, &call.op_id, &v.hold_id).await
+            void(tx, &call.op_id, &v.hold_id).await
         }
         "order-create" => {
             let o: OrderCreate = check!(parse(call));
             check!(check_amount(o.amount));
-            check!(account(conn, &o.customer).await?);
-            check!(account(conn, &o.merchant).await?);
-            let inserted = sqlx::query(
-                "INSERT INTO ledger_orders (order_id, customer, merchant, amount, status)
-                 VALUES (?, ?, ?, ?, 'created') ON CONFLICT (order_id) DO NOTHING",
-            )
-            .bind(&o.order_id)
-            .bind(&o.customer)
-            .bind(&o.merchant)
-            .bind(o.amount)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
+            check!(account(tx, &o.customer).await?);
+            check!(account(tx, &o.merchant).await?);
+            let inserted = tx
+                .execute(
+                    "INSERT INTO ledger_orders (order_id, customer, merchant, amount, status)
+                     VALUES ($1, $2, $3, $4, 'created') ON CONFLICT (order_id) DO NOTHING",
+                    args![&o.order_id, &o.customer, &o.merchant, o.amount],
+                )
+                .await?;
             if inserted == 0 {
                 return Ok(Err(format!("order {} already exists", o.order_id)));
             }
@@ -472,61 +465,63 @@ async fn perform(conn: &mut SqliteConnection, call: &LedgerCall) -> Outcome {
         }
         "order-cancel" => {
             let o: OrderRef = check!(parse(call));
-            sqlx::query("UPDATE ledger_orders SET status = 'cancelled' WHERE order_id = ?")
-                .bind(&o.order_id)
-                .execute(&mut *conn)
-                .await?;
+            tx.execute(
+                "UPDATE ledger_orders SET status = 'cancelled' WHERE order_id = $1",
+                args![&o.order_id],
+            )
+            .await?;
             Ok(Ok(json!({ "order_id": o.order_id, "status": "cancelled" })))
         }
         "record" => {
             let r: Record = check!(parse(call));
             check!(check_amount(r.amount));
-            let order = sqlx::query(
-                "SELECT customer, amount, status FROM ledger_orders WHERE order_id = ?",
-            )
-            .bind(&r.order_id)
-            .fetch_optional(&mut *conn)
-            .await?;
+            let order = tx
+                .fetch_optional(
+                    "SELECT customer, amount, status FROM ledger_orders WHERE order_id = $1",
+                    args![&r.order_id],
+                )
+                .await?;
             let Some(order) = order else {
                 return Ok(Err(format!("order {} does not exist", r.order_id)));
             };
-            let customer: String = order.get(0);
-            let status: String = order.get(2);
+            let customer = order.text(0)?;
+            let status = order.text(2)?;
             if status != "created" {
                 return Ok(Err(format!(
                     "order {} is {status}, not payable",
                     r.order_id
                 )));
             }
-            if order.get::<i64, _>(1) != r.amount {
+            if order.int(1)? != r.amount {
                 return Ok(Err(format!(
                     "amount {} does not match order {}",
                     r.amount, r.order_id
                 )));
             }
-            let existing: Option<String> =
-                sqlx::query_scalar("SELECT order_id FROM ledger_records WHERE reference = ?")
-                    .bind(&r.reference)
-                    .fetch_optional(&mut *conn)
-                    .await?;
+            let existing = tx
+                .fetch_optional(
+                    "SELECT order_id FROM ledger_records WHERE reference = $1",
+                    args![&r.reference],
+                )
+                .await?;
             if let Some(other) = existing {
                 return Ok(Err(format!(
-                    "reference {} is already recorded for order {other}: duplicate payment",
-                    r.reference
+                    "reference {} is already recorded for order {}: duplicate payment",
+                    r.reference,
+                    other.text(0)?
                 )));
             }
-            sqlx::query("INSERT INTO ledger_records (reference, order_id, amount, at_ms) VALUES (?, ?, ?, ?)")
-                .bind(&r.reference)
-                .bind(&r.order_id)
-                .bind(r.amount)
-                .bind(now_ms() as i64)
-                .execute(&mut *conn)
-                .await?;
-            sqlx::query("UPDATE ledger_orders SET status = 'paid' WHERE order_id = ?")
-                .bind(&r.order_id)
-                .execute(&mut *conn)
-                .await?;
-            let customer = check!(account(conn, &customer).await?);
+            tx.execute(
+                "INSERT INTO ledger_records (reference, order_id, amount, at_ms) VALUES ($1, $2, $3, $4)",
+                args![&r.reference, &r.order_id, r.amount, now_ms() as i64],
+            )
+            .await?;
+            tx.execute(
+                "UPDATE ledger_orders SET status = 'paid' WHERE order_id = $1",
+                args![&r.order_id],
+            )
+            .await?;
+            let customer = check!(account(tx, &customer).await?);
             Ok(Ok(json!({
                 "reference": r.reference, "order_id": r.order_id,
                 "customer_balance": customer.balance,
@@ -535,24 +530,19 @@ async fn perform(conn: &mut SqliteConnection, call: &LedgerCall) -> Outcome {
         "prepare" => {
             let p: Prepare = check!(parse(call));
             check!(check_amount(p.amount));
-            prepare(conn, &call.op_id, p).await
+            prepare(tx, &call.op_id, p).await
         }
         "commit-prepared" => {
             let d: Decided = check!(parse(call));
-            finish_prepared(conn, &call.op_id, &d.xid, true).await
+            finish_prepared(tx, &call.op_id, &d.xid, true).await
         }
         "abort-prepared" => {
             let d: Decided = check!(parse(call));
-            finish_prepared(conn, &call.op_id, &d.xid, false).await
+            finish_prepared(tx, &call.op_id, &d.xid, false).await
         }
         "read" => {
             let r: RegisterRead = check!(parse(call));
-            let row: Option<(String, i64)> =
-                sqlx::query_as("SELECT value, version FROM ledger_registers WHERE key = ?")
-                    .bind(&r.key)
-                    .fetch_optional(&mut *conn)
-                    .await?;
-            let (value, version) = match row {
+            let (value, version) = match read_register(tx, &r.key).await? {
                 Some((text, version)) => {
                     (serde_json::from_str(&text).unwrap_or(Value::Null), version)
                 }
@@ -564,26 +554,18 @@ async fn perform(conn: &mut SqliteConnection, call: &LedgerCall) -> Outcome {
         }
         "write" => {
             let w: RegisterWrite = check!(parse(call));
-            let version: i64 =
-                sqlx::query_scalar("SELECT version FROM ledger_registers WHERE key = ?")
-                    .bind(&w.key)
-                    .fetch_optional(&mut *conn)
-                    .await?
-                    .unwrap_or(0);
+            let version = read_register(tx, &w.key).await?.map_or(0, |(_, v)| v);
             if let Some(expected) = w.expected_version.filter(|e| *e != version) {
                 return Ok(Err(format!(
                     "version conflict: register '{}' is at version {version}, not {expected}",
                     w.key
                 )));
             }
-            sqlx::query(
-                "INSERT INTO ledger_registers (key, value, version) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (key) DO UPDATE SET value = ?2, version = ?3",
+            tx.execute(
+                "INSERT INTO ledger_registers (key, value, version) VALUES ($1, $2, $3)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = excluded.version",
+                args![&w.key, &w.value.to_string(), version + 1],
             )
-            .bind(&w.key)
-            .bind(w.value.to_string())
-            .bind(version + 1)
-            .execute(&mut *conn)
             .await?;
             Ok(Ok(
                 json!({ "key": w.key, "value": w.value, "version": version + 1 }),
@@ -596,15 +578,26 @@ async fn perform(conn: &mut SqliteConnection, call: &LedgerCall) -> Outcome {
     }
 }
 
+/// A versioned register's JSON text and version, if it was ever written.
+pub async fn read_register(tx: &mut dyn Tx, key: &str) -> Result<Option<(String, i64)>, DbError> {
+    tx.fetch_optional(
+        "SELECT value, version FROM ledger_registers WHERE key = $1",
+        args![key],
+    )
+    .await?
+    .map(|row| Ok((row.text(0)?, row.int(1)?)))
+    .transpose()
+}
+
 /// Phase one: reserves a debit branch's amount (balance -> held) or records a credit
 /// branch, unless the transaction was already aborted.
-async fn prepare(conn: &mut SqliteConnection, op_id: &str, p: Prepare) -> Outcome {
-    let fenced: Option<String> = sqlx::query_scalar(
-        "SELECT state FROM ledger_prepared WHERE xid = ? AND state = 'aborted' LIMIT 1",
-    )
-    .bind(&p.xid)
-    .fetch_optional(&mut *conn)
-    .await?;
+async fn prepare(tx: &mut dyn Tx, op_id: &str, p: Prepare) -> Outcome {
+    let fenced = tx
+        .fetch_optional(
+            "SELECT state FROM ledger_prepared WHERE xid = $1 AND state = 'aborted' LIMIT 1",
+            args![&p.xid],
+        )
+        .await?;
     if fenced.is_some() {
         return Ok(Err(format!(
             "transaction {} was aborted; it can never prepare",
@@ -613,16 +606,16 @@ async fn prepare(conn: &mut SqliteConnection, op_id: &str, p: Prepare) -> Outcom
     }
     let delta = match p.action.as_str() {
         "debit" => {
-            check!(debit(conn, op_id, &p.account, p.amount).await?);
-            sqlx::query("UPDATE ledger_accounts SET held = held + ? WHERE account = ?")
-                .bind(p.amount)
-                .bind(&p.account)
-                .execute(&mut *conn)
-                .await?;
+            check!(debit(tx, op_id, &p.account, p.amount).await?);
+            tx.execute(
+                "UPDATE ledger_accounts SET held = held + $1 WHERE account = $2",
+                args![p.amount, &p.account],
+            )
+            .await?;
             -p.amount
         }
         "credit" => {
-            check!(account(conn, &p.account).await?);
+            check!(account(tx, &p.account).await?);
             p.amount
         }
         other => {
@@ -631,14 +624,10 @@ async fn prepare(conn: &mut SqliteConnection, op_id: &str, p: Prepare) -> Outcom
             )));
         }
     };
-    sqlx::query(
-        "INSERT INTO ledger_prepared (xid, branch, account, delta, state) VALUES (?, ?, ?, ?, 'prepared')",
+    tx.execute(
+        "INSERT INTO ledger_prepared (xid, branch, account, delta, state) VALUES ($1, $2, $3, $4, 'prepared')",
+        args![&p.xid, p.branch, &p.account, delta],
     )
-    .bind(&p.xid)
-    .bind(p.branch)
-    .bind(&p.account)
-    .bind(delta)
-    .execute(&mut *conn)
     .await?;
     Ok(Ok(
         json!({ "xid": p.xid, "branch": p.branch, "prepared": true }),
@@ -647,64 +636,64 @@ async fn prepare(conn: &mut SqliteConnection, op_id: &str, p: Prepare) -> Outcom
 
 /// Phase two: posts (commit) or releases (abort) every prepared branch of `xid`. An abort
 /// with nothing prepared leaves a fence so that a late prepare is refused (presumed abort).
-async fn finish_prepared(
-    conn: &mut SqliteConnection,
-    op_id: &str,
-    xid: &str,
-    commit: bool,
-) -> Outcome {
-    let branches: Vec<(i64, String, i64)> = sqlx::query_as(
-        "SELECT branch, account, delta FROM ledger_prepared WHERE xid = ? AND state = 'prepared' ORDER BY branch",
-    )
-    .bind(xid)
-    .fetch_all(&mut *conn)
-    .await?;
+async fn finish_prepared(tx: &mut dyn Tx, op_id: &str, xid: &str, commit: bool) -> Outcome {
+    let rows = tx
+        .fetch_all(
+            "SELECT branch, account, delta FROM ledger_prepared
+             WHERE xid = $1 AND state = 'prepared' ORDER BY branch",
+            args![xid],
+        )
+        .await?;
+    let mut branches = Vec::with_capacity(rows.len());
+    for row in &rows {
+        branches.push((row.int(0)?, row.text(1)?, row.int(2)?));
+    }
     for (branch, account, delta) in &branches {
         match (commit, *delta < 0) {
             // A committed debit leaves the reserve; the balance already dropped at prepare.
             (true, true) => {
-                sqlx::query("UPDATE ledger_accounts SET held = held + ?1 WHERE account = ?2")
-                    .bind(delta)
-                    .bind(account)
-                    .execute(&mut *conn)
-                    .await?;
+                tx.execute(
+                    "UPDATE ledger_accounts SET held = held + $1 WHERE account = $2",
+                    args![*delta, account],
+                )
+                .await?;
             }
             (true, false) => {
                 // The account was checked at prepare; a credit that fails now (an overflow)
                 // must not leave the other branches posted: fail the whole job instead.
                 if let Err(reason) =
-                    credit(conn, &format!("{op_id}/{branch}"), account, *delta).await?
+                    credit(tx, &format!("{op_id}/{branch}"), account, *delta).await?
                 {
-                    return Err(sqlx::Error::Protocol(format!(
-                        "commit of {xid} branch {branch}: {reason}"
-                    )));
+                    return Err(DbError::Statement {
+                        database: "ledger".to_owned(),
+                        reason: format!("commit of {xid} branch {branch}: {reason}"),
+                    });
                 }
             }
             // An aborted debit returns its reserve to the balance.
             (false, true) => {
-                sqlx::query("UPDATE ledger_accounts SET held = held + ?1, balance = balance - ?1 WHERE account = ?2")
-                    .bind(delta)
-                    .bind(account)
-                    .execute(&mut *conn)
-                    .await?;
-                entry(conn, &format!("{op_id}/{branch}"), account, -delta).await?;
+                tx.execute(
+                    "UPDATE ledger_accounts SET held = held + $1, balance = balance - $1 WHERE account = $2",
+                    args![*delta, account],
+                )
+                .await?;
+                entry(tx, &format!("{op_id}/{branch}"), account, -delta).await?;
             }
             (false, false) => {}
         }
     }
     let state = if commit { "committed" } else { "aborted" };
-    sqlx::query("UPDATE ledger_prepared SET state = ? WHERE xid = ? AND state = 'prepared'")
-        .bind(state)
-        .bind(xid)
-        .execute(&mut *conn)
-        .await?;
+    tx.execute(
+        "UPDATE ledger_prepared SET state = $1 WHERE xid = $2 AND state = 'prepared'",
+        args![state, xid],
+    )
+    .await?;
     if !commit && branches.is_empty() {
-        sqlx::query(
-            "INSERT INTO ledger_prepared (xid, branch, account, delta, state) VALUES (?, -1, '', 0, 'aborted')
+        tx.execute(
+            "INSERT INTO ledger_prepared (xid, branch, account, delta, state) VALUES ($1, -1, '', 0, 'aborted')
              ON CONFLICT (xid, branch) DO NOTHING",
+            args![xid],
         )
-        .bind(xid)
-        .execute(&mut *conn)
         .await?;
     }
     Ok(Ok(
@@ -712,107 +701,96 @@ async fn finish_prepared(
     ))
 }
 
-async fn account(
-    conn: &mut SqliteConnection,
-    name: &str,
-) -> Result<Result<Account, Rejection>, sqlx::Error> {
-    let row = sqlx::query("SELECT balance, held FROM ledger_accounts WHERE account = ?")
-        .bind(name)
-        .fetch_optional(&mut *conn)
+async fn account(tx: &mut dyn Tx, name: &str) -> Result<Result<Account, Rejection>, DbError> {
+    let row = tx
+        .fetch_optional(
+            "SELECT balance, held FROM ledger_accounts WHERE account = $1",
+            args![name],
+        )
         .await?;
     Ok(match row {
         Some(r) => Ok(Account {
             account: name.to_owned(),
-            balance: r.get(0),
-            held: r.get(1),
+            balance: r.int(0)?,
+            held: r.int(1)?,
         }),
         None => Err(format!("unknown account '{name}'")),
     })
 }
 
-async fn entry(
-    conn: &mut SqliteConnection,
-    op_id: &str,
-    account: &str,
-    delta: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO ledger_entries (op_id, account, delta) VALUES (?, ?, ?)
-         ON CONFLICT (op_id, account) DO UPDATE SET delta = delta + excluded.delta",
+async fn entry(tx: &mut dyn Tx, op_id: &str, account: &str, delta: i64) -> Result<(), DbError> {
+    tx.execute(
+        "INSERT INTO ledger_entries (op_id, account, delta) VALUES ($1, $2, $3)
+         ON CONFLICT (op_id, account) DO UPDATE SET delta = ledger_entries.delta + excluded.delta",
+        args![op_id, account, delta],
     )
-    .bind(op_id)
-    .bind(account)
-    .bind(delta)
-    .execute(&mut *conn)
     .await?;
     Ok(())
 }
 
-async fn debit(conn: &mut SqliteConnection, op_id: &str, account: &str, amount: i64) -> Outcome {
-    let balance: Option<i64> = sqlx::query_scalar(
-        "UPDATE ledger_accounts SET balance = balance - ?1 WHERE account = ?2 AND balance >= ?1
-         RETURNING balance",
-    )
-    .bind(amount)
-    .bind(account)
-    .fetch_optional(&mut *conn)
-    .await?;
+async fn debit(tx: &mut dyn Tx, op_id: &str, account: &str, amount: i64) -> Outcome {
+    let balance = tx
+        .fetch_optional(
+            "UPDATE ledger_accounts SET balance = balance - $1 WHERE account = $2 AND balance >= $1
+             RETURNING balance",
+            args![amount, account],
+        )
+        .await?;
     let Some(balance) = balance else {
-        let current = check!(self::account(conn, account).await?);
+        let current = check!(self::account(tx, account).await?);
         return Ok(Err(format!(
             "insufficient funds in '{account}': balance {} is less than {amount}",
             current.balance
         )));
     };
-    entry(conn, op_id, account, -amount).await?;
+    let balance = balance.int(0)?;
+    entry(tx, op_id, account, -amount).await?;
     Ok(Ok(json!({ "account": account, "balance": balance })))
 }
 
-async fn credit(conn: &mut SqliteConnection, op_id: &str, account: &str, amount: i64) -> Outcome {
-    let balance: Option<i64> = sqlx::query_scalar(
-        "UPDATE ledger_accounts SET balance = balance + ?1 WHERE account = ?2 AND balance <= ?3 - ?1
-         RETURNING balance",
-    )
-    .bind(amount)
-    .bind(account)
-    .bind(i64::MAX / 2)
-    .fetch_optional(&mut *conn)
-    .await?;
+async fn credit(tx: &mut dyn Tx, op_id: &str, account: &str, amount: i64) -> Outcome {
+    let balance = tx
+        .fetch_optional(
+            "UPDATE ledger_accounts SET balance = balance + $1 WHERE account = $2 AND balance <= $3 - $1
+             RETURNING balance",
+            args![amount, account, i64::MAX / 2],
+        )
+        .await?;
     let Some(balance) = balance else {
-        check!(self::account(conn, account).await?);
+        check!(self::account(tx, account).await?);
         return Ok(Err(format!(
             "credit to '{account}' would overflow its balance"
         )));
     };
-    entry(conn, op_id, account, amount).await?;
+    let balance = balance.int(0)?;
+    entry(tx, op_id, account, amount).await?;
     Ok(Ok(json!({ "account": account, "balance": balance })))
 }
 
-async fn hold(conn: &mut SqliteConnection, op_id: &str, h: Hold) -> Outcome {
-    let state: Option<String> =
-        sqlx::query_scalar("SELECT state FROM ledger_holds WHERE hold_id = ?")
-            .bind(&h.hold_id)
-            .fetch_optional(&mut *conn)
-            .await?;
+async fn hold(tx: &mut dyn Tx, op_id: &str, h: Hold) -> Outcome {
+    let state = tx
+        .fetch_optional(
+            "SELECT state FROM ledger_holds WHERE hold_id = $1",
+            args![&h.hold_id],
+        )
+        .await?;
     if let Some(state) = state {
         return Ok(Err(format!(
-            "hold {} already exists ({state}); a voided hold id can never be reused",
-            h.hold_id
+            "hold {} already exists ({}); a voided hold id can never be reused",
+            h.hold_id,
+            state.text(0)?
         )));
     }
-    let debited = check!(debit(conn, op_id, &h.account, h.amount).await?);
-    sqlx::query("UPDATE ledger_accounts SET held = held + ? WHERE account = ?")
-        .bind(h.amount)
-        .bind(&h.account)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query(
-        "INSERT INTO ledger_holds (hold_id, account, amount, state) VALUES (?, ?, ?, 'held')",
+    let debited = check!(debit(tx, op_id, &h.account, h.amount).await?);
+    tx.execute(
+        "UPDATE ledger_accounts SET held = held + $1 WHERE account = $2",
+        args![h.amount, &h.account],
     )
-    .bind(&h.hold_id)
-    .bind(&h.account)
-    .bind(h.amount)
-    .execute(&mut *conn)
+    .await?;
+    tx.execute(
+        "INSERT INTO ledger_holds (hold_id, account, amount, state) VALUES ($1, $2, $3, 'held')",
+        args![&h.hold_id, &h.account, h.amount],
+    )
     .await?;
     Ok(Ok(json!({
         "hold_id": h.hold_id, "account": h.account, "amount": h.amount,
@@ -820,17 +798,19 @@ async fn hold(conn: &mut SqliteConnection, op_id: &str, h: Hold) -> Outcome {
     })))
 }
 
-async fn capture(conn: &mut SqliteConnection, op_id: &str, c: Capture) -> Outcome {
-    let row = sqlx::query("SELECT account, amount, state FROM ledger_holds WHERE hold_id = ?")
-        .bind(&c.hold_id)
-        .fetch_optional(&mut *conn)
+async fn capture(tx: &mut dyn Tx, op_id: &str, c: Capture) -> Outcome {
+    let row = tx
+        .fetch_optional(
+            "SELECT account, amount, state FROM ledger_holds WHERE hold_id = $1",
+            args![&c.hold_id],
+        )
         .await?;
     let Some(row) = row else {
         return Ok(Err(format!("hold {} does not exist", c.hold_id)));
     };
-    let holder: String = row.get(0);
-    let held: i64 = row.get(1);
-    let state: String = row.get(2);
+    let holder = row.text(0)?;
+    let held = row.int(1)?;
+    let state = row.text(2)?;
     if state != "held" {
         return Ok(Err(format!(
             "hold {} is {state}, not capturable",
@@ -843,68 +823,65 @@ async fn capture(conn: &mut SqliteConnection, op_id: &str, c: Capture) -> Outcom
             c.amount, c.hold_id
         )));
     }
-    check!(account(conn, &c.to).await?);
+    check!(account(tx, &c.to).await?);
     let released = held - c.amount;
-    sqlx::query(
-        "UPDATE ledger_accounts SET held = held - ?, balance = balance + ? WHERE account = ?",
+    tx.execute(
+        "UPDATE ledger_accounts SET held = held - $1, balance = balance + $2 WHERE account = $3",
+        args![held, released, &holder],
     )
-    .bind(held)
-    .bind(released)
-    .bind(&holder)
-    .execute(&mut *conn)
     .await?;
     if released > 0 {
-        entry(conn, op_id, &holder, released).await?;
+        entry(tx, op_id, &holder, released).await?;
     }
-    let to = check!(credit(conn, op_id, &c.to, c.amount).await?);
-    sqlx::query("UPDATE ledger_holds SET state = 'captured', captured = ? WHERE hold_id = ?")
-        .bind(c.amount)
-        .bind(&c.hold_id)
-        .execute(&mut *conn)
-        .await?;
+    let to = check!(credit(tx, op_id, &c.to, c.amount).await?);
+    tx.execute(
+        "UPDATE ledger_holds SET state = 'captured', captured = $1 WHERE hold_id = $2",
+        args![c.amount, &c.hold_id],
+    )
+    .await?;
     Ok(Ok(json!({
         "hold_id": c.hold_id, "captured": c.amount, "released": released,
         "to": c.to, "to_balance": to["balance"],
     })))
 }
 
-async fn void(conn: &mut SqliteConnection, op_id: &str, hold_id: &str) -> Outcome {
-    let row = sqlx::query("SELECT account, amount, state FROM ledger_holds WHERE hold_id = ?")
-        .bind(hold_id)
-        .fetch_optional(&mut *conn)
+async fn void(tx: &mut dyn Tx, op_id: &str, hold_id: &str) -> Outcome {
+    let row = tx
+        .fetch_optional(
+            "SELECT account, amount, state FROM ledger_holds WHERE hold_id = $1",
+            args![hold_id],
+        )
         .await?;
     let Some(row) = row else {
         // Void before hold: fence the id so the hold, if it arrives late, is refused.
-        sqlx::query(
-            "INSERT INTO ledger_holds (hold_id, account, amount, state) VALUES (?, '', 0, 'voided')",
+        tx.execute(
+            "INSERT INTO ledger_holds (hold_id, account, amount, state) VALUES ($1, '', 0, 'voided')",
+            args![hold_id],
         )
-        .bind(hold_id)
-        .execute(&mut *conn)
         .await?;
         return Ok(Ok(
             json!({ "hold_id": hold_id, "voided": 0, "note": "no such hold; fenced" }),
         ));
     };
-    let holder: String = row.get(0);
-    let amount: i64 = row.get(1);
-    let state: String = row.get(2);
+    let holder = row.text(0)?;
+    let amount = row.int(1)?;
+    let state = row.text(2)?;
     if state != "held" {
         return Ok(Ok(
             json!({ "hold_id": hold_id, "voided": 0, "state": state }),
         ));
     }
-    sqlx::query(
-        "UPDATE ledger_accounts SET held = held - ?1, balance = balance + ?1 WHERE account = ?2",
+    tx.execute(
+        "UPDATE ledger_accounts SET held = held - $1, balance = balance + $1 WHERE account = $2",
+        args![amount, &holder],
     )
-    .bind(amount)
-    .bind(&holder)
-    .execute(&mut *conn)
     .await?;
-    entry(conn, op_id, &holder, amount).await?;
-    sqlx::query("UPDATE ledger_holds SET state = 'voided' WHERE hold_id = ?")
-        .bind(hold_id)
-        .execute(&mut *conn)
-        .await?;
+    entry(tx, op_id, &holder, amount).await?;
+    tx.execute(
+        "UPDATE ledger_holds SET state = 'voided' WHERE hold_id = $1",
+        args![hold_id],
+    )
+    .await?;
     Ok(Ok(json!({ "hold_id": hold_id, "voided": amount })))
 }
 
@@ -917,9 +894,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("wasaga-ledger-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let db = Database::open(&dir.join("ledger.db"), CrashSwitch::default())
-            .await
-            .expect("open");
+        let db = Database::open(
+            &crate::db::Location::Sqlite(dir.join("ledger.db")),
+            crate::db::PoolSizes::default(),
+            CrashSwitch::default(),
+        )
+        .await
+        .expect("open");
         open(&db, "alice", 100).await.expect("open alice");
         open(&db, "bob", 0).await.expect("open bob");
         (db, dir)
@@ -939,7 +920,7 @@ mod tests {
             payload: payload.to_string(),
             fencing_tokens: Vec::new(),
         };
-        db.write(move |conn| Box::pin(async move { apply(conn, &call).await }))
+        db.write(move |tx| Box::pin(async move { apply(tx, &call).await }))
             .await
             .expect("database")
     }
@@ -1155,7 +1136,7 @@ mod tests {
                 payload: json!({ "key": "counter", "value": value }).to_string(),
                 fencing_tokens: vec![("counter".to_owned(), token)],
             };
-            db.write(move |conn| Box::pin(async move { apply(conn, &call).await }))
+            db.write(move |tx| Box::pin(async move { apply(tx, &call).await }))
         };
         fenced("a/1", 5, 1)
             .await

@@ -79,6 +79,18 @@ impl Participants {
             .join(", ")
     }
 
+    /// Checks that this host has a participant called `name`.
+    pub fn exists(&self, name: &str) -> Result<(), String> {
+        if name == "ledger" || self.xa_named(name).is_some() {
+            Ok(())
+        } else {
+            Err(format!(
+                "the module asks for participant '{name}', which this host does not have (it has: {})",
+                self.names()
+            ))
+        }
+    }
+
     /// Checks that `call` names a known participant and action; the error is the rejection.
     pub fn route(&self, call: &CallSpec) -> Result<Route, String> {
         match call.participant.as_str() {
@@ -133,23 +145,11 @@ impl Participants {
     /// so it sees every write acknowledged before it.
     pub async fn read(&self, key: &str) -> Result<(String, u64), CallFailure> {
         let key = key.to_owned();
-        let row: Option<(String, i64)> = self
+        let row = self
             .ledger_db
-            .write(move |conn| {
-                Box::pin(async move {
-                    sqlx::query_as("SELECT value, version FROM ledger_registers WHERE key = ?")
-                        .bind(&key)
-                        .fetch_optional(conn)
-                        .await
-                })
-            })
+            .write(move |tx| Box::pin(async move { ledger::read_register(tx, &key).await }))
             .await
-            .map_err(|e: sqlx::Error| {
-                CallFailure::Unavailable(format!(
-                    "ledger database {}: {e}",
-                    self.ledger_db.path().display()
-                ))
-            })?;
+            .map_err(|e: crate::db::DbError| CallFailure::Unavailable(format!("ledger: {e}")))?;
         Ok(row.map_or(("null".to_owned(), 0), |(value, version)| {
             (value, version as u64)
         }))
@@ -163,14 +163,9 @@ impl Participants {
         let call = request.ledger_call();
         let outcome = self
             .ledger_db
-            .write(move |conn| Box::pin(async move { ledger::apply(conn, &call).await }))
+            .write(move |tx| Box::pin(async move { ledger::apply(tx, &call).await }))
             .await
-            .map_err(|e: sqlx::Error| {
-                CallFailure::Unknown(format!(
-                    "ledger database {}: {e}",
-                    self.ledger_db.path().display()
-                ))
-            })?;
+            .map_err(|e: crate::db::DbError| CallFailure::Unknown(format!("ledger: {e}")))?;
         outcome.map_err(CallFailure::Rejected)
     }
 }

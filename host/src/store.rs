@@ -140,14 +140,38 @@ pub(crate) struct RunContext {
     /// all are given back to the backend, since a release the journal records may not have
     /// reached the backend before a crash.
     pub acquired: Vec<Lease>,
+    /// What the run's workflow may use; `None` allows everything this host has.
+    pub grant: Option<Arc<crate::config::Grant>>,
+    /// Tells the run to stop (lease lost, host shutting down).
+    pub live: Arc<crate::executor::LiveRun>,
 }
 
 impl RunContext {
-    /// Numbers the next import call and takes its journaled record, if replaying.
-    pub fn begin_call(&mut self) -> (u32, Option<Replayed>) {
+    /// Numbers the next import call and takes its journaled record, if replaying. Stops the
+    /// module here, at a journal point, if the host lost the run or is shutting down.
+    pub fn begin_call(&mut self) -> wasmtime::Result<(u32, Option<Replayed>)> {
+        if let Some(reason) = self.host.stop_reason(&self.live) {
+            self.fatal = Some(Fatal::Interrupted(reason.to_owned()));
+            return Err(wasmtime::Error::msg(reason));
+        }
         let call = self.next_call;
         self.next_call += 1;
-        (call, self.replay.remove(&call))
+        Ok((call, self.replay.remove(&call)))
+    }
+
+    /// Refuses a participant the run's workflow is not granted.
+    pub fn check_granted(&self, participant: &str) -> Result<(), String> {
+        match &self.grant {
+            Some(grant) if !grant.allows_participant(participant) => Err(format!(
+                "workflow is not granted participant '{participant}' (granted: {}); grant it in the config's [workflows.<name>] participants",
+                if grant.participants.is_empty() {
+                    "none".to_owned()
+                } else {
+                    grant.participants.join(", ")
+                }
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Records that the module's call differs from the journal and returns the trap to raise.
@@ -308,10 +332,7 @@ impl RunLog {
                     tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
                     backoff_ms = (backoff_ms * 2).min(host.limits.retry_backoff_ms_max);
                 }
-                let failure = CallFailure::Unavailable(format!(
-                    "ledger database {}: {last}",
-                    self.journal.database().path().display()
-                ));
+                let failure = CallFailure::Unavailable(format!("ledger: {last}"));
                 let mut events = before;
                 events.extend(after(&Err(failure.clone())));
                 self.commit(events).await?;
@@ -353,19 +374,21 @@ impl RunLog {
     ) -> Result<Result<Result<String, CallFailure>, String>, JournalError> {
         let database = self.journal.database().clone();
         let (call, run_id, next_seq) = (call.clone(), self.run_id.clone(), self.next_seq);
+        let owner = self.journal.owner().to_owned();
         let mut first = self.pending.clone();
         first.extend(before.iter().cloned());
         let after = after.clone();
         let written = database
-            .write(move |conn| {
+            .write(move |tx| {
                 Box::pin(async move {
-                    let outcome = crate::ledger::apply(conn, &call)
+                    let outcome = crate::ledger::apply(tx, &call)
                         .await?
                         .map_err(CallFailure::Rejected);
                     let mut events = first;
                     events.extend(after(&outcome));
                     let next_seq =
-                        crate::journal::append_events(conn, &run_id, next_seq, &events).await?;
+                        crate::journal::append_events(tx, &run_id, &owner, next_seq, &events)
+                            .await?;
                     Ok::<_, JournalError>((outcome, events, next_seq))
                 })
             })

@@ -2,18 +2,12 @@
 //! and nothing reaches the ledger.
 
 use crate::guests::{MISBEHAVE, TRANSFER};
-use crate::support::{Sandbox, last_error_line, rt, sql, text};
+use crate::support::{Sandbox, last_error_line, scalar, text};
 use serde_json::json;
 
 /// Ledger operations recorded so far (opening an account records one).
 fn ledger_ops(s: &Sandbox) -> i64 {
-    rt().block_on(async {
-        let mut conn = sql(&s.ledger_db()).await;
-        sqlx::query_scalar("SELECT COUNT(*) FROM ledger_ops")
-            .fetch_one(&mut conn)
-            .await
-            .expect("count")
-    })
+    scalar(&s.ledger_db(), "SELECT COUNT(*) FROM ledger_ops")
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! money adds up, and no ledger operation took effect twice.
 
 use crate::guests::PAYMENT_ORDER;
-use crate::support::{Sandbox, assert_ledger_consistent, rt, sql, text};
+use crate::support::{Sandbox, assert_ledger_consistent, sql, text};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
@@ -124,23 +124,30 @@ fn crash_everywhere(separate_ledger: bool, ending: Ending) -> u32 {
                 // Killed before the run was created: nothing may have happened.
                 None => assert_eq!(balances, before, "{point}: no run, yet money moved"),
             }
-            rt().block_on(async {
-                assert_ledger_consistent(&s.ledger_db()).await;
-                let mut conn = sql(&s.ledger_db()).await;
-                let applied: Vec<String> = sqlx::query_scalar(
-                    "SELECT op_id FROM ledger_ops WHERE op_id LIKE 'crashed/%' AND status = 'applied' ORDER BY op_id",
-                )
-                .fetch_all(&mut conn)
-                .await
-                .expect("ops");
+            {
+                assert_ledger_consistent(&s.ledger_db());
+                let conn = sql(&s.ledger_db());
+                let mut statement = conn
+                    .prepare("SELECT op_id FROM ledger_ops WHERE op_id LIKE 'crashed/%' AND status = 'applied' ORDER BY op_id")
+                    .expect("ops");
+                let applied: Vec<String> = statement
+                    .query_map([], |r| r.get(0))
+                    .expect("ops")
+                    .collect::<Result<_, _>>()
+                    .expect("ops");
                 if ending == Ending::Completed && runs.iter().any(|(id, _, _)| id == "crashed") {
                     assert_eq!(
                         applied,
-                        ["crashed/capture", "crashed/create-order", "crashed/hold", "crashed/record"],
+                        [
+                            "crashed/capture",
+                            "crashed/create-order",
+                            "crashed/hold",
+                            "crashed/record"
+                        ],
                         "{point}: each step applies exactly once"
                     );
                 }
-            });
+            }
         }
         if !reached_any {
             return exercised;

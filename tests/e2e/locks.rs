@@ -9,26 +9,27 @@ use serde_json::json;
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::Duration;
+use wasaga::db::Location;
 use wasaga::event::{Event, RunStatus};
 use wasaga::locks::LockBackend;
 use wasaga::store::no_observer;
 use wasaga::{Host, HostConfig};
 
 async fn host(s: &Sandbox, locks: LockBackend) -> Host {
-    let mut config = HostConfig::new(s.db.clone());
+    let mut config = HostConfig::new(Location::Sqlite(s.db.clone()));
     config.locks = locks;
     config.limits.concurrent_runs_max = 32;
     Host::open(&config).await.expect("host opens")
 }
 
 async fn register(host: &Host, key: &str) -> i64 {
-    let value: Option<String> =
-        sqlx::query_scalar("SELECT value FROM ledger_registers WHERE key = ?")
-            .bind(key)
-            .fetch_optional(host.ledger_db().readers())
-            .await
-            .expect("read register");
-    value.map_or(0, |v| v.parse().expect("an integer register"))
+    let key = key.to_owned();
+    let value = host
+        .ledger_db()
+        .read(move |tx| Box::pin(async move { wasaga::ledger::read_register(tx, &key).await }))
+        .await
+        .expect("read register");
+    value.map_or(0, |(v, _)| v.parse().expect("an integer register"))
 }
 
 /// 8 runs each doing 50 lock-guarded read-increment-writes of one register.
@@ -202,15 +203,11 @@ fn paused_holder_is_fenced_out(locks: &str, lease_lapse: Duration) {
         "A's write must be refused for its stale token: {reason}"
     );
 
-    rt().block_on(async {
-        let mut conn = crate::support::sql(std::path::Path::new(&shared_ledger)).await;
-        let value: String =
-            sqlx::query_scalar("SELECT value FROM ledger_registers WHERE key = 'k'")
-                .fetch_one(&mut conn)
-                .await
-                .expect("register");
-        assert_eq!(value, "1", "only B's write took effect");
-    });
+    let value: String = crate::support::scalar(
+        std::path::Path::new(&shared_ledger),
+        "SELECT value FROM ledger_registers WHERE key = 'k'",
+    );
+    assert_eq!(value, "1", "only B's write took effect");
 }
 
 #[test]
@@ -424,7 +421,7 @@ fn server_going_away<S: Server, R>(
             "exactly the two completed transfers moved money"
         );
     });
-    rt().block_on(assert_ledger_consistent(&s.db));
+    assert_ledger_consistent(&s.db);
 }
 
 #[test]
@@ -491,5 +488,5 @@ fn transfers_in_both_directions_never_deadlock() {
             .sum();
         assert_eq!(total, 30_000);
     });
-    rt().block_on(assert_ledger_consistent(&s.db));
+    assert_ledger_consistent(&s.db);
 }

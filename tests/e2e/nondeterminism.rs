@@ -2,7 +2,7 @@
 //! journaled steps are compensated.
 
 use crate::guests::MISBEHAVE;
-use crate::support::{Sandbox, rt, sql, text};
+use crate::support::{Sandbox, sql, text};
 use serde_json::json;
 use std::os::unix::process::ExitStatusExt;
 
@@ -38,24 +38,24 @@ fn a_replay_that_takes_another_step_is_nondeterministic_and_compensated() {
         }
         // Make the module see a different random number on replay, as hidden nondeterminism
         // would: the branch it takes no longer matches the journal.
-        rt().block_on(async {
-            let mut conn = sql(&s.db).await;
-            let body: String =
-                sqlx::query_scalar("SELECT body FROM events WHERE run_id = ? AND kind = 'random'")
-                    .bind(run_id)
-                    .fetch_one(&mut conn)
-                    .await
-                    .expect("random journaled");
+        {
+            let conn = sql(&s.db);
+            let body: String = conn
+                .query_row(
+                    "SELECT body FROM events WHERE run_id = ? AND kind = 'random'",
+                    [run_id],
+                    |r| r.get(0),
+                )
+                .expect("random journaled");
             let mut event: serde_json::Value = serde_json::from_str(&body).expect("json");
             let value = event["value"].as_u64().expect("value");
             event["value"] = json!(value ^ 1);
-            sqlx::query("UPDATE events SET body = ? WHERE run_id = ? AND kind = 'random'")
-                .bind(event.to_string())
-                .bind(run_id)
-                .execute(&mut conn)
-                .await
-                .expect("update");
-        });
+            conn.execute(
+                "UPDATE events SET body = ? WHERE run_id = ? AND kind = 'random'",
+                [event.to_string().as_str(), run_id],
+            )
+            .expect("update");
+        }
         let resumed = s.wasaga(&["resume"]);
         assert_eq!(resumed.status.code(), Some(3), "{}", text(&resumed));
         let runs = s.runs();

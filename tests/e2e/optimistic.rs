@@ -12,7 +12,7 @@ use wasaga::{Host, HostConfig};
 fn sixteen_optimistic_writers_lose_no_increment() {
     let s = Sandbox::new("optimistic");
     rt().block_on(async {
-        let mut config = HostConfig::new(s.db.clone());
+        let mut config = HostConfig::new(wasaga::db::Location::Sqlite(s.db.clone()));
         config.limits.concurrent_runs_max = 32;
         let host = Host::open(&config).await.expect("host opens");
         let module = std::fs::read(OPTIMISTIC).expect("guest built");
@@ -36,11 +36,10 @@ fn sixteen_optimistic_writers_lose_no_increment() {
             let outcome = run.await.expect("task").expect("drive");
             assert_eq!(outcome.status, RunStatus::Completed, "{outcome:?}");
         }
-        let value: String =
-            sqlx::query_scalar("SELECT value FROM ledger_registers WHERE key = 'hits'")
-                .fetch_one(host.ledger_db().readers())
-                .await
-                .expect("register");
+        let value: String = crate::support::scalar(
+            &s.db,
+            "SELECT value FROM ledger_registers WHERE key = 'hits'",
+        );
         assert_eq!(value, "400", "16 writers x 25 increments");
 
         let (mut written, mut conflicts) = (0, 0);

@@ -2,7 +2,7 @@
 //! the host and leave every balance as it was, and `runs show` tells the story.
 
 use crate::guests::{MISBEHAVE, PAYMENT_ORDER, TRANSFER};
-use crate::support::{Sandbox, assert_ledger_consistent, last_error_line, rt, text};
+use crate::support::{Sandbox, assert_ledger_consistent, last_error_line, text};
 use serde_json::json;
 use std::collections::BTreeMap;
 
@@ -40,7 +40,7 @@ fn payment_order_completes_and_moves_the_money_once() {
             ("shop".into(), 250)
         ])
     );
-    rt().block_on(assert_ledger_consistent(&s.db));
+    assert_ledger_consistent(&s.db);
 }
 
 #[test]
@@ -68,7 +68,7 @@ fn payment_order_failing_at_its_last_step_is_fully_compensated() {
         before,
         "a compensated run must leave every balance as it was"
     );
-    rt().block_on(assert_ledger_consistent(&s.db));
+    assert_ledger_consistent(&s.db);
 
     let runs = s.runs();
     let (run_id, status, error) = &runs[0];
@@ -152,7 +152,7 @@ fn transfer_whose_credit_fails_is_undone_by_the_host() {
             .any(|l| l.contains("undo debit") && l.contains("ledger.credit")),
         "the debit's compensation must be listed:\n{timeline}"
     );
-    rt().block_on(assert_ledger_consistent(&s.db));
+    assert_ledger_consistent(&s.db);
 }
 
 #[test]
@@ -194,7 +194,7 @@ fn a_compensation_that_cannot_succeed_parks_the_run_as_stuck() {
     assert_eq!(stuck["runs"].as_array().map(Vec::len), Some(1));
     // Money is neither created nor lost, even though the run could not be undone.
     assert_eq!(s.balances().values().sum::<i64>(), 1_500);
-    rt().block_on(assert_ledger_consistent(&s.db));
+    assert_ledger_consistent(&s.db);
 
     // Retrying before the cause is fixed parks it again, with the same reason.
     let again = s.wasaga(&["runs", "retry", &runs[0].0, "--compensation-retries", "2"]);
@@ -230,5 +230,5 @@ fn a_compensation_that_cannot_succeed_parks_the_run_as_stuck() {
     let not_stuck = s.wasaga(&["runs", "retry", &runs[0].0]);
     assert_eq!(not_stuck.status.code(), Some(2), "{}", text(&not_stuck));
     assert!(last_error_line(&not_stuck).contains("only stuck runs can be retried"));
-    rt().block_on(assert_ledger_consistent(&s.db));
+    assert_ledger_consistent(&s.db);
 }

@@ -27,7 +27,7 @@ async fn balances(host: &Host) -> (i64, i64) {
 fn misbehaving_modules_are_stopped_and_compensated_and_the_host_goes_on() {
     let s = Sandbox::new("misbehave");
     rt().block_on(async {
-        let mut config = HostConfig::new(s.db.clone());
+        let mut config = HostConfig::new(wasaga::db::Location::Sqlite(s.db.clone()));
         config.limits.run_duration_ms_max = 1_000;
         config.limits.memory_bytes_max = 16 << 20;
         config.limits.concurrent_runs_max = 8;
@@ -99,6 +99,6 @@ fn misbehaving_modules_are_stopped_and_compensated_and_the_host_goes_on() {
         let outcome = host.drive(&run_id, no_observer()).await.expect("drive");
         assert_eq!(outcome.status, RunStatus::Completed, "{outcome:?}");
         assert_eq!(balances(&host).await, (993, 1_007));
-        assert_ledger_consistent(&s.db).await;
+        assert_ledger_consistent(&s.db);
     });
 }

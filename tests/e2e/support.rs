@@ -167,25 +167,34 @@ pub fn last_error_line(out: &Output) -> String {
         .to_owned()
 }
 
-/// Opens a read connection on a sandbox database, for checks the CLI does not expose.
-pub async fn sql(path: &Path) -> sqlx::SqliteConnection {
-    use sqlx::Connection;
-    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path);
-    sqlx::SqliteConnection::connect_with(&options)
-        .await
-        .expect("open sqlite for checks")
+/// Opens a connection on a sandbox database, for checks the CLI does not expose.
+pub fn sql(path: &Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(path).expect("open sqlite for checks");
+    conn.busy_timeout(std::time::Duration::from_secs(30))
+        .expect("busy timeout");
+    conn
+}
+
+/// The first column of the first row of `query`, on a sandbox database.
+pub fn scalar<T: rusqlite::types::FromSql>(path: &Path, query: &str) -> T {
+    sql(path)
+        .query_row(query, [], |row| row.get(0))
+        .unwrap_or_else(|e| panic!("{query}: {e}"))
 }
 
 /// Checks the ledger's audit invariants: every account's balance plus holds equals the sum of
 /// its journaled entries plus what is held, and no operation key appears twice (the schema's
 /// primary key makes the second half hold by construction; the first catches double effects).
-pub async fn assert_ledger_consistent(path: &Path) {
-    let mut conn = sql(path).await;
-    let rows: Vec<(String, i64, i64)> =
-        sqlx::query_as("SELECT a.account, a.balance, COALESCE(SUM(e.delta), 0) FROM ledger_accounts a LEFT JOIN ledger_entries e ON e.account = a.account GROUP BY a.account")
-            .fetch_all(&mut conn)
-            .await
-            .expect("audit query");
+pub fn assert_ledger_consistent(path: &Path) {
+    let conn = sql(path);
+    let mut statement = conn
+        .prepare("SELECT a.account, a.balance, COALESCE(SUM(e.delta), 0) FROM ledger_accounts a LEFT JOIN ledger_entries e ON e.account = a.account GROUP BY a.account")
+        .expect("audit query");
+    let rows: Vec<(String, i64, i64)> = statement
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .expect("audit query")
+        .collect::<Result<_, _>>()
+        .expect("audit rows");
     for (account, balance, entries) in rows {
         assert_eq!(
             balance, entries,

@@ -4,7 +4,7 @@
 //! resume: no branch stays prepared and the money adds up.
 
 use crate::guests::ATOMIC_TRANSFER;
-use crate::support::{Sandbox, assert_ledger_consistent, last_error_line, rt, sql, text};
+use crate::support::{Sandbox, assert_ledger_consistent, last_error_line, scalar, text};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
@@ -18,13 +18,10 @@ fn bank() -> Sandbox {
 
 /// Prepared branches not yet committed or aborted.
 fn in_doubt(s: &Sandbox) -> i64 {
-    rt().block_on(async {
-        let mut conn = sql(&s.ledger_db()).await;
-        sqlx::query_scalar("SELECT COUNT(*) FROM ledger_prepared WHERE state = 'prepared'")
-            .fetch_one(&mut conn)
-            .await
-            .expect("count")
-    })
+    scalar(
+        &s.ledger_db(),
+        "SELECT COUNT(*) FROM ledger_prepared WHERE state = 'prepared'",
+    )
 }
 
 #[test]
@@ -39,7 +36,7 @@ fn both_branches_commit_together() {
         BTreeMap::from([("alice".into(), 700), ("bob".into(), 1_300)])
     );
     assert_eq!(in_doubt(&s), 0);
-    rt().block_on(assert_ledger_consistent(&s.db));
+    assert_ledger_consistent(&s.db);
 }
 
 #[test]
@@ -66,7 +63,7 @@ fn a_branch_that_refuses_to_prepare_aborts_every_branch() {
         .collect();
     assert_eq!(held, [0, 0]);
     assert_eq!(in_doubt(&s), 0);
-    rt().block_on(assert_ledger_consistent(&s.db));
+    assert_ledger_consistent(&s.db);
 }
 
 #[test]
@@ -133,7 +130,7 @@ fn a_crash_at_any_commit_leaves_nothing_in_doubt() {
                     BTreeMap::from([("alice".into(), 1_000), ("bob".into(), 1_000)])
                 ),
             }
-            rt().block_on(assert_ledger_consistent(&s.db));
+            assert_ledger_consistent(&s.db);
         }
         if !reached_any {
             assert!(
@@ -184,5 +181,5 @@ fn tcc_confirms_partially_and_cancels_on_decline() {
         .as_i64()
         .expect("held");
     assert_eq!(held, 0, "the cancel released the hold");
-    rt().block_on(assert_ledger_consistent(&s.db));
+    assert_ledger_consistent(&s.db);
 }

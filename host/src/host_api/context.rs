@@ -9,7 +9,7 @@ use crate::store::RunState;
 impl Host for RunState {
     async fn now_ms(&mut self) -> wasmtime::Result<u64> {
         let run = &mut self.run;
-        let (call, replayed) = run.begin_call();
+        let (call, replayed) = run.begin_call()?;
         if let Some(replayed) = replayed {
             return match replayed.first {
                 Event::Clock { ms, .. } => Ok(ms),
@@ -24,7 +24,7 @@ impl Host for RunState {
 
     async fn random_u64(&mut self) -> wasmtime::Result<u64> {
         let run = &mut self.run;
-        let (call, replayed) = run.begin_call();
+        let (call, replayed) = run.begin_call()?;
         if let Some(replayed) = replayed {
             return match replayed.first {
                 Event::Random { value, .. } => Ok(value),
@@ -39,7 +39,7 @@ impl Host for RunState {
 
     async fn log(&mut self, message: String) -> wasmtime::Result<()> {
         let run = &mut self.run;
-        let (call, replayed) = run.begin_call();
+        let (call, replayed) = run.begin_call()?;
         if let Some(replayed) = replayed {
             return match replayed.first {
                 Event::Log {

@@ -13,7 +13,7 @@ impl Host for RunState {
         wait_ms: u32,
     ) -> wasmtime::Result<Result<Lease, String>> {
         let run = &mut self.run;
-        let (call, replayed) = run.begin_call();
+        let (call, replayed) = run.begin_call()?;
         if let Some(replayed) = replayed {
             return match replayed.first {
                 Event::LockAcquired {
@@ -47,7 +47,25 @@ impl Host for RunState {
         }
         run.check_journal_room(1)?;
         let limits = &run.host.limits;
-        let event = if ttl_ms == 0
+        let refused = match &run.grant {
+            Some(grant) if !grant.allows_lock(&key) => Some(format!(
+                "workflow is not granted lock '{key}' (granted prefixes: {}); grant a prefix of it in the config's [workflows.<name>] lock_prefixes",
+                if grant.lock_prefixes.is_empty() {
+                    "none".to_owned()
+                } else {
+                    grant.lock_prefixes.join(", ")
+                }
+            )),
+            _ => None,
+        };
+        let event = if let Some(reason) = refused {
+            Event::LockFailed {
+                call,
+                key: key.clone(),
+                ttl_ms,
+                reason,
+            }
+        } else if ttl_ms == 0
             || ttl_ms > limits.lock_ttl_ms_max
             || key.is_empty()
             || key.len() > 256
@@ -109,7 +127,7 @@ impl Host for RunState {
 
     async fn release(&mut self, lease: Lease) -> wasmtime::Result<Result<(), String>> {
         let run = &mut self.run;
-        let (call, replayed) = run.begin_call();
+        let (call, replayed) = run.begin_call()?;
         if let Some(replayed) = replayed {
             return match replayed.first {
                 Event::LockReleased {

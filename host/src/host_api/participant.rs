@@ -17,7 +17,7 @@ impl Host for RunState {
         let run = &mut self.run;
         let action = CallSpec::from(action);
         let compensation = compensation.map(CallSpec::from);
-        let (call, replayed) = run.begin_call();
+        let (call, replayed) = run.begin_call()?;
         let made = || format!("step '{name}' ({}.{})", action.participant, action.action);
         let (before, fencing_tokens) = match replayed {
             Some(replayed) => {
@@ -141,7 +141,7 @@ impl Host for RunState {
         use crate::two_phase::{self, Known};
         let run = &mut self.run;
         let calls: Vec<CallSpec> = calls.into_iter().map(CallSpec::from).collect();
-        let (call, replayed) = run.begin_call();
+        let (call, replayed) = run.begin_call()?;
         let xid = format!("{}/2pc-{call}", run.log.run_id);
         let known = match replayed {
             Some(replayed) => {
@@ -174,7 +174,10 @@ impl Host for RunState {
                     xid: xid.clone(),
                     calls: calls.clone(),
                 };
-                if let Err(reason) = two_phase::check(&run.host, &calls) {
+                let granted = calls
+                    .iter()
+                    .try_for_each(|c| run.check_granted(&c.participant));
+                if let Err(reason) = granted.and_then(|()| two_phase::check(&run.host, &calls)) {
                     let outcome = Err(CallFailure::Rejected(reason.clone()));
                     let events = vec![
                         started,
@@ -217,7 +220,7 @@ impl Host for RunState {
         key: String,
     ) -> wasmtime::Result<Result<(String, u64), CallError>> {
         let run = &mut self.run;
-        let (call, replayed) = run.begin_call();
+        let (call, replayed) = run.begin_call()?;
         if let Some(replayed) = replayed {
             return match replayed.first {
                 Event::Read {
@@ -230,7 +233,10 @@ impl Host for RunState {
             };
         }
         run.check_journal_room(1)?;
-        let outcome = match run.host.participants.route_versioned(&participant) {
+        let routed = run
+            .check_granted(&participant)
+            .and_then(|()| run.host.participants.route_versioned(&participant));
+        let outcome = match routed {
             Ok(()) => run.host.participants.read(&key).await,
             Err(reason) => Err(CallFailure::Rejected(reason)),
         };
@@ -253,7 +259,7 @@ impl Host for RunState {
         value: String,
     ) -> wasmtime::Result<Result<u64, CallError>> {
         let run = &mut self.run;
-        let (call, replayed) = run.begin_call();
+        let (call, replayed) = run.begin_call()?;
         if let Some(replayed) = replayed {
             return match replayed.first {
                 Event::WriteIf {
@@ -274,9 +280,8 @@ impl Host for RunState {
         run.check_journal_room(1)?;
         let max = run.host.limits.payload_bytes_max;
         let checked = run
-            .host
-            .participants
-            .route_versioned(&participant)
+            .check_granted(&participant)
+            .and_then(|()| run.host.participants.route_versioned(&participant))
             .and_then(|()| {
                 if value.len() > max {
                     return Err(format!(
@@ -389,6 +394,7 @@ fn check_step(
             ));
         }
         run.host.participants.route(call)?;
+        run.check_granted(&call.participant)?;
     }
     Ok(())
 }

@@ -1,8 +1,11 @@
 //! The database lock backend: lease rows with an expiry and a per-key fencing token that only
-//! ever grows, in the journal's own database.
+//! ever grows, in the journal's own database (SQLite or PostgreSQL) or a SQLite file of their
+//! own. On PostgreSQL, expiry is timed by the database server's clock, so hosts whose clocks
+//! disagree still agree on when a lease has expired.
 
 use super::{Lease, LockError, LockService};
-use crate::db::Database;
+use crate::args;
+use crate::db::{Database, DbError, Dialect};
 use crate::journal::now_ms;
 use std::sync::Arc;
 
@@ -17,9 +20,9 @@ impl DatabaseLocks {
         DatabaseLocks { db }
     }
 
-    fn backend_error(&self, e: sqlx::Error) -> LockError {
+    fn backend_error(&self, e: DbError) -> LockError {
         LockError::Backend {
-            backend: format!("sqlite:{}", self.db.path().display()),
+            backend: self.db.describe(),
             reason: e.to_string(),
         }
     }
@@ -29,37 +32,53 @@ impl DatabaseLocks {
         key: &str,
         owner: &str,
         ttl_ms: u32,
-    ) -> Result<Result<Lease, String>, sqlx::Error> {
+    ) -> Result<Result<Lease, String>, DbError> {
         let (key, owner) = (key.to_owned(), owner.to_owned());
         self.db
-            .write(move |conn| {
+            .write(move |tx| {
                 Box::pin(async move {
-                    let now = now_ms();
-                    let expires_at_ms = now + u64::from(ttl_ms);
-                    let token: Option<i64> = sqlx::query_scalar(
-                        "INSERT INTO locks (key, owner, token, expires_at_ms) VALUES (?1, ?2, 1, ?3)
-                         ON CONFLICT (key) DO UPDATE SET owner = ?2, token = token + 1, expires_at_ms = ?3
-                         WHERE owner IS NULL OR expires_at_ms < ?4 OR owner = ?2
-                         RETURNING token",
-                    )
-                    .bind(&key)
-                    .bind(&owner)
-                    .bind(expires_at_ms as i64)
-                    .bind(now as i64)
-                    .fetch_optional(&mut *conn)
-                    .await?;
-                    Ok(match token {
-                        Some(token) => Ok(Lease {
+                    let ttl = i64::from(ttl_ms);
+                    let row = match tx.dialect() {
+                        Dialect::Sqlite => {
+                            let now = now_ms() as i64;
+                            tx.fetch_optional(
+                                "INSERT INTO locks (key, owner, token, expires_at_ms) VALUES ($1, $2, 1, $3 + $4)
+                                 ON CONFLICT (key) DO UPDATE SET owner = $2, token = locks.token + 1,
+                                                                 expires_at_ms = $3 + $4
+                                 WHERE locks.owner IS NULL OR locks.expires_at_ms < $3 OR locks.owner = $2
+                                 RETURNING token, expires_at_ms",
+                                args![&key, &owner, now, ttl],
+                            )
+                            .await?
+                        }
+                        Dialect::Postgres => {
+                            tx.fetch_optional(
+                                "INSERT INTO locks (key, owner, token, expires_at_ms)
+                                 VALUES ($1, $2, 1, CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) + $3)
+                                 ON CONFLICT (key) DO UPDATE SET owner = $2, token = locks.token + 1,
+                                     expires_at_ms = CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) + $3
+                                 WHERE locks.owner IS NULL
+                                    OR locks.expires_at_ms < CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)
+                                    OR locks.owner = $2
+                                 RETURNING token, expires_at_ms",
+                                args![&key, &owner, ttl],
+                            )
+                            .await?
+                        }
+                    };
+                    Ok(match row {
+                        Some(row) => Ok(Lease {
                             key,
                             owner,
-                            fencing_token: token as u64,
+                            fencing_token: row.int(0)? as u64,
                             ttl_ms,
-                            expires_at_ms,
+                            expires_at_ms: row.int(1)? as u64,
                         }),
-                        None => Err(sqlx::query_scalar("SELECT owner FROM locks WHERE key = ?")
-                            .bind(&key)
-                            .fetch_optional(&mut *conn)
+                        None => Err(tx
+                            .fetch_optional("SELECT owner FROM locks WHERE key = $1", args![&key])
                             .await?
+                            .map(|r| r.opt_text(0))
+                            .transpose()?
                             .flatten()
                             .unwrap_or_else(|| "another run".to_owned())),
                     })
@@ -68,23 +87,47 @@ impl DatabaseLocks {
             .await
     }
 
-    async fn update(&self, lease: Lease, expires_at_ms: u64) -> Result<bool, LockError> {
+    /// Extends (`extend`) or frees (`!extend`) `lease` if it is still the current grant of its
+    /// key; returns the new expiry, or `None` if the lease had passed to someone else.
+    async fn update(&self, lease: Lease, extend: bool) -> Result<Option<u64>, LockError> {
         self.db
-            .write(move |conn| {
+            .write(move |tx| {
                 Box::pin(async move {
-                    let owner = (expires_at_ms > 0).then_some(&lease.owner);
-                    let updated = sqlx::query(
-                        "UPDATE locks SET owner = ?, expires_at_ms = ? WHERE key = ? AND owner = ? AND token = ?",
-                    )
-                    .bind(owner)
-                    .bind(expires_at_ms as i64)
-                    .bind(&lease.key)
-                    .bind(&lease.owner)
-                    .bind(lease.fencing_token as i64)
-                    .execute(conn)
-                    .await?
-                    .rows_affected();
-                    Ok::<_, sqlx::Error>(updated == 1)
+                    let ttl = if extend { i64::from(lease.ttl_ms) } else { 0 };
+                    let token = lease.fencing_token as i64;
+                    let row = match (tx.dialect(), extend) {
+                        (_, false) => {
+                            tx.fetch_optional(
+                                "UPDATE locks SET owner = NULL, expires_at_ms = 0
+                                 WHERE key = $1 AND owner = $2 AND token = $3
+                                 RETURNING expires_at_ms",
+                                args![&lease.key, &lease.owner, token],
+                            )
+                            .await?
+                        }
+                        (Dialect::Sqlite, true) => {
+                            tx.fetch_optional(
+                                "UPDATE locks SET expires_at_ms = $1
+                                 WHERE key = $2 AND owner = $3 AND token = $4
+                                 RETURNING expires_at_ms",
+                                args![now_ms() as i64 + ttl, &lease.key, &lease.owner, token],
+                            )
+                            .await?
+                        }
+                        (Dialect::Postgres, true) => {
+                            tx.fetch_optional(
+                                "UPDATE locks SET expires_at_ms =
+                                     CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) + $1
+                                 WHERE key = $2 AND owner = $3 AND token = $4
+                                 RETURNING expires_at_ms",
+                                args![ttl, &lease.key, &lease.owner, token],
+                            )
+                            .await?
+                        }
+                    };
+                    row.map(|r| r.int(0).map(|ms| ms as u64))
+                        .transpose()
+                        .map_err(|e: DbError| e)
                 })
             })
             .await
@@ -94,7 +137,7 @@ impl DatabaseLocks {
 
 impl LockService for DatabaseLocks {
     fn describe(&self) -> String {
-        format!("sqlite:{}", self.db.path().display())
+        self.db.describe()
     }
 
     fn acquire<'a>(
@@ -113,19 +156,17 @@ impl LockService for DatabaseLocks {
 
     fn extend<'a>(&'a self, lease: &'a Lease) -> crate::BoxFuture<'a, Result<Lease, LockError>> {
         Box::pin(async move {
-            let expires_at_ms = now_ms() + u64::from(lease.ttl_ms);
-            if self.update(lease.clone(), expires_at_ms).await? {
-                Ok(Lease {
+            match self.update(lease.clone(), true).await? {
+                Some(expires_at_ms) => Ok(Lease {
                     expires_at_ms,
                     ..lease.clone()
-                })
-            } else {
-                Err(lease.lost())
+                }),
+                None => Err(lease.lost()),
             }
         })
     }
 
     fn release<'a>(&'a self, lease: &'a Lease) -> crate::BoxFuture<'a, Result<(), LockError>> {
-        Box::pin(async move { self.update(lease.clone(), 0).await.map(|_| ()) })
+        Box::pin(async move { self.update(lease.clone(), false).await.map(|_| ()) })
     }
 }

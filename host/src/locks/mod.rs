@@ -149,12 +149,16 @@ pub async fn connect(
     Ok(match backend {
         LockBackend::Journal => Box::new(DatabaseLocks::new(journal.clone())),
         LockBackend::Sqlite(path) => {
-            let db = crate::db::Database::open(path, crate::crash::CrashSwitch::default())
-                .await
-                .map_err(|e| LockError::Backend {
-                    backend: format!("sqlite:{}", path.display()),
-                    reason: e.to_string(),
-                })?;
+            let db = crate::db::Database::open(
+                &crate::db::Location::Sqlite(path.clone()),
+                crate::db::PoolSizes::default(),
+                crate::crash::CrashSwitch::default(),
+            )
+            .await
+            .map_err(|e| LockError::Backend {
+                backend: format!("sqlite:{}", path.display()),
+                reason: e.to_string(),
+            })?;
             Box::new(DatabaseLocks::new(std::sync::Arc::new(db)))
         }
         LockBackend::Redis(url) => Box::new(RedisLocks::new(url)?),

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use wasaga::crash::CrashPoint;
+use wasaga::db::Location;
 use wasaga::event::{Event, RunStatus};
 use wasaga::store::{Observer, no_observer};
 use wasaga::{Host, HostConfig, HostError, RunOutcome};
@@ -31,12 +32,13 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 struct Global {
-    /// The SQLite journal (created if missing). The ledger lives in it too unless --ledger says otherwise.
-    #[arg(long, global = true, env = "WASAGA_DB", default_value = "wasaga.db")]
-    db: PathBuf,
-    /// Keep the ledger in its own SQLite file instead of the journal's.
-    #[arg(long, global = true, env = "WASAGA_LEDGER")]
-    ledger: Option<PathBuf>,
+    /// The journal: a SQLite file (created if missing) or postgres://user@host:port/db. The
+    /// ledger lives in it too unless --ledger says otherwise.
+    #[arg(long, global = true, env = "WASAGA_DB", default_value = "wasaga.db", value_parser = Location::parse)]
+    db: Location,
+    /// Keep the ledger in a database of its own (a SQLite file or a postgres:// URL).
+    #[arg(long, global = true, env = "WASAGA_LEDGER", value_parser = Location::parse)]
+    ledger: Option<Location>,
     /// Where locks come from: `journal` (the journal's database), sqlite:<file>, or redis://host:port.
     #[arg(long, global = true, env = "WASAGA_LOCKS", default_value = "journal")]
     locks: wasaga::locks::LockBackend,
@@ -124,8 +126,8 @@ enum BenchCommand {
         )]
         module: PathBuf,
         /// The SQLite file to measure on: deleted and recreated.
-        #[arg(long, default_value = "target/bench/micro.db")]
-        journal: PathBuf,
+        #[arg(long, default_value = "target/bench/micro.db", value_parser = Location::parse)]
+        journal: Location,
     },
     /// Closed-loop transfer sagas (debit, credit, settle; every tenth compensated), then the
     /// workload's invariants. Uses a fresh journal; never the one given by --db.
@@ -145,9 +147,14 @@ enum BenchCommand {
             default_value = "target/guests/wasm32-wasip2/release/bench_transfer.wasm"
         )]
         module: PathBuf,
-        /// The SQLite file for the benchmark's journal and ledger: deleted and recreated.
-        #[arg(long, default_value = "target/bench/transfer.db")]
-        journal: PathBuf,
+        /// The benchmark's journal (and ledger): a SQLite file, deleted and recreated, or a
+        /// postgres:// URL, whose `wasaga_bench` schema (or the URL's ?schema=) is dropped and
+        /// recreated.
+        #[arg(long, default_value = "target/bench/transfer.db", value_parser = bench_location)]
+        journal: Location,
+        /// The benchmark's ledger, if not in the journal's database (emptied the same way).
+        #[arg(long, value_parser = bench_location)]
+        ledger: Option<Location>,
     },
 }
 
@@ -257,13 +264,20 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
             seed,
             module,
             journal,
-        }) => bench_transfer(g, *n, *c, *seed, module, journal).await,
+            ledger,
+        }) => bench_transfer(g, *n, *c, *seed, module, journal, ledger.as_ref()).await,
     }
+}
+
+/// A benchmark database: PostgreSQL URLs default to their own `wasaga_bench` schema, so a
+/// benchmark never empties the schema a real journal lives in.
+fn bench_location(text: &str) -> Result<Location, String> {
+    Location::parse_with_schema(text, "wasaga_bench")
 }
 
 fn config(g: &Global) -> HostConfig {
     let mut config = HostConfig::new(g.db.clone());
-    config.ledger_path = g.ledger.clone();
+    config.ledger = g.ledger.clone();
     config.limits.run_duration_ms_max = g.run_timeout_ms;
     config.limits.memory_bytes_max = (g.memory_mib as usize) << 20;
     config.limits.compensation_retries_max = g.compensation_retries;
@@ -281,9 +295,14 @@ async fn open(g: &Global) -> Result<Host, Failure> {
     Host::open(&config(g)).await.map_err(|e| anyhow!(e).into())
 }
 
-/// Only one process executes runs on a database at a time (two would both resume the same
-/// unfinished run). The lock is a file lock: the kernel drops it when the process dies.
-fn lock_executor(db: &Path) -> Result<std::fs::File, Failure> {
+/// Only one process executes runs on a SQLite file at a time: it holds a file lock beside it,
+/// which the kernel drops when the process dies, so the holder knows that every earlier
+/// executor is dead and may take over all their runs at once. On PostgreSQL many hosts share
+/// the journal and take over each other's runs through leases instead (`None`).
+fn lock_executor(location: &Location) -> Result<Option<std::fs::File>, Failure> {
+    let Location::Sqlite(db) = location else {
+        return Ok(None);
+    };
     let mut path = db.as_os_str().to_owned();
     path.push(".lock");
     let file = std::fs::OpenOptions::new()
@@ -300,7 +319,7 @@ fn lock_executor(db: &Path) -> Result<std::fs::File, Failure> {
         file.lock()
             .with_context(|| format!("cannot lock {}", PathBuf::from(&path).display()))?;
     }
-    Ok(file)
+    Ok(Some(file))
 }
 
 async fn run(g: &Global, args: &RunArgs) -> Result<u8, Failure> {
@@ -383,7 +402,7 @@ async fn sweep(g: &Global, host: &Host) -> Result<(), Failure> {
 async fn resume_quietly(g: &Global, host: &Host) -> Result<(), Failure> {
     sweep(g, host).await?;
     let outcomes = host
-        .resume_unfinished(no_observer())
+        .resume_unfinished(no_observer(), takeover_all(g))
         .await
         .map_err(host_failure)?;
     if !g.json {
@@ -395,6 +414,12 @@ async fn resume_quietly(g: &Global, host: &Host) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// Whether this process may take over every unfinished run: only on SQLite, where it holds
+/// the executor lock.
+fn takeover_all(g: &Global) -> bool {
+    matches!(g.db, Location::Sqlite(_))
 }
 
 fn exit_code(status: RunStatus) -> u8 {
@@ -518,7 +543,7 @@ async fn resume(g: &Global) -> Result<u8, Failure> {
     let host = open(g).await?;
     let observer = if g.json { no_observer() } else { printer() };
     let outcomes = host
-        .resume_unfinished(observer)
+        .resume_unfinished(observer, takeover_all(g))
         .await
         .map_err(host_failure)?;
     if g.json {
@@ -558,7 +583,11 @@ async fn runs_list(g: &Global, status: Option<&str>, limit: u32) -> Result<u8, F
     let host = open(g).await?;
     let runs = host
         .journal()
-        .runs(status, limit)
+        .runs(wasaga::journal::RunFilter {
+            status,
+            workflow: None,
+            limit,
+        })
         .await
         .map_err(|e| anyhow!(e))?;
     if g.json {
@@ -812,10 +841,7 @@ async fn ledger(g: &Global, command: &LedgerCommand) -> Result<u8, Failure> {
 }
 
 async fn list_accounts(db: &wasaga::db::Database) -> Result<Vec<wasaga::ledger::Account>, Failure> {
-    let mut conn = db.readers().acquire().await.map_err(|e| anyhow!(e))?;
-    Ok(wasaga::ledger::accounts(&mut conn)
-        .await
-        .map_err(|e| anyhow!(e))?)
+    Ok(wasaga::ledger::list(db).await.map_err(|e| anyhow!(e))?)
 }
 
 async fn validate(g: &Global, module: &Path) -> Result<u8, Failure> {
@@ -841,8 +867,8 @@ async fn validate(g: &Global, module: &Path) -> Result<u8, Failure> {
     Ok(0)
 }
 
-/// Reads the benchmark module and prepares the benchmark's own journal path.
-fn bench_files(g: &Global, module: &Path, journal: &Path) -> Result<Vec<u8>, Failure> {
+/// Reads the benchmark module and prepares the benchmark's own journal.
+fn bench_files(g: &Global, module: &Path, journal: &Location) -> Result<Vec<u8>, Failure> {
     let bytes = std::fs::read(module)
         .with_context(|| {
             format!(
@@ -851,12 +877,14 @@ fn bench_files(g: &Global, module: &Path, journal: &Path) -> Result<Vec<u8>, Fai
             )
         })
         .map_err(usage)?;
-    if journal == g.db {
+    if *journal == g.db {
         return Err(usage(anyhow!(
-            "the benchmark deletes its journal first; give --journal a file other than --db"
+            "the benchmark empties its journal first; give --journal a database other than --db"
         )));
     }
-    if let Some(dir) = journal.parent().filter(|d| !d.as_os_str().is_empty()) {
+    if let Location::Sqlite(path) = journal
+        && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+    {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     Ok(bytes)
@@ -869,7 +897,7 @@ async fn bench_locks(
     c: u32,
     scratch: &Path,
 ) -> Result<u8, Failure> {
-    if scratch == g.db {
+    if Location::Sqlite(scratch.to_owned()) == g.db {
         return Err(usage(anyhow!(
             "the lock benchmark deletes its scratch file; give --scratch a file other than --db"
         )));
@@ -900,11 +928,15 @@ async fn bench_locks(
     Ok(0)
 }
 
-async fn bench_micro(g: &Global, module: &Path, journal: &Path) -> Result<u8, Failure> {
+async fn bench_micro(g: &Global, module: &Path, journal: &Location) -> Result<u8, Failure> {
     let bytes = bench_files(g, module, journal)?;
-    let report = wasaga::bench::micro(journal.to_owned(), bytes)
-        .await
-        .map_err(host_failure)?;
+    let report = wasaga::bench::micro(
+        journal.clone(),
+        HostConfig::new(journal.clone()).cache_dir,
+        bytes,
+    )
+    .await
+    .map_err(host_failure)?;
     if g.json {
         println!(
             "{}",
@@ -934,15 +966,26 @@ async fn bench_transfer(
     c: u32,
     seed: u64,
     module: &Path,
-    journal: &Path,
+    journal: &Location,
+    ledger: Option<&Location>,
 ) -> Result<u8, Failure> {
     let bytes = bench_files(g, module, journal)?;
+    if let Some(ledger) = ledger {
+        bench_files(g, module, ledger)?;
+    }
     let progress: Option<Arc<dyn Fn(u32) + Send + Sync>> = if g.json {
         None
     } else {
+        let durability = match journal {
+            Location::Sqlite(_) => "synchronous=FULL",
+            Location::Postgres { .. } => "synchronous_commit=on",
+        };
         eprintln!(
-            "transfer-saga: n={n} c={c} seed={seed} journal=sqlite:{} (synchronous=FULL)",
-            journal.display()
+            "transfer-saga: n={n} c={c} seed={seed} journal={}{} ({durability})",
+            journal.describe(),
+            ledger
+                .map(|l| format!(" ledger={}", l.describe()))
+                .unwrap_or_default()
         );
         Some(Arc::new(move |done| {
             let width = 40;
@@ -958,7 +1001,9 @@ async fn bench_transfer(
         n,
         c,
         seed,
-        journal_path: journal.to_owned(),
+        journal: journal.clone(),
+        ledger: ledger.cloned(),
+        cache_dir: HostConfig::new(journal.clone()).cache_dir,
         module: bytes,
         progress,
     })

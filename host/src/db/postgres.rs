@@ -1,0 +1,307 @@
+//! The PostgreSQL database (sqlx), for many hosts sharing one journal. Every write is its own
+//! transaction on a pooled connection; with `synchronous_commit=on` (the server default,
+//! never relaxed here) a commit returns once its WAL is flushed, and the server flushes
+//! concurrent commits together. wasaga's tables live in their own schema (`wasaga` unless the
+//! URL says `?schema=`), which every pooled connection has as its search path.
+
+use super::{Arg, DbError, Dialect, Location, OpenError, Row, Tx, Value, Work};
+use crate::BoxFuture;
+use crate::crash::CrashSwitch;
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Column, Connection, PgConnection, Row as _, TypeInfo, ValueRef};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Schema migrations, applied in order and recorded in `schema_version`.
+const MIGRATIONS: &[&str] = &[include_str!("../../schema/postgres/0001_initial.sql")];
+
+/// How long a caller waits for a pooled connection before the database counts as unavailable.
+const ACQUIRE_TIMEOUT_MS: u64 = 10_000;
+
+/// A PostgreSQL database.
+#[derive(Debug)]
+pub struct PostgresDatabase {
+    location: Location,
+    pool: PgPool,
+    crash: CrashSwitch,
+}
+
+impl PostgresDatabase {
+    /// Connects, creates the schema and migrates it (one host at a time), and keeps a pool of
+    /// up to `connections_max` connections.
+    pub async fn open(
+        url: &str,
+        schema: &str,
+        connections_max: u32,
+        crash: CrashSwitch,
+    ) -> Result<Self, OpenError> {
+        let location = Location::Postgres {
+            url: url.to_owned(),
+            schema: schema.to_owned(),
+        };
+        let open_error = |cause: String| OpenError {
+            database: location.describe(),
+            cause,
+            hint: "check that the server is running, reachable, and that the user may create tables",
+        };
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| open_error(e.to_string()))?
+            .options([("search_path", schema)]);
+        let mut conn = PgConnection::connect_with(&options)
+            .await
+            .map_err(|e| open_error(e.to_string()))?;
+        migrate(&mut conn, schema)
+            .await
+            .map_err(|e| open_error(e.to_string()))?;
+        conn.close().await.map_err(|e| open_error(e.to_string()))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(connections_max.max(1))
+            .acquire_timeout(Duration::from_millis(ACQUIRE_TIMEOUT_MS))
+            .connect_lazy_with(options);
+        Ok(PostgresDatabase {
+            location,
+            pool,
+            crash,
+        })
+    }
+
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    fn error(&self, e: impl std::fmt::Display) -> DbError {
+        DbError::Statement {
+            database: self.location.describe(),
+            reason: e.to_string(),
+        }
+    }
+
+    pub(super) async fn write<T, E>(&self, work: Work<T, E>) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+    {
+        // sqlx's transaction rolls back if this future is dropped half-way, so a cancelled
+        // caller never leaves a pooled connection inside a transaction.
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| E::from(self.error(e)))?;
+        let database = self.location.describe();
+        let result = {
+            let mut pg = PgTx {
+                conn: &mut tx,
+                database: &database,
+            };
+            work(&mut pg).await
+        };
+        match result {
+            Ok(value) => {
+                self.crash.before_commit();
+                tx.commit().await.map_err(|e| {
+                    E::from(DbError::Commit {
+                        database: database.clone(),
+                        reason: e.to_string(),
+                    })
+                })?;
+                self.crash.after_commit();
+                Ok(value)
+            }
+            Err(error) => {
+                // Rolling back can only fail if the connection is gone, which ends the
+                // transaction as well.
+                let _ = tx.rollback().await;
+                Err(error)
+            }
+        }
+    }
+
+    pub(super) async fn read<T, E>(&self, work: Work<T, E>) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+    {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| E::from(self.error(e)))?;
+        let database = self.location.describe();
+        let mut tx = conn.begin().await.map_err(|e| E::from(self.error(e)))?;
+        let result = {
+            let mut pg = PgTx {
+                conn: &mut tx,
+                database: &database,
+            };
+            work(&mut pg).await
+        };
+        let _ = tx.rollback().await;
+        result
+    }
+}
+
+/// Drops `schema` and everything in it.
+pub(super) async fn drop_schema(url: &str, schema: &str) -> Result<(), OpenError> {
+    let describe = Location::Postgres {
+        url: url.to_owned(),
+        schema: schema.to_owned(),
+    }
+    .describe();
+    let open_error = |e: sqlx::Error| OpenError {
+        database: describe.clone(),
+        cause: e.to_string(),
+        hint: "check that the server is running and reachable",
+    };
+    let mut conn = PgConnection::connect(url).await.map_err(open_error)?;
+    // The schema name was validated (lowercase letters, digits, '_') when it was parsed.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE"
+    )))
+    .execute(&mut conn)
+    .await
+    .map_err(open_error)?;
+    conn.close().await.map_err(open_error)
+}
+
+/// Creates the schema and applies missing migrations, holding an advisory lock so that hosts
+/// starting together migrate one after the other.
+async fn migrate(conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('wasaga-migrate:' || $1))")
+        .bind(schema)
+        .execute(&mut *tx)
+        .await?;
+    // The schema name was validated (lowercase letters, digits, '_') when it was parsed.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema};
+         CREATE TABLE IF NOT EXISTS {schema}.schema_version (version BIGINT NOT NULL)"
+    )))
+    .execute(&mut *tx)
+    .await?;
+    let version: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_version")
+        .fetch_one(&mut *tx)
+        .await?;
+    let version = version.unwrap_or(0);
+    for (index, migration) in MIGRATIONS.iter().enumerate() {
+        let target = index as i64 + 1;
+        if version >= target {
+            continue;
+        }
+        sqlx::raw_sql(*migration).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
+            .bind(target)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await
+}
+
+/// A transaction on a pooled connection.
+struct PgTx<'c> {
+    conn: &'c mut PgConnection,
+    database: &'c str,
+}
+
+impl PgTx<'_> {
+    fn error(&self, e: sqlx::Error) -> DbError {
+        DbError::Statement {
+            database: self.database.to_owned(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+fn query<'a>(
+    sql: &'static str,
+    args: &'a [Arg<'a>],
+) -> sqlx::query::Query<'a, sqlx::Postgres, PgArguments> {
+    let mut query = sqlx::query(sql);
+    for arg in args {
+        query = match *arg {
+            Arg::Int(v) => query.bind(v),
+            Arg::Text(v) => query.bind(v),
+            Arg::Blob(v) => query.bind(v),
+            Arg::OptInt(v) => query.bind(v),
+            Arg::OptText(v) => query.bind(v),
+        };
+    }
+    query
+}
+
+fn row_of(row: &PgRow) -> Result<Row, DbError> {
+    let decode = |e: sqlx::Error| DbError::Decode(e.to_string());
+    let mut values = Vec::with_capacity(row.len());
+    for (index, column) in row.columns().iter().enumerate() {
+        if row.try_get_raw(index).map_err(decode)?.is_null() {
+            values.push(Value::Null);
+            continue;
+        }
+        let value = match column.type_info().name() {
+            "INT8" => Value::Int(row.try_get::<i64, _>(index).map_err(decode)?),
+            "INT4" => Value::Int(i64::from(row.try_get::<i32, _>(index).map_err(decode)?)),
+            "INT2" => Value::Int(i64::from(row.try_get::<i16, _>(index).map_err(decode)?)),
+            "BOOL" => Value::Int(i64::from(row.try_get::<bool, _>(index).map_err(decode)?)),
+            "TEXT" | "VARCHAR" | "NAME" | "BPCHAR" => {
+                Value::Text(row.try_get::<String, _>(index).map_err(decode)?)
+            }
+            "BYTEA" => Value::Blob(row.try_get::<Vec<u8>, _>(index).map_err(decode)?),
+            other => {
+                return Err(DbError::Decode(format!(
+                    "column {} has type {other}, which wasaga does not read",
+                    column.name()
+                )));
+            }
+        };
+        values.push(value);
+    }
+    Ok(Row(values))
+}
+
+impl Tx for PgTx<'_> {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
+    fn execute<'a>(
+        &'a mut self,
+        sql: &'static str,
+        args: &'a [Arg<'a>],
+    ) -> BoxFuture<'a, Result<u64, DbError>> {
+        Box::pin(async move {
+            query(sql, args)
+                .execute(&mut *self.conn)
+                .await
+                .map(|done| done.rows_affected())
+                .map_err(|e| self.error(e))
+        })
+    }
+
+    fn fetch_optional<'a>(
+        &'a mut self,
+        sql: &'static str,
+        args: &'a [Arg<'a>],
+    ) -> BoxFuture<'a, Result<Option<Row>, DbError>> {
+        Box::pin(async move {
+            let row = query(sql, args)
+                .fetch_optional(&mut *self.conn)
+                .await
+                .map_err(|e| self.error(e))?;
+            row.as_ref().map(row_of).transpose()
+        })
+    }
+
+    fn fetch_all<'a>(
+        &'a mut self,
+        sql: &'static str,
+        args: &'a [Arg<'a>],
+    ) -> BoxFuture<'a, Result<Vec<Row>, DbError>> {
+        Box::pin(async move {
+            let rows = query(sql, args)
+                .fetch_all(&mut *self.conn)
+                .await
+                .map_err(|e| self.error(e))?;
+            rows.iter().map(row_of).collect()
+        })
+    }
+}

@@ -1,0 +1,636 @@
+//! The embedded SQLite database (WAL, `synchronous=FULL`), on rusqlite.
+//!
+//! One writer thread owns the only write connection. It takes every job waiting in its queue,
+//! runs each inside its own savepoint of one transaction and commits once: one fsync for the
+//! whole batch (group commit). A job whose work fails is rolled back to its savepoint without
+//! touching the others, and no job's caller hears back before the transaction holding its work
+//! is durable. Jobs run on the writer thread itself, statement after statement, with no
+//! hand-off between threads per statement: that hand-off is what dominated the profile when
+//! this went through sqlx's SQLite driver (see ARCHITECTURE.md).
+//!
+//! Reads run on reader threads, each with its own read-only connection. A checkpointer thread
+//! copies the WAL back into the database file in the background, so the writer never stops to
+//! checkpoint. Every commit passes the crash switch, so crash tests can die right before or
+//! after it.
+
+use super::{Arg, DbError, Dialect, Location, OpenError, Row, Tx, Value, Work};
+use crate::BoxFuture;
+use crate::crash::CrashSwitch;
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OpenFlags};
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Schema migrations, applied in order and recorded in `PRAGMA user_version`.
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../schema/sqlite/0001_initial.sql"),
+    include_str!("../../schema/sqlite/0002_fences_and_registers.sql"),
+    include_str!("../../schema/sqlite/0003_two_phase.sql"),
+    include_str!("../../schema/sqlite/0004_ownership_and_registry.sql"),
+];
+
+/// Jobs waiting for the writer; senders wait when it is full.
+const WRITE_QUEUE_MAX: usize = 4096;
+/// Jobs committed together at most.
+const BATCH_JOBS_MAX: usize = 512;
+/// Read jobs waiting for a reader.
+const READ_QUEUE_MAX: usize = 1024;
+/// Reader threads, each with its own connection.
+const READERS: usize = 2;
+/// Prepared statements each connection keeps.
+const STATEMENT_CACHE_MAX: usize = 256;
+/// How often the checkpointer copies the WAL into the database file.
+const CHECKPOINT_INTERVAL_MS: u64 = 200;
+/// A WAL larger than this is checkpointed with RESTART (writers wait briefly) so that it
+/// cannot grow without bound under a constant stream of readers.
+const WAL_BYTES_RESTART: u64 = 256 << 20;
+/// How long a connection waits for another process's lock before failing.
+const BUSY_TIMEOUT_MS: u64 = 30_000;
+
+/// A SQLite database: the writer's queue and the readers' queue.
+#[derive(Debug)]
+pub struct SqliteDatabase {
+    location: Location,
+    writes: mpsc::Sender<Box<dyn ErasedJob>>,
+    reads: mpsc::Sender<Box<dyn ErasedJob>>,
+    /// Dropping it stops the checkpointer.
+    _checkpoints: std::sync::mpsc::Sender<()>,
+}
+
+impl SqliteDatabase {
+    /// Opens (creating and migrating if needed) the database at `path` and starts its threads.
+    pub async fn open(path: &Path, crash: CrashSwitch) -> Result<Self, OpenError> {
+        let owned = path.to_owned();
+        let opened = tokio::task::spawn_blocking(move || open_connections(&owned))
+            .await
+            .map_err(|e| OpenError {
+                database: format!("sqlite:{}", path.display()),
+                cause: e.to_string(),
+                hint: "the opening thread failed",
+            })??;
+        let (writer, readers, checkpointer) = opened;
+        let name = format!("sqlite:{}", path.display());
+        let (writes, write_queue) = mpsc::channel(WRITE_QUEUE_MAX);
+        let (reads, read_queue) = mpsc::channel(READ_QUEUE_MAX);
+        let spawn_error = |e: std::io::Error| OpenError {
+            database: name.clone(),
+            cause: e.to_string(),
+            hint: "the host could not start a database thread",
+        };
+        {
+            let name = name.clone();
+            std::thread::Builder::new()
+                .name("wasaga-sqlite-writer".into())
+                .spawn(move || write_loop(writer, write_queue, crash, name))
+                .map_err(spawn_error)?;
+        }
+        let read_queue = Arc::new(Mutex::new(read_queue));
+        for (index, reader) in readers.into_iter().enumerate() {
+            let (queue, name) = (read_queue.clone(), name.clone());
+            std::thread::Builder::new()
+                .name(format!("wasaga-sqlite-reader-{index}"))
+                .spawn(move || read_loop(reader, queue, name))
+                .map_err(spawn_error)?;
+        }
+        let (checkpoints, ticks) = std::sync::mpsc::channel();
+        let wal = wal_path(path);
+        std::thread::Builder::new()
+            .name("wasaga-sqlite-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpointer, ticks, wal))
+            .map_err(spawn_error)?;
+        Ok(SqliteDatabase {
+            location: Location::Sqlite(path.to_owned()),
+            writes,
+            reads,
+            _checkpoints: checkpoints,
+        })
+    }
+
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    fn closed(&self) -> DbError {
+        DbError::Closed(self.location.describe())
+    }
+
+    pub(super) async fn write<T, E>(&self, work: Work<T, E>) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        self.writes
+            .send(Box::new(TypedJob { work, reply }))
+            .await
+            .map_err(|_| E::from(self.closed()))?;
+        answer.await.map_err(|_| E::from(self.closed()))?
+    }
+
+    pub(super) async fn read<T, E>(&self, work: Work<T, E>) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        self.reads
+            .send(Box::new(TypedJob { work, reply }))
+            .await
+            .map_err(|_| E::from(self.closed()))?;
+        answer.await.map_err(|_| E::from(self.closed()))?
+    }
+}
+
+fn wal_path(path: &Path) -> PathBuf {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    PathBuf::from(wal)
+}
+
+type Opened = (Connection, Vec<Connection>, Connection);
+
+/// Opens the writer (migrating the schema), the readers and the checkpointer's connection.
+fn open_connections(path: &Path) -> Result<Opened, OpenError> {
+    let open_error = |e: rusqlite::Error| OpenError {
+        database: format!("sqlite:{}", path.display()),
+        cause: e.to_string(),
+        hint: "check that its directory exists and is writable",
+    };
+    let read_write = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut writer = Connection::open_with_flags(path, read_write).map_err(open_error)?;
+    writer
+        .busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))
+        .map_err(open_error)?;
+    // WAL with synchronous=FULL: a commit is durable once its WAL frames are fsynced. The
+    // checkpointer thread does the checkpoints; the writer's own automatic checkpoint is only
+    // a backstop should that thread fall far behind.
+    writer
+        .execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             PRAGMA foreign_keys = ON;
+             PRAGMA wal_autocheckpoint = 50000;
+             PRAGMA journal_size_limit = 67108864;
+             PRAGMA cache_size = -32768;",
+        )
+        .map_err(open_error)?;
+    let mode: String = writer
+        .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+        .map_err(open_error)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(OpenError {
+            database: format!("sqlite:{}", path.display()),
+            cause: format!("journal_mode is {mode}, not wal"),
+            hint: "put the database on a local file system that supports shared memory",
+        });
+    }
+    writer.set_prepared_statement_cache_capacity(STATEMENT_CACHE_MAX);
+    migrate(&mut writer).map_err(open_error)?;
+
+    let mut readers = Vec::with_capacity(READERS);
+    for _ in 0..READERS {
+        let reader = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_error)?;
+        reader
+            .busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))
+            .map_err(open_error)?;
+        reader.set_prepared_statement_cache_capacity(STATEMENT_CACHE_MAX);
+        readers.push(reader);
+    }
+    let checkpointer = Connection::open_with_flags(path, read_write).map_err(open_error)?;
+    checkpointer
+        .busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))
+        .map_err(open_error)?;
+    checkpointer
+        .execute_batch("PRAGMA synchronous = FULL;")
+        .map_err(open_error)?;
+    Ok((writer, readers, checkpointer))
+}
+
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    for (index, migration) in MIGRATIONS.iter().enumerate() {
+        let target = index as i64 + 1;
+        if version >= target {
+            continue;
+        }
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // Another process may have migrated while this one waited for the write lock.
+        let now: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+        if now < target {
+            tx.execute_batch(migration)?;
+            tx.execute_batch(&format!("PRAGMA user_version = {target}"))?;
+        }
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// What the writer calls once a job's transaction has committed (or failed to).
+type Deliver = Box<dyn FnOnce(Result<(), DbError>) + Send>;
+
+/// A job with its result type erased, so one queue carries them all.
+trait ErasedJob: Send {
+    /// Runs the work; returns whether it succeeded and how to deliver its result.
+    fn run(self: Box<Self>, tx: &mut SqliteTx<'_>) -> (bool, Deliver);
+    /// Fails the job without running it.
+    fn fail(self: Box<Self>, error: DbError);
+}
+
+struct TypedJob<T, E> {
+    work: Work<T, E>,
+    reply: oneshot::Sender<Result<T, E>>,
+}
+
+impl<T, E> ErasedJob for TypedJob<T, E>
+where
+    T: Send + 'static,
+    E: From<DbError> + Send + 'static,
+{
+    fn run(self: Box<Self>, tx: &mut SqliteTx<'_>) -> (bool, Deliver) {
+        let TypedJob { work, reply } = *self;
+        let database = tx.database.to_owned();
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| now(work(tx))));
+        let result: Result<T, E> = match outcome {
+            Ok(Some(result)) => result,
+            Ok(None) => Err(E::from(DbError::Statement {
+                database,
+                reason: "a SQLite job waited on something other than the database".to_owned(),
+            })),
+            Err(panic) => Err(E::from(DbError::Statement {
+                database,
+                reason: format!("a database job panicked: {}", panic_message(&panic)),
+            })),
+        };
+        let ok = result.is_ok();
+        let deliver: Deliver = Box::new(move |committed| {
+            let result = match committed {
+                Err(error) if ok => Err(E::from(error)),
+                _ => result,
+            };
+            // A caller that stopped waiting does not need its answer.
+            let _ = reply.send(result);
+        });
+        (ok, deliver)
+    }
+
+    fn fail(self: Box<Self>, error: DbError) {
+        let _ = self.reply.send(Err(E::from(error)));
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
+}
+
+/// Polls a future that never waits (SQLite statements run synchronously) to its end.
+fn now<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(value) => Some(value),
+        Poll::Pending => None,
+    }
+}
+
+/// The writer thread: batches jobs into transactions until every sender is gone.
+fn write_loop(
+    mut conn: Connection,
+    mut queue: mpsc::Receiver<Box<dyn ErasedJob>>,
+    crash: CrashSwitch,
+    database: String,
+) {
+    let mut sql = SqlCache::default();
+    let mut batch: Vec<Box<dyn ErasedJob>> = Vec::with_capacity(BATCH_JOBS_MAX);
+    while let Some(first) = queue.blocking_recv() {
+        batch.push(first);
+        while batch.len() < BATCH_JOBS_MAX {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        run_batch(&mut conn, &mut sql, &mut batch, &crash, &database);
+    }
+}
+
+fn run_batch(
+    conn: &mut Connection,
+    sql: &mut SqlCache,
+    batch: &mut Vec<Box<dyn ErasedJob>>,
+    crash: &CrashSwitch,
+    database: &str,
+) {
+    let failed = |reason: String| DbError::Commit {
+        database: database.to_owned(),
+        reason,
+    };
+    if let Err(e) = plain(conn, "BEGIN IMMEDIATE") {
+        for job in batch.drain(..) {
+            job.fail(failed(format!("cannot begin a write transaction: {e}")));
+        }
+        return;
+    }
+    let mut delivers: Vec<Deliver> = Vec::with_capacity(batch.len());
+    let mut jobs = batch.drain(..);
+    while let Some(job) = jobs.next() {
+        if let Err(e) = plain(conn, "SAVEPOINT job") {
+            job.fail(failed(format!("cannot open a savepoint: {e}")));
+            continue;
+        }
+        let (ok, deliver) = {
+            let mut tx = SqliteTx {
+                conn: &mut *conn,
+                sql: &mut *sql,
+                database,
+            };
+            job.run(&mut tx)
+        };
+        let end = if ok {
+            plain(conn, "RELEASE job")
+        } else {
+            plain(conn, "ROLLBACK TO job").and_then(|()| plain(conn, "RELEASE job"))
+        };
+        delivers.push(deliver);
+        if let Err(e) = end {
+            // The savepoint machinery itself failed: nothing in this batch can be trusted.
+            let _ = plain(conn, "ROLLBACK");
+            let reason = format!("write transaction failed: {e}");
+            for deliver in delivers {
+                deliver(Err(failed(reason.clone())));
+            }
+            for job in jobs {
+                job.fail(failed(reason.clone()));
+            }
+            return;
+        }
+    }
+    drop(jobs);
+    crash.before_commit();
+    let committed = plain(conn, "COMMIT").map_err(|e| {
+        let _ = plain(conn, "ROLLBACK");
+        failed(e.to_string())
+    });
+    if committed.is_ok() {
+        crash.after_commit();
+    }
+    for deliver in delivers {
+        deliver(committed.clone());
+    }
+}
+
+/// Runs a statement that takes no arguments, through the statement cache.
+fn plain(conn: &Connection, statement: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(statement)?.raw_execute().map(|_| ())
+}
+
+/// A reader thread: runs read jobs, each in its own read transaction (one snapshot).
+fn read_loop(
+    mut conn: Connection,
+    queue: Arc<Mutex<mpsc::Receiver<Box<dyn ErasedJob>>>>,
+    database: String,
+) {
+    let mut sql = SqlCache::default();
+    loop {
+        let job = {
+            let mut queue = match queue.lock() {
+                Ok(queue) => queue,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            queue.blocking_recv()
+        };
+        let Some(job) = job else { return };
+        if let Err(e) = plain(&conn, "BEGIN") {
+            job.fail(DbError::Statement {
+                database: database.clone(),
+                reason: format!("cannot begin a read transaction: {e}"),
+            });
+            continue;
+        }
+        let (_, deliver) = {
+            let mut tx = SqliteTx {
+                conn: &mut conn,
+                sql: &mut sql,
+                database: &database,
+            };
+            job.run(&mut tx)
+        };
+        let _ = plain(&conn, "COMMIT");
+        deliver(Ok(()));
+    }
+}
+
+/// The checkpointer thread: copies committed WAL frames into the database file until the
+/// database is dropped.
+fn checkpoint_loop(conn: Connection, ticks: std::sync::mpsc::Receiver<()>, wal: PathBuf) {
+    loop {
+        match ticks.recv_timeout(Duration::from_millis(CHECKPOINT_INTERVAL_MS)) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+        let large = std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_BYTES_RESTART);
+        let mode = if large { "RESTART" } else { "PASSIVE" };
+        // A checkpoint that cannot run now (busy) runs at the next tick; it is never needed
+        // for durability, only to keep the WAL short.
+        let _ = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()));
+    }
+}
+
+/// `$N` placeholders rewritten as SQLite's `?N`, once per statement text.
+#[derive(Default)]
+struct SqlCache {
+    translated: HashMap<&'static str, Box<str>>,
+}
+
+impl SqlCache {
+    fn get(&mut self, sql: &'static str) -> &str {
+        self.translated
+            .entry(sql)
+            .or_insert_with(|| translate_placeholders(sql).into_boxed_str())
+    }
+}
+
+/// Rewrites `$1` as `?1` outside string literals.
+fn translate_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut quoted = false;
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                quoted = !quoted;
+                out.push(c);
+            }
+            '$' if !quoted && chars.peek().is_some_and(char::is_ascii_digit) => out.push('?'),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// A transaction on the writer's or a reader's connection.
+pub struct SqliteTx<'c> {
+    conn: &'c mut Connection,
+    sql: &'c mut SqlCache,
+    database: &'c str,
+}
+
+impl SqliteTx<'_> {
+    fn error(&self, e: rusqlite::Error) -> DbError {
+        DbError::Statement {
+            database: self.database.to_owned(),
+            reason: e.to_string(),
+        }
+    }
+
+    fn prepared(
+        &mut self,
+        sql: &'static str,
+        args: &[Arg<'_>],
+    ) -> Result<rusqlite::CachedStatement<'_>, DbError> {
+        let text = self.sql.get(sql);
+        let mut statement = match self.conn.prepare_cached(text) {
+            Ok(statement) => statement,
+            Err(e) => {
+                return Err(DbError::Statement {
+                    database: self.database.to_owned(),
+                    reason: format!("{e} in: {sql}"),
+                });
+            }
+        };
+        assert_eq!(
+            statement.parameter_count(),
+            args.len(),
+            "statement takes {} arguments but was given {}: {sql}",
+            statement.parameter_count(),
+            args.len()
+        );
+        for (index, arg) in args.iter().enumerate() {
+            let bound = match *arg {
+                Arg::Int(v) => statement.raw_bind_parameter(index + 1, v),
+                Arg::Text(v) => statement.raw_bind_parameter(index + 1, v),
+                Arg::Blob(v) => statement.raw_bind_parameter(index + 1, v),
+                Arg::OptInt(v) => statement.raw_bind_parameter(index + 1, v),
+                Arg::OptText(v) => statement.raw_bind_parameter(index + 1, v),
+            };
+            if let Err(e) = bound {
+                return Err(DbError::Statement {
+                    database: self.database.to_owned(),
+                    reason: format!("cannot bind argument {}: {e}", index + 1),
+                });
+            }
+        }
+        Ok(statement)
+    }
+
+    fn execute_now(&mut self, sql: &'static str, args: &[Arg<'_>]) -> Result<u64, DbError> {
+        let mut statement = self.prepared(sql, args)?;
+        let changed = statement.raw_execute();
+        drop(statement);
+        changed.map(|n| n as u64).map_err(|e| self.error(e))
+    }
+
+    fn fetch_now(
+        &mut self,
+        sql: &'static str,
+        args: &[Arg<'_>],
+        limit: usize,
+    ) -> Result<Vec<Row>, DbError> {
+        let mut statement = self.prepared(sql, args)?;
+        let columns = statement.column_count();
+        let mut rows = statement.raw_query();
+        let mut out = Vec::new();
+        let result = loop {
+            if out.len() == limit {
+                break Ok(());
+            }
+            match rows.next() {
+                Ok(Some(row)) => match row_values(row, columns) {
+                    Ok(values) => out.push(Row(values)),
+                    Err(e) => break Err(e),
+                },
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        drop(rows);
+        drop(statement);
+        result.map(|()| out).map_err(|e| self.error(e))
+    }
+}
+
+fn row_values(row: &rusqlite::Row<'_>, columns: usize) -> rusqlite::Result<Vec<Value>> {
+    let mut values = Vec::with_capacity(columns);
+    for index in 0..columns {
+        values.push(match row.get_ref(index)? {
+            ValueRef::Null => Value::Null,
+            ValueRef::Integer(v) => Value::Int(v),
+            ValueRef::Text(v) => Value::Text(String::from_utf8_lossy(v).into_owned()),
+            ValueRef::Blob(v) => Value::Blob(v.to_vec()),
+            // The schema stores no floating point; a computed one is truncated.
+            ValueRef::Real(v) => Value::Int(v as i64),
+        });
+    }
+    Ok(values)
+}
+
+impl Tx for SqliteTx<'_> {
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+
+    fn execute<'a>(
+        &'a mut self,
+        sql: &'static str,
+        args: &'a [Arg<'a>],
+    ) -> BoxFuture<'a, Result<u64, DbError>> {
+        Box::pin(std::future::ready(self.execute_now(sql, args)))
+    }
+
+    fn fetch_optional<'a>(
+        &'a mut self,
+        sql: &'static str,
+        args: &'a [Arg<'a>],
+    ) -> BoxFuture<'a, Result<Option<Row>, DbError>> {
+        let rows = self.fetch_now(sql, args, 1);
+        Box::pin(std::future::ready(rows.map(|rows| rows.into_iter().next())))
+    }
+
+    fn fetch_all<'a>(
+        &'a mut self,
+        sql: &'static str,
+        args: &'a [Arg<'a>],
+    ) -> BoxFuture<'a, Result<Vec<Row>, DbError>> {
+        Box::pin(std::future::ready(self.fetch_now(sql, args, usize::MAX)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_become_sqlite_style_outside_literals() {
+        assert_eq!(
+            translate_placeholders("SELECT $1, '$2', $10 FROM t WHERE a = $2"),
+            "SELECT ?1, '$2', ?10 FROM t WHERE a = ?2"
+        );
+    }
+}

@@ -18,6 +18,8 @@ const GUESTS: &[&str] = &[
     "atomic-transfer",
     "xa-transfer",
     "tcc-order",
+    "gated",
+    "gated-v2",
 ];
 
 fn main() {

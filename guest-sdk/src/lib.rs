@@ -419,11 +419,58 @@ where
     serde_json::to_string(&output).map_err(|e| format!("output does not encode: {e}"))
 }
 
+/// The bytes of a `wasaga:manifest` section: what [`export_workflow!`] writes.
+#[doc(hidden)]
+pub const fn manifest_bytes<const N: usize>(text: &str) -> [u8; N] {
+    let bytes = text.as_bytes();
+    assert!(
+        bytes.len() == N,
+        "the manifest's length is its text's length"
+    );
+    let mut out = [0u8; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = bytes[i];
+        i += 1;
+    }
+    out
+}
+
 /// Exports a workflow function `fn(&mut Saga, Input) -> Result<Output, Error>` as the module's
 /// `run`. `Input` must implement `serde::Deserialize`, `Output` `serde::Serialize`.
+///
+/// Declare what the workflow uses, so that a host can check it against the workflow's grant
+/// when the module is deployed (a host with grants refuses modules that declare nothing):
+///
+/// ```ignore
+/// guest_sdk::export_workflow!(transfer, participants = ["ledger"], locks = ["account/"]);
+/// ```
+///
+/// `locks` lists prefixes of the lock keys the workflow takes (`""` for any key).
 #[macro_export]
 macro_rules! export_workflow {
     ($workflow:path) => {
+        $crate::export_workflow!(@run $workflow);
+    };
+    ($workflow:path, participants = [$($participant:literal),* $(,)?] $(, locks = [$($lock:literal),* $(,)?])? $(,)?) => {
+        $crate::export_workflow!(@run $workflow);
+
+        #[doc(hidden)]
+        const __WASAGA_MANIFEST_TEXT: &str = concat!(
+            "wasaga-manifest 1\n",
+            $("participant ", $participant, "\n",)*
+            $($("lock ", $lock, "\n",)*)?
+        );
+
+        // A custom section of the module: the host reads it when the module is deployed.
+        #[doc(hidden)]
+        #[allow(unsafe_code)]
+        #[used]
+        #[unsafe(link_section = "wasaga:manifest")]
+        static __WASAGA_MANIFEST: [u8; __WASAGA_MANIFEST_TEXT.len()] =
+            $crate::manifest_bytes(__WASAGA_MANIFEST_TEXT);
+    };
+    (@run $workflow:path) => {
         #[doc(hidden)]
         struct __WasagaWorkflow;
 

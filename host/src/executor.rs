@@ -94,6 +94,8 @@ pub(crate) struct HostInner {
     pub live: Mutex<HashMap<String, Arc<LiveRun>>>,
     /// Set when the host is shutting down: runs stop at their next journal point.
     pub stopping: AtomicBool,
+    /// Wakes runs that wait (for a lock) when the host starts shutting down.
+    pub stop_signal: tokio::sync::watch::Sender<bool>,
 }
 
 impl HostInner {
@@ -106,6 +108,13 @@ impl HostInner {
         } else {
             None
         }
+    }
+
+    /// Completes when the host starts shutting down.
+    pub(crate) async fn stopped(&self) {
+        let mut signal = self.stop_signal.subscribe();
+        // The sender lives as long as the host, so this only ends by the flag turning true.
+        let _ = signal.wait_for(|stopping| *stopping).await;
     }
 
     /// The grant of `workflow`, or `None` when no grants are configured (everything allowed).
@@ -193,6 +202,7 @@ impl Host {
             ),
             live: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
+            stop_signal: tokio::sync::watch::channel(false).0,
         });
         tokio::spawn(renew_run_leases(Arc::downgrade(&inner)));
         Ok(Host { inner })
@@ -220,10 +230,20 @@ impl Host {
             .len()
     }
 
+    /// Whether this host is driving `run_id` right now.
+    pub fn is_live(&self, run_id: &str) -> bool {
+        self.inner
+            .live
+            .lock()
+            .expect("live run map lock poisoned")
+            .contains_key(run_id)
+    }
+
     /// Makes every run this host drives stop at its next journal point (shutdown). Runs
     /// stopped this way stay unfinished and resume on the next start.
     pub fn stop_runs(&self) {
         self.inner.stopping.store(true, Ordering::Relaxed);
+        self.inner.stop_signal.send_replace(true);
     }
 
     /// Whether [`Host::stop_runs`] was called.
@@ -242,11 +262,31 @@ impl Host {
     /// and asks only for what the workflow's grant allows), stores it and makes it the version
     /// new runs of `workflow` get. Runs already started keep the version they started on.
     pub async fn deploy(&self, workflow: &str, bytes: &[u8]) -> Result<Deployed, HostError> {
+        let hash = self.check_module(workflow, bytes)?;
+        Ok(self.inner.journal.deploy(workflow, &hash, bytes).await?)
+    }
+
+    /// Validates a module as [`Host::deploy`] does and stores it by content hash, without
+    /// making it a deployed version; returns the hash. For running a module file directly.
+    pub async fn check_deployable(
+        &self,
+        workflow: &str,
+        bytes: &[u8],
+    ) -> Result<String, HostError> {
+        let hash = self.check_module(workflow, bytes)?;
+        self.inner
+            .journal
+            .put_module(&hash, workflow, bytes)
+            .await?;
+        Ok(hash)
+    }
+
+    fn check_module(&self, workflow: &str, bytes: &[u8]) -> Result<String, HostError> {
         check_workflow_name(workflow)?;
         let hash = self.inner.engine.validate(bytes)?;
         let manifest = crate::engine::manifest(bytes)?;
         self.check_grants(workflow, &manifest)?;
-        Ok(self.inner.journal.deploy(workflow, &hash, bytes).await?)
+        Ok(hash)
     }
 
     /// Refuses a module whose declared needs the workflow's grant does not cover.

@@ -79,7 +79,7 @@ pub struct RunRecord {
 }
 
 /// One deployed version of a workflow.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Deployment {
     pub workflow: String,
     pub version: i64,
@@ -90,7 +90,7 @@ pub struct Deployment {
 }
 
 /// What a deploy did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Deployed {
     pub deployment: Deployment,
     /// False when the module was already a version of the workflow (it is re-activated).
@@ -293,8 +293,9 @@ impl Journal {
     }
 
     /// Takes over unfinished runs (running or compensating) that no live host holds: those
-    /// without an owner or whose lease has expired, or, with `takeover_all`, every one of them
-    /// (for a process that knows every previous owner is dead). Returns their ids, oldest
+    /// without an owner or whose lease has expired (this host's own included: a run whose
+    /// lease it let lapse is one it stopped driving), or, with `takeover_all`, every one of
+    /// them (for a process that knows every previous owner is dead). Returns their ids, oldest
     /// first, at most `limit`.
     pub async fn claim(&self, limit: u32, takeover_all: bool) -> Result<Vec<String>, JournalError> {
         let (owner, lease_ms) = (self.owner.clone(), self.run_lease_ms as i64);
@@ -308,7 +309,7 @@ impl Journal {
                              WHERE run_id IN (
                                  SELECT run_id FROM runs
                                  WHERE status IN ('running', 'compensating')
-                                   AND (owner IS NULL OR owner = $1 OR lease_expires_at_ms < $2 OR $4 = 1)
+                                   AND (owner IS NULL OR lease_expires_at_ms < $2 OR $4 = 1)
                                  ORDER BY created_at_ms, run_id LIMIT $5)
                              RETURNING run_id, created_at_ms"
                         }
@@ -318,7 +319,7 @@ impl Journal {
                              WHERE run_id IN (
                                  SELECT run_id FROM runs
                                  WHERE status IN ('running', 'compensating')
-                                   AND (owner IS NULL OR owner = $1
+                                   AND (owner IS NULL
                                         OR lease_expires_at_ms < CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)
                                         OR $2 = 1)
                                  ORDER BY created_at_ms, run_id LIMIT $4

@@ -14,6 +14,7 @@ pub mod journal;
 pub mod ledger;
 pub mod locks;
 pub mod participants;
+pub mod server;
 pub mod store;
 mod two_phase;
 pub mod xa;

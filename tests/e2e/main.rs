@@ -12,6 +12,7 @@ mod nondeterminism;
 mod optimistic;
 mod sagas;
 mod sandbox;
+mod server;
 mod services;
 mod support;
 mod two_phase;

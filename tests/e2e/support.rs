@@ -209,3 +209,200 @@ pub fn rt() -> tokio::runtime::Runtime {
         .build()
         .expect("tokio runtime")
 }
+
+/// The bearer token the test servers are configured with.
+pub const TOKEN: &str = "test-token-0123456789abcdef";
+
+/// A `wasaga serve` child process with its own config file, stopped when dropped.
+pub struct Server {
+    pub port: u16,
+    pub config: PathBuf,
+    log: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl Server {
+    /// Writes `config` (TOML; a `[server]` section with the listen address and [`TOKEN`] is
+    /// added) to `dir/<name>.toml` and starts a server on it with `extra` arguments; waits until
+    /// it answers `/healthz`.
+    pub fn start(dir: &Path, name: &str, config: &str, extra: &[&str]) -> Server {
+        let port = crate::services::free_port();
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "{config}\n[server]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\nshutdown_grace_ms = 10000\n"
+            ),
+        )
+        .expect("write server config");
+        let log = dir.join(format!("{name}.log"));
+        let mut server = Server {
+            port,
+            config: path,
+            log,
+            child: None,
+        };
+        server.spawn(extra);
+        server
+    }
+
+    fn spawn(&mut self, extra: &[&str]) {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("server log");
+        let err = out.try_clone().expect("server log");
+        let child = Command::new(wasaga_bin())
+            .arg("--config")
+            .arg(&self.config)
+            .arg("serve")
+            .args(extra)
+            .env_remove("WASAGA_DB")
+            .env_remove("WASAGA_LEDGER")
+            .env_remove("WASAGA_CONFIG")
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("wasaga serve starts");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Ok(mut response) = agent().get(&format!("{}/healthz", self.url())).call()
+                && response.status() == 200
+                && response.body_mut().read_to_string().is_ok()
+            {
+                return;
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("wasaga serve exited ({status}):\n{}", self.log_text());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "wasaga serve did not answer /healthz:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the server again on the same config (after a stop or a kill).
+    pub fn restart(&mut self, extra: &[&str]) {
+        assert!(self.child.is_none(), "the server is still running");
+        self.spawn(extra);
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `signal` (SIGKILL, SIGTERM, SIGSTOP, SIGCONT) to the server process.
+    pub fn signal(&self, signal: i32) {
+        let pid = self.child.as_ref().expect("the server runs").id();
+        let sent = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill -{signal} {pid}");
+    }
+
+    /// SIGKILLs the server, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERMs the server and waits for it to exit; returns its exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        self.signal(15);
+        let mut child = self.child.take().expect("the server runs");
+        child.wait().expect("wait for the server").code()
+    }
+
+    /// `POST path` with a JSON body and the token; returns the status and the JSON reply.
+    pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        request(
+            agent()
+                .post(&format!("{}{path}", self.url()))
+                .header("Authorization", &format!("Bearer {TOKEN}"))
+                .header("Content-Type", "application/json")
+                .send(body.to_string().as_bytes()),
+        )
+    }
+
+    /// `POST path` with raw bytes (a module upload) and the token.
+    pub fn upload(&self, path: &str, bytes: &[u8]) -> (u16, Value) {
+        request(
+            agent()
+                .post(&format!("{}{path}", self.url()))
+                .header("Authorization", &format!("Bearer {TOKEN}"))
+                .header("Content-Type", "application/wasm")
+                .send(bytes),
+        )
+    }
+
+    /// `GET path` with the token.
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        request(
+            agent()
+                .get(&format!("{}{path}", self.url()))
+                .header("Authorization", &format!("Bearer {TOKEN}"))
+                .call(),
+        )
+    }
+
+    /// Starts a run of `workflow` on `input` with id `run_id`; returns the status and reply.
+    pub fn start_run(&self, workflow: &str, run_id: &str, input: &Value) -> (u16, Value) {
+        self.post(
+            &format!("/v1/workflows/{workflow}/runs"),
+            &serde_json::json!({ "input": input, "run_id": run_id }),
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            // A paused server cannot die of SIGKILL until it is continued.
+            let _ = Command::new("kill")
+                .arg("-CONT")
+                .arg(child.id().to_string())
+                .status();
+        }
+        self.kill();
+    }
+}
+
+/// An HTTP client that reports 4xx and 5xx as answers, not errors.
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(120)))
+        .build()
+        .into()
+}
+
+fn request(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u16, Value) {
+    let mut response = response.expect("the server answers");
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().expect("a body");
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, value)
+}
+
+/// A run id as a URL path segment ('/' and ':' are allowed in run ids).
+pub fn encoded(run_id: &str) -> String {
+    run_id
+        .replace('%', "%25")
+        .replace('/', "%2F")
+        .replace(':', "%3A")
+}

@@ -5,6 +5,7 @@
 use anyhow::{Context, Result, anyhow};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
+use settings::Settings;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -14,6 +15,9 @@ use wasaga::db::Location;
 use wasaga::event::{Event, RunStatus};
 use wasaga::store::{Observer, no_observer};
 use wasaga::{Host, HostConfig, HostError, RunOutcome};
+
+mod serve;
+mod settings;
 
 pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
@@ -31,35 +35,45 @@ pub struct Cli {
 }
 
 #[derive(Debug, Args)]
-struct Global {
-    /// The journal: a SQLite file (created if missing) or postgres://user@host:port/db. The
-    /// ledger lives in it too unless --ledger says otherwise.
-    #[arg(long, global = true, env = "WASAGA_DB", default_value = "wasaga.db", value_parser = Location::parse)]
-    db: Location,
+pub struct Global {
+    /// A config file (TOML): journal, ledger, locks, limits, server token, per-workflow grants.
+    /// Flags and environment variables override what it says.
+    #[arg(long, global = true, env = "WASAGA_CONFIG")]
+    config: Option<PathBuf>,
+    /// The journal: a SQLite file (created if missing; default wasaga.db) or
+    /// postgres://user@host:port/db. The ledger lives in it too unless --ledger says otherwise.
+    #[arg(long, global = true, env = "WASAGA_DB", value_parser = Location::parse)]
+    db: Option<Location>,
     /// Keep the ledger in a database of its own (a SQLite file or a postgres:// URL).
     #[arg(long, global = true, env = "WASAGA_LEDGER", value_parser = Location::parse)]
     ledger: Option<Location>,
-    /// Where locks come from: `journal` (the journal's database), sqlite:<file>, or redis://host:port.
-    #[arg(long, global = true, env = "WASAGA_LOCKS", default_value = "journal")]
-    locks: wasaga::locks::LockBackend,
+    /// Where locks come from: `journal` (the journal's database, the default), sqlite:<file>,
+    /// postgres://..., redis://host:port or zookeeper://host:port.
+    #[arg(long, global = true, env = "WASAGA_LOCKS")]
+    locks: Option<wasaga::locks::LockBackend>,
     /// A postgres-xa participant for two-phase commits: NAME=postgres://user@host:port/db (repeatable).
     #[arg(long = "xa", global = true, value_name = "NAME=URL", value_parser = parse_xa)]
     xa: Vec<(String, String)>,
-    /// This host's name in the ids of its prepared transactions (one per host sharing databases).
-    #[arg(long, global = true, default_value = "wasaga")]
-    host_id: String,
+    /// This host's name in the ids of its prepared transactions and its leases on runs (one per
+    /// host sharing databases; default `wasaga`).
+    #[arg(long, global = true, env = "WASAGA_HOST_ID")]
+    host_id: Option<String>,
     /// Print one JSON document instead of text.
     #[arg(long, global = true)]
     json: bool,
-    /// Wall-clock limit for one execution of a module, in milliseconds.
-    #[arg(long, global = true, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
-    run_timeout_ms: u64,
-    /// Memory limit for a module instance, in MiB.
-    #[arg(long, global = true, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
-    memory_mib: u64,
-    /// Attempts for a compensation before the run is parked as stuck.
-    #[arg(long, global = true, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    compensation_retries: u32,
+    /// Wall-clock limit for one execution of a module, in milliseconds (default 30000).
+    #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(1..))]
+    run_timeout_ms: Option<u64>,
+    /// Memory limit for a module instance, in MiB (default 64).
+    #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    memory_mib: Option<u64>,
+    /// Attempts for a compensation before the run is parked as stuck (default 8).
+    #[arg(long, global = true, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    compensation_retries: Option<u32>,
+    /// How long this host's ownership of a run lasts unless renewed, in milliseconds (default
+    /// 10000). Another host takes over a dead host's runs after this long.
+    #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(300..))]
+    run_lease_ms: Option<u64>,
     /// Test hook: SIGKILL this process right before or after its N-th commit (before:N | after:N).
     #[arg(long, global = true, hide = true)]
     crash_at: Option<CrashPoint>,
@@ -85,11 +99,18 @@ enum Command {
         /// The component (.wasm).
         module: PathBuf,
     },
+    /// Serve the HTTP API: start runs of deployed workflows, deploy new versions, watch runs.
+    Serve(serve::ServeArgs),
+    /// Make a module the version new runs of a workflow get (in the journal, or on a server).
+    Deploy(serve::DeployArgs),
+    /// List the deployed versions of a workflow.
+    Versions(serve::VersionsArgs),
 }
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// The workflow component (.wasm), built with `cargo build --target wasm32-wasip2`.
+    /// The workflow component (.wasm), built with `cargo build --target wasm32-wasip2`, or the
+    /// name of a deployed workflow (its active version runs).
     module: PathBuf,
     /// The input: JSON text, or @path to read it from a file.
     #[arg(long, short, default_value = "{}")]
@@ -190,9 +211,9 @@ enum LedgerCommand {
 }
 
 /// A failure with the exit code it maps to.
-struct Failure {
-    code: u8,
-    error: anyhow::Error,
+pub(crate) struct Failure {
+    pub(crate) code: u8,
+    pub(crate) error: anyhow::Error,
 }
 
 impl From<anyhow::Error> for Failure {
@@ -204,16 +225,16 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
-fn usage(error: impl Into<anyhow::Error>) -> Failure {
+pub(crate) fn usage(error: impl Into<anyhow::Error>) -> Failure {
     Failure {
         code: EXIT_USAGE,
         error: error.into(),
     }
 }
 
-fn host_failure(error: HostError) -> Failure {
+pub(crate) fn host_failure(error: HostError) -> Failure {
     let code = match error {
-        HostError::Module(_) | HostError::Input(_) => EXIT_USAGE,
+        HostError::Module(_) | HostError::Input(_) | HostError::NotGranted(_) => EXIT_USAGE,
         _ => EXIT_FAILURE,
     };
     Failure {
@@ -224,7 +245,11 @@ fn host_failure(error: HostError) -> Failure {
 
 pub async fn main(cli: Cli) -> ExitCode {
     let json = cli.global.json;
-    match dispatch(cli).await {
+    let outcome = match Settings::load(&cli.global) {
+        Ok(settings) => dispatch(&settings, &cli.command).await,
+        Err(error) => Err(usage(error)),
+    };
+    match outcome {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {
             if json {
@@ -237,9 +262,8 @@ pub async fn main(cli: Cli) -> ExitCode {
     }
 }
 
-async fn dispatch(cli: Cli) -> Result<u8, Failure> {
-    let g = &cli.global;
-    match &cli.command {
+async fn dispatch(g: &Settings, command: &Command) -> Result<u8, Failure> {
+    match command {
         Command::Run(args) => run(g, args).await,
         Command::Resume => resume(g).await,
         Command::Runs(RunsCommand::List { status, limit }) => {
@@ -249,6 +273,9 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Runs(RunsCommand::Retry { run_id }) => runs_retry(g, run_id).await,
         Command::Ledger(command) => ledger(g, command).await,
         Command::Validate { module } => validate(g, module).await,
+        Command::Serve(args) => serve::serve(g, args).await,
+        Command::Deploy(args) => serve::deploy(g, args).await,
+        Command::Versions(args) => serve::versions(g, args).await,
         Command::Bench(BenchCommand::Locks {
             backend,
             n,
@@ -275,31 +302,22 @@ fn bench_location(text: &str) -> Result<Location, String> {
     Location::parse_with_schema(text, "wasaga_bench")
 }
 
-fn config(g: &Global) -> HostConfig {
-    let mut config = HostConfig::new(g.db.clone());
-    config.ledger = g.ledger.clone();
-    config.limits.run_duration_ms_max = g.run_timeout_ms;
-    config.limits.memory_bytes_max = (g.memory_mib as usize) << 20;
-    config.limits.compensation_retries_max = g.compensation_retries;
-    // One CLI process runs few modules at once: a small pool starts faster.
-    config.limits.concurrent_runs_max = 16;
-    config.crash_at = g.crash_at;
-    config.locks = g.locks.clone();
-    config.xa = g.xa.clone();
-    config.host_id = g.host_id.clone();
-    config
-}
-
-async fn open(g: &Global) -> Result<Host, Failure> {
+/// Opens the host for a one-shot command.
+pub(crate) async fn open(g: &Settings) -> Result<Host, Failure> {
+    let mut config = g.host.clone();
+    // One command runs few modules at once: a small instance pool starts faster.
+    if !g.concurrent_runs_configured {
+        config.limits.concurrent_runs_max = 16;
+    }
     // Host errors already name the file or service and what to do.
-    Host::open(&config(g)).await.map_err(|e| anyhow!(e).into())
+    Host::open(&config).await.map_err(|e| anyhow!(e).into())
 }
 
 /// Only one process executes runs on a SQLite file at a time: it holds a file lock beside it,
 /// which the kernel drops when the process dies, so the holder knows that every earlier
 /// executor is dead and may take over all their runs at once. On PostgreSQL many hosts share
 /// the journal and take over each other's runs through leases instead (`None`).
-fn lock_executor(location: &Location) -> Result<Option<std::fs::File>, Failure> {
+pub(crate) fn lock_executor(location: &Location) -> Result<Option<std::fs::File>, Failure> {
     let Location::Sqlite(db) = location else {
         return Ok(None);
     };
@@ -322,10 +340,22 @@ fn lock_executor(location: &Location) -> Result<Option<std::fs::File>, Failure> 
     Ok(Some(file))
 }
 
-async fn run(g: &Global, args: &RunArgs) -> Result<u8, Failure> {
-    let bytes = std::fs::read(&args.module)
-        .with_context(|| format!("cannot read module {}", args.module.display()))
-        .map_err(usage)?;
+async fn run(g: &Settings, args: &RunArgs) -> Result<u8, Failure> {
+    // A path that does not exist but reads as a workflow name runs the deployed workflow.
+    let deployed = !args.module.exists()
+        && args
+            .module
+            .to_str()
+            .is_some_and(|s| !s.contains('/') && !s.ends_with(".wasm"));
+    let bytes = if deployed {
+        None
+    } else {
+        Some(
+            std::fs::read(&args.module)
+                .with_context(|| format!("cannot read module {}", args.module.display()))
+                .map_err(usage)?,
+        )
+    };
     let input = match args.input.strip_prefix('@') {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("cannot read input file {path}"))
@@ -338,18 +368,24 @@ async fn run(g: &Global, args: &RunArgs) -> Result<u8, Failure> {
     }
     let name = match &args.name {
         Some(name) => name.clone(),
-        None => args
-            .module
-            .file_stem()
-            .map(|s| s.to_string_lossy().replace('_', "-"))
-            .unwrap_or_else(|| "workflow".to_owned()),
+        None => {
+            wasaga::server::workflow_name_of(&args.module).unwrap_or_else(|| "workflow".to_owned())
+        }
     };
-    let _lock = lock_executor(&g.db)?;
+    let _lock = lock_executor(&g.host.journal)?;
     let host = open(g).await?;
-    let hash = host
-        .add_module(&name, &bytes)
-        .await
-        .map_err(|e| usage(anyhow!(e).context(format!("{} cannot run", args.module.display()))))?;
+    let hash = match &bytes {
+        Some(bytes) => host.check_deployable(&name, bytes).await.map_err(|e| {
+            usage(anyhow!(e).context(format!("{} cannot run", args.module.display())))
+        })?,
+        None => {
+            host.journal()
+                .active(&name)
+                .await
+                .map_err(|e| usage(anyhow!(e)))?
+                .hash
+        }
+    };
     resume_quietly(g, &host).await?;
     let (run_id, created) = host
         .start(args.run_id.clone(), &name, &hash, &input)
@@ -367,7 +403,7 @@ async fn run(g: &Global, args: &RunArgs) -> Result<u8, Failure> {
     Ok(report(g, &outcome))
 }
 
-fn parse_xa(text: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_xa(text: &str) -> Result<(String, String), String> {
     let (name, url) = text
         .split_once('=')
         .ok_or_else(|| format!("'{text}' must be NAME=postgres://user@host:port/db"))?;
@@ -390,7 +426,7 @@ fn parse_xa(text: &str) -> Result<(String, String), String> {
 }
 
 /// Resolves in-doubt prepared transactions from the journal.
-async fn sweep(g: &Global, host: &Host) -> Result<(), Failure> {
+async fn sweep(g: &Settings, host: &Host) -> Result<(), Failure> {
     let resolved = host.sweep_in_doubt().await.map_err(host_failure)?;
     if resolved > 0 && !g.json {
         println!("resolved {resolved} in-doubt prepared transaction(s) from the journal");
@@ -399,7 +435,7 @@ async fn sweep(g: &Global, host: &Host) -> Result<(), Failure> {
 }
 
 /// Finishes runs a previous process left unfinished, saying so in one line each.
-async fn resume_quietly(g: &Global, host: &Host) -> Result<(), Failure> {
+async fn resume_quietly(g: &Settings, host: &Host) -> Result<(), Failure> {
     sweep(g, host).await?;
     let outcomes = host
         .resume_unfinished(no_observer(), takeover_all(g))
@@ -418,8 +454,8 @@ async fn resume_quietly(g: &Global, host: &Host) -> Result<(), Failure> {
 
 /// Whether this process may take over every unfinished run: only on SQLite, where it holds
 /// the executor lock.
-fn takeover_all(g: &Global) -> bool {
-    matches!(g.db, Location::Sqlite(_))
+fn takeover_all(g: &Settings) -> bool {
+    matches!(g.host.journal, Location::Sqlite(_))
 }
 
 fn exit_code(status: RunStatus) -> u8 {
@@ -435,7 +471,7 @@ fn parse_or_string(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
 }
 
-fn report(g: &Global, outcome: &RunOutcome) -> u8 {
+fn report(g: &Settings, outcome: &RunOutcome) -> u8 {
     if g.json {
         println!(
             "{}",
@@ -538,8 +574,8 @@ fn printer() -> Observer {
     })
 }
 
-async fn resume(g: &Global) -> Result<u8, Failure> {
-    let _lock = lock_executor(&g.db)?;
+async fn resume(g: &Settings) -> Result<u8, Failure> {
+    let _lock = lock_executor(&g.host.journal)?;
     let host = open(g).await?;
     let observer = if g.json { no_observer() } else { printer() };
     let outcomes = host
@@ -571,7 +607,7 @@ async fn resume(g: &Global) -> Result<u8, Failure> {
         .unwrap_or(0))
 }
 
-async fn runs_list(g: &Global, status: Option<&str>, limit: u32) -> Result<u8, Failure> {
+async fn runs_list(g: &Settings, status: Option<&str>, limit: u32) -> Result<u8, Failure> {
     let status = match status {
         Some(s) => Some(RunStatus::parse(s).ok_or_else(|| {
             usage(anyhow!(
@@ -612,8 +648,8 @@ async fn runs_list(g: &Global, status: Option<&str>, limit: u32) -> Result<u8, F
     Ok(0)
 }
 
-async fn runs_retry(g: &Global, run_id: &str) -> Result<u8, Failure> {
-    let _lock = lock_executor(&g.db)?;
+async fn runs_retry(g: &Settings, run_id: &str) -> Result<u8, Failure> {
+    let _lock = lock_executor(&g.host.journal)?;
     let host = open(g).await?;
     let observer = if g.json { no_observer() } else { printer() };
     let outcome = host
@@ -623,7 +659,7 @@ async fn runs_retry(g: &Global, run_id: &str) -> Result<u8, Failure> {
     Ok(report(g, &outcome))
 }
 
-async fn runs_show(g: &Global, run_id: &str) -> Result<u8, Failure> {
+async fn runs_show(g: &Settings, run_id: &str) -> Result<u8, Failure> {
     let host = open(g).await?;
     let run = host
         .journal()
@@ -788,7 +824,7 @@ fn step_of(
         .unwrap_or_else(|| (format!("call {call}"), String::new(), String::new(), 0))
 }
 
-async fn ledger(g: &Global, command: &LedgerCommand) -> Result<u8, Failure> {
+async fn ledger(g: &Settings, command: &LedgerCommand) -> Result<u8, Failure> {
     let host = open(g).await?;
     let db = host.ledger_db().clone();
     match command {
@@ -844,11 +880,11 @@ async fn list_accounts(db: &wasaga::db::Database) -> Result<Vec<wasaga::ledger::
     Ok(wasaga::ledger::list(db).await.map_err(|e| anyhow!(e))?)
 }
 
-async fn validate(g: &Global, module: &Path) -> Result<u8, Failure> {
+async fn validate(g: &Settings, module: &Path) -> Result<u8, Failure> {
     let bytes = std::fs::read(module)
         .with_context(|| format!("cannot read module {}", module.display()))
         .map_err(usage)?;
-    let engine = wasaga::engine::WorkflowEngine::new(&config(g).limits, &config(g).cache_dir)
+    let engine = wasaga::engine::WorkflowEngine::new(&g.host.limits, &g.host.cache_dir)
         .map_err(|e| anyhow!("cannot start the wasm engine: {e:#}"))?;
     let hash = engine
         .validate(&bytes)
@@ -868,7 +904,7 @@ async fn validate(g: &Global, module: &Path) -> Result<u8, Failure> {
 }
 
 /// Reads the benchmark module and prepares the benchmark's own journal.
-fn bench_files(g: &Global, module: &Path, journal: &Location) -> Result<Vec<u8>, Failure> {
+fn bench_files(g: &Settings, module: &Path, journal: &Location) -> Result<Vec<u8>, Failure> {
     let bytes = std::fs::read(module)
         .with_context(|| {
             format!(
@@ -877,7 +913,7 @@ fn bench_files(g: &Global, module: &Path, journal: &Location) -> Result<Vec<u8>,
             )
         })
         .map_err(usage)?;
-    if *journal == g.db {
+    if *journal == g.host.journal {
         return Err(usage(anyhow!(
             "the benchmark empties its journal first; give --journal a database other than --db"
         )));
@@ -891,13 +927,13 @@ fn bench_files(g: &Global, module: &Path, journal: &Location) -> Result<Vec<u8>,
 }
 
 async fn bench_locks(
-    g: &Global,
+    g: &Settings,
     backend: &wasaga::locks::LockBackend,
     n: u32,
     c: u32,
     scratch: &Path,
 ) -> Result<u8, Failure> {
-    if Location::Sqlite(scratch.to_owned()) == g.db {
+    if Location::Sqlite(scratch.to_owned()) == g.host.journal {
         return Err(usage(anyhow!(
             "the lock benchmark deletes its scratch file; give --scratch a file other than --db"
         )));
@@ -928,7 +964,7 @@ async fn bench_locks(
     Ok(0)
 }
 
-async fn bench_micro(g: &Global, module: &Path, journal: &Location) -> Result<u8, Failure> {
+async fn bench_micro(g: &Settings, module: &Path, journal: &Location) -> Result<u8, Failure> {
     let bytes = bench_files(g, module, journal)?;
     let report = wasaga::bench::micro(
         journal.clone(),
@@ -961,7 +997,7 @@ async fn bench_micro(g: &Global, module: &Path, journal: &Location) -> Result<u8
 }
 
 async fn bench_transfer(
-    g: &Global,
+    g: &Settings,
     n: u32,
     c: u32,
     seed: u64,

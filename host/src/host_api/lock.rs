@@ -82,11 +82,17 @@ impl Host for RunState {
         } else {
             let wait_ms = wait_ms.min(limits.lock_wait_ms_max);
             let host = run.host.clone();
-            match host
-                .locks
-                .acquire(&key, &run.log.run_id, ttl_ms, wait_ms)
-                .await
-            {
+            let acquired = tokio::select! {
+                acquired = host.locks.acquire(&key, &run.log.run_id, ttl_ms, wait_ms) => acquired,
+                // A shutdown does not wait for a lock: the run stops here, unjournaled, and
+                // asks again when it resumes. A lease granted in the race expires by its ttl.
+                () = host.stopped() => {
+                    let reason = "the host is shutting down; the run resumes when a host starts again";
+                    run.fatal = Some(crate::store::Fatal::Interrupted(reason.to_owned()));
+                    return Err(wasmtime::Error::msg(reason));
+                }
+            };
+            match acquired {
                 Ok(lease) => {
                     let event = Event::LockAcquired {
                         call,

@@ -31,4 +31,4 @@ fn atomic_transfer(saga: &mut Saga, t: Transfer) -> Result<Value, Error> {
     Ok(json!({ "from": t.from, "to": t.to, "amount": t.amount, "branches": committed.len() }))
 }
 
-guest_sdk::export_workflow!(atomic_transfer);
+guest_sdk::export_workflow!(atomic_transfer, participants = ["ledger"]);

@@ -33,4 +33,4 @@ fn bench_transfer(saga: &mut Saga, t: Transfer) -> Result<Value, Error> {
     Ok(json!({ "i": t.i }))
 }
 
-guest_sdk::export_workflow!(bench_transfer);
+guest_sdk::export_workflow!(bench_transfer, participants = ["ledger"]);

@@ -54,4 +54,4 @@ fn counter(saga: &mut Saga, input: Input) -> Result<Value, Error> {
     Ok(json!({ "last": last }))
 }
 
-guest_sdk::export_workflow!(counter);
+guest_sdk::export_workflow!(counter, participants = ["ledger"], locks = [""]);

@@ -104,4 +104,4 @@ fn misbehave(saga: &mut Saga, input: Input) -> Result<Value, Error> {
     }
 }
 
-guest_sdk::export_workflow!(misbehave);
+guest_sdk::export_workflow!(misbehave, participants = ["ledger"]);

@@ -32,4 +32,4 @@ fn optimistic(saga: &mut Saga, input: Input) -> Result<Value, Error> {
     Ok(json!({ "last": last }))
 }
 
-guest_sdk::export_workflow!(optimistic);
+guest_sdk::export_workflow!(optimistic, participants = ["ledger"]);

@@ -104,4 +104,8 @@ fn payment_order(saga: &mut Saga, order: Order) -> Result<Receipt, Error> {
     })
 }
 
-guest_sdk::export_workflow!(payment_order);
+guest_sdk::export_workflow!(
+    payment_order,
+    participants = ["ledger"],
+    locks = ["account/"]
+);

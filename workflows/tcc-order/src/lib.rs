@@ -55,4 +55,4 @@ fn tcc_order(saga: &mut Saga, order: Order) -> Result<Value, Error> {
     )
 }
 
-guest_sdk::export_workflow!(tcc_order);
+guest_sdk::export_workflow!(tcc_order, participants = ["ledger"]);

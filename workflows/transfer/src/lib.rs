@@ -78,4 +78,4 @@ fn transfer(saga: &mut Saga, t: Transfer) -> Result<Receipt, Error> {
     })
 }
 
-guest_sdk::export_workflow!(transfer);
+guest_sdk::export_workflow!(transfer, participants = ["ledger"], locks = ["account/"]);

@@ -36,4 +36,4 @@ fn xa_transfer(saga: &mut Saga, t: Transfer) -> Result<Value, Error> {
     )
 }
 
-guest_sdk::export_workflow!(xa_transfer);
+guest_sdk::export_workflow!(xa_transfer, participants = ["bank-a", "bank-b"]);

@@ -75,6 +75,26 @@ impl From<RunRecord> for RunOutcome {
 pub(crate) struct LiveRun {
     /// Set when the renewal found that another host has taken the run over.
     pub lost: AtomicBool,
+    /// Wakes a run waiting (for a lock) when it is lost.
+    pub lost_signal: tokio::sync::Notify,
+}
+
+impl LiveRun {
+    pub(crate) fn lose(&self) {
+        self.lost.store(true, Ordering::Relaxed);
+        self.lost_signal.notify_waiters();
+    }
+
+    /// Completes once the run is lost.
+    pub(crate) async fn lost(&self) {
+        loop {
+            let notified = self.lost_signal.notified();
+            if self.lost.load(Ordering::Relaxed) {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// Shared by every run of a host.
@@ -1123,7 +1143,7 @@ async fn renew_run_leases(host: Weak<HostInner>) {
             for (id, run) in &live {
                 // A run that just ended is not renewed either; telling it to stop is harmless.
                 if !renewed.contains(id.as_str()) {
-                    run.lost.store(true, Ordering::Relaxed);
+                    run.lose();
                 }
             }
         }

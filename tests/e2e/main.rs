@@ -10,8 +10,10 @@ mod guests {
 mod locks;
 mod nondeterminism;
 mod optimistic;
+mod postgres;
 mod sagas;
 mod sandbox;
+mod scale;
 mod server;
 mod services;
 mod support;

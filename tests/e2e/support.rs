@@ -28,6 +28,8 @@ pub fn wasaga_bin() -> PathBuf {
 pub struct Sandbox {
     pub dir: PathBuf,
     pub db: PathBuf,
+    /// The journal as the CLI is given it, when it is not the SQLite file `db`.
+    pub journal_url: Option<String>,
     /// Extra global arguments for every CLI call (e.g. `--ledger <file>`).
     pub extra: Vec<String>,
 }
@@ -47,8 +49,15 @@ impl Sandbox {
         Sandbox {
             dir,
             db,
+            journal_url: None,
             extra: Vec::new(),
         }
+    }
+
+    /// Keeps the journal (and ledger) in the PostgreSQL database at `url` instead.
+    pub fn on_postgres(mut self, url: &str) -> Self {
+        self.journal_url = Some(url.to_owned());
+        self
     }
 
     /// Keeps the ledger in its own file, so ledger and journal commit separately.
@@ -60,11 +69,11 @@ impl Sandbox {
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(wasaga_bin());
-        command
-            .arg("--db")
-            .arg(&self.db)
-            .args(&self.extra)
-            .args(args);
+        match &self.journal_url {
+            Some(url) => command.arg("--db").arg(url),
+            None => command.arg("--db").arg(&self.db),
+        };
+        command.args(&self.extra).args(args);
         command.env_remove("WASAGA_DB").env_remove("WASAGA_LEDGER");
         command
     }

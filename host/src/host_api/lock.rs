@@ -91,6 +91,12 @@ impl Host for RunState {
                     run.fatal = Some(crate::store::Fatal::Interrupted(reason.to_owned()));
                     return Err(wasmtime::Error::msg(reason));
                 }
+                // Nor does a run another host has taken over: that host drives it now.
+                () = run.live.lost() => {
+                    let reason = "another host took the run over after this host's lease on it expired";
+                    run.fatal = Some(crate::store::Fatal::Interrupted(reason.to_owned()));
+                    return Err(wasmtime::Error::msg(reason));
+                }
             };
             match acquired {
                 Ok(lease) => {
@@ -112,10 +118,17 @@ impl Host for RunState {
                 },
             }
         };
-        run.log
-            .commit(vec![event.clone()])
-            .await
-            .map_err(|e| run.interrupted(e))?;
+        if let Err(e) = run.log.commit(vec![event.clone()]).await {
+            // A lease the journal does not record would be held until it expires (this host
+            // lost the run, say): give it back now.
+            if let Event::LockAcquired { .. } = event
+                && let Some(lease) = run.unhold(&key, fencing_token_of(&event))
+            {
+                let host = run.host.clone();
+                let _ = host.locks.release(&lease).await;
+            }
+            return Err(run.interrupted(e));
+        }
         Ok(match event {
             Event::LockAcquired {
                 fencing_token,
@@ -166,5 +179,12 @@ impl Host for RunState {
             .map_err(|e| run.interrupted(e))?;
         let host = run.host.clone();
         Ok(host.locks.release(&held).await.map_err(|e| e.to_string()))
+    }
+}
+
+fn fencing_token_of(event: &Event) -> u64 {
+    match event {
+        Event::LockAcquired { fencing_token, .. } => *fencing_token,
+        _ => 0,
     }
 }

@@ -1,0 +1,255 @@
+//! The journal and ledger on PostgreSQL, selected by URL: the same sagas end the same way as
+//! on SQLite, a host killed at any commit loses nothing (another process takes its runs over
+//! once the lease expires), and a former owner can no longer append to a run it lost.
+
+use crate::guests::PAYMENT_ORDER;
+use crate::services::Postgres;
+use crate::support::{Sandbox, rt, text};
+use serde_json::json;
+use sqlx::Connection;
+use std::os::unix::process::ExitStatusExt;
+use std::time::Duration;
+use wasaga::db::Location;
+use wasaga::event::Event;
+use wasaga::journal::JournalError;
+use wasaga::{Host, HostConfig};
+
+/// Creates database `name` (from `template`, if given) on `postgres`; returns its URL.
+pub fn database(postgres: &Postgres, name: &str, template: Option<&str>) -> String {
+    rt().block_on(async {
+        let mut admin = sqlx::PgConnection::connect(&postgres.url())
+            .await
+            .expect("connect");
+        let statement = match template {
+            Some(template) => format!("CREATE DATABASE {name} TEMPLATE {template}"),
+            None => format!("CREATE DATABASE {name}"),
+        };
+        sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+            .execute(&mut admin)
+            .await
+            .expect("create database");
+    });
+    format!("postgres://postgres@127.0.0.1:{}/{name}", postgres.port)
+}
+
+/// The ledger's audit on PostgreSQL: every account's balance equals the sum of its entries.
+/// Returns the total of balance + held.
+pub fn assert_ledger_consistent(url: &str) -> i64 {
+    rt().block_on(async {
+        let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
+        let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT a.account, a.balance, a.held, CAST(COALESCE(SUM(e.delta), 0) AS BIGINT)
+             FROM wasaga.ledger_accounts a LEFT JOIN wasaga.ledger_entries e ON e.account = a.account
+             GROUP BY a.account, a.balance, a.held",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .expect("audit query");
+        let mut total = 0;
+        for (account, balance, held, entries) in rows {
+            assert_eq!(
+                balance + held,
+                entries,
+                "account {account}: balance {balance} + held {held} but entries sum to {entries}"
+            );
+            total += balance + held;
+        }
+        total
+    })
+}
+
+fn order(order_id: &str, customer: &str, reference: &str) -> String {
+    json!({
+        "order_id": order_id, "customer": customer, "merchant": "shop",
+        "amount": 250, "reference": reference,
+    })
+    .to_string()
+}
+
+#[test]
+fn sagas_on_a_postgres_journal_end_as_on_sqlite() {
+    let postgres = Postgres::start();
+    let url = database(&postgres, "sagas", None);
+    let s = Sandbox::new("pg-sagas").on_postgres(&url);
+    s.open("alice", 1_000);
+    s.open("bob", 1_000);
+    s.open("shop", 0);
+    let paid = s.wasaga(&[
+        "run",
+        PAYMENT_ORDER,
+        "--input",
+        &order("o-1", "alice", "inv-1"),
+    ]);
+    assert_eq!(paid.status.code(), Some(0), "{}", text(&paid));
+    // A duplicate reference: the last step refuses, the host undoes the others.
+    let duplicate = s.wasaga(&[
+        "run",
+        PAYMENT_ORDER,
+        "--input",
+        &order("o-2", "bob", "inv-1"),
+    ]);
+    assert_eq!(duplicate.status.code(), Some(3), "{}", text(&duplicate));
+    let balances = s.balances();
+    assert_eq!(
+        (balances["alice"], balances["bob"], balances["shop"]),
+        (750, 1_000, 250)
+    );
+    let runs = s.runs();
+    let mut statuses: Vec<&str> = runs.iter().map(|(_, status, _)| status.as_str()).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, ["compensated", "completed"]);
+    // The journal on PostgreSQL reads back as on SQLite.
+    let (compensated, _, _) = runs
+        .iter()
+        .find(|(_, status, _)| status == "compensated")
+        .expect("a compensated run");
+    let kinds: Vec<String> = s
+        .events(compensated)
+        .iter()
+        .map(|e| e["kind"].as_str().expect("kind").to_owned())
+        .collect();
+    assert_eq!(kinds.first().map(String::as_str), Some("started"));
+    assert_eq!(kinds.last().map(String::as_str), Some("compensated"));
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "compensation-done").count(),
+        3,
+        "{kinds:?}"
+    );
+    assert_eq!(assert_ledger_consistent(&url), 2_000);
+}
+
+#[test]
+fn a_host_killed_at_any_commit_on_postgres_loses_nothing() {
+    let postgres = Postgres::start();
+    let template_url = database(&postgres, "crash_template", None);
+    let template = Sandbox::new("pg-crash-template").on_postgres(&template_url);
+    template.open("alice", 1_000);
+    template.open("shop", 0);
+    drop(template);
+    let mut exercised = 0;
+    for commit in 1..=100 {
+        let mut reached_any = false;
+        for point in [format!("before:{commit}"), format!("after:{commit}")] {
+            let name = format!("crash_{}_{commit}", point.split(':').next().unwrap_or("x"));
+            let url = database(&postgres, &name, Some("crash_template"));
+            let s = Sandbox::new("pg-crash").on_postgres(&url);
+            let out = s.wasaga(&[
+                "--run-lease-ms",
+                "300",
+                "run",
+                PAYMENT_ORDER,
+                "--input",
+                &order("o-2", "alice", "inv-2"),
+                "--run-id",
+                "crashed",
+                "--crash-at",
+                &point,
+            ]);
+            if out.status.signal() != Some(9) {
+                assert_eq!(out.status.code(), Some(0), "{point}: {}", text(&out));
+                continue;
+            }
+            reached_any = true;
+            exercised += 1;
+            // Nothing knows the killed process is dead: its runs are taken over once its
+            // lease on them has expired.
+            std::thread::sleep(Duration::from_millis(400));
+            let resumed = s.wasaga(&["--run-lease-ms", "300", "resume"]);
+            assert_eq!(
+                resumed.status.code(),
+                Some(0),
+                "{point}: {}",
+                text(&resumed)
+            );
+            let runs = s.runs();
+            match runs.iter().find(|(id, _, _)| id == "crashed") {
+                Some((_, status, error)) => {
+                    assert_eq!(status, "completed", "{point}: {error:?}");
+                    let balances = s.balances();
+                    assert_eq!((balances["alice"], balances["shop"]), (750, 250), "{point}");
+                }
+                None => {
+                    let balances = s.balances();
+                    assert_eq!(
+                        (balances["alice"], balances["shop"]),
+                        (1_000, 0),
+                        "{point}: no run, yet money moved"
+                    );
+                }
+            }
+            assert_eq!(assert_ledger_consistent(&url), 1_000, "{point}");
+        }
+        if !reached_any {
+            assert!(exercised >= 12, "only {exercised} crash points exercised");
+            return;
+        }
+    }
+    panic!("the run never stopped committing");
+}
+
+#[test]
+fn a_former_owner_cannot_append_after_another_host_takes_the_run_over() {
+    let postgres = Postgres::start();
+    let url = database(&postgres, "fence", None);
+    rt().block_on(async {
+        let open = |host_id: &str| {
+            let mut config = HostConfig::new(Location::parse(&url).expect("url"));
+            config.host_id = host_id.to_owned();
+            config.limits.run_lease_ms = 400;
+            config.limits.concurrent_runs_max = 4;
+            config.cache_dir = std::env::temp_dir().join("wasaga-module-cache");
+            async move { Host::open(&config).await.expect("host opens") }
+        };
+        let a = open("host-a").await;
+        let b = open("host-b").await;
+        let module = std::fs::read(crate::guests::TRANSFER).expect("guest built");
+        let hash = a.add_module("transfer", &module).await.expect("valid");
+        let (run_id, created) = a
+            .start(Some("contested".into()), "transfer", &hash, "{}")
+            .await
+            .expect("start");
+        assert!(created);
+        let log = |message: &str| Event::Log {
+            call: None,
+            message: message.to_owned(),
+        };
+        let next = a
+            .journal()
+            .append(&run_id, 2, vec![log("a owns it")])
+            .await
+            .expect("the owner appends");
+        // a stops renewing (it is paused, say); its lease runs out and b takes the run.
+        assert!(
+            b.claim(10).await.expect("claim").is_empty(),
+            "a's lease is live"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(b.claim(10).await.expect("claim"), vec![run_id.clone()]);
+        match a
+            .journal()
+            .append(&run_id, next, vec![log("a again")])
+            .await
+        {
+            Err(JournalError::NotOwner { owner, .. }) => {
+                assert!(owner.starts_with("host-b/"), "{owner}")
+            }
+            other => panic!("a must be fenced off, got {other:?}"),
+        }
+        b.journal()
+            .append(&run_id, next, vec![log("b owns it")])
+            .await
+            .expect("the new owner appends");
+        let messages: Vec<String> = b
+            .journal()
+            .events(&run_id)
+            .await
+            .expect("events")
+            .into_iter()
+            .filter_map(|e| match e.event {
+                Event::Log { message, .. } => Some(message),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(messages, ["a owns it", "b owns it"]);
+    });
+}

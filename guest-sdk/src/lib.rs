@@ -442,7 +442,7 @@ pub const fn manifest_bytes<const N: usize>(text: &str) -> [u8; N] {
 /// Declare what the workflow uses, so that a host can check it against the workflow's grant
 /// when the module is deployed (a host with grants refuses modules that declare nothing):
 ///
-/// ```ignore
+/// ```text
 /// guest_sdk::export_workflow!(transfer, participants = ["ledger"], locks = ["account/"]);
 /// ```
 ///

@@ -77,6 +77,10 @@ pub struct TransferReport {
     pub failed_debit: u32,
     pub journal: &'static str,
     pub ledger: &'static str,
+    /// Write transactions the journal's database committed during the run, and the writers'
+    /// jobs they carried (group commit puts many jobs in one).
+    pub commits: u64,
+    pub jobs_per_commit: f64,
     pub invariants: Vec<Invariant>,
 }
 
@@ -140,6 +144,7 @@ pub async fn transfer(bench: TransferBench) -> Result<TransferReport, HostError>
     let hash = host.add_module("bench-transfer", &bench.module).await?;
 
     let transfers = Arc::new(workload(bench.n, bench.seed));
+    let (commits_before, jobs_before) = host.journal().database().commit_stats();
     let prefix = format!("bench-{}", bench.seed);
     let next = Arc::new(AtomicU32::new(0));
     let done = Arc::new(AtomicU32::new(0));
@@ -168,15 +173,17 @@ pub async fn transfer(bench: TransferBench) -> Result<TransferReport, HostError>
                     t.from, t.to, t.amount
                 );
                 let began = Instant::now();
-                let (run_id, _) = host
-                    .start(
-                        Some(format!("{prefix}/{i}")),
+                let outcome = host
+                    .start_and_drive(
+                        // Zero-padded so that run ids sort in start order, as real ones
+                        // (time-ordered) do.
+                        Some(format!("{prefix}/{i:08}")),
                         "bench-transfer",
                         &hash,
                         &input,
+                        no_observer(),
                     )
                     .await?;
-                let outcome = host.drive(&run_id, no_observer()).await?;
                 let latency = began.elapsed();
                 let outcome = match outcome.status {
                     RunStatus::Completed => Outcome::Succeeded,
@@ -224,6 +231,9 @@ pub async fn transfer(bench: TransferBench) -> Result<TransferReport, HostError>
         }
     }
     let elapsed = started.elapsed();
+    let (commits_after, jobs_after) = host.journal().database().commit_stats();
+    let commits = commits_after - commits_before;
+    let jobs_per_commit = (jobs_after - jobs_before) as f64 / commits.max(1) as f64;
     if let Some(progress) = progress {
         progress.abort();
     }
@@ -254,6 +264,8 @@ pub async fn transfer(bench: TransferBench) -> Result<TransferReport, HostError>
         failed_debit: count(Outcome::FailedDebit),
         journal: kind(&bench.journal),
         ledger: kind(bench.ledger.as_ref().unwrap_or(&bench.journal)),
+        commits,
+        jobs_per_commit,
         invariants,
     })
 }

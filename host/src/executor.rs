@@ -12,7 +12,7 @@ use crate::crash::CrashSwitch;
 use crate::db::Database;
 use crate::engine::{EPOCH_TICK_MS, Loaded, ModuleError, WorkflowEngine, module_hash};
 use crate::event::{CallFailure, Event, RunStatus};
-use crate::journal::{Deployed, Journal, JournalError, RunRecord, StoredEvent, now_ms};
+use crate::journal::{Deployed, Journal, JournalError, RunRecord, now_ms};
 use crate::locks::{Lease, LockService};
 use crate::participants::{ParticipantRequest, Participants};
 use crate::store::{Fatal, MemoryLimiter, Observer, RunContext, RunLog, RunState, replay_map};
@@ -42,6 +42,15 @@ pub enum HostError {
     /// A deploy that the grants in the config do not allow.
     #[error("{0}")]
     NotGranted(String),
+    /// A run started with its first write (`Host::start_and_drive`) found its id taken.
+    #[error("run {0} already exists")]
+    RunExists(String),
+    /// A run started with its first write could not make that write: it does not exist and
+    /// nothing it did took effect; starting it again is safe.
+    #[error(
+        "run {run_id} was not started: {reason}; nothing took effect, start it again once the cause is fixed"
+    )]
+    NotStarted { run_id: String, reason: String },
     /// The run could not go on (its journal could not be written); it is left unfinished and
     /// the next `wasaga resume` (or `run`) finishes it.
     #[error(
@@ -367,6 +376,19 @@ impl Host {
         module_hash: &str,
         input: &str,
     ) -> Result<(String, bool), HostError> {
+        let (run_id, started) = self.new_run(run_id, workflow, module_hash, input)?;
+        let created = self.inner.journal.create_run(&run_id, &started).await?;
+        Ok((run_id, created))
+    }
+
+    /// Checks a new run's input and id; returns the id and its `started` event.
+    fn new_run(
+        &self,
+        run_id: Option<String>,
+        workflow: &str,
+        module_hash: &str,
+        input: &str,
+    ) -> Result<(String, Event), HostError> {
         let max = self.inner.limits.payload_bytes_max;
         if input.len() > max {
             return Err(HostError::Input(format!(
@@ -389,8 +411,7 @@ impl Host {
             input: input.to_owned(),
             started_at_ms: now_ms(),
         };
-        let created = self.inner.journal.create_run(&run_id, &started).await?;
-        Ok((run_id, created))
+        Ok((run_id, started))
     }
 
     /// Starts a run of the active version of the deployed workflow `workflow`.
@@ -404,35 +425,95 @@ impl Host {
         self.start(run_id, workflow, &active.hash, input).await
     }
 
-    /// Drives a run this host owns to its end (or to an interruption the next resume picks
-    /// up).
-    pub async fn drive(&self, run_id: &str, observer: Observer) -> Result<RunOutcome, HostError> {
+    /// Registers `run_id` as driven by this host until the guard drops.
+    fn go_live(&self, run_id: &str) -> (Arc<LiveRun>, LiveGuard) {
         let live = Arc::new(LiveRun::default());
         self.inner
             .live
             .lock()
             .expect("live run map lock poisoned")
             .insert(run_id.to_owned(), live.clone());
-        let _guard = LiveGuard {
+        let guard = LiveGuard {
             inner: self.inner.clone(),
             run_id: run_id.to_owned(),
         };
+        (live, guard)
+    }
+
+    /// Drives a run this host owns to its end (or to an interruption the next resume picks
+    /// up).
+    pub async fn drive(&self, run_id: &str, observer: Observer) -> Result<RunOutcome, HostError> {
+        let (live, _guard) = self.go_live(run_id);
         let journal = &self.inner.journal;
         let (record, events) = journal.run_with_events(run_id).await?;
         if record.status.is_terminal() {
             return Ok(record.into());
         }
         let events: Vec<Event> = events.into_iter().map(|e| e.event).collect();
-        let mut log = RunLog {
+        let log = RunLog {
             journal: journal.clone(),
             run_id: run_id.to_owned(),
             next_seq: events.len() as i64 + 1,
             pending: Vec::new(),
+            unstarted: None,
+            journaled: events.clone(),
             observer,
         };
         if record.status == RunStatus::Compensating {
             return self.compensate(log, None, &live).await;
         }
+        self.execute_run(log, &record.workflow, &events, &live)
+            .await
+    }
+
+    /// Starts a run and drives it to its end, for a caller that waits for the outcome. The
+    /// run's `started` event is journaled together with its first durable write rather than
+    /// by a commit of its own: until then nothing outside this call knows the run, so a host
+    /// that dies before it leaves nothing behind (the caller, having no answer, starts it
+    /// again). A run id that already exists is driven (or reported) as it is, like
+    /// [`Host::start`] does. Fails with [`HostError::NotStarted`] if the run could not be
+    /// started.
+    pub async fn start_and_drive(
+        &self,
+        run_id: Option<String>,
+        workflow: &str,
+        module_hash: &str,
+        input: &str,
+        observer: Observer,
+    ) -> Result<RunOutcome, HostError> {
+        let (run_id, started) = self.new_run(run_id, workflow, module_hash, input)?;
+        let outcome = {
+            let (live, _guard) = self.go_live(&run_id);
+            let log = RunLog {
+                journal: self.inner.journal.clone(),
+                run_id: run_id.clone(),
+                next_seq: 2,
+                pending: Vec::new(),
+                unstarted: Some(started.clone()),
+                journaled: vec![started.clone()],
+                observer: observer.clone(),
+            };
+            self.execute_run(log, workflow, &[started], &live).await
+        };
+        match outcome {
+            Err(HostError::RunExists(run_id)) => self.drive(&run_id, observer).await,
+            other => other,
+        }
+    }
+
+    /// Executes (or replays) a run's module from its journal `events` and drives the run to
+    /// its end.
+    async fn execute_run(
+        &self,
+        log: RunLog,
+        workflow: &str,
+        events: &[Event],
+        live: &Arc<LiveRun>,
+    ) -> Result<RunOutcome, HostError> {
+        let run_id = log.run_id.clone();
+        let run_id = run_id.as_str();
+        let mut log = log;
+
         let Some(Event::Started {
             module_hash: hash,
             input,
@@ -450,24 +531,21 @@ impl Host {
         let loaded = match self.load(hash).await {
             Ok(loaded) => loaded,
             Err(HostError::Journal(e @ JournalError::Database(_))) => {
-                return Err(HostError::Interrupted {
-                    run_id: run_id.to_owned(),
-                    reason: e.to_string(),
-                });
+                return Err(stalled(&log, e.to_string()));
             }
             Err(e) => {
                 return self
                     .compensate(
                         log,
                         Some(format!("module can no longer be loaded: {e}")),
-                        &live,
+                        live,
                     )
                     .await;
             }
         };
-        let replay = replay_map(&events);
+        let replay = replay_map(events);
         let replayed_calls = replay.len();
-        let grant = self.inner.grant(&record.workflow);
+        let grant = self.inner.grant(workflow);
         let (result, mut context, stdio, refused_bytes) = self
             .execute(
                 &loaded,
@@ -491,11 +569,12 @@ impl Host {
         }
         let mut log = context.log;
         let cause = match (context.fatal.take(), result) {
+            (Some(Fatal::Exists), _) => {
+                self.release_locks(&context.acquired).await;
+                return Err(HostError::RunExists(run_id.to_owned()));
+            }
             (Some(Fatal::Interrupted(reason)), _) => {
-                return Err(HostError::Interrupted {
-                    run_id: run_id.to_owned(),
-                    reason,
-                });
+                return Err(stalled(&log, reason));
             }
             (Some(Fatal::Failure(cause)), _) => cause,
             (None, Ok(Ok(output))) => {
@@ -527,12 +606,9 @@ impl Host {
         };
         // Make sure what the module did is durable before compensating it.
         if let Err(e) = log.commit(Vec::new()).await {
-            return Err(HostError::Interrupted {
-                run_id: run_id.to_owned(),
-                reason: e.to_string(),
-            });
+            return Err(journal_stalled(&log, e));
         }
-        self.compensate(log, Some(cause), &live).await
+        self.compensate(log, Some(cause), live).await
     }
 
     pub async fn replay_only(&self, run_id: &str) -> Result<(Duration, Duration, u32), HostError> {
@@ -563,6 +639,8 @@ impl Host {
             run_id: run_id.to_owned(),
             next_seq: events.len() as i64 + 1,
             pending: Vec::new(),
+            unstarted: None,
+            journaled: events.clone(),
             observer: crate::store::no_observer(),
         };
         let _slot = self
@@ -671,13 +749,22 @@ impl Host {
             inner: self.inner.clone(),
             run_id: run_id.to_owned(),
         };
-        let events = self.inner.journal.events(run_id).await?;
+        let events: Vec<Event> = self
+            .inner
+            .journal
+            .events(run_id)
+            .await?
+            .into_iter()
+            .map(|e| e.event)
+            .collect();
         let cause = last_cause(&events);
         let log = RunLog {
             journal: self.inner.journal.clone(),
             run_id: run_id.to_owned(),
             next_seq: events.len() as i64 + 1,
             pending: Vec::new(),
+            unstarted: None,
+            journaled: events,
             observer,
         };
         self.compensate(log, Some(cause), &live).await
@@ -737,13 +824,14 @@ impl Host {
             .expect("the semaphore is never closed");
         let (mut store, stdout, stderr) =
             self.new_store(log, run.replay, run.started_at_ms, run.grant, run.live);
-        let renewal = tokio::spawn(renew(self.inner.clone(), store.data().run.leases.clone()));
         let result = async {
             let workflow = loaded.instantiate_async(&mut store).await?;
             workflow.call_run(&mut store, input).await
         }
         .await;
-        renewal.abort();
+        if let Some(renewal) = store.data_mut().run.renewal.take() {
+            renewal.abort();
+        }
         let state = store.into_data();
         let mut stdio = String::from_utf8_lossy(&stdout.contents()).into_owned();
         stdio.push_str(&String::from_utf8_lossy(&stderr.contents()));
@@ -794,6 +882,8 @@ impl Host {
             run_id: log.run_id.clone(),
             next_seq: log.next_seq,
             pending: Vec::new(),
+            unstarted: None,
+            journaled: Vec::new(),
             observer: log.observer.clone(),
         };
         let context = RunContext {
@@ -807,6 +897,7 @@ impl Host {
             acquired: Vec::new(),
             grant,
             live,
+            renewal: None,
         };
         let state = RunState {
             wasi,
@@ -868,12 +959,12 @@ impl Host {
         events.push(Event::Completed {
             output: output.clone(),
         });
-        log.commit(events)
-            .await
-            .map_err(|e| HostError::Interrupted {
-                run_id: run_id.clone(),
-                reason: e.to_string(),
-            })?;
+        if let Err(e) = log.commit(events).await {
+            if let JournalError::RunExists(_) = e {
+                self.release_locks(acquired).await;
+            }
+            return Err(journal_stalled(&log, e));
+        }
         self.release_locks(acquired).await;
         Ok(RunOutcome {
             run_id,
@@ -898,14 +989,15 @@ impl Host {
             run_id: run_id.clone(),
             reason: e.to_string(),
         };
-        if let Some(cause) = cause {
-            log.commit(vec![Event::Compensating { cause }])
-                .await
-                .map_err(interrupted)?;
+        if let Some(cause) = cause
+            && let Err(e) = log.commit(vec![Event::Compensating { cause }]).await
+        {
+            return Err(journal_stalled(&log, e));
         }
         // Transactions left in doubt end first: decided ones are finished, undecided ones
         // aborted (presumed abort), so that no reserve stays held for a compensated run.
-        let events: Vec<StoredEvent> = self.inner.journal.events(&run_id).await?;
+        // The log holds every durable event of the run: no need to read the journal back.
+        let events: Vec<Event> = log.journaled.clone();
         for (call, xid, calls, known) in in_doubt(&events) {
             let _ended = crate::two_phase::drive(&self.inner, &mut log, call, &xid, &calls, known)
                 .await
@@ -1033,7 +1125,7 @@ impl Host {
                     .await;
             }
         }
-        let (mut events, leases) = self.held_leases(&run_id).await?;
+        let (mut events, leases) = held_leases(&run_id, &log.journaled);
         events.push(Event::Compensated {
             cause: cause.clone(),
         });
@@ -1067,51 +1159,34 @@ impl Host {
         })
     }
 
-    /// The `lock-released` events for the leases the run still holds by its journal, and
-    /// every lease it ever acquired: all of them are given back to the backend (a release
-    /// only frees a grant that is still the run's own), because a release the journal records
-    /// may not have reached the backend before a crash.
-    async fn held_leases(&self, run_id: &str) -> Result<(Vec<Event>, Vec<Lease>), HostError> {
-        let mut acquired: Vec<Lease> = Vec::new();
-        let mut released: Vec<(String, u64)> = Vec::new();
-        for stored in self.inner.journal.events(run_id).await? {
-            match stored.event {
-                Event::LockAcquired {
-                    key,
-                    fencing_token,
-                    ttl_ms,
-                    expires_at_ms,
-                    ..
-                } => acquired.push(Lease {
-                    key,
-                    owner: run_id.to_owned(),
-                    fencing_token,
-                    ttl_ms,
-                    expires_at_ms,
-                }),
-                Event::LockReleased {
-                    key, fencing_token, ..
-                } => released.push((key, fencing_token)),
-                _ => {}
-            }
-        }
-        let held: Vec<Lease> = acquired
-            .iter()
-            .filter(|l| {
-                !released
-                    .iter()
-                    .any(|(k, t)| *k == l.key && *t == l.fencing_token)
-            })
-            .cloned()
-            .collect();
-        Ok((release_events(&held), acquired))
-    }
-
     async fn release_locks(&self, leases: &[Lease]) {
         for lease in leases {
             // A failed release only delays the next holder until the lease expires.
             let _ = self.inner.locks.release(lease).await;
         }
+    }
+}
+
+/// The error for a run that cannot go on now: resumable later once it is in the journal, not
+/// started at all before that.
+fn stalled(log: &RunLog, reason: String) -> HostError {
+    if log.unstarted.is_some() {
+        HostError::NotStarted {
+            run_id: log.run_id.clone(),
+            reason,
+        }
+    } else {
+        HostError::Interrupted {
+            run_id: log.run_id.clone(),
+            reason,
+        }
+    }
+}
+
+fn journal_stalled(log: &RunLog, error: JournalError) -> HostError {
+    match error {
+        JournalError::RunExists(run_id) => HostError::RunExists(run_id),
+        error => stalled(log, error.to_string()),
     }
 }
 
@@ -1153,7 +1228,7 @@ async fn renew_run_leases(host: Weak<HostInner>) {
 /// Keeps the run's leases alive while its module executes: each lease is extended once a
 /// third of its ttl is left. A lease that cannot be extended has passed to someone else; the
 /// run goes on, and participants refuse its stale fencing token.
-async fn renew(host: Arc<HostInner>, leases: Arc<std::sync::Mutex<Vec<Lease>>>) {
+pub(crate) async fn renew(host: Arc<HostInner>, leases: Arc<std::sync::Mutex<Vec<Lease>>>) {
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let due: Vec<Lease> = {
@@ -1179,6 +1254,46 @@ async fn renew(host: Arc<HostInner>, leases: Arc<std::sync::Mutex<Vec<Lease>>>) 
     }
 }
 
+/// The `lock-released` events for the leases the run still holds by its journal, and every
+/// lease it ever acquired: all of them are given back to the backend (a release only frees a
+/// grant that is still the run's own), because a release the journal records may not have
+/// reached the backend before a crash.
+fn held_leases(run_id: &str, events: &[Event]) -> (Vec<Event>, Vec<Lease>) {
+    let mut acquired: Vec<Lease> = Vec::new();
+    let mut released: Vec<(String, u64)> = Vec::new();
+    for event in events {
+        match event {
+            Event::LockAcquired {
+                key,
+                fencing_token,
+                ttl_ms,
+                expires_at_ms,
+                ..
+            } => acquired.push(Lease {
+                key: key.clone(),
+                owner: run_id.to_owned(),
+                fencing_token: *fencing_token,
+                ttl_ms: *ttl_ms,
+                expires_at_ms: *expires_at_ms,
+            }),
+            Event::LockReleased {
+                key, fencing_token, ..
+            } => released.push((key.clone(), *fencing_token)),
+            _ => {}
+        }
+    }
+    let held: Vec<Lease> = acquired
+        .iter()
+        .filter(|l| {
+            !released
+                .iter()
+                .any(|(k, t)| *k == l.key && *t == l.fencing_token)
+        })
+        .cloned()
+        .collect();
+    (release_events(&held), acquired)
+}
+
 /// `lock-released` events for leases the host gives back at the run's end.
 fn release_events(held: &[Lease]) -> Vec<Event> {
     held.iter()
@@ -1191,11 +1306,11 @@ fn release_events(held: &[Lease]) -> Vec<Event> {
 }
 
 /// Why the run is compensating, as its latest `compensating` event says.
-fn last_cause(events: &[StoredEvent]) -> String {
+fn last_cause(events: &[Event]) -> String {
     events
         .iter()
         .rev()
-        .find_map(|e| match &e.event {
+        .find_map(|e| match e {
             Event::Compensating { cause } => Some(cause.clone()),
             _ => None,
         })
@@ -1204,7 +1319,7 @@ fn last_cause(events: &[StoredEvent]) -> String {
 
 /// Two-phase transactions the journal shows started but not finished.
 fn in_doubt(
-    events: &[StoredEvent],
+    events: &[Event],
 ) -> Vec<(
     u32,
     String,
@@ -1212,8 +1327,8 @@ fn in_doubt(
     crate::two_phase::Known,
 )> {
     let mut open = Vec::new();
-    for stored in events {
-        match &stored.event {
+    for event in events {
+        match event {
             Event::TwoPhaseStarted { call, xid, calls } => open.push((
                 *call,
                 xid.clone(),
@@ -1259,11 +1374,11 @@ struct StepState {
 }
 
 /// The run's steps in journal order with what is known of each.
-fn steps_of(events: &[StoredEvent]) -> Vec<StepState> {
+fn steps_of(events: &[Event]) -> Vec<StepState> {
     let mut steps: Vec<StepState> = Vec::new();
     let index_of = |steps: &Vec<StepState>, call: u32| steps.iter().position(|s| s.call == call);
-    for stored in events {
-        match &stored.event {
+    for event in events {
+        match event {
             Event::StepIntent {
                 call,
                 name,

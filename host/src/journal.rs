@@ -35,6 +35,9 @@ pub enum JournalError {
     },
     #[error("run {0} does not exist; `wasaga runs list` shows the known runs")]
     UnknownRun(String),
+    /// A run started with its first write found its id taken.
+    #[error("run {0} already exists")]
+    RunExists(String),
     #[error("module {0} is not in the module store")]
     UnknownModule(String),
     #[error(
@@ -221,9 +224,35 @@ impl Journal {
     ) -> Result<i64, JournalError> {
         let run_id = run_id.to_owned();
         let owner = self.owner.clone();
+        let events = Encoded::new(&events);
         self.db
             .write(move |tx| {
                 Box::pin(async move { append_events(tx, &run_id, &owner, next_seq, &events).await })
+            })
+            .await
+    }
+
+    /// Creates the run with `started` (as [`Journal::create_run`]) and appends `events` after
+    /// it, in one durable transaction: for a run whose caller waits for its end, so that its
+    /// start costs no commit of its own. Fails with [`JournalError::RunExists`] if the id is
+    /// taken, writing nothing.
+    pub async fn create_and_append(
+        &self,
+        run_id: &str,
+        started: Event,
+        events: Vec<Event>,
+    ) -> Result<i64, JournalError> {
+        let run_id = run_id.to_owned();
+        let (owner, lease_ms) = (self.owner.clone(), self.run_lease_ms);
+        let events = Encoded::new(&events);
+        self.db
+            .write(move |tx| {
+                Box::pin(async move {
+                    if !create_run(tx, &run_id, &started, &owner, lease_ms).await? {
+                        return Err(JournalError::RunExists(run_id));
+                    }
+                    append_events(tx, &run_id, &owner, 2, &events).await
+                })
             })
             .await
     }
@@ -723,36 +752,92 @@ pub(crate) async fn create_run(
     Ok(inserted == 1)
 }
 
+/// Events serialized for the journal, and what they change in the run's projection. Built by
+/// the caller, so that the database's writer spends its time on SQL only.
+#[derive(Debug, Default)]
+pub(crate) struct Encoded {
+    rows: Vec<(&'static str, String)>,
+    /// The status, output and error a terminal (or compensating) event sets.
+    projection: Option<(&'static str, Option<String>, Option<String>)>,
+}
+
+impl Encoded {
+    pub fn new(events: &[Event]) -> Encoded {
+        let mut encoded = Encoded {
+            rows: Vec::with_capacity(events.len() + 1),
+            projection: None,
+        };
+        for event in events {
+            encoded.push(event);
+        }
+        encoded
+    }
+
+    pub fn push(&mut self, event: &Event) {
+        let body = serde_json::to_string(event).expect("events always serialize");
+        self.rows.push((event.kind(), body));
+        match event {
+            Event::Completed { output } => {
+                self.projection = Some(("completed", Some(output.clone()), None))
+            }
+            Event::Compensating { cause } => {
+                self.projection = Some(("compensating", None, Some(cause.clone())))
+            }
+            Event::Compensated { cause } => {
+                self.projection = Some(("compensated", None, Some(cause.clone())))
+            }
+            Event::Stuck { reason } => {
+                self.projection = Some(("stuck", None, Some(reason.clone())))
+            }
+            _ => {}
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+}
+
 /// Appends `events` at `next_seq` inside a write transaction (which may also carry a
 /// co-located participant's write), fenced by `owner`; returns the next free seq.
+///
+/// The fence is the last statement: the update of the run's row only matches if this host
+/// still owns the run and `next_seq` is still its next position. A refusal therefore comes
+/// after this job's writes, and must undo them: on PostgreSQL the job is its own transaction
+/// and rolls back; on SQLite the writer rolls back the whole batch of a job that fails after
+/// writing (see `db::sqlite`). Both leave nothing of a refused append. In PostgreSQL the update
+/// locks the row, so a host taking the run over waits for this transaction and then sees it.
 pub(crate) async fn append_events(
     tx: &mut dyn Tx,
     run_id: &str,
     owner: &str,
     next_seq: i64,
-    events: &[Event],
+    events: &Encoded,
 ) -> Result<i64, JournalError> {
     let now = now_ms() as i64;
     let after = next_seq + events.len() as i64;
-    let mut projection: Option<(&'static str, Option<&str>, Option<&str>)> = None;
-    for event in events {
-        match event {
-            Event::Completed { output } => {
-                projection = Some(("completed", Some(output.as_str()), None))
-            }
-            Event::Compensating { cause } => {
-                projection = Some(("compensating", None, Some(cause.as_str())))
-            }
-            Event::Compensated { cause } => {
-                projection = Some(("compensated", None, Some(cause.as_str())))
-            }
-            Event::Stuck { reason } => projection = Some(("stuck", None, Some(reason.as_str()))),
-            _ => {}
-        }
+    let mut seq = next_seq;
+    let mut rows = events.rows.as_slice();
+    // A step journals two events at once (its intent and its outcome): one statement.
+    while let [(kind_a, body_a), (kind_b, body_b), rest @ ..] = rows {
+        tx.execute(
+            "INSERT INTO events (run_id, seq, at_ms, kind, body)
+             VALUES ($1, $2, $3, $4, $5), ($1, $6, $3, $7, $8)",
+            crate::args![run_id, seq, now, *kind_a, body_a, seq + 1, *kind_b, body_b],
+        )
+        .await?;
+        seq += 2;
+        rows = rest;
     }
-    // The fence first: in PostgreSQL the update locks the run's row, so a host taking the run
-    // over waits for this transaction and then sees its events.
-    let updated = match projection {
+    for (kind, body) in rows {
+        tx.execute(
+            "INSERT INTO events (run_id, seq, at_ms, kind, body) VALUES ($1, $2, $3, $4, $5)",
+            crate::args![run_id, seq, now, *kind, body],
+        )
+        .await?;
+        seq += 1;
+    }
+    let updated = match &events.projection {
         Some((status, output, error)) => {
             // A run that has ended holds no lease: nothing executes it any more, and a stuck
             // run must be free for whichever host an operator retries it on.
@@ -761,7 +846,16 @@ pub(crate) async fn append_events(
                                  lease_expires_at_ms = CASE WHEN $3 = 'compensating'
                                                             THEN lease_expires_at_ms ELSE 0 END
                  WHERE run_id = $6 AND next_seq = $7 AND owner = $8",
-                crate::args![after, now, status, output, error, run_id, next_seq, owner],
+                crate::args![
+                    after,
+                    now,
+                    *status,
+                    output.as_deref(),
+                    error.as_deref(),
+                    run_id,
+                    next_seq,
+                    owner
+                ],
             )
             .await?
         }
@@ -782,8 +876,7 @@ pub(crate) async fn append_events(
             )
             .await?
             .ok_or_else(|| JournalError::UnknownRun(run_id.to_owned()))?;
-        let holder = row.opt_text(1)?;
-        return Err(match holder {
+        return Err(match row.opt_text(1)? {
             Some(holder) if holder != owner => JournalError::NotOwner {
                 run_id: run_id.to_owned(),
                 owner: holder,
@@ -797,16 +890,6 @@ pub(crate) async fn append_events(
                 seq: next_seq,
             },
         });
-    }
-    let mut seq = next_seq;
-    for event in events {
-        let body = serde_json::to_string(event).expect("events always serialize");
-        tx.execute(
-            "INSERT INTO events (run_id, seq, at_ms, kind, body) VALUES ($1, $2, $3, $4, $5)",
-            crate::args![run_id, seq, now, event.kind(), &body],
-        )
-        .await?;
-        seq += 1;
     }
     Ok(seq)
 }

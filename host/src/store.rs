@@ -79,6 +79,8 @@ pub(crate) enum Fatal {
     Failure(String),
     /// The host could not journal: the run stays unfinished and is resumed later.
     Interrupted(String),
+    /// The run's first write found its id taken (a run started with that write).
+    Exists,
 }
 
 /// A journaled call found at a call index during replay.
@@ -144,6 +146,9 @@ pub(crate) struct RunContext {
     pub grant: Option<Arc<crate::config::Grant>>,
     /// Tells the run to stop (lease lost, host shutting down).
     pub live: Arc<crate::executor::LiveRun>,
+    /// The task renewing the run's leases, started with the first one: a run that takes no
+    /// lock costs no task.
+    pub renewal: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl RunContext {
@@ -187,7 +192,10 @@ impl RunContext {
     /// Stops the module because the host cannot go on right now.
     pub fn interrupted(&mut self, error: JournalError) -> wasmtime::Error {
         let message = error.to_string();
-        self.fatal = Some(Fatal::Interrupted(message.clone()));
+        self.fatal = Some(match error {
+            JournalError::RunExists(_) => Fatal::Exists,
+            _ => Fatal::Interrupted(message.clone()),
+        });
         wasmtime::Error::msg(message)
     }
 
@@ -215,6 +223,12 @@ impl RunContext {
             .lock()
             .expect("lease list lock poisoned")
             .push(lease);
+        if self.renewal.is_none() {
+            self.renewal = Some(tokio::spawn(crate::executor::renew(
+                self.host.clone(),
+                self.leases.clone(),
+            )));
+        }
     }
 
     /// Removes and returns the lease on `key` with `fencing_token`, if the run holds it.
@@ -264,6 +278,12 @@ pub(crate) struct RunLog {
     /// nothing outside the run has seen them before then, so losing them in a crash is
     /// harmless, and it saves an fsync each.
     pub pending: Vec<Event>,
+    /// The `started` event of a run that is not in the journal yet: it is created by the
+    /// run's first durable write (see `Host::start_and_drive`).
+    pub unstarted: Option<Event>,
+    /// Every event of the run that is durable in the journal, in order: what the journal
+    /// would return, without reading it back (compensation works from it).
+    pub journaled: Vec<Event>,
     pub observer: Observer,
 }
 
@@ -281,14 +301,24 @@ impl RunLog {
         }
         let mut all = self.pending.clone();
         all.extend(events.iter().cloned());
-        self.next_seq = self
-            .journal
-            .append(&self.run_id, self.next_seq, all)
-            .await?;
-        self.pending.clear();
+        self.next_seq = match &self.unstarted {
+            Some(started) => {
+                self.journal
+                    .create_and_append(&self.run_id, started.clone(), all)
+                    .await?
+            }
+            None => {
+                self.journal
+                    .append(&self.run_id, self.next_seq, all)
+                    .await?
+            }
+        };
+        self.unstarted = None;
+        self.journaled.append(&mut self.pending);
         for event in &events {
             (self.observer)(&self.run_id, event);
         }
+        self.journaled.extend(events);
         Ok(())
     }
 
@@ -375,35 +405,48 @@ impl RunLog {
         let database = self.journal.database().clone();
         let (call, run_id, next_seq) = (call.clone(), self.run_id.clone(), self.next_seq);
         let owner = self.journal.owner().to_owned();
+        let (unstarted, lease_ms) = (self.unstarted.clone(), self.journal.run_lease_ms());
         let mut first = self.pending.clone();
         first.extend(before.iter().cloned());
+        let encoded = crate::journal::Encoded::new(&first);
         let after = after.clone();
         let written = database
             .write(move |tx| {
                 Box::pin(async move {
+                    if let Some(started) = &unstarted
+                        && !crate::journal::create_run(tx, &run_id, started, &owner, lease_ms)
+                            .await?
+                    {
+                        return Err(JournalError::RunExists(run_id));
+                    }
                     let outcome = crate::ledger::apply(tx, &call)
                         .await?
                         .map_err(CallFailure::Rejected);
-                    let mut events = first;
-                    events.extend(after(&outcome));
+                    let mut encoded = encoded;
+                    let last = after(&outcome);
+                    if let Some(event) = &last {
+                        encoded.push(event);
+                    }
                     let next_seq =
-                        crate::journal::append_events(tx, &run_id, &owner, next_seq, &events)
+                        crate::journal::append_events(tx, &run_id, &owner, next_seq, &encoded)
                             .await?;
-                    Ok::<_, JournalError>((outcome, events, next_seq))
+                    Ok::<_, JournalError>((outcome, last, next_seq))
                 })
             })
             .await;
-        let (outcome, events, next_seq) = match written {
+        let (outcome, last, next_seq) = match written {
             Ok(written) => written,
             Err(JournalError::Database(e)) => return Ok(Err(e.to_string())),
             Err(other) => return Err(other),
         };
-        let buffered = self.pending.len();
-        self.pending.clear();
+        self.journaled.append(&mut self.pending);
+        self.unstarted = None;
         self.next_seq = next_seq;
-        for event in &events[buffered..] {
+        for event in before.iter().chain(last.iter()) {
             (self.observer)(&self.run_id, event);
         }
+        self.journaled.extend(before.iter().cloned());
+        self.journaled.extend(last);
         Ok(Ok(outcome))
     }
 }

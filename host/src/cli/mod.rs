@@ -1064,6 +1064,12 @@ async fn bench_transfer(
             "latency      p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
             report.p50_ms, report.p95_ms, report.p99_ms, report.max_ms
         );
+        println!(
+            "journal      {} commits, {:.1} writers' jobs per commit ({:.2} commits per saga)",
+            report.commits,
+            report.jobs_per_commit,
+            report.commits as f64 / f64::from(report.n.max(1))
+        );
         for invariant in &report.invariants {
             println!(
                 "invariant    {:<50} {}  ({})",

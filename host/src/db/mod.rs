@@ -283,6 +283,27 @@ pub struct OpenError {
     pub hint: &'static str,
 }
 
+/// How many write transactions were committed, and how many writers' jobs they carried.
+#[derive(Debug, Default)]
+pub struct CommitStats {
+    commits: std::sync::atomic::AtomicU64,
+    jobs: std::sync::atomic::AtomicU64,
+}
+
+impl CommitStats {
+    fn record(&self, jobs: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.commits.fetch_add(1, Relaxed);
+        self.jobs.fetch_add(jobs as u64, Relaxed);
+    }
+
+    /// `(commits, jobs)` so far.
+    pub fn read(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.commits.load(Relaxed), self.jobs.load(Relaxed))
+    }
+}
+
 /// An open database, SQLite or PostgreSQL.
 #[derive(Debug)]
 pub enum Database {
@@ -341,6 +362,14 @@ impl Database {
         match self {
             Database::Sqlite(db) => db.location(),
             Database::Postgres(db) => db.location(),
+        }
+    }
+
+    /// Write transactions committed so far, and the jobs they carried.
+    pub fn commit_stats(&self) -> (u64, u64) {
+        match self {
+            Database::Sqlite(db) => db.stats().read(),
+            Database::Postgres(db) => db.stats().read(),
         }
     }
 

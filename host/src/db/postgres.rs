@@ -22,6 +22,7 @@ const ACQUIRE_TIMEOUT_MS: u64 = 10_000;
 #[derive(Debug)]
 pub struct PostgresDatabase {
     location: Location,
+    stats: super::CommitStats,
     pool: PgPool,
     crash: CrashSwitch,
 }
@@ -60,6 +61,7 @@ impl PostgresDatabase {
             .connect_lazy_with(options);
         Ok(PostgresDatabase {
             location,
+            stats: super::CommitStats::default(),
             pool,
             crash,
         })
@@ -67,6 +69,10 @@ impl PostgresDatabase {
 
     pub fn location(&self) -> &Location {
         &self.location
+    }
+
+    pub fn stats(&self) -> &super::CommitStats {
+        &self.stats
     }
 
     fn error(&self, e: impl std::fmt::Display) -> DbError {
@@ -98,6 +104,7 @@ impl PostgresDatabase {
         };
         match result {
             Ok(value) => {
+                self.stats.record(1);
                 self.crash.before_commit();
                 tx.commit().await.map_err(|e| {
                     E::from(DbError::Commit {

@@ -2,6 +2,7 @@
 //! invariants. (Only correctness is asserted here; the numbers are for people to read.)
 
 use crate::guests::BENCH_TRANSFER;
+use crate::services::Postgres;
 use crate::support::{Sandbox, text};
 
 #[test]
@@ -62,5 +63,60 @@ fn the_benchmark_refuses_to_reset_the_users_database() {
         s.balances()["alice"],
         5,
         "the user's ledger must be untouched"
+    );
+}
+
+#[test]
+fn the_transfer_benchmark_runs_on_postgres_by_url_and_keeps_to_its_own_schema() {
+    let postgres = Postgres::start();
+    let url = crate::postgres::database(&postgres, "bench", None);
+    // A real journal in the same database must survive the benchmark's reset.
+    let s = Sandbox::new("bench-pg").on_postgres(&url);
+    s.open("alice", 5);
+    let run = |ledger: Option<&str>| {
+        let mut args = vec![
+            "bench",
+            "transfer",
+            "--n",
+            "120",
+            "--c",
+            "8",
+            "--seed",
+            "7",
+            "--module",
+            BENCH_TRANSFER,
+            "--journal",
+            &url,
+            "--json",
+        ];
+        if let Some(ledger) = ledger {
+            args.extend_from_slice(&["--ledger", ledger]);
+        }
+        let out = s.wasaga(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("one JSON line")
+    };
+    let report = run(None);
+    assert_eq!(report["invariants_ok"], true, "{report}");
+    assert_eq!(
+        (report["journal"].as_str(), report["ledger"].as_str()),
+        (Some("postgres"), Some("postgres"))
+    );
+    assert_eq!(
+        (report["succeeded"].as_u64(), report["compensated"].as_u64()),
+        (Some(108), Some(12))
+    );
+    // The ledger in a database of its own: ledger writes and journal entries commit apart.
+    let ledger_url = format!("{url}?schema=bench_ledger");
+    let report = run(Some(&ledger_url));
+    assert_eq!(report["invariants_ok"], true, "{report}");
+    assert_eq!(
+        (report["succeeded"].as_u64(), report["compensated"].as_u64()),
+        (Some(108), Some(12))
+    );
+    assert_eq!(
+        s.balances()["alice"],
+        5,
+        "the journal's own schema is untouched"
     );
 }

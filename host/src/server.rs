@@ -307,16 +307,18 @@ async fn deploy(State(state): State<AppState>, Path(name): Path<String>, body: B
     match state.host.deploy(&name, &body).await {
         Ok(deployed) => {
             let d = &deployed.deployment;
+            let what = if deployed.new_version {
+                "deployed"
+            } else if deployed.previous == Some(d.version) {
+                "redeployed (unchanged, already active)"
+            } else {
+                "made active again"
+            };
             (state.log)(&format!(
-                "deployed {} version {} (module {}){}",
+                "{} version {} (module {}) {what}",
                 d.workflow,
                 d.version,
-                &d.hash[..12],
-                if deployed.new_version {
-                    ""
-                } else {
-                    ", an earlier version made active again"
-                }
+                &d.hash[..12]
             ));
             let status = if deployed.new_version {
                 StatusCode::CREATED

@@ -296,9 +296,16 @@ pub async fn deploy(g: &Settings, args: &DeployArgs) -> Result<u8, Failure> {
             d.version,
             &d.hash[..12]
         );
+    } else if deployed.previous == Some(d.version) {
+        println!(
+            "{} version {} (module {}) is already the active version; nothing changed",
+            d.workflow,
+            d.version,
+            &d.hash[..12]
+        );
     } else {
         println!(
-            "{} version {} (module {}) was already deployed; it is the active version again",
+            "{} version {} (module {}) was deployed before; it is the active version again",
             d.workflow,
             d.version,
             &d.hash[..12]

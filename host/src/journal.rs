@@ -225,6 +225,17 @@ impl Journal {
         let run_id = run_id.to_owned();
         let owner = self.owner.clone();
         let events = Encoded::new(&events);
+        if self.db.dialect() == Dialect::Postgres && events.len() <= 2 {
+            // One statement: it needs no transaction around it.
+            return self
+                .db
+                .write_one(move |tx| {
+                    Box::pin(
+                        async move { append_events(tx, &run_id, &owner, next_seq, &events).await },
+                    )
+                })
+                .await;
+        }
         self.db
             .write(move |tx| {
                 Box::pin(async move { append_events(tx, &run_id, &owner, next_seq, &events).await })
@@ -816,7 +827,7 @@ pub(crate) async fn append_events(
 ) -> Result<i64, JournalError> {
     let now = now_ms() as i64;
     let after = next_seq + events.len() as i64;
-    if tx.dialect() == Dialect::Postgres && events.projection.is_none() && events.len() <= 2 {
+    if tx.dialect() == Dialect::Postgres && events.len() <= 2 {
         return append_pg(tx, run_id, owner, next_seq, now, events).await;
     }
     let mut seq = next_seq;
@@ -872,34 +883,14 @@ pub(crate) async fn append_events(
         }
     };
     if updated != 1 {
-        let row = tx
-            .fetch_optional(
-                "SELECT next_seq, owner FROM runs WHERE run_id = $1",
-                crate::args![run_id],
-            )
-            .await?
-            .ok_or_else(|| JournalError::UnknownRun(run_id.to_owned()))?;
-        return Err(match row.opt_text(1)? {
-            Some(holder) if holder != owner => JournalError::NotOwner {
-                run_id: run_id.to_owned(),
-                owner: holder,
-            },
-            None => JournalError::NotOwner {
-                run_id: run_id.to_owned(),
-                owner: "nobody (this host gave the run up)".to_owned(),
-            },
-            Some(_) => JournalError::VersionConflict {
-                run_id: run_id.to_owned(),
-                seq: next_seq,
-            },
-        });
+        return Err(refused(tx, run_id, owner, next_seq).await);
     }
     Ok(seq)
 }
 
-/// [`append_events`] in one PostgreSQL statement, for the common shapes (one or two events
-/// that change no status): the fenced update of the run, and the events inserted only if it
-/// matched. One round trip instead of two.
+/// [`append_events`] in one PostgreSQL statement, for one or two events: the fenced update of
+/// the run (with the status an ending event sets), and the events inserted only if it matched.
+/// One round trip instead of two, and no transaction needed around it.
 async fn append_pg(
     tx: &mut dyn Tx,
     run_id: &str,
@@ -909,29 +900,48 @@ async fn append_pg(
     events: &Encoded,
 ) -> Result<i64, JournalError> {
     let after = next_seq + events.len() as i64;
+    let (status, output, error) = match &events.projection {
+        Some((status, output, error)) => (Some(*status), output.as_deref(), error.as_deref()),
+        None => (None, None, None),
+    };
+    // A run that has ended holds no lease: nothing executes it any more, and a stuck run must be
+    // free for whichever host an operator retries it on.
     let inserted = match events.rows.as_slice() {
         [] => 0,
         [(kind, body)] => {
             tx.execute(
                 "WITH fence AS (
-                     UPDATE runs SET next_seq = $1, updated_at_ms = $2
+                     UPDATE runs SET next_seq = $1, updated_at_ms = $2,
+                         status = COALESCE($8, status),
+                         output = CASE WHEN $8 IS NULL THEN output ELSE $9 END,
+                         error = CASE WHEN $8 IS NULL THEN error ELSE $10 END,
+                         lease_expires_at_ms = CASE WHEN $8 IS NULL OR $8 = 'compensating'
+                                                    THEN lease_expires_at_ms ELSE 0 END
                      WHERE run_id = $3 AND next_seq = $4 AND owner = $5 RETURNING run_id)
                  INSERT INTO events (run_id, seq, at_ms, kind, body)
                  SELECT run_id, $4, $2, $6, $7 FROM fence",
-                crate::args![after, now, run_id, next_seq, owner, *kind, body],
+                crate::args![
+                    after, now, run_id, next_seq, owner, *kind, body, status, output, error
+                ],
             )
             .await?
         }
         [(kind_a, body_a), (kind_b, body_b)] => {
             tx.execute(
                 "WITH fence AS (
-                     UPDATE runs SET next_seq = $1, updated_at_ms = $2
+                     UPDATE runs SET next_seq = $1, updated_at_ms = $2,
+                         status = COALESCE($10, status),
+                         output = CASE WHEN $10 IS NULL THEN output ELSE $11 END,
+                         error = CASE WHEN $10 IS NULL THEN error ELSE $12 END,
+                         lease_expires_at_ms = CASE WHEN $10 IS NULL OR $10 = 'compensating'
+                                                    THEN lease_expires_at_ms ELSE 0 END
                      WHERE run_id = $3 AND next_seq = $4 AND owner = $5 RETURNING run_id)
                  INSERT INTO events (run_id, seq, at_ms, kind, body)
                  SELECT run_id, $4, $2, $6, $7 FROM fence
                  UNION ALL SELECT run_id, $4 + 1, $2, $8, $9 FROM fence",
                 crate::args![
-                    after, now, run_id, next_seq, owner, *kind_a, body_a, *kind_b, body_b
+                    after, now, run_id, next_seq, owner, *kind_a, body_a, *kind_b, body_b, status,
+                    output, error
                 ],
             )
             .await?
@@ -941,28 +951,144 @@ async fn append_pg(
     if inserted == events.len() as u64 && inserted > 0 {
         return Ok(after);
     }
-    // Nothing was inserted: the fence did not match. Say why, as append_events does.
-    let row = tx
+    // Nothing was inserted: the fence did not match.
+    Err(refused(tx, run_id, owner, next_seq).await)
+}
+
+/// Why a fenced append of `owner` at `next_seq` was refused: another owner, or another position.
+async fn refused(tx: &mut dyn Tx, run_id: &str, owner: &str, next_seq: i64) -> JournalError {
+    let row = match tx
         .fetch_optional(
             "SELECT next_seq, owner FROM runs WHERE run_id = $1",
             crate::args![run_id],
         )
-        .await?
-        .ok_or_else(|| JournalError::UnknownRun(run_id.to_owned()))?;
-    Err(match row.opt_text(1)? {
-        Some(holder) if holder != owner => JournalError::NotOwner {
+        .await
+    {
+        Ok(Some(row)) => row,
+        Ok(None) => return JournalError::UnknownRun(run_id.to_owned()),
+        Err(e) => return e.into(),
+    };
+    match row.opt_text(1) {
+        Ok(Some(holder)) if holder != owner => JournalError::NotOwner {
             run_id: run_id.to_owned(),
             owner: holder,
         },
-        None => JournalError::NotOwner {
+        Ok(None) => JournalError::NotOwner {
             run_id: run_id.to_owned(),
             owner: "nobody (this host gave the run up)".to_owned(),
         },
-        Some(_) => JournalError::VersionConflict {
+        Ok(Some(_)) => JournalError::VersionConflict {
             run_id: run_id.to_owned(),
             seq: next_seq,
         },
-    })
+        Err(e) => e.into(),
+    }
+}
+
+/// A saga step that debits or credits the ledger in the journal's own PostgreSQL database,
+/// done in one round trip by the server-side function `ledger_step` (schema/postgres/0002):
+/// the run's fence (or its creation, with `started`), the ledger operation with its
+/// idempotency record, the events before the outcome and the outcome event. Returns the
+/// outcome and the run's next position. Fails with [`JournalError::RunExists`] if the run to
+/// create exists, or as a refused append if this host does not hold the run; nothing is
+/// written then.
+pub(crate) async fn ledger_step_pg(
+    tx: &mut dyn Tx,
+    step: &ServerStep,
+) -> Result<(Result<String, crate::event::CallFailure>, i64), JournalError> {
+    let (started, workflow, module_hash, input) = match &step.started {
+        Some(Event::Started {
+            workflow,
+            module_hash,
+            input,
+            ..
+        }) => (
+            Some(
+                serde_json::to_string(step.started.as_ref().expect("matched"))
+                    .expect("events always serialize"),
+            ),
+            Some(workflow.as_str()),
+            Some(module_hash.as_str()),
+            Some(input.as_str()),
+        ),
+        _ => (None, None, None, None),
+    };
+    let (kinds, bodies): (Vec<String>, Vec<String>) = step
+        .before
+        .rows
+        .iter()
+        .map(|(kind, body)| ((*kind).to_owned(), body.clone()))
+        .unzip();
+    let token_keys: Vec<String> = step.fencing_tokens.iter().map(|(k, _)| k.clone()).collect();
+    let token_values: Vec<i64> = step.fencing_tokens.iter().map(|(_, t)| *t as i64).collect();
+    let row = tx
+        .fetch_optional(
+            "SELECT status, outcome, next_seq FROM ledger_step(
+                 $1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
+                 $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+            crate::args![
+                &step.run_id,
+                &step.owner,
+                step.next_seq,
+                started.as_deref(),
+                workflow,
+                module_hash,
+                input,
+                step.lease_ms as i64,
+                crate::db::Arg::TextList(&kinds),
+                crate::db::Arg::TextList(&bodies),
+                i64::from(step.call),
+                step.reply_bytes_max as i64,
+                &step.op_id,
+                &step.action,
+                &step.request,
+                &step.account,
+                step.amount,
+                crate::db::Arg::TextList(&token_keys),
+                crate::db::Arg::IntList(&token_values),
+                now_ms() as i64
+            ],
+        )
+        .await?
+        .ok_or_else(|| JournalError::Corrupt {
+            run_id: step.run_id.clone(),
+            seq: step.next_seq,
+            reason: "ledger_step returned no row".to_owned(),
+        })?;
+    let status = row.text(0)?;
+    let next_seq = row.int(2)?;
+    match status.as_str() {
+        "ok" => Ok((Ok(row.text(1)?), next_seq)),
+        "rejected" => Ok((
+            Err(crate::event::CallFailure::Rejected(row.text(1)?)),
+            next_seq,
+        )),
+        "exists" => Err(JournalError::RunExists(step.run_id.clone())),
+        _ => Err(refused(tx, &step.run_id, &step.owner, step.next_seq).await),
+    }
+}
+
+/// Everything [`ledger_step_pg`] needs for one step.
+#[derive(Debug)]
+pub(crate) struct ServerStep {
+    pub run_id: String,
+    pub owner: String,
+    pub next_seq: i64,
+    /// The run's `started` event, when the step's write creates the run.
+    pub started: Option<Event>,
+    pub lease_ms: u64,
+    /// Events journaled before the outcome (buffered ones, the intent).
+    pub before: Encoded,
+    pub call: u32,
+    pub reply_bytes_max: usize,
+    pub op_id: String,
+    /// `debit` or `credit`.
+    pub action: String,
+    /// `"<action> <payload>"`, as the ledger compares a repeated key's request.
+    pub request: String,
+    pub account: String,
+    pub amount: i64,
+    pub fencing_tokens: Vec<(String, u64)>,
 }
 
 async fn events(tx: &mut dyn Tx, run_id: &str) -> Result<Vec<StoredEvent>, JournalError> {

@@ -229,6 +229,78 @@ pub async fn apply(
     Ok(outcome)
 }
 
+/// For the PostgreSQL server-side step (`journal::ledger_step_pg`): the account and amount of a
+/// well-formed debit or credit. `None` sends the call down the general path, which also words
+/// any refusal of a malformed one.
+pub(crate) fn server_step_entry(action: &str, payload: &str) -> Option<(String, i64)> {
+    if action != "debit" && action != "credit" {
+        return None;
+    }
+    let entry: Entry = serde_json::from_str(payload).ok()?;
+    check_amount(entry.amount).ok()?;
+    Some((entry.account, entry.amount))
+}
+
+/// Performs a debit or credit step the way a PostgreSQL journal with a co-located ledger does:
+/// in the server-side function, for run `run_id` owned by `owner` (created with its first
+/// step). For the test that holds it to [`apply`]'s outcomes; `None` if the call is not one
+/// the server-side function takes.
+#[doc(hidden)]
+pub async fn apply_on_server(
+    db: &Database,
+    run_id: &str,
+    owner: &str,
+    call: &LedgerCall,
+) -> Result<Option<Result<String, Rejection>>, crate::journal::JournalError> {
+    let Some((account, amount)) = server_step_entry(&call.action, &call.payload) else {
+        return Ok(None);
+    };
+    let (run_id, owner, call) = (run_id.to_owned(), owner.to_owned(), call.clone());
+    db.write_one(move |tx| {
+        Box::pin(async move {
+            tx.execute(
+                "INSERT INTO modules (hash, name, bytes, size_bytes, deployed_at_ms)
+                 VALUES ('parity', 'parity', $1, 0, 0) ON CONFLICT (hash) DO NOTHING",
+                args![&[][..]],
+            )
+            .await?;
+            let position = tx
+                .fetch_optional(
+                    "SELECT next_seq FROM runs WHERE run_id = $1",
+                    args![&run_id],
+                )
+                .await?
+                .map(|row| row.int(0))
+                .transpose()?;
+            let started = crate::event::Event::Started {
+                workflow: "parity".to_owned(),
+                module_hash: "parity".to_owned(),
+                input: "{}".to_owned(),
+                started_at_ms: 0,
+            };
+            let step = crate::journal::ServerStep {
+                run_id,
+                owner,
+                next_seq: position.unwrap_or(2),
+                started: position.is_none().then_some(started),
+                lease_ms: 60_000,
+                before: crate::journal::Encoded::new(&[]),
+                call: 0,
+                reply_bytes_max: 64 << 10,
+                op_id: call.op_id.clone(),
+                action: call.action.clone(),
+                request: format!("{} {}", call.action, call.payload),
+                account,
+                amount,
+                fencing_tokens: call.fencing_tokens.clone(),
+            };
+            let (outcome, _) = crate::journal::ledger_step_pg(tx, &step).await?;
+            Ok(Some(outcome.map_err(|failure| failure.reason().to_owned())))
+        })
+    })
+    .await
+}
+
 /// Refuses a call whose fencing token for some lock is older than the newest one seen, and
 /// remembers the newest token per lock otherwise.
 async fn fence(

@@ -394,6 +394,110 @@ impl RunLog {
         }
     }
 
+    /// [`RunLog::call`] for a saga step numbered `call`. On PostgreSQL, a debit or credit of the
+    /// ledger in the journal's database takes one round trip, done by the server-side function
+    /// `ledger_step`; everything else goes through [`RunLog::call`].
+    #[allow(clippy::too_many_arguments)]
+    pub async fn call_step(
+        &mut self,
+        host: &HostInner,
+        route: Route,
+        request: &ParticipantRequest,
+        before: Vec<Event>,
+        after: After,
+        call: u32,
+        attempts: u32,
+    ) -> Result<Result<String, CallFailure>, JournalError> {
+        let on_server = route == Route::LedgerInJournal
+            && request.undoes.is_none()
+            && self.journal.database().dialect() == crate::db::Dialect::Postgres;
+        let entry = on_server
+            .then(|| crate::ledger::server_step_entry(&request.call.action, &request.call.payload))
+            .flatten();
+        let Some((account, amount)) = entry else {
+            return self
+                .call(host, route, request, before, after, attempts, false)
+                .await;
+        };
+        let attempts = attempts.max(1);
+        let mut backoff_ms = host.limits.retry_backoff_ms_min;
+        let mut last = String::new();
+        for attempt in 1..=attempts {
+            let written = self
+                .ledger_on_server(host, request, &before, &after, call, &account, amount)
+                .await?;
+            match written {
+                Ok(outcome) => return Ok(outcome),
+                Err(database) => last = database,
+            }
+            if attempt < attempts {
+                tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+                backoff_ms = (backoff_ms * 2).min(host.limits.retry_backoff_ms_max);
+            }
+        }
+        let failure = CallFailure::Unavailable(format!("ledger: {last}"));
+        let mut events = before;
+        events.extend(after(&Err(failure.clone())));
+        self.commit(events).await?;
+        Ok(Err(failure))
+    }
+
+    /// One attempt of a step on the server (see [`RunLog::call_step`]): the inner `Err` is a
+    /// database failure worth retrying; the outer one a journal conflict that is not.
+    #[allow(clippy::too_many_arguments)]
+    async fn ledger_on_server(
+        &mut self,
+        host: &HostInner,
+        request: &ParticipantRequest,
+        before: &[Event],
+        after: &After,
+        call: u32,
+        account: &str,
+        amount: i64,
+    ) -> Result<Result<Result<String, CallFailure>, String>, JournalError> {
+        let mut first = self.pending.clone();
+        first.extend(before.iter().cloned());
+        let step = crate::journal::ServerStep {
+            run_id: self.run_id.clone(),
+            owner: self.journal.owner().to_owned(),
+            next_seq: self.next_seq,
+            started: self.unstarted.clone(),
+            lease_ms: self.journal.run_lease_ms(),
+            before: crate::journal::Encoded::new(&first),
+            call,
+            reply_bytes_max: host.limits.payload_bytes_max,
+            op_id: request.op_id.clone(),
+            action: request.call.action.clone(),
+            request: format!("{} {}", request.call.action, request.call.payload),
+            account: account.to_owned(),
+            amount,
+            fencing_tokens: request.fencing_tokens.clone(),
+        };
+        let written = self
+            .journal
+            .database()
+            .write_one(move |tx| {
+                Box::pin(async move { crate::journal::ledger_step_pg(tx, &step).await })
+            })
+            .await;
+        let (outcome, next_seq) = match written {
+            Ok(written) => written,
+            Err(JournalError::Database(e)) => return Ok(Err(e.to_string())),
+            Err(other) => return Err(other),
+        };
+        // The server journaled the same outcome event `after` makes here.
+        let last = after(&outcome);
+        self.journaled.append(&mut self.pending);
+        self.unstarted = None;
+        self.next_seq = next_seq;
+        for event in before.iter().chain(last.iter()) {
+            (self.observer)(&self.run_id, event);
+        }
+        self.journaled.extend(before.iter().cloned());
+        self.journaled.extend(last);
+        Ok(Ok(outcome))
+    }
+
     /// One attempt of a co-located ledger call: the inner `Err` is a database failure worth
     /// retrying; the outer one a journal conflict that is not.
     async fn ledger_in_journal(

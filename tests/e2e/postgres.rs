@@ -253,3 +253,116 @@ fn a_former_owner_cannot_append_after_another_host_takes_the_run_over() {
         assert_eq!(messages, ["a owns it", "b owns it"]);
     });
 }
+
+#[test]
+fn the_server_side_step_keeps_exactly_the_ledgers_rules() {
+    use wasaga::db::Database;
+    use wasaga::ledger::{self, LedgerCall};
+    let postgres = Postgres::start();
+    let url = database(&postgres, "parity", None);
+    rt().block_on(async {
+        let open = |schema: &str| {
+            let location = Location::parse(&format!("{url}?schema={schema}")).expect("url");
+            async move {
+                Database::open(&location, Default::default(), Default::default())
+                    .await
+                    .expect("open")
+            }
+        };
+        let general = open("general").await;
+        let server = open("server").await;
+        let call = |op_id: &str, action: &str, account: &str, amount: i64, tokens: &[(&str, u64)]| {
+            LedgerCall {
+                op_id: op_id.to_owned(),
+                undoes: None,
+                action: action.to_owned(),
+                payload: json!({ "account": account, "amount": amount }).to_string(),
+                fencing_tokens: tokens.iter().map(|(k, t)| ((*k).to_owned(), *t)).collect(),
+            }
+        };
+        for db in [&general, &server] {
+            ledger::open(db, "alice", 100).await.expect("alice");
+            ledger::open(db, "bob", 0).await.expect("bob");
+            ledger::open(db, "rich", 0).await.expect("rich");
+            // An operation compensated before it ran leaves a tombstone.
+            let undo = LedgerCall {
+                op_id: "r/ghost.undo".to_owned(),
+                undoes: Some("r/ghost".to_owned()),
+                ..call("r/ghost.undo", "credit", "alice", 1, &[])
+            };
+            db.write(move |tx| Box::pin(async move { ledger::apply(tx, &undo).await }))
+                .await
+                .expect("db")
+                .expect("an undo of nothing succeeds");
+            db.write(|tx| {
+                Box::pin(async move {
+                    tx.execute(
+                        "UPDATE ledger_accounts SET balance = 4611686018427387903 WHERE account = 'rich'",
+                        &[],
+                    )
+                    .await
+                })
+            })
+            .await
+            .expect("a balance at the ceiling");
+        }
+        let cases = [
+            call("r/1", "debit", "alice", 30, &[]),
+            call("r/1", "debit", "alice", 30, &[]),
+            call("r/1", "debit", "alice", 31, &[]),
+            call("r/1", "credit", "alice", 30, &[]),
+            call("r/2", "debit", "bob", 5, &[]),
+            call("r/2", "debit", "bob", 5, &[]),
+            call("r/3", "debit", "carol", 5, &[]),
+            call("r/4", "credit", "bob", 30, &[]),
+            call("r/5", "credit", "carol", 1, &[]),
+            call("r/6", "credit", "rich", 1, &[]),
+            call("r/ghost", "debit", "alice", 1, &[]),
+            call("r/7", "debit", "alice", 1, &[("account/alice", 5), ("account/bob", 2)]),
+            call("r/8", "debit", "alice", 1, &[("account/alice", 4)]),
+            call("r/8", "debit", "alice", 1, &[("account/alice", 4)]),
+            call("r/9", "credit", "bob", 1, &[("account/bob", 9)]),
+            call("r/10", "debit", "alice", 69, &[]),
+            call("r/11", "debit", "alice", 1, &[]),
+        ];
+        let mut rejected = 0;
+        for case in cases {
+            let expected = {
+                let case = case.clone();
+                general
+                    .write(move |tx| Box::pin(async move { ledger::apply(tx, &case).await }))
+                    .await
+                    .expect("db")
+            };
+            let got = ledger::apply_on_server(&server, "parity-run", "parity-owner", &case)
+                .await
+                .expect("db")
+                .expect("the server-side step takes a well-formed debit or credit");
+            assert_eq!(got, expected, "{case:?}");
+            rejected += usize::from(got.is_err());
+        }
+        assert!(rejected >= 8, "the cases exercise the refusals ({rejected})");
+        // Both left the ledger in the same state.
+        let tables = |db: &'static str| {
+            let url = url.clone();
+            async move {
+                let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+                let mut all = Vec::new();
+                for query in [
+                    "SELECT account || ' ' || balance || ' ' || held FROM {}.ledger_accounts ORDER BY account",
+                    "SELECT op_id || ' ' || action || ' ' || request || ' ' || status || ' ' || reply FROM {}.ledger_ops ORDER BY op_id",
+                    "SELECT op_id || ' ' || account || ' ' || delta FROM {}.ledger_entries ORDER BY op_id, account",
+                    "SELECT key || ' ' || token FROM {}.ledger_fences ORDER BY key",
+                ] {
+                    let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(query.replace("{}", db)))
+                        .fetch_all(&mut conn)
+                        .await
+                        .expect("table");
+                    all.push(rows);
+                }
+                all
+            }
+        };
+        assert_eq!(tables("server").await, tables("general").await);
+    });
+}

@@ -117,6 +117,10 @@ pub enum Arg<'a> {
     Blob(&'a [u8]),
     OptInt(Option<i64>),
     OptText(Option<&'a str>),
+    /// A `text[]` (PostgreSQL only).
+    TextList(&'a [String]),
+    /// A `bigint[]` (PostgreSQL only).
+    IntList(&'a [i64]),
 }
 
 impl From<i64> for Arg<'_> {
@@ -396,6 +400,22 @@ impl Database {
         match self {
             Database::Sqlite(db) => db.write(Box::new(work)).await,
             Database::Postgres(db) => db.write(Box::new(work)).await,
+        }
+    }
+
+    /// Runs `work`, which must be a single statement, durably: as [`Database::write`], but on
+    /// PostgreSQL without an explicit transaction around it (the statement is its own, and
+    /// BEGIN and COMMIT would cost two more round trips). On SQLite it joins a batch like any
+    /// write.
+    pub async fn write_one<T, E, F>(&self, work: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+        F: for<'t> FnOnce(&'t mut dyn Tx) -> BoxFuture<'t, Result<T, E>> + Send + 'static,
+    {
+        match self {
+            Database::Sqlite(db) => db.write(Box::new(work)).await,
+            Database::Postgres(db) => db.write_one(Box::new(work)).await,
         }
     }
 

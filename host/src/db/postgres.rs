@@ -13,7 +13,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 /// Schema migrations, applied in order and recorded in `schema_version`.
-const MIGRATIONS: &[&str] = &[include_str!("../../schema/postgres/0001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../schema/postgres/0001_initial.sql"),
+    include_str!("../../schema/postgres/0002_step_function.sql"),
+];
 
 /// How long a caller waits for a pooled connection before the database counts as unavailable.
 const ACQUIRE_TIMEOUT_MS: u64 = 10_000;
@@ -124,6 +127,33 @@ impl PostgresDatabase {
         }
     }
 
+    pub(super) async fn write_one<T, E>(&self, work: Work<T, E>) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+    {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| E::from(self.error(e)))?;
+        let database = self.location.describe();
+        // The statement commits itself: the crash switch sees it as one commit.
+        self.crash.before_commit();
+        let result = {
+            let mut pg = PgTx {
+                conn: &mut conn,
+                database: &database,
+            };
+            work(&mut pg).await
+        };
+        if result.is_ok() {
+            self.stats.record(1);
+            self.crash.after_commit();
+        }
+        result
+    }
+
     pub(super) async fn read<T, E>(&self, work: Work<T, E>) -> Result<T, E>
     where
         T: Send + 'static,
@@ -231,6 +261,8 @@ fn query<'a>(
             Arg::Blob(v) => query.bind(v),
             Arg::OptInt(v) => query.bind(v),
             Arg::OptText(v) => query.bind(v),
+            Arg::TextList(v) => query.bind(v),
+            Arg::IntList(v) => query.bind(v),
         };
     }
     query

@@ -113,14 +113,14 @@ impl Host for RunState {
             });
         let outcome = run
             .log
-            .call(
+            .call_step(
                 &host,
                 route,
                 &request,
                 before,
                 after,
+                call,
                 host.limits.step_retries_max,
-                false,
             )
             .await
             .map_err(|e| run.interrupted(e))?;

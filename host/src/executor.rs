@@ -576,6 +576,13 @@ impl Host {
             (Some(Fatal::Interrupted(reason)), _) => {
                 return Err(stalled(&log, reason));
             }
+            (Some(Fatal::NotStarted(reason)), _) => {
+                self.release_locks(&context.acquired).await;
+                return Err(HostError::NotStarted {
+                    run_id: run_id.to_owned(),
+                    reason,
+                });
+            }
             (Some(Fatal::Failure(cause)), _) => cause,
             (None, Ok(Ok(output))) => {
                 let max = self.inner.limits.payload_bytes_max;
@@ -1186,6 +1193,12 @@ fn stalled(log: &RunLog, reason: String) -> HostError {
 fn journal_stalled(log: &RunLog, error: JournalError) -> HostError {
     match error {
         JournalError::RunExists(run_id) => HostError::RunExists(run_id),
+        // The run is not in the journal at all: a run started with its first write whose batch
+        // never became durable. Nothing of it took effect.
+        JournalError::UnknownRun(run_id) => HostError::NotStarted {
+            run_id,
+            reason: "its first write never became durable".to_owned(),
+        },
         error => stalled(log, error.to_string()),
     }
 }

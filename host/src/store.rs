@@ -81,6 +81,8 @@ pub(crate) enum Fatal {
     Interrupted(String),
     /// The run's first write found its id taken (a run started with that write).
     Exists,
+    /// The run is not in the journal: its first write never became durable.
+    NotStarted(String),
 }
 
 /// A journaled call found at a call index during replay.
@@ -194,6 +196,7 @@ impl RunContext {
         let message = error.to_string();
         self.fatal = Some(match error {
             JournalError::RunExists(_) => Fatal::Exists,
+            JournalError::UnknownRun(_) => Fatal::NotStarted(message.clone()),
             _ => Fatal::Interrupted(message.clone()),
         });
         wasmtime::Error::msg(message)
@@ -514,8 +517,9 @@ impl RunLog {
         first.extend(before.iter().cloned());
         let encoded = crate::journal::Encoded::new(&first);
         let after = after.clone();
+        // The outcome feeds only this run's module: it need not wait for the batch's fsync.
         let written = database
-            .write(move |tx| {
+            .write_early(move |tx| {
                 Box::pin(async move {
                     if let Some(started) = &unstarted
                         && !crate::journal::create_run(tx, &run_id, started, &owner, lease_ms)

@@ -403,6 +403,24 @@ impl Database {
         }
     }
 
+    /// As [`Database::write`], but on SQLite the answer comes as soon as `work` has run in its
+    /// batch, before the batch is durable. Only for work whose result feeds the run that asked
+    /// and nothing outside the host (a step's outcome, to its module): the writer runs batches
+    /// one after the other, so whatever the run writes next is durable only after this; other
+    /// runs and readers see only committed work; and if this batch never becomes durable, the
+    /// run's next append fails its position fence and the run resumes from the durable journal.
+    pub async fn write_early<T, E, F>(&self, work: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+        F: for<'t> FnOnce(&'t mut dyn Tx) -> BoxFuture<'t, Result<T, E>> + Send + 'static,
+    {
+        match self {
+            Database::Sqlite(db) => db.write_early(Box::new(work)).await,
+            Database::Postgres(db) => db.write(Box::new(work)).await,
+        }
+    }
+
     /// Runs `work`, which must be a single statement, durably: as [`Database::write`], but on
     /// PostgreSQL without an explicit transaction around it (the statement is its own, and
     /// BEGIN and COMMIT would cost two more round trips). On SQLite it joins a batch like any

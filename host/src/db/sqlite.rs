@@ -134,9 +134,26 @@ impl SqliteDatabase {
         T: Send + 'static,
         E: From<DbError> + Send + 'static,
     {
+        self.submit(work, false).await
+    }
+
+    /// See `Database::write_early`.
+    pub(super) async fn write_early<T, E>(&self, work: Work<T, E>) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+    {
+        self.submit(work, true).await
+    }
+
+    async fn submit<T, E>(&self, work: Work<T, E>, early: bool) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
         self.writes
-            .send(Box::new(TypedJob { work, reply }))
+            .send(Box::new(TypedJob { work, reply, early }))
             .await
             .map_err(|_| E::from(self.closed()))?;
         answer.await.map_err(|_| E::from(self.closed()))?
@@ -149,7 +166,11 @@ impl SqliteDatabase {
     {
         let (reply, answer) = oneshot::channel();
         self.reads
-            .send(Box::new(TypedJob { work, reply }))
+            .send(Box::new(TypedJob {
+                work,
+                reply,
+                early: false,
+            }))
             .await
             .map_err(|_| E::from(self.closed()))?;
         answer.await.map_err(|_| E::from(self.closed()))?
@@ -251,6 +272,8 @@ type Deliver = Box<dyn FnOnce(Result<(), DbError>) + Send>;
 
 /// A job with its result type erased, so one queue carries them all.
 trait ErasedJob: Send {
+    /// Whether the job's answer may be delivered before its batch is durable.
+    fn early(&self) -> bool;
     /// Runs the work; returns whether it succeeded and how to deliver its result.
     fn run(self: Box<Self>, tx: &mut SqliteTx<'_>) -> (bool, Deliver);
     /// Fails the job without running it.
@@ -260,6 +283,7 @@ trait ErasedJob: Send {
 struct TypedJob<T, E> {
     work: Work<T, E>,
     reply: oneshot::Sender<Result<T, E>>,
+    early: bool,
 }
 
 impl<T, E> ErasedJob for TypedJob<T, E>
@@ -267,8 +291,12 @@ where
     T: Send + 'static,
     E: From<DbError> + Send + 'static,
 {
+    fn early(&self) -> bool {
+        self.early
+    }
+
     fn run(self: Box<Self>, tx: &mut SqliteTx<'_>) -> (bool, Deliver) {
-        let TypedJob { work, reply } = *self;
+        let TypedJob { work, reply, .. } = *self;
         let database = tx.database.to_owned();
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| now(work(tx))));
         let result: Result<T, E> = match outcome {
@@ -367,6 +395,7 @@ fn run_batch(
     let mut jobs = batch.drain(..);
     while let Some(job) = jobs.next() {
         let changes_before = conn.total_changes();
+        let early = job.early();
         let (ok, deliver) = {
             let mut tx = SqliteTx {
                 conn: &mut *conn,
@@ -390,7 +419,12 @@ fn run_batch(
             }
             return;
         }
-        delivers.push(deliver);
+        if early && ok {
+            // See Database::write_early: its answer need not wait for the fsync.
+            deliver(Ok(()));
+        } else {
+            delivers.push(deliver);
+        }
     }
     drop(jobs);
     crash.before_commit();

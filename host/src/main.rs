@@ -1,5 +1,5 @@
-//! The `wasaga` binary: parses the command line and hands it to `cli`, which maps what
-//! happened onto a one-line message and an exit code.
+//! The `wasaga` binary: parses the command line and hands it to `cli`, which starts the async
+//! runtime and maps what happened onto a one-line message and an exit code.
 
 mod cli;
 
@@ -7,18 +7,7 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     keep_freed_memory();
-    let args = cli::Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return std::process::ExitCode::from(cli::EXIT_FAILURE);
-        }
-    };
-    runtime.block_on(cli::main(args))
+    cli::main(cli::Cli::parse())
 }
 
 /// Stops glibc's malloc from handing freed memory back to the kernel at every free that

@@ -450,15 +450,7 @@ impl Host {
             return Ok(record.into());
         }
         let events: Vec<Event> = events.into_iter().map(|e| e.event).collect();
-        let log = RunLog {
-            journal: journal.clone(),
-            run_id: run_id.to_owned(),
-            next_seq: events.len() as i64 + 1,
-            pending: Vec::new(),
-            unstarted: None,
-            journaled: events.clone(),
-            observer,
-        };
+        let log = RunLog::new(journal.clone(), run_id, events.clone(), observer);
         if record.status == RunStatus::Compensating {
             return self.compensate(log, None, &live).await;
         }
@@ -484,15 +476,12 @@ impl Host {
         let (run_id, started) = self.new_run(run_id, workflow, module_hash, input)?;
         let outcome = {
             let (live, _guard) = self.go_live(&run_id);
-            let log = RunLog {
-                journal: self.inner.journal.clone(),
-                run_id: run_id.clone(),
-                next_seq: 2,
-                pending: Vec::new(),
-                unstarted: Some(started.clone()),
-                journaled: vec![started.clone()],
-                observer: observer.clone(),
-            };
+            let log = RunLog::unstarted(
+                self.inner.journal.clone(),
+                &run_id,
+                started.clone(),
+                observer.clone(),
+            );
             self.execute_run(log, workflow, &[started], &live).await
         };
         match outcome {
@@ -641,15 +630,12 @@ impl Host {
         let loaded = self.load(module_hash).await?;
         let replay = replay_map(&events);
         let calls = replay.len() as u32;
-        let mut log = RunLog {
-            journal: self.inner.journal.clone(),
-            run_id: run_id.to_owned(),
-            next_seq: events.len() as i64 + 1,
-            pending: Vec::new(),
-            unstarted: None,
-            journaled: events.clone(),
-            observer: crate::store::no_observer(),
-        };
+        let mut log = RunLog::new(
+            self.inner.journal.clone(),
+            run_id,
+            events.clone(),
+            crate::store::no_observer(),
+        );
         let _slot = self
             .inner
             .executions
@@ -765,15 +751,7 @@ impl Host {
             .map(|e| e.event)
             .collect();
         let cause = last_cause(&events);
-        let log = RunLog {
-            journal: self.inner.journal.clone(),
-            run_id: run_id.to_owned(),
-            next_seq: events.len() as i64 + 1,
-            pending: Vec::new(),
-            unstarted: None,
-            journaled: events,
-            observer,
-        };
+        let log = RunLog::new(self.inner.journal.clone(), run_id, events, observer);
         self.compensate(log, Some(cause), &live).await
     }
 
@@ -884,15 +862,12 @@ impl Host {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        let placeholder = RunLog {
-            journal: log.journal.clone(),
-            run_id: log.run_id.clone(),
-            next_seq: log.next_seq,
-            pending: Vec::new(),
-            unstarted: None,
-            journaled: Vec::new(),
-            observer: log.observer.clone(),
-        };
+        let placeholder = RunLog::new(
+            log.journal.clone(),
+            &log.run_id,
+            Vec::new(),
+            log.observer.clone(),
+        );
         let context = RunContext {
             host: self.inner.clone(),
             log: std::mem::replace(log, placeholder),

@@ -291,6 +291,38 @@ pub(crate) struct RunLog {
 }
 
 impl RunLog {
+    /// The cursor of a run whose durable events are `events`.
+    pub fn new(journal: Journal, run_id: &str, events: Vec<Event>, observer: Observer) -> Self {
+        RunLog {
+            journal,
+            run_id: run_id.to_owned(),
+            next_seq: events.len() as i64 + 1,
+            pending: Vec::new(),
+            unstarted: None,
+            journaled: events,
+            observer,
+        }
+    }
+
+    /// The cursor of a run started with its first write: `started` is journaled with it.
+    pub fn unstarted(journal: Journal, run_id: &str, started: Event, observer: Observer) -> Self {
+        RunLog {
+            unstarted: Some(started.clone()),
+            ..RunLog::new(journal, run_id, vec![started], observer)
+        }
+    }
+
+    /// Records what a commit made durable: the buffered events, then `events`, in order.
+    fn recorded(&mut self, next_seq: i64, events: impl IntoIterator<Item = Event>) {
+        self.next_seq = next_seq;
+        self.unstarted = None;
+        self.journaled.append(&mut self.pending);
+        for event in events {
+            (self.observer)(&self.run_id, &event);
+            self.journaled.push(event);
+        }
+    }
+
     /// Buffers a context event until the next commit.
     pub fn buffer(&mut self, event: Event) {
         (self.observer)(&self.run_id, &event);
@@ -304,7 +336,7 @@ impl RunLog {
         }
         let mut all = self.pending.clone();
         all.extend(events.iter().cloned());
-        self.next_seq = match &self.unstarted {
+        let next_seq = match &self.unstarted {
             Some(started) => {
                 self.journal
                     .create_and_append(&self.run_id, started.clone(), all)
@@ -316,12 +348,7 @@ impl RunLog {
                     .await?
             }
         };
-        self.unstarted = None;
-        self.journaled.append(&mut self.pending);
-        for event in &events {
-            (self.observer)(&self.run_id, event);
-        }
-        self.journaled.extend(events);
+        self.recorded(next_seq, events);
         Ok(())
     }
 
@@ -490,14 +517,7 @@ impl RunLog {
         };
         // The server journaled the same outcome event `after` makes here.
         let last = after(&outcome);
-        self.journaled.append(&mut self.pending);
-        self.unstarted = None;
-        self.next_seq = next_seq;
-        for event in before.iter().chain(last.iter()) {
-            (self.observer)(&self.run_id, event);
-        }
-        self.journaled.extend(before.iter().cloned());
-        self.journaled.extend(last);
+        self.recorded(next_seq, before.iter().cloned().chain(last));
         Ok(Ok(outcome))
     }
 
@@ -547,14 +567,7 @@ impl RunLog {
             Err(JournalError::Database(e)) => return Ok(Err(e.to_string())),
             Err(other) => return Err(other),
         };
-        self.journaled.append(&mut self.pending);
-        self.unstarted = None;
-        self.next_seq = next_seq;
-        for event in before.iter().chain(last.iter()) {
-            (self.observer)(&self.run_id, event);
-        }
-        self.journaled.extend(before.iter().cloned());
-        self.journaled.extend(last);
+        self.recorded(next_seq, before.iter().cloned().chain(last));
         Ok(Ok(outcome))
     }
 }

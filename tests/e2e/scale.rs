@@ -7,7 +7,7 @@ use crate::guests::{GATED, TRANSFER};
 use crate::postgres::{assert_ledger_consistent, database};
 use crate::services::Postgres;
 use crate::support::{Sandbox, Server, rt};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,35 +40,6 @@ fn transfers(n: usize) -> Vec<(u64, u64, u64)> {
             (from, to, 1 + next() % 600)
         })
         .collect()
-}
-
-/// Waits until every run is completed, compensated or stuck; returns the runs by id.
-fn settled(server: &Server, expected: usize, timeout: Duration) -> HashMap<String, Value> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let (status, listed) = server.get("/v1/runs?limit=1000");
-        assert_eq!(status, 200, "{listed}");
-        let runs: HashMap<String, Value> = listed["runs"]
-            .as_array()
-            .expect("runs")
-            .iter()
-            .map(|r| (r["run_id"].as_str().expect("id").to_owned(), r.clone()))
-            .collect();
-        let open = runs
-            .values()
-            .filter(|r| r["status"] == "running" || r["status"] == "compensating")
-            .count();
-        if runs.len() >= expected && open == 0 {
-            return runs;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {expected} runs known, {open} unfinished:\n{}",
-            runs.len(),
-            server.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 #[test]
@@ -138,7 +109,7 @@ fn three_hosts_finish_a_thousand_transfers_when_one_is_killed_half_way() {
     let second = submit(&[&servers[0], &servers[2]], 500..1_000);
     assert_eq!(first.len() + second.len(), 1_000);
 
-    let runs = settled(&servers[0], 1_000, Duration::from_secs(300));
+    let runs = servers[0].settled("limit=1000", 1_000, Duration::from_secs(300));
     assert_eq!(runs.len(), 1_000);
     let mut by_status: BTreeMap<String, usize> = BTreeMap::new();
     for run in runs.values() {
@@ -319,7 +290,7 @@ fn a_paused_host_loses_its_runs_and_cannot_write_to_them() {
     runtime
         .block_on(locks.release(&lease))
         .expect("open the gate");
-    let runs = settled(&a, 10, Duration::from_secs(60));
+    let runs = a.settled("limit=100", 10, Duration::from_secs(60));
     for (id, run) in &runs {
         assert_eq!(run["status"], "completed", "{id}: {run}");
         assert!(

@@ -65,30 +65,6 @@ fn transfer(gate: Option<&str>, amount: u64) -> Value {
     }
 }
 
-/// Polls until no run of `workflow` is running or compensating.
-fn wait_until_settled(server: &Server, workflow: &str, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let (status, listed) = server.get(&format!("/v1/runs?workflow={workflow}&limit=1000"));
-        assert_eq!(status, 200, "{listed}");
-        let open = listed["runs"]
-            .as_array()
-            .expect("runs")
-            .iter()
-            .filter(|r| r["status"] == "running" || r["status"] == "compensating")
-            .count();
-        if open == 0 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{open} runs still unfinished:\n{}",
-            server.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn a_deploy_while_runs_are_in_flight_leaves_them_on_their_version() {
     let s = Sandbox::new("hot-deploy");
@@ -137,7 +113,7 @@ fn a_deploy_while_runs_are_in_flight_leaves_them_on_their_version() {
     assert_eq!(running["runs"].as_array().map(Vec::len), Some(100));
 
     gate.open();
-    wait_until_settled(&server, "gated", Duration::from_secs(120));
+    server.settled("workflow=gated&limit=1000", 0, Duration::from_secs(120));
     for i in 0..100 {
         let (status, shown) =
             server.get(&format!("/v1/runs/{}/journal", encoded(&format!("v1-{i}"))));
@@ -373,7 +349,7 @@ fn a_graceful_shutdown_leaves_live_runs_for_the_next_start() {
 
     server.restart(&[]);
     gate.open();
-    wait_until_settled(&server, "gated", Duration::from_secs(60));
+    server.settled("workflow=gated&limit=1000", 0, Duration::from_secs(60));
     for i in 0..5 {
         let (_, run) = server.get(&format!("/v1/runs/held-{i}"));
         assert_eq!(run["status"], "completed", "{run}");

@@ -369,6 +369,41 @@ impl Server {
         )
     }
 
+    /// Waits until the runs `GET /v1/runs?<query>` lists are at least `expected` and none is
+    /// running or compensating; returns them by id.
+    pub fn settled(
+        &self,
+        query: &str,
+        expected: usize,
+        timeout: std::time::Duration,
+    ) -> std::collections::HashMap<String, Value> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let (status, listed) = self.get(&format!("/v1/runs?{query}"));
+            assert_eq!(status, 200, "{listed}");
+            let runs: std::collections::HashMap<String, Value> = listed["runs"]
+                .as_array()
+                .expect("runs")
+                .iter()
+                .map(|r| (r["run_id"].as_str().expect("id").to_owned(), r.clone()))
+                .collect();
+            let open = runs
+                .values()
+                .filter(|r| r["status"] == "running" || r["status"] == "compensating")
+                .count();
+            if runs.len() >= expected && open == 0 {
+                return runs;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} of {expected} runs known, {open} unfinished:\n{}",
+                runs.len(),
+                self.log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     /// Starts a run of `workflow` on `input` with id `run_id`; returns the status and reply.
     pub fn start_run(&self, workflow: &str, run_id: &str, input: &Value) -> (u16, Value) {
         self.post(

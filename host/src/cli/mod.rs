@@ -344,8 +344,12 @@ pub(crate) async fn open(g: &Settings) -> Result<Host, Failure> {
 /// Only one process executes runs on a SQLite file at a time: it holds a file lock beside it,
 /// which the kernel drops when the process dies, so the holder knows that every earlier
 /// executor is dead and may take over all their runs at once. On PostgreSQL many hosts share
-/// the journal and take over each other's runs through leases instead (`None`).
-pub(crate) fn lock_executor(location: &Location) -> Result<Option<std::fs::File>, Failure> {
+/// the journal and take over each other's runs through leases instead (`None`). A command
+/// waits for the lock; a server (`wait` false) says who has it instead of hanging.
+pub(crate) fn lock_executor(
+    location: &Location,
+    wait: bool,
+) -> Result<Option<std::fs::File>, Failure> {
     let Location::Sqlite(db) = location else {
         return Ok(None);
     };
@@ -358,8 +362,14 @@ pub(crate) fn lock_executor(location: &Location) -> Result<Option<std::fs::File>
         .open(&path)
         .with_context(|| format!("cannot create lock file {}", PathBuf::from(&path).display()))?;
     if file.try_lock().is_err() {
+        if !wait {
+            return Err(usage(anyhow!(
+                "another wasaga process is running workflows on {} (a server, or a `wasaga run`); stop it first, or share a PostgreSQL journal to run many hosts",
+                db.display()
+            )));
+        }
         eprintln!(
-            "waiting for another wasaga process that is running workflows on {}",
+            "waiting for another wasaga process that is running workflows on {} (a `wasaga serve`? start runs through its API instead)",
             db.display()
         );
         file.lock()
@@ -400,7 +410,7 @@ async fn run(g: &Settings, args: &RunArgs) -> Result<u8, Failure> {
             wasaga::server::workflow_name_of(&args.module).unwrap_or_else(|| "workflow".to_owned())
         }
     };
-    let _lock = lock_executor(&g.host.journal)?;
+    let _lock = lock_executor(&g.host.journal, true)?;
     let host = open(g).await?;
     let hash = match &bytes {
         Some(bytes) => host.check_deployable(&name, bytes).await.map_err(|e| {
@@ -603,7 +613,7 @@ fn printer() -> Observer {
 }
 
 async fn resume(g: &Settings) -> Result<u8, Failure> {
-    let _lock = lock_executor(&g.host.journal)?;
+    let _lock = lock_executor(&g.host.journal, true)?;
     let host = open(g).await?;
     let observer = if g.json { no_observer() } else { printer() };
     let outcomes = host
@@ -677,7 +687,7 @@ async fn runs_list(g: &Settings, status: Option<&str>, limit: u32) -> Result<u8,
 }
 
 async fn runs_retry(g: &Settings, run_id: &str) -> Result<u8, Failure> {
-    let _lock = lock_executor(&g.host.journal)?;
+    let _lock = lock_executor(&g.host.journal, true)?;
     let host = open(g).await?;
     let observer = if g.json { no_observer() } else { printer() };
     let outcome = host

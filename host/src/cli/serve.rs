@@ -2,14 +2,13 @@
 //! deployed workflow versions, used directly on the journal or through a server's API.
 
 use super::settings::Settings;
-use super::{EXIT_USAGE, Failure, host_failure, open, usage};
+use super::{EXIT_USAGE, Failure, host_failure, lock_executor, open, usage};
 use anyhow::{Context, anyhow};
 use clap::Args;
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use wasaga::db::Location;
 use wasaga::journal::{Deployed, Deployment};
 
 #[derive(Debug, Args)]
@@ -105,7 +104,7 @@ pub async fn serve(g: &Settings, args: &ServeArgs) -> Result<u8, Failure> {
     // On SQLite one process executes runs; it knows every earlier one is dead, so it takes
     // over all their unfinished runs at once. On PostgreSQL the claim loop takes over runs
     // whose owner's lease has expired.
-    let executor_lock = lock_executor_now(&g.host.journal)?;
+    let executor_lock = lock_executor(&g.host.journal, false)?;
     let host_config = g.host.clone();
     let host = wasaga::Host::open(&host_config)
         .await
@@ -162,29 +161,6 @@ pub async fn serve(g: &Settings, args: &ServeArgs) -> Result<u8, Failure> {
     log_line("stopped");
     drop(executor_lock);
     Ok(0)
-}
-
-/// The executor lock of a SQLite journal, without waiting: a server that cannot get it says
-/// who has it instead of hanging.
-fn lock_executor_now(location: &Location) -> Result<Option<std::fs::File>, Failure> {
-    let Location::Sqlite(db) = location else {
-        return Ok(None);
-    };
-    let mut path = db.as_os_str().to_owned();
-    path.push(".lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot create lock file {}", PathBuf::from(&path).display()))?;
-    if file.try_lock().is_err() {
-        return Err(usage(anyhow!(
-            "another wasaga process is running workflows on {} (a server, or a `wasaga run`); stop it first, or share a PostgreSQL journal to run many hosts",
-            db.display()
-        )));
-    }
-    Ok(Some(file))
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -324,19 +324,14 @@ impl Host {
         workflow: &str,
         manifest: &Option<crate::engine::Manifest>,
     ) -> Result<(), HostError> {
-        let Some(grant) = self.inner.grant(workflow) else {
+        let Some(grants) = &self.inner.grants else {
             return Ok(());
         };
-        if self
-            .inner
-            .grants
-            .as_ref()
-            .is_some_and(|g| !g.workflows.contains_key(workflow))
-        {
+        let Some(grant) = grants.workflows.get(workflow) else {
             return Err(HostError::NotGranted(format!(
                 "workflow '{workflow}' has no grant in the config: add a [workflows.{workflow}] section listing the participants and lock prefixes it may use"
             )));
-        }
+        };
         let Some(manifest) = manifest else {
             return Err(HostError::NotGranted(format!(
                 "the module does not declare what it uses, so its grant cannot be checked: build it with guest-sdk's export_workflow!({}, participants = [...], locks = [...])",

@@ -390,7 +390,12 @@ impl Database {
     }
 
     /// Runs `work` in a write transaction and returns its value once that transaction is
-    /// durable. If `work` fails, everything it wrote is rolled back and its error returned.
+    /// durable. If `work` fails, nothing it wrote commits and its error is returned.
+    ///
+    /// Work should check before it writes. On SQLite, jobs share a transaction (group commit)
+    /// without a savepoint each: a job that fails after writing rolls the whole batch back, and
+    /// every other job in it fails with a database error (which callers retry). On PostgreSQL a
+    /// write is its own transaction.
     pub async fn write<T, E, F>(&self, work: F) -> Result<T, E>
     where
         T: Send + 'static,

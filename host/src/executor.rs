@@ -1196,11 +1196,10 @@ async fn renew_run_leases(host: Weak<HostInner>) {
         let ids: Vec<String> = live.iter().map(|(id, _)| id.clone()).collect();
         // A renewal that fails (the database is briefly away) is retried next period; the
         // lease is three periods long.
-        if let Ok(renewed) = host.journal.renew(&ids).await {
-            let renewed: HashSet<&str> = renewed.iter().map(String::as_str).collect();
+        if let Ok(lost) = host.journal.renew(&ids).await {
+            let lost: HashSet<&str> = lost.iter().map(String::as_str).collect();
             for (id, run) in &live {
-                // A run that just ended is not renewed either; telling it to stop is harmless.
-                if !renewed.contains(id.as_str()) {
+                if lost.contains(id.as_str()) {
                     run.lose();
                 }
             }

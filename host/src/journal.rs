@@ -430,8 +430,14 @@ impl Journal {
             .await
     }
 
-    /// Extends this host's leases on `run_ids`; returns the ids whose lease it still held
-    /// (a run missing from the answer was taken over or has ended).
+    /// Extends this host's leases on `run_ids`; returns the ids of those it has lost: runs
+    /// another host took over, or that this host gave up. A run with no row yet is not lost:
+    /// its first write, which creates it, may still be on its way.
+    ///
+    /// On PostgreSQL a run whose row is locked right now (a write of it in flight, in a batch
+    /// with other runs' writes) is skipped rather than waited for: waiting for many rows in one
+    /// statement while a batch holds some of them and waits for others would be a deadlock.
+    /// Its lease is extended next time; it lasts three renewal periods.
     pub async fn renew(&self, run_ids: &[String]) -> Result<Vec<String>, JournalError> {
         if run_ids.is_empty() {
             return Ok(Vec::new());
@@ -442,30 +448,45 @@ impl Journal {
         self.db
             .write(move |tx| {
                 Box::pin(async move {
-                    let sql = match tx.dialect() {
+                    let lost = match tx.dialect() {
                         Dialect::Sqlite => {
-                            "UPDATE runs SET lease_expires_at_ms = $1 + $2
-                             WHERE owner = $3 AND run_id IN (SELECT value FROM json_each($4))
-                             RETURNING run_id"
+                            tx.execute(
+                                "UPDATE runs SET lease_expires_at_ms = $1 + $2
+                                 WHERE owner = $3 AND run_id IN (SELECT value FROM json_each($4))",
+                                crate::args![host_now, lease_ms, &*owner, &ids],
+                            )
+                            .await?;
+                            tx.fetch_all(
+                                "SELECT run_id FROM runs
+                                 WHERE run_id IN (SELECT value FROM json_each($1))
+                                   AND (owner IS NULL OR owner <> $2)",
+                                crate::args![&ids, &*owner],
+                            )
+                            .await?
                         }
                         Dialect::Postgres => {
-                            "UPDATE runs SET lease_expires_at_ms =
-                                 CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) + $1
-                             WHERE owner = $2 AND run_id IN (SELECT json_array_elements_text(CAST($3 AS json)))
-                             RETURNING run_id"
-                        }
-                    };
-                    let rows = match tx.dialect() {
-                        Dialect::Sqlite => {
-                            tx.fetch_all(sql, crate::args![host_now, lease_ms, &*owner, &ids])
-                                .await?
-                        }
-                        Dialect::Postgres => {
-                            tx.fetch_all(sql, crate::args![lease_ms, &*owner, &ids]).await?
+                            tx.execute(
+                                "UPDATE runs SET lease_expires_at_ms =
+                                     CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) + $1
+                                 WHERE run_id IN (
+                                     SELECT run_id FROM runs
+                                     WHERE owner = $2
+                                       AND run_id IN (SELECT json_array_elements_text(CAST($3 AS json)))
+                                     FOR UPDATE SKIP LOCKED)",
+                                crate::args![lease_ms, &*owner, &ids],
+                            )
+                            .await?;
+                            tx.fetch_all(
+                                "SELECT run_id FROM runs
+                                 WHERE run_id IN (SELECT json_array_elements_text(CAST($1 AS json)))
+                                   AND (owner IS NULL OR owner <> $2)",
+                                crate::args![&ids, &*owner],
+                            )
+                            .await?
                         }
                     };
                     Ok::<_, JournalError>(
-                        rows.iter()
+                        lost.iter()
                             .map(|r| r.text(0))
                             .collect::<Result<Vec<_>, _>>()?,
                     )

@@ -490,3 +490,33 @@ fn transfers_in_both_directions_never_deadlock() {
     });
     assert_ledger_consistent(&s.db);
 }
+
+/// A host renewing its runs' leases tells it which it has lost: a run another host took or
+/// this one gave up, never one whose first write (which creates its row) is still on its way.
+/// Such a run was once told to stop as if taken over, and a busy single host failed runs.
+#[test]
+fn a_run_lease_is_lost_to_another_owner_never_to_a_first_write_still_on_its_way() {
+    let s = Sandbox::new("run-leases");
+    rt().block_on(async {
+        let host = host(&s, LockBackend::Journal).await;
+        let module = std::fs::read(TRANSFER).expect("guest built");
+        let hash = host.add_module("transfer", &module).await.expect("valid");
+        let (run_id, created) = host
+            .start(Some("leased".into()), "transfer", &hash, "{}")
+            .await
+            .expect("start");
+        assert!(created);
+        let ids = [run_id.clone(), "not-written-yet".to_owned()];
+        assert_eq!(
+            host.journal().renew(&ids).await.expect("renew"),
+            Vec::<String>::new(),
+            "the host holds its run, and a run without a row is not lost"
+        );
+        assert_eq!(host.release_runs().await.expect("release"), 1);
+        assert_eq!(
+            host.journal().renew(&ids).await.expect("renew"),
+            vec![run_id],
+            "a run the host gave up is lost"
+        );
+    });
+}

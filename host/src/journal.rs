@@ -7,10 +7,11 @@
 //! a run through a lease in its `runs` row (`owner`, `lease_expires_at_ms`); a host whose lease
 //! expired (it was paused, say) and was taken over can no longer append to that run.
 
+use crate::batch::{Append, Batcher};
 use crate::db::{Database, DbError, Dialect, Row, Tx};
 use crate::event::{Event, RunStatus};
 use serde::Serialize;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Why a journal operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +129,9 @@ pub struct Journal {
     db: Arc<Database>,
     owner: Arc<str>,
     run_lease_ms: u64,
+    /// Batches of saga steps and of appends on PostgreSQL (`batch`), started by the first.
+    steps: Arc<OnceLock<Batcher<ServerStep>>>,
+    appends: Arc<OnceLock<Batcher<Append>>>,
 }
 
 /// Milliseconds since the Unix epoch by the host's clock.
@@ -146,7 +150,18 @@ impl Journal {
             db,
             owner: owner.into(),
             run_lease_ms,
+            steps: Arc::default(),
+            appends: Arc::default(),
         }
+    }
+
+    /// Writes a saga step with [`ledger_step_pg`], in a batch with other runs' steps (see
+    /// `batch`), and returns its outcome once it is durable. PostgreSQL only.
+    pub(crate) async fn write_server_step(&self, step: ServerStep) -> crate::batch::Written {
+        self.steps
+            .get_or_init(|| Batcher::start(self.db.clone()))
+            .write(step)
+            .await
     }
 
     /// The database the journal lives in.
@@ -225,15 +240,18 @@ impl Journal {
         let run_id = run_id.to_owned();
         let owner = self.owner.clone();
         let events = Encoded::new(&events);
-        if self.db.dialect() == Dialect::Postgres && events.len() <= 2 {
-            // One statement: it needs no transaction around it.
+        if self.db.dialect() == Dialect::Postgres && (1..=2).contains(&events.len()) {
+            // One statement, batched with other runs' appends (see `batch`).
+            let append = Append {
+                run_id,
+                owner: owner.to_string(),
+                next_seq,
+                events,
+            };
             return self
-                .db
-                .write_one(move |tx| {
-                    Box::pin(
-                        async move { append_events(tx, &run_id, &owner, next_seq, &events).await },
-                    )
-                })
+                .appends
+                .get_or_init(|| Batcher::start(self.db.clone()))
+                .write(append)
                 .await;
         }
         self.db
@@ -805,6 +823,11 @@ impl Encoded {
         encoded
     }
 
+    /// Each event's kind and body text.
+    pub fn rows(&self) -> &[(&'static str, String)] {
+        &self.rows
+    }
+
     pub fn push(&mut self, event: &Event) {
         let body = serde_json::to_string(event).expect("events always serialize");
         self.rows.push((event.kind(), body));
@@ -827,6 +850,13 @@ impl Encoded {
 
     pub fn len(&self) -> usize {
         self.rows.len()
+    }
+
+    /// The status, output and error the events set on the run, if they change its status.
+    pub fn projection(&self) -> Option<(&'static str, &Option<String>, &Option<String>)> {
+        self.projection
+            .as_ref()
+            .map(|(status, output, error)| (*status, output, error))
     }
 }
 
@@ -977,7 +1007,12 @@ async fn append_pg(
 }
 
 /// Why a fenced append of `owner` at `next_seq` was refused: another owner, or another position.
-async fn refused(tx: &mut dyn Tx, run_id: &str, owner: &str, next_seq: i64) -> JournalError {
+pub(crate) async fn refused(
+    tx: &mut dyn Tx,
+    run_id: &str,
+    owner: &str,
+    next_seq: i64,
+) -> JournalError {
     let row = match tx
         .fetch_optional(
             "SELECT next_seq, owner FROM runs WHERE run_id = $1",

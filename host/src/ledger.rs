@@ -252,53 +252,97 @@ pub async fn apply_on_server(
     owner: &str,
     call: &LedgerCall,
 ) -> Result<Option<Result<String, Rejection>>, crate::journal::JournalError> {
+    let Some(step) = server_step(db, run_id, owner, call).await? else {
+        return Ok(None);
+    };
+    let (outcome, _) = db
+        .write_one(move |tx| {
+            Box::pin(async move { crate::journal::ledger_step_pg(tx, &step).await })
+        })
+        .await?;
+    Ok(Some(outcome.map_err(|failure| failure.reason().to_owned())))
+}
+
+/// As [`apply_on_server`] for many steps at once, each `(run, call)` for its own run, written
+/// as one batch the way concurrent runs' steps are (`ledger_steps`). Every call must be one the
+/// server-side function takes. Answers in the order given.
+#[doc(hidden)]
+pub async fn apply_batch_on_server(
+    db: &Database,
+    owner: &str,
+    calls: &[(String, LedgerCall)],
+) -> Result<
+    Vec<Result<Result<String, Rejection>, crate::journal::JournalError>>,
+    crate::journal::JournalError,
+> {
+    let mut steps = Vec::with_capacity(calls.len());
+    for (run_id, call) in calls {
+        let step = server_step(db, run_id, owner, call).await?;
+        steps.push(step.ok_or_else(|| crate::journal::JournalError::Corrupt {
+            run_id: run_id.clone(),
+            seq: 0,
+            reason: format!("{} is not a step the server takes", call.op_id),
+        })?);
+    }
+    let answers = crate::batch::write_steps(db, steps).await;
+    Ok(answers
+        .into_iter()
+        .map(|written| {
+            written.map(|(outcome, _)| outcome.map_err(|failure| failure.reason().to_owned()))
+        })
+        .collect())
+}
+
+/// The server-side step for `call` in run `run_id`, at the run's position (created by the step
+/// if the run does not exist yet).
+async fn server_step(
+    db: &Database,
+    run_id: &str,
+    owner: &str,
+    call: &LedgerCall,
+) -> Result<Option<crate::journal::ServerStep>, crate::journal::JournalError> {
     let Some((account, amount)) = server_step_entry(&call.action, &call.payload) else {
         return Ok(None);
     };
-    let (run_id, owner, call) = (run_id.to_owned(), owner.to_owned(), call.clone());
-    db.write_one(move |tx| {
-        Box::pin(async move {
-            tx.execute(
-                "INSERT INTO modules (hash, name, bytes, size_bytes, deployed_at_ms)
-                 VALUES ('parity', 'parity', $1, 0, 0) ON CONFLICT (hash) DO NOTHING",
-                args![&[][..]],
-            )
-            .await?;
-            let position = tx
-                .fetch_optional(
-                    "SELECT next_seq FROM runs WHERE run_id = $1",
-                    args![&run_id],
+    let run = run_id.to_owned();
+    let position = db
+        .write(move |tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "INSERT INTO modules (hash, name, bytes, size_bytes, deployed_at_ms)
+                     VALUES ('parity', 'parity', $1, 0, 0) ON CONFLICT (hash) DO NOTHING",
+                    args![&[][..]],
                 )
-                .await?
-                .map(|row| row.int(0))
-                .transpose()?;
-            let started = crate::event::Event::Started {
-                workflow: "parity".to_owned(),
-                module_hash: "parity".to_owned(),
-                input: "{}".to_owned(),
-                started_at_ms: 0,
-            };
-            let step = crate::journal::ServerStep {
-                run_id,
-                owner,
-                next_seq: position.unwrap_or(2),
-                started: position.is_none().then_some(started),
-                lease_ms: 60_000,
-                before: crate::journal::Encoded::new(&[]),
-                call: 0,
-                reply_bytes_max: 64 << 10,
-                op_id: call.op_id.clone(),
-                action: call.action.clone(),
-                request: format!("{} {}", call.action, call.payload),
-                account,
-                amount,
-                fencing_tokens: call.fencing_tokens.clone(),
-            };
-            let (outcome, _) = crate::journal::ledger_step_pg(tx, &step).await?;
-            Ok(Some(outcome.map_err(|failure| failure.reason().to_owned())))
+                .await?;
+                tx.fetch_optional("SELECT next_seq FROM runs WHERE run_id = $1", args![&run])
+                    .await?
+                    .map(|row| row.int(0))
+                    .transpose()
+            })
         })
-    })
-    .await
+        .await?;
+    let started = crate::event::Event::Started {
+        workflow: "parity".to_owned(),
+        module_hash: "parity".to_owned(),
+        input: "{}".to_owned(),
+        started_at_ms: 0,
+    };
+    Ok(Some(crate::journal::ServerStep {
+        run_id: run_id.to_owned(),
+        owner: owner.to_owned(),
+        next_seq: position.unwrap_or(2),
+        started: position.is_none().then_some(started),
+        lease_ms: 60_000,
+        before: crate::journal::Encoded::new(&[]),
+        call: 0,
+        reply_bytes_max: 64 << 10,
+        op_id: call.op_id.clone(),
+        action: call.action.clone(),
+        request: format!("{} {}", call.action, call.payload),
+        account,
+        amount,
+        fencing_tokens: call.fencing_tokens.clone(),
+    }))
 }
 
 /// Refuses a call whose fencing token for some lock is older than the newest one seen, and

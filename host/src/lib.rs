@@ -1,6 +1,7 @@
 //! wasaga: runs payment and transaction workflows, written in Rust and compiled to Wasm
 //! components, as durable sagas. See ARCHITECTURE.md for the map.
 
+mod batch;
 pub mod bench;
 mod bindings;
 pub mod config;

@@ -503,13 +503,7 @@ impl RunLog {
             amount,
             fencing_tokens: request.fencing_tokens.clone(),
         };
-        let written = self
-            .journal
-            .database()
-            .write_one(move |tx| {
-                Box::pin(async move { crate::journal::ledger_step_pg(tx, &step).await })
-            })
-            .await;
+        let written = self.journal.write_server_step(step).await;
         let (outcome, next_seq) = match written {
             Ok(written) => written,
             Err(JournalError::Database(e)) => return Ok(Err(e.to_string())),

@@ -225,6 +225,16 @@ fn a_former_owner_cannot_append_after_another_host_takes_the_run_over() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(b.claim(10).await.expect("claim"), vec![run_id.clone()]);
+        // a's next renewal tells it so; a run whose first write is on its way is not lost.
+        let ids = [run_id.clone(), "not-written-yet".to_owned()];
+        assert_eq!(
+            a.journal().renew(&ids).await.expect("renew"),
+            vec![run_id.clone()]
+        );
+        assert_eq!(
+            b.journal().renew(&ids).await.expect("renew"),
+            Vec::<String>::new()
+        );
         match a
             .journal()
             .append(&run_id, next, vec![log("a again")])
@@ -255,7 +265,7 @@ fn a_former_owner_cannot_append_after_another_host_takes_the_run_over() {
 }
 
 #[test]
-fn the_server_side_step_keeps_exactly_the_ledgers_rules() {
+fn the_server_side_step_alone_and_in_batches_keeps_exactly_the_ledgers_rules() {
     use wasaga::db::Database;
     use wasaga::ledger::{self, LedgerCall};
     let postgres = Postgres::start();
@@ -271,6 +281,7 @@ fn the_server_side_step_keeps_exactly_the_ledgers_rules() {
         };
         let general = open("general").await;
         let server = open("server").await;
+        let batched = open("batched").await;
         let call = |op_id: &str, action: &str, account: &str, amount: i64, tokens: &[(&str, u64)]| {
             LedgerCall {
                 op_id: op_id.to_owned(),
@@ -280,7 +291,7 @@ fn the_server_side_step_keeps_exactly_the_ledgers_rules() {
                 fencing_tokens: tokens.iter().map(|(k, t)| ((*k).to_owned(), *t)).collect(),
             }
         };
-        for db in [&general, &server] {
+        for db in [&general, &server, &batched] {
             ledger::open(db, "alice", 100).await.expect("alice");
             ledger::open(db, "bob", 0).await.expect("bob");
             ledger::open(db, "rich", 0).await.expect("rich");
@@ -326,7 +337,8 @@ fn the_server_side_step_keeps_exactly_the_ledgers_rules() {
             call("r/11", "debit", "alice", 1, &[]),
         ];
         let mut rejected = 0;
-        for case in cases {
+        let mut outcomes = Vec::new();
+        for case in cases.clone() {
             let expected = {
                 let case = case.clone();
                 general
@@ -340,6 +352,7 @@ fn the_server_side_step_keeps_exactly_the_ledgers_rules() {
                 .expect("the server-side step takes a well-formed debit or credit");
             assert_eq!(got, expected, "{case:?}");
             rejected += usize::from(got.is_err());
+            outcomes.push(expected);
         }
         assert!(rejected >= 8, "the cases exercise the refusals ({rejected})");
         // Both left the ledger in the same state.
@@ -364,5 +377,60 @@ fn the_server_side_step_keeps_exactly_the_ledgers_rules() {
             }
         };
         assert_eq!(tables("server").await, tables("general").await);
+
+        // The same cases as one batch, as concurrent runs' steps are written: each its own
+        // run, and each answered as if it had been written alone. With them, a step for a run
+        // another host owns (fenced) and a second step creating a run the batch creates before
+        // it (exists): neither writes anything, and neither disturbs the rest.
+        let taken = call("r/taken", "credit", "nobody", 1, &[]);
+        ledger::apply_on_server(&batched, "taken", "another-host", &taken)
+            .await
+            .expect("db");
+        let created = call("r/dup1", "credit", "bob", 1, &[]);
+        let mut alone = Vec::new();
+        for case in [taken, created] {
+            let outcome = general
+                .write(move |tx| Box::pin(async move { ledger::apply(tx, &case).await }))
+                .await
+                .expect("db");
+            alone.push(outcome);
+        }
+        assert_eq!(alone[0], Err("unknown account 'nobody'".to_owned()));
+        assert_eq!(alone[1], Ok(r#"{"account":"bob","balance":32}"#.to_owned()));
+        let mut batch: Vec<(String, LedgerCall)> = cases
+            .iter()
+            .enumerate()
+            .map(|(i, case)| (format!("batched-{i}"), case.clone()))
+            .collect();
+        batch.push(("taken".to_owned(), call("r/x", "credit", "bob", 1, &[])));
+        batch.push(("dup".to_owned(), call("r/dup1", "credit", "bob", 1, &[])));
+        batch.push(("dup".to_owned(), call("r/dup2", "credit", "bob", 1, &[])));
+        let answers = ledger::apply_batch_on_server(&batched, "parity-owner", &batch)
+            .await
+            .expect("db");
+        assert_eq!(answers.len(), batch.len());
+        for ((case, expected), answer) in cases.iter().zip(&outcomes).zip(&answers) {
+            match answer {
+                Ok(got) => assert_eq!(got, expected, "{case:?} in a batch"),
+                Err(e) => panic!("{case:?} in a batch failed: {e}"),
+            }
+        }
+        let n = cases.len();
+        assert!(
+            matches!(&answers[n], Err(JournalError::NotOwner { owner, .. }) if owner == "another-host"),
+            "{:?}",
+            answers[n]
+        );
+        assert!(
+            matches!(&answers[n + 1], Ok(Ok(reply)) if Ok(reply) == alone[1].as_ref()),
+            "{:?}",
+            answers[n + 1]
+        );
+        assert!(
+            matches!(&answers[n + 2], Err(JournalError::RunExists(run)) if run == "dup"),
+            "{:?}",
+            answers[n + 2]
+        );
+        assert_eq!(tables("batched").await, tables("general").await);
     });
 }

@@ -121,6 +121,8 @@ pub enum Arg<'a> {
     TextList(&'a [String]),
     /// A `bigint[]` (PostgreSQL only).
     IntList(&'a [i64]),
+    /// A `text[]` whose elements may be null (PostgreSQL only).
+    OptTextList(&'a [Option<String>]),
 }
 
 impl From<i64> for Arg<'_> {
@@ -320,12 +322,16 @@ pub enum Database {
 pub struct PoolSizes {
     /// PostgreSQL connections one host opens to the database at most.
     pub postgres_connections_max: u32,
+    /// PostgreSQL connections kept open even when idle (opened in the background once the
+    /// database is open), so that the first writes find them ready.
+    pub postgres_connections_min: u32,
 }
 
 impl Default for PoolSizes {
     fn default() -> Self {
         PoolSizes {
             postgres_connections_max: 32,
+            postgres_connections_min: 0,
         }
     }
 }
@@ -339,9 +345,9 @@ impl Database {
     ) -> Result<Database, OpenError> {
         Ok(match location {
             Location::Sqlite(path) => Database::Sqlite(SqliteDatabase::open(path, crash).await?),
-            Location::Postgres { url, schema } => Database::Postgres(
-                PostgresDatabase::open(url, schema, pools.postgres_connections_max, crash).await?,
-            ),
+            Location::Postgres { url, schema } => {
+                Database::Postgres(PostgresDatabase::open(url, schema, pools, crash).await?)
+            }
         })
     }
 
@@ -438,7 +444,21 @@ impl Database {
     {
         match self {
             Database::Sqlite(db) => db.write(Box::new(work)).await,
-            Database::Postgres(db) => db.write_one(Box::new(work)).await,
+            Database::Postgres(db) => db.write_one(1, Box::new(work)).await,
+        }
+    }
+
+    /// As [`Database::write_one`], for a statement that carries `jobs` writers' work (a batch
+    /// of them), which the commit statistics count.
+    pub async fn write_one_grouped<T, E, F>(&self, jobs: usize, work: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+        F: for<'t> FnOnce(&'t mut dyn Tx) -> BoxFuture<'t, Result<T, E>> + Send + 'static,
+    {
+        match self {
+            Database::Sqlite(db) => db.write(Box::new(work)).await,
+            Database::Postgres(db) => db.write_one(jobs, Box::new(work)).await,
         }
     }
 

@@ -16,6 +16,7 @@ use std::time::Duration;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../schema/postgres/0001_initial.sql"),
     include_str!("../../schema/postgres/0002_step_function.sql"),
+    include_str!("../../schema/postgres/0003_batches.sql"),
 ];
 
 /// How long a caller waits for a pooled connection before the database counts as unavailable.
@@ -36,7 +37,7 @@ impl PostgresDatabase {
     pub async fn open(
         url: &str,
         schema: &str,
-        connections_max: u32,
+        pools: super::PoolSizes,
         crash: CrashSwitch,
     ) -> Result<Self, OpenError> {
         let location = Location::Postgres {
@@ -59,7 +60,12 @@ impl PostgresDatabase {
             .map_err(|e| open_error(e.to_string()))?;
         conn.close().await.map_err(|e| open_error(e.to_string()))?;
         let pool = PgPoolOptions::new()
-            .max_connections(connections_max.max(1))
+            .max_connections(pools.postgres_connections_max.max(1))
+            .min_connections(
+                pools
+                    .postgres_connections_min
+                    .min(pools.postgres_connections_max),
+            )
             .acquire_timeout(Duration::from_millis(ACQUIRE_TIMEOUT_MS))
             .connect_lazy_with(options);
         Ok(PostgresDatabase {
@@ -127,7 +133,7 @@ impl PostgresDatabase {
         }
     }
 
-    pub(super) async fn write_one<T, E>(&self, work: Work<T, E>) -> Result<T, E>
+    pub(super) async fn write_one<T, E>(&self, jobs: usize, work: Work<T, E>) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<DbError> + Send + 'static,
@@ -148,7 +154,7 @@ impl PostgresDatabase {
             work(&mut pg).await
         };
         if result.is_ok() {
-            self.stats.record(1);
+            self.stats.record(jobs);
             self.crash.after_commit();
         }
         result
@@ -263,6 +269,7 @@ fn query<'a>(
             Arg::OptText(v) => query.bind(v),
             Arg::TextList(v) => query.bind(v),
             Arg::IntList(v) => query.bind(v),
+            Arg::OptTextList(v) => query.bind(v),
         };
     }
     query

@@ -575,7 +575,7 @@ impl SqliteTx<'_> {
                 Arg::Blob(v) => statement.raw_bind_parameter(index + 1, v),
                 Arg::OptInt(v) => statement.raw_bind_parameter(index + 1, v),
                 Arg::OptText(v) => statement.raw_bind_parameter(index + 1, v),
-                Arg::TextList(_) | Arg::IntList(_) => {
+                Arg::TextList(_) | Arg::IntList(_) | Arg::OptTextList(_) => {
                     return Err(DbError::Statement {
                         database: self.database.to_owned(),
                         reason: format!("SQLite takes no list argument ({})", index + 1),

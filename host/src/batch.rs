@@ -1,0 +1,452 @@
+//! Group commit for a PostgreSQL journal.
+//!
+//! On PostgreSQL a saga step that debits or credits the co-located ledger is one call of the
+//! server-side function `ledger_step`, and an append of a run's events one fenced statement.
+//! Done one transaction each, the server spends most of its time beginning, committing and
+//! answering transactions rather than in the work. Here what concurrent runs ask for meanwhile
+//! is sent as one statement (`ledger_steps` or `append_batch`, schema/postgres/0003): one
+//! transaction, one commit and one round trip for all of it.
+//!
+//! Nothing about a single write changes: a step's ledger operation, idempotency record and
+//! events still commit together, an append is still fenced by owner and position, and each
+//! answer comes only once its write is durable. What a batch adds is that its writes commit
+//! together too; if a batch fails, each of its writes is made again alone, so one write's
+//! failure is never another's.
+//!
+//! A few batches of each kind are in flight at once, each on its own connection. Writes in a
+//! batch take their row locks in one order (accounts, then runs), so two batches never wait on
+//! each other in a cycle. A lone write goes straight to the server, so a quiet host adds no
+//! latency.
+
+use crate::BoxFuture;
+use crate::db::{Arg, Database, DbError, Tx};
+use crate::event::{CallFailure, Event};
+use crate::journal::{
+    Encoded, JournalError, ServerStep, append_events, ledger_step_pg, now_ms, refused,
+};
+use std::sync::Arc;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+/// Batches of one kind one host writes at once. Each holds a connection and, on the server, a
+/// backend busy with its writes; more would only queue on the server's cores.
+const BATCHES_IN_FLIGHT: usize = 4;
+
+/// Writes in one batch at most, to bound a batch's lock time and statement size.
+const BATCH_WRITES_MAX: usize = 64;
+
+/// A kind of write that can be batched.
+pub(crate) trait Batched: Send + Sync + Sized + 'static {
+    type Answer: Send + 'static;
+
+    /// Writes `writes` (at least one) and answers each, in the order given.
+    fn write_all(db: &Database, writes: Vec<Self>) -> BoxFuture<'_, Vec<Self::Answer>>;
+
+    /// The answer when the host shuts down before the write was made.
+    fn closed() -> Self::Answer;
+}
+
+type Pending<W> = (W, oneshot::Sender<<W as Batched>::Answer>);
+
+/// The queue of writes waiting for a batch. The task that forms batches ends when the
+/// batcher is dropped.
+pub(crate) struct Batcher<W: Batched> {
+    queue: mpsc::UnboundedSender<Pending<W>>,
+}
+
+impl<W: Batched> std::fmt::Debug for Batcher<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batcher").finish_non_exhaustive()
+    }
+}
+
+impl<W: Batched> Batcher<W> {
+    /// Starts forming batches for `db`. Must be called inside the tokio runtime.
+    pub fn start(db: Arc<Database>) -> Batcher<W> {
+        let (queue, mut waiting) = mpsc::unbounded_channel::<Pending<W>>();
+        tokio::spawn(async move {
+            let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+            while let Some(first) = waiting.recv().await {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                // Whatever arrived while every slot was busy goes in this batch.
+                let mut batch = vec![first];
+                while batch.len() < BATCH_WRITES_MAX {
+                    match waiting.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let db = db.clone();
+                tokio::spawn(async move {
+                    let (writes, replies): (Vec<W>, Vec<_>) = batch.into_iter().unzip();
+                    let answers = W::write_all(&db, writes).await;
+                    drop(slot);
+                    for (reply, answer) in replies.into_iter().zip(answers) {
+                        // A writer that stopped waiting has nothing to be told.
+                        let _ = reply.send(answer);
+                    }
+                });
+            }
+        });
+        Batcher { queue }
+    }
+
+    /// Makes `write` in the next batch and returns its answer once it is durable.
+    pub async fn write(&self, write: W) -> W::Answer {
+        let (reply, answer) = oneshot::channel();
+        if self.queue.send((write, reply)).is_err() {
+            return W::closed();
+        }
+        answer.await.unwrap_or_else(|_| W::closed())
+    }
+}
+
+fn closed() -> JournalError {
+    JournalError::Database(DbError::Closed(
+        "the journal's batch writer (the host is shutting down)".to_owned(),
+    ))
+}
+
+/// `items` in the order `order` lists their indexes.
+fn sorted<T>(items: Vec<T>, order: &[usize]) -> Vec<T> {
+    let mut slots: Vec<Option<T>> = items.into_iter().map(Some).collect();
+    order
+        .iter()
+        .map(|&i| slots[i].take().expect("an index appears once"))
+        .collect()
+}
+
+/// Answers for writes taken in `order`, put back in the order the writes came in.
+fn restore<T>(answers: Vec<T>, order: &[usize]) -> Vec<T> {
+    let mut given: Vec<Option<T>> = (0..answers.len()).map(|_| None).collect();
+    for (answer, &i) in answers.into_iter().zip(order) {
+        given[i] = Some(answer);
+    }
+    given
+        .into_iter()
+        .map(|a| a.expect("every write answered"))
+        .collect()
+}
+
+/// Why the server refused a write as not this host's at that position.
+async fn why_fenced(db: &Database, run_id: &str, owner: &str, seq: i64) -> JournalError {
+    let (run_id, owner) = (run_id.to_owned(), owner.to_owned());
+    db.read(move |tx| {
+        Box::pin(async move { Ok::<_, JournalError>(refused(tx, &run_id, &owner, seq).await) })
+    })
+    .await
+    .unwrap_or_else(|e| e)
+}
+
+// ---- steps ----
+
+/// A step's write: its outcome and the run's next position.
+pub(crate) type Written = Result<(Result<String, CallFailure>, i64), JournalError>;
+
+impl Batched for ServerStep {
+    type Answer = Written;
+
+    fn write_all(db: &Database, steps: Vec<ServerStep>) -> BoxFuture<'_, Vec<Written>> {
+        Box::pin(write_steps(db, steps))
+    }
+
+    fn closed() -> Written {
+        Err(closed())
+    }
+}
+
+/// Writes `steps` (at least one) as one batch; their answers, in the order given.
+pub(crate) async fn write_steps(db: &Database, steps: Vec<ServerStep>) -> Vec<Written> {
+    if steps.len() == 1 {
+        return vec![step_alone(db, Arc::new(steps), 0).await];
+    }
+    // Account order is lock order. The sort is stable: steps on one account keep their order.
+    let mut order: Vec<usize> = (0..steps.len()).collect();
+    order.sort_by(|&a, &b| steps[a].account.cmp(&steps[b].account));
+    let steps = Arc::new(sorted(steps, &order));
+    let shared = steps.clone();
+    let rows = db
+        .write_one_grouped(steps.len(), move |tx| {
+            Box::pin(async move { ledger_steps_pg(tx, &shared).await })
+        })
+        .await;
+    let mut answers = Vec::with_capacity(steps.len());
+    match rows {
+        Ok(rows) => {
+            for (step, row) in steps.iter().zip(rows) {
+                answers.push(match row {
+                    Some(written) => written,
+                    None => Err(why_fenced(db, &step.run_id, &step.owner, step.next_seq).await),
+                });
+            }
+        }
+        // Nothing in the batch was written: each step alone gets its own answer.
+        Err(_) => {
+            for index in 0..steps.len() {
+                answers.push(step_alone(db, steps.clone(), index).await);
+            }
+        }
+    }
+    restore(answers, &order)
+}
+
+async fn step_alone(db: &Database, steps: Arc<Vec<ServerStep>>, index: usize) -> Written {
+    db.write_one(move |tx| Box::pin(async move { ledger_step_pg(tx, &steps[index]).await }))
+        .await
+}
+
+/// Writes `steps` with one call of `ledger_steps`: one answer per step, in order; `None` for
+/// a step the server refused because this host does not hold its run at that position.
+async fn ledger_steps_pg(
+    tx: &mut dyn Tx,
+    steps: &[ServerStep],
+) -> Result<Vec<Option<Written>>, JournalError> {
+    let mut a = StepColumns::default();
+    for step in steps {
+        a.push(step);
+    }
+    let rows = tx
+        .fetch_all(
+            "SELECT status, outcome, next_seq FROM ledger_steps(
+                 $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
+                 $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
+            &[
+                Arg::TextList(&a.run_ids),
+                Arg::TextList(&a.owners),
+                Arg::IntList(&a.next_seqs),
+                Arg::TextList(&a.starteds),
+                Arg::TextList(&a.workflows),
+                Arg::TextList(&a.module_hashes),
+                Arg::TextList(&a.inputs),
+                Arg::IntList(&a.lease_ms),
+                Arg::IntList(&a.event_counts),
+                Arg::TextList(&a.kinds),
+                Arg::TextList(&a.bodies),
+                Arg::IntList(&a.calls),
+                Arg::IntList(&a.reply_max),
+                Arg::TextList(&a.op_ids),
+                Arg::TextList(&a.actions),
+                Arg::TextList(&a.requests),
+                Arg::TextList(&a.accounts),
+                Arg::IntList(&a.amounts),
+                Arg::IntList(&a.token_counts),
+                Arg::TextList(&a.token_keys),
+                Arg::IntList(&a.token_values),
+                Arg::Int(now_ms() as i64),
+            ],
+        )
+        .await?;
+    answered(rows.len(), steps.len())?;
+    let mut answers = Vec::with_capacity(rows.len());
+    for (step, row) in steps.iter().zip(rows) {
+        let next_seq = row.int(2)?;
+        answers.push(match row.text(0)?.as_str() {
+            "ok" => Some(Ok((Ok(row.text(1)?), next_seq))),
+            "rejected" => Some(Ok((Err(CallFailure::Rejected(row.text(1)?)), next_seq))),
+            "exists" => Some(Err(JournalError::RunExists(step.run_id.clone()))),
+            _ => None,
+        });
+    }
+    Ok(answers)
+}
+
+fn answered(rows: usize, writes: usize) -> Result<(), JournalError> {
+    if rows == writes {
+        return Ok(());
+    }
+    Err(JournalError::Database(DbError::Decode(format!(
+        "a batch of {writes} writes was answered with {rows} rows"
+    ))))
+}
+
+/// The arguments of `ledger_steps`: one array per parameter.
+#[derive(Default)]
+struct StepColumns {
+    run_ids: Vec<String>,
+    owners: Vec<String>,
+    next_seqs: Vec<i64>,
+    starteds: Vec<String>,
+    workflows: Vec<String>,
+    module_hashes: Vec<String>,
+    inputs: Vec<String>,
+    lease_ms: Vec<i64>,
+    event_counts: Vec<i64>,
+    kinds: Vec<String>,
+    bodies: Vec<String>,
+    calls: Vec<i64>,
+    reply_max: Vec<i64>,
+    op_ids: Vec<String>,
+    actions: Vec<String>,
+    requests: Vec<String>,
+    accounts: Vec<String>,
+    amounts: Vec<i64>,
+    token_counts: Vec<i64>,
+    token_keys: Vec<String>,
+    token_values: Vec<i64>,
+}
+
+impl StepColumns {
+    fn push(&mut self, step: &ServerStep) {
+        self.run_ids.push(step.run_id.clone());
+        self.owners.push(step.owner.clone());
+        self.next_seqs.push(step.next_seq);
+        match &step.started {
+            Some(
+                started @ Event::Started {
+                    workflow,
+                    module_hash,
+                    input,
+                    ..
+                },
+            ) => {
+                self.starteds
+                    .push(serde_json::to_string(started).expect("events always serialize"));
+                self.workflows.push(workflow.clone());
+                self.module_hashes.push(module_hash.clone());
+                self.inputs.push(input.clone());
+            }
+            _ => {
+                // '' is read as "the run exists" by ledger_steps.
+                self.starteds.push(String::new());
+                self.workflows.push(String::new());
+                self.module_hashes.push(String::new());
+                self.inputs.push(String::new());
+            }
+        }
+        self.lease_ms.push(step.lease_ms as i64);
+        self.event_counts.push(step.before.rows().len() as i64);
+        for (kind, body) in step.before.rows() {
+            self.kinds.push((*kind).to_owned());
+            self.bodies.push(body.clone());
+        }
+        self.calls.push(i64::from(step.call));
+        self.reply_max.push(step.reply_bytes_max as i64);
+        self.op_ids.push(step.op_id.clone());
+        self.actions.push(step.action.clone());
+        self.requests.push(step.request.clone());
+        self.accounts.push(step.account.clone());
+        self.amounts.push(step.amount);
+        self.token_counts.push(step.fencing_tokens.len() as i64);
+        for (key, token) in &step.fencing_tokens {
+            self.token_keys.push(key.clone());
+            self.token_values.push(*token as i64);
+        }
+    }
+}
+
+// ---- appends ----
+
+/// Events to append to a run at `next_seq`, fenced by `owner`.
+pub(crate) struct Append {
+    pub run_id: String,
+    pub owner: String,
+    pub next_seq: i64,
+    pub events: Encoded,
+}
+
+impl Batched for Append {
+    /// The run's next position.
+    type Answer = Result<i64, JournalError>;
+
+    fn write_all(db: &Database, appends: Vec<Append>) -> BoxFuture<'_, Vec<Self::Answer>> {
+        Box::pin(write_appends(db, appends))
+    }
+
+    fn closed() -> Self::Answer {
+        Err(closed())
+    }
+}
+
+async fn write_appends(db: &Database, appends: Vec<Append>) -> Vec<Result<i64, JournalError>> {
+    if appends.len() == 1 {
+        return vec![append_alone(db, Arc::new(appends), 0).await];
+    }
+    // Run order is lock order.
+    let mut order: Vec<usize> = (0..appends.len()).collect();
+    order.sort_by(|&a, &b| appends[a].run_id.cmp(&appends[b].run_id));
+    let appends = Arc::new(sorted(appends, &order));
+    let shared = appends.clone();
+    let rows = db
+        .write_one_grouped(appends.len(), move |tx| {
+            Box::pin(async move { append_batch_pg(tx, &shared).await })
+        })
+        .await;
+    let mut answers = Vec::with_capacity(appends.len());
+    match rows {
+        Ok(appended) => {
+            for (append, appended) in appends.iter().zip(appended) {
+                answers.push(if appended {
+                    Ok(append.next_seq + append.events.len() as i64)
+                } else {
+                    Err(why_fenced(db, &append.run_id, &append.owner, append.next_seq).await)
+                });
+            }
+        }
+        Err(_) => {
+            for index in 0..appends.len() {
+                answers.push(append_alone(db, appends.clone(), index).await);
+            }
+        }
+    }
+    restore(answers, &order)
+}
+
+async fn append_alone(
+    db: &Database,
+    appends: Arc<Vec<Append>>,
+    index: usize,
+) -> Result<i64, JournalError> {
+    db.write_one(move |tx| {
+        Box::pin(async move {
+            let a = &appends[index];
+            append_events(tx, &a.run_id, &a.owner, a.next_seq, &a.events).await
+        })
+    })
+    .await
+}
+
+/// Appends with one call of `append_batch`: whether each run was appended, in order.
+async fn append_batch_pg(tx: &mut dyn Tx, appends: &[Append]) -> Result<Vec<bool>, JournalError> {
+    let (mut run_ids, mut owners, mut next_seqs, mut counts) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut kinds, mut bodies, mut statuses, mut outputs, mut errors) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for a in appends {
+        run_ids.push(a.run_id.clone());
+        owners.push(a.owner.clone());
+        next_seqs.push(a.next_seq);
+        counts.push(a.events.len() as i64);
+        for (kind, body) in a.events.rows() {
+            kinds.push((*kind).to_owned());
+            bodies.push(body.clone());
+        }
+        let (status, output, error) = match a.events.projection() {
+            Some((status, output, error)) => (status.to_owned(), output.clone(), error.clone()),
+            // '' is read as "the run's status does not change".
+            None => (String::new(), None, None),
+        };
+        statuses.push(status);
+        outputs.push(output);
+        errors.push(error);
+    }
+    let rows = tx
+        .fetch_all(
+            "SELECT appended FROM append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            &[
+                Arg::TextList(&run_ids),
+                Arg::TextList(&owners),
+                Arg::IntList(&next_seqs),
+                Arg::IntList(&counts),
+                Arg::TextList(&kinds),
+                Arg::TextList(&bodies),
+                Arg::TextList(&statuses),
+                Arg::OptTextList(&outputs),
+                Arg::OptTextList(&errors),
+                Arg::Int(now_ms() as i64),
+            ],
+        )
+        .await?;
+    answered(rows.len(), appends.len())?;
+    rows.iter().map(|row| Ok(row.int(0)? != 0)).collect()
+}

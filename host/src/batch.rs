@@ -13,8 +13,8 @@
 //! together too; if a batch fails, each of its writes is made again alone, so one write's
 //! failure is never another's.
 //!
-//! A few batches of each kind are in flight at once, each on its own connection. Writes in a
-//! batch take their row locks in one order (accounts, then runs), so two batches never wait on
+//! A few batches of each kind are in flight at once, each on its own connection. A batch takes
+//! its row locks in one order (steps by account, appends by run), so two batches never wait on
 //! each other in a cycle. A lone write goes straight to the server, so a quiet host adds no
 //! latency.
 
@@ -36,16 +36,33 @@ const BATCH_WRITES_MAX: usize = 64;
 
 /// A kind of write that can be batched.
 pub(crate) trait Batched: Send + Sync + Sized + 'static {
-    type Answer: Send + 'static;
+    /// What a write gives back once it is durable.
+    type Value: Send + 'static;
 
-    /// Writes `writes` (at least one) and answers each, in the order given.
-    fn write_all(db: &Database, writes: Vec<Self>) -> BoxFuture<'_, Vec<Self::Answer>>;
+    /// The key of the rows a write locks: a batch takes its writes in this order.
+    fn lock_key(&self) -> &str;
 
-    /// The answer when the host shuts down before the write was made.
-    fn closed() -> Self::Answer;
+    /// The run, owner and position the write is fenced at.
+    fn fence(&self) -> (&str, &str, i64);
+
+    /// Makes one write alone, as one statement.
+    fn write_alone<'t>(
+        tx: &'t mut dyn Tx,
+        write: &'t Self,
+    ) -> BoxFuture<'t, Result<Self::Value, JournalError>>;
+
+    /// Makes `writes` with one statement: per write, in order, its answer, or `None` if the
+    /// server refused it because this host does not hold its run at that position.
+    fn write_batch<'t>(
+        tx: &'t mut dyn Tx,
+        writes: &'t [Self],
+    ) -> BoxFuture<'t, Result<Vec<Option<Answer<Self>>>, JournalError>>;
 }
 
-type Pending<W> = (W, oneshot::Sender<<W as Batched>::Answer>);
+/// A write's answer.
+pub(crate) type Answer<W> = Result<<W as Batched>::Value, JournalError>;
+
+type Pending<W> = (W, oneshot::Sender<Answer<W>>);
 
 /// The queue of writes waiting for a batch. The task that forms batches ends when the
 /// batcher is dropped.
@@ -80,7 +97,7 @@ impl<W: Batched> Batcher<W> {
                 let db = db.clone();
                 tokio::spawn(async move {
                     let (writes, replies): (Vec<W>, Vec<_>) = batch.into_iter().unzip();
-                    let answers = W::write_all(&db, writes).await;
+                    let answers = write_all(&db, writes).await;
                     drop(slot);
                     for (reply, answer) in replies.into_iter().zip(answers) {
                         // A writer that stopped waiting has nothing to be told.
@@ -93,13 +110,56 @@ impl<W: Batched> Batcher<W> {
     }
 
     /// Makes `write` in the next batch and returns its answer once it is durable.
-    pub async fn write(&self, write: W) -> W::Answer {
+    pub async fn write(&self, write: W) -> Answer<W> {
         let (reply, answer) = oneshot::channel();
         if self.queue.send((write, reply)).is_err() {
-            return W::closed();
+            return Err(closed());
         }
-        answer.await.unwrap_or_else(|_| W::closed())
+        answer.await.unwrap_or_else(|_| Err(closed()))
     }
+}
+
+/// Makes `writes` (at least one) as one batch; their answers, in the order given.
+pub(crate) async fn write_all<W: Batched>(db: &Database, writes: Vec<W>) -> Vec<Answer<W>> {
+    if writes.len() == 1 {
+        return vec![write_alone(db, Arc::new(writes), 0).await];
+    }
+    // Lock order. The sort is stable: writes on one key keep the order they came in.
+    let mut order: Vec<usize> = (0..writes.len()).collect();
+    order.sort_by(|&a, &b| writes[a].lock_key().cmp(writes[b].lock_key()));
+    let writes = Arc::new(sorted(writes, &order));
+    let shared = writes.clone();
+    let rows = db
+        .write_one_grouped(writes.len(), move |tx| {
+            Box::pin(async move { W::write_batch(tx, &shared).await })
+        })
+        .await;
+    let mut answers = Vec::with_capacity(writes.len());
+    match rows {
+        Ok(rows) => {
+            for (write, row) in writes.iter().zip(rows) {
+                answers.push(match row {
+                    Some(answer) => answer,
+                    None => {
+                        let (run_id, owner, seq) = write.fence();
+                        Err(why_fenced(db, run_id, owner, seq).await)
+                    }
+                });
+            }
+        }
+        // Nothing in the batch was written: each write alone gets its own answer.
+        Err(_) => {
+            for index in 0..writes.len() {
+                answers.push(write_alone(db, writes.clone(), index).await);
+            }
+        }
+    }
+    restore(answers, &order)
+}
+
+async fn write_alone<W: Batched>(db: &Database, writes: Arc<Vec<W>>, index: usize) -> Answer<W> {
+    db.write_one(move |tx| Box::pin(async move { W::write_alone(tx, &writes[index]).await }))
+        .await
 }
 
 fn closed() -> JournalError {
@@ -142,62 +202,35 @@ async fn why_fenced(db: &Database, run_id: &str, owner: &str, seq: i64) -> Journ
 // ---- steps ----
 
 /// A step's write: its outcome and the run's next position.
-pub(crate) type Written = Result<(Result<String, CallFailure>, i64), JournalError>;
+pub(crate) type Written = Answer<ServerStep>;
 
 impl Batched for ServerStep {
-    type Answer = Written;
+    type Value = (Result<String, CallFailure>, i64);
 
-    fn write_all(db: &Database, steps: Vec<ServerStep>) -> BoxFuture<'_, Vec<Written>> {
-        Box::pin(write_steps(db, steps))
+    fn lock_key(&self) -> &str {
+        &self.account
     }
 
-    fn closed() -> Written {
-        Err(closed())
+    fn fence(&self) -> (&str, &str, i64) {
+        (&self.run_id, &self.owner, self.next_seq)
+    }
+
+    fn write_alone<'t>(
+        tx: &'t mut dyn Tx,
+        step: &'t ServerStep,
+    ) -> BoxFuture<'t, Result<Self::Value, JournalError>> {
+        Box::pin(ledger_step_pg(tx, step))
+    }
+
+    fn write_batch<'t>(
+        tx: &'t mut dyn Tx,
+        steps: &'t [ServerStep],
+    ) -> BoxFuture<'t, Result<Vec<Option<Written>>, JournalError>> {
+        Box::pin(ledger_steps_pg(tx, steps))
     }
 }
 
-/// Writes `steps` (at least one) as one batch; their answers, in the order given.
-pub(crate) async fn write_steps(db: &Database, steps: Vec<ServerStep>) -> Vec<Written> {
-    if steps.len() == 1 {
-        return vec![step_alone(db, Arc::new(steps), 0).await];
-    }
-    // Account order is lock order. The sort is stable: steps on one account keep their order.
-    let mut order: Vec<usize> = (0..steps.len()).collect();
-    order.sort_by(|&a, &b| steps[a].account.cmp(&steps[b].account));
-    let steps = Arc::new(sorted(steps, &order));
-    let shared = steps.clone();
-    let rows = db
-        .write_one_grouped(steps.len(), move |tx| {
-            Box::pin(async move { ledger_steps_pg(tx, &shared).await })
-        })
-        .await;
-    let mut answers = Vec::with_capacity(steps.len());
-    match rows {
-        Ok(rows) => {
-            for (step, row) in steps.iter().zip(rows) {
-                answers.push(match row {
-                    Some(written) => written,
-                    None => Err(why_fenced(db, &step.run_id, &step.owner, step.next_seq).await),
-                });
-            }
-        }
-        // Nothing in the batch was written: each step alone gets its own answer.
-        Err(_) => {
-            for index in 0..steps.len() {
-                answers.push(step_alone(db, steps.clone(), index).await);
-            }
-        }
-    }
-    restore(answers, &order)
-}
-
-async fn step_alone(db: &Database, steps: Arc<Vec<ServerStep>>, index: usize) -> Written {
-    db.write_one(move |tx| Box::pin(async move { ledger_step_pg(tx, &steps[index]).await }))
-        .await
-}
-
-/// Writes `steps` with one call of `ledger_steps`: one answer per step, in order; `None` for
-/// a step the server refused because this host does not hold its run at that position.
+/// Writes `steps` with one call of `ledger_steps` (see [`Batched::write_batch`]).
 async fn ledger_steps_pg(
     tx: &mut dyn Tx,
     steps: &[ServerStep],
@@ -347,63 +380,38 @@ pub(crate) struct Append {
 
 impl Batched for Append {
     /// The run's next position.
-    type Answer = Result<i64, JournalError>;
+    type Value = i64;
 
-    fn write_all(db: &Database, appends: Vec<Append>) -> BoxFuture<'_, Vec<Self::Answer>> {
-        Box::pin(write_appends(db, appends))
+    fn lock_key(&self) -> &str {
+        &self.run_id
     }
 
-    fn closed() -> Self::Answer {
-        Err(closed())
+    fn fence(&self) -> (&str, &str, i64) {
+        (&self.run_id, &self.owner, self.next_seq)
     }
-}
 
-async fn write_appends(db: &Database, appends: Vec<Append>) -> Vec<Result<i64, JournalError>> {
-    if appends.len() == 1 {
-        return vec![append_alone(db, Arc::new(appends), 0).await];
+    fn write_alone<'t>(
+        tx: &'t mut dyn Tx,
+        a: &'t Append,
+    ) -> BoxFuture<'t, Result<i64, JournalError>> {
+        Box::pin(append_events(
+            tx, &a.run_id, &a.owner, a.next_seq, &a.events,
+        ))
     }
-    // Run order is lock order.
-    let mut order: Vec<usize> = (0..appends.len()).collect();
-    order.sort_by(|&a, &b| appends[a].run_id.cmp(&appends[b].run_id));
-    let appends = Arc::new(sorted(appends, &order));
-    let shared = appends.clone();
-    let rows = db
-        .write_one_grouped(appends.len(), move |tx| {
-            Box::pin(async move { append_batch_pg(tx, &shared).await })
-        })
-        .await;
-    let mut answers = Vec::with_capacity(appends.len());
-    match rows {
-        Ok(appended) => {
-            for (append, appended) in appends.iter().zip(appended) {
-                answers.push(if appended {
-                    Ok(append.next_seq + append.events.len() as i64)
-                } else {
-                    Err(why_fenced(db, &append.run_id, &append.owner, append.next_seq).await)
-                });
-            }
-        }
-        Err(_) => {
-            for index in 0..appends.len() {
-                answers.push(append_alone(db, appends.clone(), index).await);
-            }
-        }
-    }
-    restore(answers, &order)
-}
 
-async fn append_alone(
-    db: &Database,
-    appends: Arc<Vec<Append>>,
-    index: usize,
-) -> Result<i64, JournalError> {
-    db.write_one(move |tx| {
+    fn write_batch<'t>(
+        tx: &'t mut dyn Tx,
+        appends: &'t [Append],
+    ) -> BoxFuture<'t, Result<Vec<Option<Answer<Append>>>, JournalError>> {
         Box::pin(async move {
-            let a = &appends[index];
-            append_events(tx, &a.run_id, &a.owner, a.next_seq, &a.events).await
+            let appended = append_batch_pg(tx, appends).await?;
+            Ok(appends
+                .iter()
+                .zip(appended)
+                .map(|(a, appended)| appended.then(|| Ok(a.next_seq + a.events.len() as i64)))
+                .collect())
         })
-    })
-    .await
+    }
 }
 
 /// Appends with one call of `append_batch`: whether each run was appended, in order.

@@ -284,7 +284,7 @@ pub async fn apply_batch_on_server(
             reason: format!("{} is not a step the server takes", call.op_id),
         })?);
     }
-    let answers = crate::batch::write_steps(db, steps).await;
+    let answers = crate::batch::write_all(db, steps).await;
     Ok(answers
         .into_iter()
         .map(|written| {

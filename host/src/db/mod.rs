@@ -442,10 +442,7 @@ impl Database {
         E: From<DbError> + Send + 'static,
         F: for<'t> FnOnce(&'t mut dyn Tx) -> BoxFuture<'t, Result<T, E>> + Send + 'static,
     {
-        match self {
-            Database::Sqlite(db) => db.write(Box::new(work)).await,
-            Database::Postgres(db) => db.write_one(1, Box::new(work)).await,
-        }
+        self.write_one_grouped(1, work).await
     }
 
     /// As [`Database::write_one`], for a statement that carries `jobs` writers' work (a batch

@@ -404,7 +404,8 @@ impl Batched for Append {
         appends: &'t [Append],
     ) -> BoxFuture<'t, Result<Vec<Option<Answer<Append>>>, JournalError>> {
         Box::pin(async move {
-            let appended = append_batch_pg(tx, appends).await?;
+            let borrowed: Vec<AppendRef<'_>> = appends.iter().map(Append::borrowed).collect();
+            let appended = append_batch_pg(tx, &borrowed).await?;
             Ok(appends
                 .iter()
                 .zip(appended)
@@ -414,15 +415,38 @@ impl Batched for Append {
     }
 }
 
-/// Appends with one call of `append_batch`: whether each run was appended, in order.
-async fn append_batch_pg(tx: &mut dyn Tx, appends: &[Append]) -> Result<Vec<bool>, JournalError> {
+/// An [`Append`] by reference, for appends made inside another transaction.
+pub(crate) struct AppendRef<'a> {
+    pub run_id: &'a str,
+    pub owner: &'a str,
+    pub next_seq: i64,
+    pub events: &'a Encoded,
+}
+
+impl Append {
+    fn borrowed(&self) -> AppendRef<'_> {
+        AppendRef {
+            run_id: &self.run_id,
+            owner: &self.owner,
+            next_seq: self.next_seq,
+            events: &self.events,
+        }
+    }
+}
+
+/// Appends with one call of `append_batch`: whether each run was appended, in order. Every
+/// append on PostgreSQL is made this way, a lone one as a batch of one.
+pub(crate) async fn append_batch_pg(
+    tx: &mut dyn Tx,
+    appends: &[AppendRef<'_>],
+) -> Result<Vec<bool>, JournalError> {
     let (mut run_ids, mut owners, mut next_seqs, mut counts) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut kinds, mut bodies, mut statuses, mut outputs, mut errors) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for a in appends {
-        run_ids.push(a.run_id.clone());
-        owners.push(a.owner.clone());
+        run_ids.push(a.run_id.to_owned());
+        owners.push(a.owner.to_owned());
         next_seqs.push(a.next_seq);
         counts.push(a.events.len() as i64);
         for (kind, body) in a.events.rows() {

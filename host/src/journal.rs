@@ -240,7 +240,7 @@ impl Journal {
         let run_id = run_id.to_owned();
         let owner = self.owner.clone();
         let events = Encoded::new(&events);
-        if self.db.dialect() == Dialect::Postgres && (1..=2).contains(&events.len()) {
+        if self.db.dialect() == Dialect::Postgres && !events.is_empty() {
             // One statement, batched with other runs' appends (see `batch`).
             let append = Append {
                 run_id,
@@ -852,6 +852,10 @@ impl Encoded {
         self.rows.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
     /// The status, output and error the events set on the run, if they change its status.
     pub fn projection(&self) -> Option<(&'static str, &Option<String>, &Option<String>)> {
         self.projection
@@ -878,8 +882,18 @@ pub(crate) async fn append_events(
 ) -> Result<i64, JournalError> {
     let now = now_ms() as i64;
     let after = next_seq + events.len() as i64;
-    if tx.dialect() == Dialect::Postgres && events.len() <= 2 {
-        return append_pg(tx, run_id, owner, next_seq, now, events).await;
+    if tx.dialect() == Dialect::Postgres {
+        // One statement: the fenced update of the run, and its events only if it matched.
+        let append = crate::batch::AppendRef {
+            run_id,
+            owner,
+            next_seq,
+            events,
+        };
+        if crate::batch::append_batch_pg(tx, &[append]).await? == [true] {
+            return Ok(after);
+        }
+        return Err(refused(tx, run_id, owner, next_seq).await);
     }
     let mut seq = next_seq;
     let mut rows = events.rows.as_slice();
@@ -937,73 +951,6 @@ pub(crate) async fn append_events(
         return Err(refused(tx, run_id, owner, next_seq).await);
     }
     Ok(seq)
-}
-
-/// [`append_events`] in one PostgreSQL statement, for one or two events: the fenced update of
-/// the run (with the status an ending event sets), and the events inserted only if it matched.
-/// One round trip instead of two, and no transaction needed around it.
-async fn append_pg(
-    tx: &mut dyn Tx,
-    run_id: &str,
-    owner: &str,
-    next_seq: i64,
-    now: i64,
-    events: &Encoded,
-) -> Result<i64, JournalError> {
-    let after = next_seq + events.len() as i64;
-    let (status, output, error) = match &events.projection {
-        Some((status, output, error)) => (Some(*status), output.as_deref(), error.as_deref()),
-        None => (None, None, None),
-    };
-    // A run that has ended holds no lease: nothing executes it any more, and a stuck run must be
-    // free for whichever host an operator retries it on.
-    let inserted = match events.rows.as_slice() {
-        [] => 0,
-        [(kind, body)] => {
-            tx.execute(
-                "WITH fence AS (
-                     UPDATE runs SET next_seq = $1, updated_at_ms = $2,
-                         status = COALESCE($8, status),
-                         output = CASE WHEN $8 IS NULL THEN output ELSE $9 END,
-                         error = CASE WHEN $8 IS NULL THEN error ELSE $10 END,
-                         lease_expires_at_ms = CASE WHEN $8 IS NULL OR $8 = 'compensating'
-                                                    THEN lease_expires_at_ms ELSE 0 END
-                     WHERE run_id = $3 AND next_seq = $4 AND owner = $5 RETURNING run_id)
-                 INSERT INTO events (run_id, seq, at_ms, kind, body)
-                 SELECT run_id, $4, $2, $6, $7 FROM fence",
-                crate::args![
-                    after, now, run_id, next_seq, owner, *kind, body, status, output, error
-                ],
-            )
-            .await?
-        }
-        [(kind_a, body_a), (kind_b, body_b)] => {
-            tx.execute(
-                "WITH fence AS (
-                     UPDATE runs SET next_seq = $1, updated_at_ms = $2,
-                         status = COALESCE($10, status),
-                         output = CASE WHEN $10 IS NULL THEN output ELSE $11 END,
-                         error = CASE WHEN $10 IS NULL THEN error ELSE $12 END,
-                         lease_expires_at_ms = CASE WHEN $10 IS NULL OR $10 = 'compensating'
-                                                    THEN lease_expires_at_ms ELSE 0 END
-                     WHERE run_id = $3 AND next_seq = $4 AND owner = $5 RETURNING run_id)
-                 INSERT INTO events (run_id, seq, at_ms, kind, body)
-                 SELECT run_id, $4, $2, $6, $7 FROM fence
-                 UNION ALL SELECT run_id, $4 + 1, $2, $8, $9 FROM fence",
-                crate::args![
-                    after, now, run_id, next_seq, owner, *kind_a, body_a, *kind_b, body_b, status,
-                    output, error
-                ],
-            )
-            .await?
-        }
-        _ => unreachable!("append_pg takes one or two events"),
-    };
-    if inserted == events.len() as u64 && inserted > 0 {
-        return Ok(after);
-    }
-    // Nothing was inserted: the fence did not match.
-    Err(refused(tx, run_id, owner, next_seq).await)
 }
 
 /// Why a fenced append of `owner` at `next_seq` was refused: another owner, or another position.

@@ -26,6 +26,8 @@ const ACQUIRE_TIMEOUT_MS: u64 = 10_000;
 #[derive(Debug)]
 pub struct PostgresDatabase {
     location: Location,
+    /// `location` for messages, made once: every statement's error names it.
+    name: String,
     stats: super::CommitStats,
     pool: PgPool,
     crash: CrashSwitch,
@@ -69,6 +71,7 @@ impl PostgresDatabase {
             .acquire_timeout(Duration::from_millis(ACQUIRE_TIMEOUT_MS))
             .connect_lazy_with(options);
         Ok(PostgresDatabase {
+            name: location.describe(),
             location,
             stats: super::CommitStats::default(),
             pool,
@@ -86,7 +89,7 @@ impl PostgresDatabase {
 
     fn error(&self, e: impl std::fmt::Display) -> DbError {
         DbError::Statement {
-            database: self.location.describe(),
+            database: self.name.clone(),
             reason: e.to_string(),
         }
     }
@@ -103,11 +106,11 @@ impl PostgresDatabase {
             .begin()
             .await
             .map_err(|e| E::from(self.error(e)))?;
-        let database = self.location.describe();
+        let database = &self.name;
         let result = {
             let mut pg = PgTx {
                 conn: &mut tx,
-                database: &database,
+                database,
             };
             work(&mut pg).await
         };
@@ -117,7 +120,7 @@ impl PostgresDatabase {
                 self.crash.before_commit();
                 tx.commit().await.map_err(|e| {
                     E::from(DbError::Commit {
-                        database: database.clone(),
+                        database: database.to_owned(),
                         reason: e.to_string(),
                     })
                 })?;
@@ -143,13 +146,13 @@ impl PostgresDatabase {
             .acquire()
             .await
             .map_err(|e| E::from(self.error(e)))?;
-        let database = self.location.describe();
+        let database = &self.name;
         // The statement commits itself: the crash switch sees it as one commit.
         self.crash.before_commit();
         let result = {
             let mut pg = PgTx {
                 conn: &mut conn,
-                database: &database,
+                database,
             };
             work(&mut pg).await
         };
@@ -170,12 +173,12 @@ impl PostgresDatabase {
             .acquire()
             .await
             .map_err(|e| E::from(self.error(e)))?;
-        let database = self.location.describe();
+        let database = &self.name;
         let mut tx = conn.begin().await.map_err(|e| E::from(self.error(e)))?;
         let result = {
             let mut pg = PgTx {
                 conn: &mut tx,
-                database: &database,
+                database,
             };
             work(&mut pg).await
         };

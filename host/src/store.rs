@@ -367,6 +367,33 @@ impl RunLog {
         attempts: u32,
         retry_rejections: bool,
     ) -> Result<Result<String, CallFailure>, JournalError> {
+        self.call_on(
+            host,
+            route,
+            request,
+            before,
+            after,
+            attempts,
+            retry_rejections,
+            None,
+        )
+        .await
+    }
+
+    /// [`RunLog::call`]; with `on_server`, each attempt of a co-located ledger call is the
+    /// server-side step (see [`RunLog::call_step`]).
+    #[allow(clippy::too_many_arguments)]
+    async fn call_on(
+        &mut self,
+        host: &HostInner,
+        route: Route,
+        request: &ParticipantRequest,
+        before: Vec<Event>,
+        after: After,
+        attempts: u32,
+        retry_rejections: bool,
+        on_server: Option<OnServer>,
+    ) -> Result<Result<String, CallFailure>, JournalError> {
         let attempts = attempts.max(1);
         let mut backoff_ms = host.limits.retry_backoff_ms_min;
         match route {
@@ -374,7 +401,22 @@ impl RunLog {
                 let ledger_call = request.ledger_call();
                 let mut last = String::new();
                 for attempt in 1..=attempts {
-                    match self.ledger_in_journal(&ledger_call, &before, &after).await {
+                    let written = match &on_server {
+                        Some(step) => {
+                            self.ledger_on_server(
+                                host,
+                                request,
+                                &before,
+                                &after,
+                                step.call,
+                                &step.account,
+                                step.amount,
+                            )
+                            .await
+                        }
+                        None => self.ledger_in_journal(&ledger_call, &before, &after).await,
+                    };
+                    match written {
                         Ok(Ok(outcome)) => {
                             let retry = match &outcome {
                                 Err(CallFailure::Rejected(_)) => retry_rejections,
@@ -389,8 +431,10 @@ impl RunLog {
                         Ok(Err(database)) => last = database,
                         Err(conflict) => return Err(conflict),
                     }
-                    tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
-                    backoff_ms = (backoff_ms * 2).min(host.limits.retry_backoff_ms_max);
+                    if attempt < attempts {
+                        tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+                        backoff_ms = (backoff_ms * 2).min(host.limits.retry_backoff_ms_max);
+                    }
                 }
                 let failure = CallFailure::Unavailable(format!("ledger: {last}"));
                 let mut events = before;
@@ -438,38 +482,21 @@ impl RunLog {
         call: u32,
         attempts: u32,
     ) -> Result<Result<String, CallFailure>, JournalError> {
-        let on_server = route == Route::LedgerInJournal
+        let colocated_on_postgres = route == Route::LedgerInJournal
             && request.undoes.is_none()
             && self.journal.database().dialect() == crate::db::Dialect::Postgres;
-        let entry = on_server
+        let on_server = colocated_on_postgres
             .then(|| crate::ledger::server_step_entry(&request.call.action, &request.call.payload))
-            .flatten();
-        let Some((account, amount)) = entry else {
-            return self
-                .call(host, route, request, before, after, attempts, false)
-                .await;
-        };
-        let attempts = attempts.max(1);
-        let mut backoff_ms = host.limits.retry_backoff_ms_min;
-        let mut last = String::new();
-        for attempt in 1..=attempts {
-            let written = self
-                .ledger_on_server(host, request, &before, &after, call, &account, amount)
-                .await?;
-            match written {
-                Ok(outcome) => return Ok(outcome),
-                Err(database) => last = database,
-            }
-            if attempt < attempts {
-                tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
-                backoff_ms = (backoff_ms * 2).min(host.limits.retry_backoff_ms_max);
-            }
-        }
-        let failure = CallFailure::Unavailable(format!("ledger: {last}"));
-        let mut events = before;
-        events.extend(after(&Err(failure.clone())));
-        self.commit(events).await?;
-        Ok(Err(failure))
+            .flatten()
+            .map(|(account, amount)| OnServer {
+                call,
+                account,
+                amount,
+            });
+        self.call_on(
+            host, route, request, before, after, attempts, false, on_server,
+        )
+        .await
     }
 
     /// One attempt of a step on the server (see [`RunLog::call_step`]): the inner `Err` is a
@@ -564,6 +591,14 @@ impl RunLog {
         self.recorded(next_seq, before.iter().cloned().chain(last));
         Ok(Ok(outcome))
     }
+}
+
+/// A debit or credit step done by the server-side function: its call number, account and
+/// amount.
+struct OnServer {
+    call: u32,
+    account: String,
+    amount: i64,
 }
 
 /// Makes the journal event that records a call's outcome, if any.

@@ -273,14 +273,18 @@ impl Journal {
     ) -> Result<i64, JournalError> {
         let run_id = run_id.to_owned();
         let (owner, lease_ms) = (self.owner.clone(), self.run_lease_ms);
-        let events = Encoded::new(&events);
+        let mut encoded = Encoded::new(std::slice::from_ref(&started));
+        for event in &events {
+            encoded.push(event);
+        }
+        let reserved = first_next_seq(self.db.dialect(), encoded.len());
         self.db
             .write(move |tx| {
                 Box::pin(async move {
-                    if !create_run(tx, &run_id, &started, &owner, lease_ms).await? {
+                    if !insert_run(tx, &run_id, &started, &owner, lease_ms, reserved).await? {
                         return Err(JournalError::RunExists(run_id));
                     }
-                    append_events(tx, &run_id, &owner, 2, &events).await
+                    append_created(tx, &run_id, &owner, reserved, &encoded).await
                 })
             })
             .await
@@ -753,6 +757,37 @@ pub(crate) async fn create_run(
     owner: &str,
     lease_ms: u64,
 ) -> Result<bool, JournalError> {
+    let events = Encoded::new(std::slice::from_ref(started));
+    let reserved = first_next_seq(tx.dialect(), events.len());
+    if !insert_run(tx, run_id, started, owner, lease_ms, reserved).await? {
+        return Ok(false);
+    }
+    append_created(tx, run_id, owner, reserved, &events).await?;
+    Ok(true)
+}
+
+/// The `next_seq` to insert a run's row with when its first events, `len` of them from its
+/// `started` event on, follow in the same transaction ([`append_created`]). On SQLite it is
+/// where those events will end, so that writing them needs no update of the row; on
+/// PostgreSQL it is 1, and the batched append (`batch::append_batch_pg`) fences and moves it.
+pub(crate) fn first_next_seq(dialect: Dialect, len: usize) -> i64 {
+    match dialect {
+        Dialect::Sqlite => 1 + len as i64,
+        Dialect::Postgres => 1,
+    }
+}
+
+/// Inserts a run's row inside `tx`, unless the run id exists, owned by `owner`, at `next_seq`
+/// (see [`first_next_seq`]); its events follow with [`append_created`]. Returns whether it was
+/// created.
+pub(crate) async fn insert_run(
+    tx: &mut dyn Tx,
+    run_id: &str,
+    started: &Event,
+    owner: &str,
+    lease_ms: u64,
+    next_seq: i64,
+) -> Result<bool, JournalError> {
     let Event::Started {
         workflow,
         module_hash,
@@ -760,20 +795,19 @@ pub(crate) async fn create_run(
         ..
     } = started
     else {
-        unreachable!("create_run takes a started event");
+        unreachable!("insert_run takes a started event");
     };
-    let body = serde_json::to_string(started).expect("events always serialize");
     let now = now_ms() as i64;
     let sql = match tx.dialect() {
         Dialect::Sqlite => {
             "INSERT INTO runs (run_id, workflow, module_hash, status, input, created_at_ms, updated_at_ms,
                                next_seq, owner, lease_expires_at_ms)
-             VALUES ($1, $2, $3, 'running', $4, $5, $5, 2, $6, $5 + $7) ON CONFLICT (run_id) DO NOTHING"
+             VALUES ($1, $2, $3, 'running', $4, $5, $5, $8, $6, $5 + $7) ON CONFLICT (run_id) DO NOTHING"
         }
         Dialect::Postgres => {
             "INSERT INTO runs (run_id, workflow, module_hash, status, input, created_at_ms, updated_at_ms,
                                next_seq, owner, lease_expires_at_ms)
-             VALUES ($1, $2, $3, 'running', $4, $5, $5, 2, $6,
+             VALUES ($1, $2, $3, 'running', $4, $5, $5, $8, $6,
                      CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) + $7)
              ON CONFLICT (run_id) DO NOTHING"
         }
@@ -788,18 +822,34 @@ pub(crate) async fn create_run(
                 input,
                 now,
                 owner,
-                lease_ms as i64
+                lease_ms as i64,
+                next_seq
             ],
         )
         .await?;
-    if inserted == 1 {
-        tx.execute(
-            "INSERT INTO events (run_id, seq, at_ms, kind, body) VALUES ($1, 1, $2, 'started', $3)",
-            crate::args![run_id, now, &body],
-        )
-        .await?;
-    }
     Ok(inserted == 1)
+}
+
+/// Writes the first events of a run [`insert_run`] inserted in this transaction at `reserved`:
+/// `events` starts with its `started` event. Returns the next free seq. Events that end
+/// elsewhere than `reserved`, or that change the run's status, update the row as an append
+/// does (fenced at `reserved`, which this transaction holds).
+pub(crate) async fn append_created(
+    tx: &mut dyn Tx,
+    run_id: &str,
+    owner: &str,
+    reserved: i64,
+    events: &Encoded,
+) -> Result<i64, JournalError> {
+    if tx.dialect() == Dialect::Postgres {
+        return append_events(tx, run_id, owner, 1, events).await;
+    }
+    let now = now_ms() as i64;
+    let after = insert_events(tx, run_id, 1, now, &events.rows).await?;
+    if after != reserved || events.projection.is_some() {
+        fence_and_project(tx, run_id, owner, reserved, after, now, events).await?;
+    }
+    Ok(after)
 }
 
 /// Events serialized for the journal, and what they change in the run's projection. Built by
@@ -895,27 +945,78 @@ pub(crate) async fn append_events(
         }
         return Err(refused(tx, run_id, owner, next_seq).await);
     }
-    let mut seq = next_seq;
-    let mut rows = events.rows.as_slice();
-    // A step journals two events at once (its intent and its outcome): one statement.
-    while let [(kind_a, body_a), (kind_b, body_b), rest @ ..] = rows {
-        tx.execute(
-            "INSERT INTO events (run_id, seq, at_ms, kind, body)
-             VALUES ($1, $2, $3, $4, $5), ($1, $6, $3, $7, $8)",
-            crate::args![run_id, seq, now, *kind_a, body_a, seq + 1, *kind_b, body_b],
-        )
-        .await?;
-        seq += 2;
+    let seq = insert_events(tx, run_id, next_seq, now, &events.rows).await?;
+    fence_and_project(tx, run_id, owner, next_seq, after, now, events).await?;
+    Ok(seq)
+}
+
+/// Inserts `rows` (kind and body) as a run's events from `seq` on, up to four to a
+/// statement; returns the seq after the last. SQLite only (PostgreSQL's appends are one
+/// statement of their own, `append_batch`).
+async fn insert_events(
+    tx: &mut dyn Tx,
+    run_id: &str,
+    mut seq: i64,
+    now: i64,
+    mut rows: &[(&'static str, String)],
+) -> Result<i64, JournalError> {
+    // A step journals its intent and outcome at once, a run's end its last step and its
+    // outcome: most writes are two to four events, each one statement.
+    while !rows.is_empty() {
+        let (chunk, rest) = rows.split_at(rows.len().min(4));
+        match chunk {
+            [(k1, b1), (k2, b2), (k3, b3), (k4, b4)] => {
+                tx.execute(
+                    "INSERT INTO events (run_id, seq, at_ms, kind, body)
+                     VALUES ($1, $2, $3, $4, $5), ($1, $2 + 1, $3, $6, $7),
+                            ($1, $2 + 2, $3, $8, $9), ($1, $2 + 3, $3, $10, $11)",
+                    crate::args![run_id, seq, now, *k1, b1, *k2, b2, *k3, b3, *k4, b4],
+                )
+                .await?
+            }
+            [(k1, b1), (k2, b2), (k3, b3)] => {
+                tx.execute(
+                    "INSERT INTO events (run_id, seq, at_ms, kind, body)
+                     VALUES ($1, $2, $3, $4, $5), ($1, $2 + 1, $3, $6, $7),
+                            ($1, $2 + 2, $3, $8, $9)",
+                    crate::args![run_id, seq, now, *k1, b1, *k2, b2, *k3, b3],
+                )
+                .await?
+            }
+            [(k1, b1), (k2, b2)] => {
+                tx.execute(
+                    "INSERT INTO events (run_id, seq, at_ms, kind, body)
+                     VALUES ($1, $2, $3, $4, $5), ($1, $2 + 1, $3, $6, $7)",
+                    crate::args![run_id, seq, now, *k1, b1, *k2, b2],
+                )
+                .await?
+            }
+            [(k1, b1)] => {
+                tx.execute(
+                    "INSERT INTO events (run_id, seq, at_ms, kind, body) VALUES ($1, $2, $3, $4, $5)",
+                    crate::args![run_id, seq, now, *k1, b1],
+                )
+                .await?
+            }
+            _ => unreachable!("chunks hold one to four events"),
+        };
+        seq += chunk.len() as i64;
         rows = rest;
     }
-    for (kind, body) in rows {
-        tx.execute(
-            "INSERT INTO events (run_id, seq, at_ms, kind, body) VALUES ($1, $2, $3, $4, $5)",
-            crate::args![run_id, seq, now, *kind, body],
-        )
-        .await?;
-        seq += 1;
-    }
+    Ok(seq)
+}
+
+/// The fence of a SQLite append: moves the run from `next_seq` to `after`, with the status a
+/// terminal event sets, only if this host still owns it and it is still at `next_seq`.
+async fn fence_and_project(
+    tx: &mut dyn Tx,
+    run_id: &str,
+    owner: &str,
+    next_seq: i64,
+    after: i64,
+    now: i64,
+    events: &Encoded,
+) -> Result<(), JournalError> {
     let updated = match &events.projection {
         Some((status, output, error)) => {
             // A run that has ended holds no lease: nothing executes it any more, and a stuck
@@ -950,7 +1051,7 @@ pub(crate) async fn append_events(
     if updated != 1 {
         return Err(refused(tx, run_id, owner, next_seq).await);
     }
-    Ok(seq)
+    Ok(())
 }
 
 /// Why a fenced append of `owner` at `next_seq` was refused: another owner, or another position.

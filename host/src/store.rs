@@ -554,17 +554,23 @@ impl RunLog {
         let (call, run_id, next_seq) = (call.clone(), self.run_id.clone(), self.next_seq);
         let owner = self.journal.owner().to_owned();
         let (unstarted, lease_ms) = (self.unstarted.clone(), self.journal.run_lease_ms());
-        let mut first = self.pending.clone();
-        first.extend(before.iter().cloned());
-        let encoded = crate::journal::Encoded::new(&first);
+        // A run's first write starts with its `started` event.
+        let mut encoded = crate::journal::Encoded::new(unstarted.as_slice());
+        for event in self.pending.iter().chain(before) {
+            encoded.push(event);
+        }
+        // Where the run's row is created, expecting the outcome's event after these.
+        let reserved = crate::journal::first_next_seq(database.dialect(), encoded.len() + 1);
         let after = after.clone();
         // The outcome feeds only this run's module: it need not wait for the batch's fsync.
         let written = database
             .write_early(move |tx| {
                 Box::pin(async move {
                     if let Some(started) = &unstarted
-                        && !crate::journal::create_run(tx, &run_id, started, &owner, lease_ms)
-                            .await?
+                        && !crate::journal::insert_run(
+                            tx, &run_id, started, &owner, lease_ms, reserved,
+                        )
+                        .await?
                     {
                         return Err(JournalError::RunExists(run_id));
                     }
@@ -576,9 +582,13 @@ impl RunLog {
                     if let Some(event) = &last {
                         encoded.push(event);
                     }
-                    let next_seq =
+                    let next_seq = if unstarted.is_some() {
+                        crate::journal::append_created(tx, &run_id, &owner, reserved, &encoded)
+                            .await?
+                    } else {
                         crate::journal::append_events(tx, &run_id, &owner, next_seq, &encoded)
-                            .await?;
+                            .await?
+                    };
                     Ok::<_, JournalError>((outcome, last, next_seq))
                 })
             })

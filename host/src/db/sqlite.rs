@@ -54,6 +54,12 @@ const CHECKPOINT_INTERVAL_MS: u64 = 200;
 /// briefly): the writer's own checkpoints keep the WAL far smaller, unless long-running readers
 /// keep it from restarting.
 const WAL_BYTES_RESTART: u64 = 256 << 20;
+/// WAL frames after which the writer checkpoints (`wal_autocheckpoint`); a checkpoint that
+/// completes lets the next commit restart the WAL at its start.
+const WAL_CHECKPOINT_FRAMES: u64 = 4_000;
+/// Frames of zeros the WAL is given when the database opens: what it grows to between two
+/// checkpoints, with room for the commit that crosses the threshold.
+const WAL_PREALLOCATED_FRAMES: u64 = WAL_CHECKPOINT_FRAMES + 1_000;
 /// How long a connection waits for another process's lock before failing.
 const BUSY_TIMEOUT_MS: u64 = 30_000;
 
@@ -202,18 +208,21 @@ fn open_connections(path: &Path) -> Result<Opened, OpenError> {
         .busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))
         .map_err(open_error)?;
     // WAL with synchronous=FULL: a commit is durable once its WAL frames are synced. The writer
-    // checkpoints after its own commit every 4,000 pages; with nothing else writing, the
-    // checkpoint completes and the WAL restarts in place, so frames overwrite allocated blocks
-    // instead of growing the file (a background checkpoint never caught up with the writer).
+    // checkpoints after its own commit every `WAL_CHECKPOINT_FRAMES`; with nothing else writing,
+    // the checkpoint completes and the WAL restarts in place, so frames overwrite allocated
+    // blocks (`preallocate_wal` allocates them for the first round) instead of growing the file
+    // (a background checkpoint never caught up with the writer).
     writer
         .execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
              PRAGMA foreign_keys = ON;
-             PRAGMA wal_autocheckpoint = 4000;
              PRAGMA journal_size_limit = 67108864;
              PRAGMA cache_size = -8192;",
         )
+        .map_err(open_error)?;
+    writer
+        .pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_FRAMES as i64)
         .map_err(open_error)?;
     let mode: String = writer
         .query_row("PRAGMA journal_mode", [], |row| row.get(0))
@@ -227,6 +236,11 @@ fn open_connections(path: &Path) -> Result<Opened, OpenError> {
     }
     writer.set_prepared_statement_cache_capacity(STATEMENT_CACHE_MAX);
     migrate(&mut writer).map_err(open_error)?;
+    preallocate_wal(&mut writer, path).map_err(|e| OpenError {
+        database: format!("sqlite:{}", path.display()),
+        cause: format!("cannot extend its write-ahead log: {e}"),
+        hint: "check that the disk has a few tens of megabytes free",
+    })?;
 
     let mut readers = Vec::with_capacity(READERS);
     for _ in 0..READERS {
@@ -249,6 +263,41 @@ fn open_connections(path: &Path) -> Result<Opened, OpenError> {
         .execute_batch("PRAGMA synchronous = FULL;")
         .map_err(open_error)?;
     Ok((writer, readers, checkpointer))
+}
+
+/// Extends the WAL with zeros to `WAL_PREALLOCATED_FRAMES`, so that commits overwrite blocks
+/// the file system has already allocated instead of growing the file: a commit that grows the
+/// file makes its fsync also commit the file system's metadata, and a fresh database's first
+/// 4,000 frames went at about 75% of the rate of the frames after the first restart.
+///
+/// Zeros after the WAL's last frame are never taken for frames: a frame counts only if its
+/// salts and checksum follow from the header's, so recovery stops at the first zero frame, as
+/// it stops at the stale frames a restarted WAL leaves behind; and a WAL whose header is zeros
+/// is empty. The write lock is held, so no other connection is appending frames meanwhile.
+fn preallocate_wal(conn: &mut Connection, path: &Path) -> Result<(), String> {
+    use std::io::Write;
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(|e| e.to_string())?;
+    let page_size: i64 = tx
+        .query_row("PRAGMA page_size", [], |row| row.get(0))
+        .map_err(|e| e.to_string())?;
+    let wanted = 32 + WAL_PREALLOCATED_FRAMES * (24 + page_size.unsigned_abs());
+    let mut wal = std::fs::OpenOptions::new()
+        .append(true)
+        .open(wal_path(path))
+        .map_err(|e| e.to_string())?;
+    let mut length = wal.metadata().map_err(|e| e.to_string())?.len();
+    if length < wanted {
+        let zeros = vec![0u8; 1 << 20];
+        while length < wanted {
+            let chunk = (wanted - length).min(zeros.len() as u64) as usize;
+            wal.write_all(&zeros[..chunk]).map_err(|e| e.to_string())?;
+            length += chunk as u64;
+        }
+        wal.sync_all().map_err(|e| e.to_string())?;
+    }
+    tx.commit().map_err(|e| e.to_string())
 }
 
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
@@ -705,6 +754,79 @@ impl Tx for SqliteTx<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A scratch directory for one test, removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("wasaga-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("create the scratch directory");
+            Scratch(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Copies the database and its WAL as they are on disk while open: what a crash leaves.
+    fn crash_image(from: &Path, to: &Path) {
+        std::fs::copy(from, to).expect("copy the database file");
+        std::fs::copy(wal_path(from), wal_path(to)).expect("copy the WAL");
+    }
+
+    fn wal_length(database: &Path) -> u64 {
+        std::fs::metadata(wal_path(database))
+            .expect("the WAL exists")
+            .len()
+    }
+
+    fn count(conn: &Connection) -> i64 {
+        conn.query_row("SELECT count(*) FROM t", [], |row| row.get(0))
+            .expect("count the rows")
+    }
+
+    #[test]
+    fn committed_frames_before_the_preallocated_zeros_are_recovered() {
+        let scratch = Scratch::new("wal-preallocated");
+        let original = scratch.0.join("a.db");
+        let (writer, _readers, _checkpointer) =
+            open_connections(&original).expect("open the database");
+        let page_size: i64 = writer
+            .query_row("PRAGMA page_size", [], |row| row.get(0))
+            .expect("read the page size");
+        let preallocated = 32 + WAL_PREALLOCATED_FRAMES * (24 + page_size.unsigned_abs());
+        assert!(wal_length(&original) >= preallocated);
+        writer
+            .execute_batch("CREATE TABLE t (n INTEGER); INSERT INTO t VALUES (1), (2);")
+            .expect("create and fill a table");
+        writer
+            .execute("INSERT INTO t VALUES (3)", [])
+            .expect("insert a row");
+        // The WAL holds the commits' frames, then zeros, and is no longer than preallocated:
+        // the commits overwrote the zeros rather than growing the file.
+        assert_eq!(wal_length(&original), preallocated);
+
+        // Recovery from the crash image reads every committed frame and stops at the zeros.
+        let image = scratch.0.join("b.db");
+        crash_image(&original, &image);
+        let (reopened, _readers, _checkpointer) =
+            open_connections(&image).expect("open the database");
+        assert_eq!(count(&reopened), 3);
+        // Writing after recovery appends after the recovered frames, and survives a crash too.
+        reopened
+            .execute("INSERT INTO t VALUES (4)", [])
+            .expect("insert a row");
+        let again = scratch.0.join("c.db");
+        crash_image(&image, &again);
+        let (recovered, _readers, _checkpointer) =
+            open_connections(&again).expect("open the database");
+        assert_eq!(count(&recovered), 4);
+    }
 
     #[test]
     fn placeholders_become_sqlite_style_outside_literals() {

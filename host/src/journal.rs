@@ -961,13 +961,16 @@ async fn insert_events(
     mut rows: &[(&'static str, String)],
 ) -> Result<i64, JournalError> {
     // A step journals its intent and outcome at once, a run's end its last step and its
-    // outcome: most writes are two to four events, each one statement.
+    // outcome: most writes are two to four events, each one statement. OR FAIL: a conflict
+    // ends the statement without undoing its earlier rows, so SQLite keeps no statement journal
+    // (a copy of every page the statement touches) for it; a job that fails after writing has
+    // its whole batch rolled back by the writer.
     while !rows.is_empty() {
         let (chunk, rest) = rows.split_at(rows.len().min(4));
         match chunk {
             [(k1, b1), (k2, b2), (k3, b3), (k4, b4)] => {
                 tx.execute(
-                    "INSERT INTO events (run_id, seq, at_ms, kind, body)
+                    "INSERT OR FAIL INTO events (run_id, seq, at_ms, kind, body)
                      VALUES ($1, $2, $3, $4, $5), ($1, $2 + 1, $3, $6, $7),
                             ($1, $2 + 2, $3, $8, $9), ($1, $2 + 3, $3, $10, $11)",
                     crate::args![run_id, seq, now, *k1, b1, *k2, b2, *k3, b3, *k4, b4],
@@ -976,7 +979,7 @@ async fn insert_events(
             }
             [(k1, b1), (k2, b2), (k3, b3)] => {
                 tx.execute(
-                    "INSERT INTO events (run_id, seq, at_ms, kind, body)
+                    "INSERT OR FAIL INTO events (run_id, seq, at_ms, kind, body)
                      VALUES ($1, $2, $3, $4, $5), ($1, $2 + 1, $3, $6, $7),
                             ($1, $2 + 2, $3, $8, $9)",
                     crate::args![run_id, seq, now, *k1, b1, *k2, b2, *k3, b3],
@@ -985,7 +988,7 @@ async fn insert_events(
             }
             [(k1, b1), (k2, b2)] => {
                 tx.execute(
-                    "INSERT INTO events (run_id, seq, at_ms, kind, body)
+                    "INSERT OR FAIL INTO events (run_id, seq, at_ms, kind, body)
                      VALUES ($1, $2, $3, $4, $5), ($1, $2 + 1, $3, $6, $7)",
                     crate::args![run_id, seq, now, *k1, b1, *k2, b2],
                 )

@@ -11,7 +11,7 @@
 //! without moving money: compensating what never happened must not create money.
 
 use crate::args;
-use crate::db::{Database, DbError, Tx};
+use crate::db::{Database, DbError, Dialect, Tx};
 use crate::journal::now_ms;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -78,6 +78,8 @@ pub enum OpenError {
 
 /// The largest amount one operation may move, far below overflow of the balance column.
 pub const AMOUNT_MAX: i64 = 1 << 50;
+/// The largest balance a credit may leave: sums of balances stay far from overflow.
+const BALANCE_MAX: i64 = i64::MAX / 2;
 
 /// Opens `account` with `balance` (minor units) in its own durable transaction.
 pub async fn open(db: &Database, account: &str, balance: i64) -> Result<Account, OpenError> {
@@ -844,41 +846,65 @@ async fn entry(tx: &mut dyn Tx, op_id: &str, account: &str, delta: i64) -> Resul
     Ok(())
 }
 
-async fn debit(tx: &mut dyn Tx, op_id: &str, account: &str, amount: i64) -> Outcome {
-    let balance = tx
-        .fetch_optional(
-            "UPDATE ledger_accounts SET balance = balance - $1 WHERE account = $2 AND balance >= $1
-             RETURNING balance",
-            args![amount, account],
+/// Adds `delta` to `account`'s balance if the sum stays between zero and `BALANCE_MAX`; the new
+/// balance, or `None` if it would not (or there is no such account).
+async fn add_to_balance(
+    tx: &mut dyn Tx,
+    account: &str,
+    delta: i64,
+) -> Result<Option<i64>, DbError> {
+    if tx.dialect() == Dialect::Postgres {
+        return tx
+            .fetch_optional(
+                "UPDATE ledger_accounts SET balance = balance + $1
+                 WHERE account = $2 AND balance + $1 BETWEEN 0 AND $3
+                 RETURNING balance",
+                args![delta, account, BALANCE_MAX],
+            )
+            .await?
+            .map(|row| row.int(0))
+            .transpose();
+    }
+    // SQLite runs RETURNING as a trigger: the statement buffers its rows in a temporary table
+    // and keeps a statement journal, which together cost more than a second statement.
+    let changed = tx
+        .execute(
+            "UPDATE ledger_accounts SET balance = balance + $1
+             WHERE account = $2 AND balance + $1 BETWEEN 0 AND $3",
+            args![delta, account, BALANCE_MAX],
         )
         .await?;
-    let Some(balance) = balance else {
+    if changed == 0 {
+        return Ok(None);
+    }
+    tx.fetch_optional(
+        "SELECT balance FROM ledger_accounts WHERE account = $1",
+        args![account],
+    )
+    .await?
+    .map(|row| row.int(0))
+    .transpose()
+}
+
+async fn debit(tx: &mut dyn Tx, op_id: &str, account: &str, amount: i64) -> Outcome {
+    let Some(balance) = add_to_balance(tx, account, -amount).await? else {
         let current = check!(self::account(tx, account).await?);
         return Ok(Err(format!(
             "insufficient funds in '{account}': balance {} is less than {amount}",
             current.balance
         )));
     };
-    let balance = balance.int(0)?;
     entry(tx, op_id, account, -amount).await?;
     Ok(Ok(json!({ "account": account, "balance": balance })))
 }
 
 async fn credit(tx: &mut dyn Tx, op_id: &str, account: &str, amount: i64) -> Outcome {
-    let balance = tx
-        .fetch_optional(
-            "UPDATE ledger_accounts SET balance = balance + $1 WHERE account = $2 AND balance <= $3 - $1
-             RETURNING balance",
-            args![amount, account, i64::MAX / 2],
-        )
-        .await?;
-    let Some(balance) = balance else {
+    let Some(balance) = add_to_balance(tx, account, amount).await? else {
         check!(self::account(tx, account).await?);
         return Ok(Err(format!(
             "credit to '{account}' would overflow its balance"
         )));
     };
-    let balance = balance.int(0)?;
     entry(tx, op_id, account, amount).await?;
     Ok(Ok(json!({ "account": account, "balance": balance })))
 }

@@ -36,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../schema/sqlite/0003_two_phase.sql"),
     include_str!("../../schema/sqlite/0004_ownership_and_registry.sql"),
     include_str!("../../schema/sqlite/0005_append_ordered.sql"),
+    include_str!("../../schema/sqlite/0006_unfinished_runs.sql"),
 ];
 
 /// Jobs waiting for the writer; senders wait when it is full.

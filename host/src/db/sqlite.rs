@@ -266,6 +266,12 @@ fn open_connections(path: &Path) -> Result<Opened, OpenError> {
     Ok((writer, readers, checkpointer))
 }
 
+/// The WAL's length with `WAL_PREALLOCATED_FRAMES` frames of `page_size` pages: a 32-byte
+/// header, then each frame's 24-byte header and page.
+fn preallocated_wal_bytes(page_size: i64) -> u64 {
+    32 + WAL_PREALLOCATED_FRAMES * (24 + page_size.unsigned_abs())
+}
+
 /// Extends the WAL with zeros to `WAL_PREALLOCATED_FRAMES`, so that commits overwrite blocks
 /// the file system has already allocated instead of growing the file: a commit that grows the
 /// file makes its fsync also commit the file system's metadata, and a fresh database's first
@@ -283,7 +289,7 @@ fn preallocate_wal(conn: &mut Connection, path: &Path) -> Result<(), String> {
     let page_size: i64 = tx
         .query_row("PRAGMA page_size", [], |row| row.get(0))
         .map_err(|e| e.to_string())?;
-    let wanted = 32 + WAL_PREALLOCATED_FRAMES * (24 + page_size.unsigned_abs());
+    let wanted = preallocated_wal_bytes(page_size);
     let mut wal = std::fs::OpenOptions::new()
         .append(true)
         .open(wal_path(path))
@@ -800,7 +806,7 @@ mod tests {
         let page_size: i64 = writer
             .query_row("PRAGMA page_size", [], |row| row.get(0))
             .expect("read the page size");
-        let preallocated = 32 + WAL_PREALLOCATED_FRAMES * (24 + page_size.unsigned_abs());
+        let preallocated = preallocated_wal_bytes(page_size);
         assert!(wal_length(&original) >= preallocated);
         writer
             .execute_batch("CREATE TABLE t (n INTEGER); INSERT INTO t VALUES (1), (2);")

@@ -11,6 +11,7 @@
 
 mod postgres;
 mod sqlite;
+mod wal_vfs;
 
 use crate::BoxFuture;
 use crate::crash::CrashSwitch;

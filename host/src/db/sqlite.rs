@@ -204,7 +204,13 @@ fn open_connections(path: &Path) -> Result<Opened, OpenError> {
     let read_write = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let mut writer = Connection::open_with_flags(path, read_write).map_err(open_error)?;
+    let vfs = super::wal_vfs::register().map_err(|cause| OpenError {
+        database: format!("sqlite:{}", path.display()),
+        cause,
+        hint: "use a build of wasaga for Linux or another Unix",
+    })?;
+    let mut writer =
+        Connection::open_with_flags_and_vfs(path, read_write, vfs).map_err(open_error)?;
     writer
         .busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))
         .map_err(open_error)?;
@@ -245,9 +251,10 @@ fn open_connections(path: &Path) -> Result<Opened, OpenError> {
 
     let mut readers = Vec::with_capacity(READERS);
     for _ in 0..READERS {
-        let reader = Connection::open_with_flags(
+        let reader = Connection::open_with_flags_and_vfs(
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            vfs,
         )
         .map_err(open_error)?;
         reader
@@ -256,7 +263,8 @@ fn open_connections(path: &Path) -> Result<Opened, OpenError> {
         reader.set_prepared_statement_cache_capacity(STATEMENT_CACHE_MAX);
         readers.push(reader);
     }
-    let checkpointer = Connection::open_with_flags(path, read_write).map_err(open_error)?;
+    let checkpointer =
+        Connection::open_with_flags_and_vfs(path, read_write, vfs).map_err(open_error)?;
     checkpointer
         .busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))
         .map_err(open_error)?;
@@ -759,14 +767,14 @@ impl Tx for SqliteTx<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// A scratch directory for one test, removed when dropped.
-    struct Scratch(PathBuf);
+    pub(in crate::db) struct Scratch(pub(in crate::db) PathBuf);
 
     impl Scratch {
-        fn new(name: &str) -> Self {
+        pub(in crate::db) fn new(name: &str) -> Self {
             let dir = std::env::temp_dir().join(format!("wasaga-{name}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).expect("create the scratch directory");

@@ -17,6 +17,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../schema/postgres/0001_initial.sql"),
     include_str!("../../schema/postgres/0002_step_function.sql"),
     include_str!("../../schema/postgres/0003_batches.sql"),
+    include_str!("../../schema/postgres/0004_fewer_statements.sql"),
 ];
 
 /// How long a caller waits for a pooled connection before the database counts as unavailable.

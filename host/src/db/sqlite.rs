@@ -800,7 +800,7 @@ pub(super) mod tests {
             .len()
     }
 
-    fn count(conn: &Connection) -> i64 {
+    pub(in crate::db) fn count(conn: &Connection) -> i64 {
         conn.query_row("SELECT count(*) FROM t", [], |row| row.get(0))
             .expect("count the rows")
     }

@@ -495,7 +495,7 @@ unsafe extern "C" fn unfetch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::sqlite::tests::Scratch;
+    use crate::db::sqlite::tests::{Scratch, count};
     use rusqlite::{Connection, OpenFlags};
     use std::path::Path;
 
@@ -506,11 +506,6 @@ mod tests {
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
             .expect("switch to WAL");
         conn
-    }
-
-    fn rows(conn: &Connection) -> i64 {
-        conn.query_row("SELECT count(*) FROM t", [], |row| row.get(0))
-            .expect("count the rows")
     }
 
     #[test]
@@ -528,7 +523,7 @@ mod tests {
             writer
                 .execute("INSERT INTO t VALUES (?1, zeroblob(3000))", [n])
                 .expect("insert a row");
-            assert_eq!(rows(&reader), n);
+            assert_eq!(count(&reader), n);
         }
         let sum: i64 = reader
             .query_row("SELECT sum(n) FROM t", [], |row| row.get(0))
@@ -564,7 +559,7 @@ mod tests {
         drop(first);
         drop(second);
         let check = Connection::open(&path).expect("reopen the database");
-        assert_eq!(rows(&check), 2);
+        assert_eq!(count(&check), 2);
         let integrity: String = check
             .query_row("PRAGMA integrity_check", [], |row| row.get(0))
             .expect("check the database");

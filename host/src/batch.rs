@@ -4,8 +4,9 @@
 //! server-side function `ledger_step`, and an append of a run's events one fenced statement.
 //! Done one transaction each, the server spends most of its time beginning, committing and
 //! answering transactions rather than in the work. Here what concurrent runs ask for meanwhile
-//! is sent as one statement (`ledger_steps` or `append_batch`, schema/postgres/0003): one
-//! transaction, one commit and one round trip for all of it.
+//! is sent as one statement (`ledger_steps` or `append_batch`, schema/postgres/0003 and 0005):
+//! one transaction, one commit and one round trip for all of it, and on the server a few
+//! statements for the whole batch rather than a few per write.
 //!
 //! Nothing about a single write changes: a step's ledger operation, idempotency record and
 //! events still commit together, an append is still fenced by owner and position, and each
@@ -13,10 +14,16 @@
 //! together too; if a batch fails, each of its writes is made again alone, so one write's
 //! failure is never another's.
 //!
-//! A few batches of each kind are in flight at once, each on its own connection. A batch takes
-//! its row locks in one order (steps by account, appends by run), so two batches never wait on
-//! each other in a cycle. A lone write goes straight to the server, so a quiet host adds no
-//! latency.
+//! One batch of each kind is in flight at a time: whatever arrives meanwhile waits for the
+//! next, which is then larger. On the transfer benchmark that costs less CPU per saga than
+//! several smaller batches at once (host and server together on two cores: 0.72 ms, against
+//! 0.88 ms with two batches of a kind at a time and 1.0 ms with four), and shortens the tail.
+//!
+//! A batch of steps locks its accounts in one order, so batches from several hosts never wait
+//! on each other in a cycle; runs' rows are only ever wanted by two batches when hosts contend
+//! for a run being taken over, and if the server then breaks a deadlock by failing a batch,
+//! its writes are made again alone. A lone write goes straight to the server, so a quiet host
+//! adds no latency.
 
 use crate::BoxFuture;
 use crate::db::{Arg, Database, DbError, Tx};
@@ -27,9 +34,8 @@ use crate::journal::{
 use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-/// Batches of one kind one host writes at once. Each holds a connection and, on the server, a
-/// backend busy with its writes; more would only queue on the server's cores.
-const BATCHES_IN_FLIGHT: usize = 4;
+/// Batches of one kind one host writes at once (see the module's comment).
+const BATCHES_IN_FLIGHT: usize = 1;
 
 /// Writes in one batch at most, to bound a batch's lock time and statement size.
 const BATCH_WRITES_MAX: usize = 64;

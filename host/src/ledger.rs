@@ -335,8 +335,9 @@ async fn server_step(
         next_seq: position.unwrap_or(2),
         started: position.is_none().then_some(started),
         lease_ms: 60_000,
-        before: crate::journal::Encoded::new(&[]),
-        call: 0,
+        // An event journaled before the step, as a workflow's clock read is.
+        before: crate::journal::Encoded::new(&[crate::event::Event::Clock { call: 0, ms: 7 }]),
+        call: 1,
         reply_bytes_max: 64 << 10,
         op_id: call.op_id.clone(),
         action: call.action.clone(),

@@ -295,6 +295,8 @@ fn the_server_side_step_alone_and_in_batches_keeps_exactly_the_ledgers_rules() {
             ledger::open(db, "alice", 100).await.expect("alice");
             ledger::open(db, "bob", 0).await.expect("bob");
             ledger::open(db, "rich", 0).await.expect("rich");
+            ledger::open(db, "dora", 100).await.expect("dora");
+            ledger::open(db, "erin", 50).await.expect("erin");
             // An operation compensated before it ran leaves a tombstone.
             let undo = LedgerCall {
                 op_id: "r/ghost.undo".to_owned(),
@@ -432,5 +434,116 @@ fn the_server_side_step_alone_and_in_batches_keeps_exactly_the_ledgers_rules() {
             answers[n + 2]
         );
         assert_eq!(tables("batched").await, tables("general").await);
+
+        // Batches of distinct runs without fencing tokens are written set-wise (0005) when
+        // every step passes: each account moves by the sum of its steps, and each reply shows
+        // the balance after its own step. A refusal, a repeated operation id or a fenced run
+        // in such a batch sends its ledger part back to one step at a time. Every batch below
+        // must leave the same answers and tables as the steps applied alone, in the batch's
+        // order (by account, as `batch` sorts it).
+        let batches: [Vec<(&str, LedgerCall)>; 3] = [
+            // All pass, with several steps per account, erin down to exactly zero; two of
+            // the runs exist (moved by their fence), the others are created by the batch.
+            vec![
+                ("batched-0", call("s/1", "debit", "dora", 10, &[])),
+                ("set-1", call("s/2", "debit", "dora", 5, &[])),
+                ("set-2", call("s/3", "credit", "dora", 3, &[])),
+                ("batched-1", call("s/4", "credit", "erin", 7, &[])),
+                ("set-3", call("s/5", "debit", "erin", 57, &[])),
+            ],
+            // One refusal (insufficient funds) and one fenced run among steps that pass.
+            vec![
+                ("set-1", call("s/6", "debit", "dora", 1000, &[])),
+                ("set-2", call("s/7", "credit", "dora", 1, &[])),
+                ("set-3", call("s/8", "debit", "erin", 1, &[])),
+                ("taken", call("s/9", "credit", "erin", 1, &[])),
+                ("set-4", call("s/10", "credit", "erin", 4, &[])),
+            ],
+            // An operation id used before (its first outcome comes back), beside a new one.
+            vec![
+                ("set-5", call("s/1", "debit", "dora", 10, &[])),
+                ("set-6", call("s/11", "debit", "dora", 2, &[])),
+            ],
+        ];
+        for batch in batches {
+            let mut expected = Vec::new();
+            for (run, case) in &batch {
+                if *run == "taken" {
+                    continue;
+                }
+                let case = case.clone();
+                expected.push(
+                    general
+                        .write(move |tx| Box::pin(async move { ledger::apply(tx, &case).await }))
+                        .await
+                        .expect("db"),
+                );
+            }
+            let owned: Vec<(String, LedgerCall)> = batch
+                .iter()
+                .map(|(run, case)| ((*run).to_owned(), case.clone()))
+                .collect();
+            let (commits, jobs) = batched.commit_stats();
+            let answers = ledger::apply_batch_on_server(&batched, "parity-owner", &owned)
+                .await
+                .expect("db");
+            // One commit per step reading its run's position, then the batch as one commit:
+            // a batch the server failed would be written again one step per commit, with the
+            // same answers, so only this shows that the set-wise statements ran.
+            let n = batch.len() as u64;
+            let (commits_after, jobs_after) = batched.commit_stats();
+            assert_eq!(
+                (commits_after - commits, jobs_after - jobs),
+                (n + 1, 2 * n),
+                "{batch:?} was not written as one batch"
+            );
+            let mut expected = expected.into_iter();
+            for ((run, case), answer) in batch.iter().zip(answers) {
+                if *run == "taken" {
+                    assert!(
+                        matches!(&answer, Err(JournalError::NotOwner { owner, .. }) if owner == "another-host"),
+                        "{answer:?}"
+                    );
+                    continue;
+                }
+                let want = expected.next().expect("an outcome per step");
+                match answer {
+                    Ok(got) => assert_eq!(got, want, "{case:?} in a set-wise batch"),
+                    Err(e) => panic!("{case:?} in a set-wise batch failed: {e}"),
+                }
+            }
+            assert_eq!(tables("batched").await, tables("general").await);
+        }
+        // Every run's events, whichever way they were written: numbered from 1 up to the
+        // run's position without a gap, each a journal event of the kind its row says.
+        let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+        let runs: Vec<(String, i64)> =
+            sqlx::query_as("SELECT run_id, next_seq FROM batched.runs ORDER BY run_id")
+                .fetch_all(&mut conn)
+                .await
+                .expect("runs");
+        assert!(runs.len() >= 20, "{runs:?}");
+        for (run, next_seq) in runs {
+            let events: Vec<(i64, String, String)> = sqlx::query_as(
+                "SELECT seq, kind, body FROM batched.events WHERE run_id = $1 ORDER BY seq",
+            )
+            .bind(&run)
+            .fetch_all(&mut conn)
+            .await
+            .expect("events");
+            let seqs: Vec<i64> = events.iter().map(|(seq, _, _)| *seq).collect();
+            assert_eq!(seqs, (1..next_seq).collect::<Vec<_>>(), "{run}");
+            for (seq, kind, body) in &events {
+                let event: Event = serde_json::from_str(body)
+                    .unwrap_or_else(|e| panic!("{run} event {seq} ({body}): {e}"));
+                let json = serde_json::to_value(&event).expect("json");
+                assert_eq!(json["kind"], kind.as_str(), "{run} event {seq}");
+            }
+            assert_eq!(events[0].1, "started", "{run}");
+            assert!(events.iter().any(|(_, kind, _)| kind == "clock"), "{run}");
+        }
+        let balances = tables("batched").await.swap_remove(0);
+        assert!(balances.contains(&"dora 87 0".to_owned()), "{balances:?}");
+        assert!(balances.contains(&"erin 4 0".to_owned()), "{balances:?}");
     });
 }

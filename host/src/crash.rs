@@ -42,20 +42,22 @@ impl CrashSwitch {
         }
     }
 
-    /// Called right before a commit.
-    pub fn before_commit(&self) {
-        if let Some(inner) = &self.inner {
-            let n = inner.1.fetch_add(1, Ordering::SeqCst) + 1;
-            if inner.0 == CrashPoint::BeforeCommit(n) {
-                die();
-            }
+    /// Called right before a commit; returns the commit's number (0 when the switch is off),
+    /// which the caller hands to `after_commit` once that commit is durable.
+    pub fn before_commit(&self) -> u32 {
+        let Some(inner) = &self.inner else { return 0 };
+        let n = inner.1.fetch_add(1, Ordering::SeqCst) + 1;
+        if inner.0 == CrashPoint::BeforeCommit(n) {
+            die();
         }
+        n
     }
 
-    /// Called right after a commit returned.
-    pub fn after_commit(&self) {
+    /// Called once the commit numbered `ticket` (by `before_commit`) is durable; commits made
+    /// concurrently may be numbered meanwhile.
+    pub fn after_commit(&self, ticket: u32) {
         if let Some(inner) = &self.inner
-            && inner.0 == CrashPoint::AfterCommit(inner.1.load(Ordering::SeqCst))
+            && inner.0 == CrashPoint::AfterCommit(ticket)
         {
             die();
         }

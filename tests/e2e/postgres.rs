@@ -119,6 +119,34 @@ fn sagas_on_a_postgres_journal_end_as_on_sqlite() {
 }
 
 #[test]
+fn a_missing_database_or_role_is_named_with_what_to_do() {
+    let postgres = Postgres::start();
+    let port = postgres.port;
+    let cases = [
+        (
+            format!("postgres://postgres@127.0.0.1:{port}/nosuch"),
+            "database \"nosuch\" does not exist",
+            "createdb",
+        ),
+        (
+            format!("postgres://nobody@127.0.0.1:{port}/postgres"),
+            "role \"nobody\" does not exist",
+            "check the user in the URL",
+        ),
+    ];
+    for (url, cause, hint) in cases {
+        let s = Sandbox::new("pg-bad-url").on_postgres(&url);
+        let listed = s.wasaga(&["ledger", "list"]);
+        let said = text(&listed);
+        assert_eq!(listed.status.code(), Some(1), "{said}");
+        assert!(said.contains(cause), "{said}");
+        assert!(said.contains(hint), "{said}");
+        // Not sqlx's "at line N", a line of the server's C source.
+        assert!(!said.contains(" at line "), "{said}");
+    }
+}
+
+#[test]
 fn a_host_killed_at_any_commit_on_postgres_loses_nothing() {
     let postgres = Postgres::start();
     let template_url = database(&postgres, "crash_template", None);

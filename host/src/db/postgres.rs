@@ -48,21 +48,22 @@ impl PostgresDatabase {
             url: url.to_owned(),
             schema: schema.to_owned(),
         };
-        let open_error = |cause: String| OpenError {
+        let open_error = |e: sqlx::Error| OpenError {
             database: location.describe(),
-            cause,
-            hint: "check that the server is running, reachable, and that the user may create tables",
+            cause: describe(&e),
+            hint: open_hint(&e),
         };
         let options = PgConnectOptions::from_str(url)
-            .map_err(|e| open_error(e.to_string()))?
+            .map_err(|e| OpenError {
+                hint: "write it as postgres://user[:password]@host[:port]/database[?schema=name]",
+                ..open_error(e)
+            })?
             .options([("search_path", schema)]);
         let mut conn = PgConnection::connect_with(&options)
             .await
-            .map_err(|e| open_error(e.to_string()))?;
-        migrate(&mut conn, schema)
-            .await
-            .map_err(|e| open_error(e.to_string()))?;
-        conn.close().await.map_err(|e| open_error(e.to_string()))?;
+            .map_err(open_error)?;
+        migrate(&mut conn, schema).await.map_err(open_error)?;
+        conn.close().await.map_err(open_error)?;
         let pool = PgPoolOptions::new()
             .max_connections(pools.postgres_connections_max.max(1))
             .min_connections(
@@ -89,10 +90,10 @@ impl PostgresDatabase {
         &self.stats
     }
 
-    fn error(&self, e: impl std::fmt::Display) -> DbError {
+    fn error(&self, e: sqlx::Error) -> DbError {
         DbError::Statement {
             database: self.name.clone(),
-            reason: e.to_string(),
+            reason: describe(&e),
         }
     }
 
@@ -119,14 +120,14 @@ impl PostgresDatabase {
         match result {
             Ok(value) => {
                 self.stats.record(1);
-                self.crash.before_commit();
+                let ticket = self.crash.before_commit();
                 tx.commit().await.map_err(|e| {
                     E::from(DbError::Commit {
                         database: database.to_owned(),
-                        reason: e.to_string(),
+                        reason: describe(&e),
                     })
                 })?;
-                self.crash.after_commit();
+                self.crash.after_commit(ticket);
                 Ok(value)
             }
             Err(error) => {
@@ -150,7 +151,7 @@ impl PostgresDatabase {
             .map_err(|e| E::from(self.error(e)))?;
         let database = &self.name;
         // The statement commits itself: the crash switch sees it as one commit.
-        self.crash.before_commit();
+        let ticket = self.crash.before_commit();
         let result = {
             let mut pg = PgTx {
                 conn: &mut conn,
@@ -160,7 +161,7 @@ impl PostgresDatabase {
         };
         if result.is_ok() {
             self.stats.record(jobs);
-            self.crash.after_commit();
+            self.crash.after_commit(ticket);
         }
         result
     }
@@ -191,15 +192,15 @@ impl PostgresDatabase {
 
 /// Drops `schema` and everything in it.
 pub(super) async fn drop_schema(url: &str, schema: &str) -> Result<(), OpenError> {
-    let describe = Location::Postgres {
+    let location = Location::Postgres {
         url: url.to_owned(),
         schema: schema.to_owned(),
     }
     .describe();
     let open_error = |e: sqlx::Error| OpenError {
-        database: describe.clone(),
-        cause: e.to_string(),
-        hint: "check that the server is running and reachable",
+        database: location.clone(),
+        cause: describe(&e),
+        hint: open_hint(&e),
     };
     let mut conn = PgConnection::connect(url).await.map_err(open_error)?;
     // The schema name was validated (lowercase letters, digits, '_') when it was parsed.
@@ -210,6 +211,41 @@ pub(super) async fn drop_schema(url: &str, schema: &str) -> Result<(), OpenError
     .await
     .map_err(open_error)?;
     conn.close().await.map_err(open_error)
+}
+
+/// A sqlx error for a person: a server error as the server words it, with its SQLSTATE (sqlx
+/// appends "at line N", a line of PostgreSQL's own C source), anything else as sqlx says it.
+fn describe(e: &sqlx::Error) -> String {
+    match e.as_database_error() {
+        Some(db) => match db.code() {
+            Some(code) => format!("{} (SQLSTATE {code})", db.message()),
+            None => db.message().to_owned(),
+        },
+        None => e.to_string(),
+    }
+}
+
+/// What to do about an error met while connecting and migrating.
+fn open_hint(e: &sqlx::Error) -> &'static str {
+    let Some(db) = e.as_database_error() else {
+        return match e {
+            sqlx::Error::Configuration(_) => {
+                "write it as postgres://user[:password]@host[:port]/database[?schema=name]"
+            }
+            _ => "check that the server is running and reachable at that host and port",
+        };
+    };
+    match db.code().as_deref() {
+        Some("3D000") => "create the database (createdb NAME) or name an existing one in the URL",
+        Some("28000") => "check the user in the URL: the server has no such role or refuses it",
+        Some("28P01") => "check the user and password in the URL",
+        Some("42501") => "grant the user CREATE on the database, or connect as a user who may",
+        Some("53300") => {
+            "the server has no connection free: raise its max_connections or lower wasaga's pool"
+        }
+        Some("57P03") => "the server is starting or stopping: try again once it is up",
+        _ => "check that the user may create a schema and tables in that database",
+    }
 }
 
 /// Creates the schema and applies missing migrations, holding an advisory lock so that hosts
@@ -255,7 +291,7 @@ impl PgTx<'_> {
     fn error(&self, e: sqlx::Error) -> DbError {
         DbError::Statement {
             database: self.database.to_owned(),
-            reason: e.to_string(),
+            reason: describe(&e),
         }
     }
 }

@@ -1051,7 +1051,7 @@ async fn bench_transfer(
         None
     } else {
         let durability = match journal {
-            Location::Sqlite(_) => "synchronous=FULL",
+            Location::Sqlite(_) => "WAL fdatasync before every answer",
             Location::Postgres { .. } => "synchronous_commit=on",
         };
         eprintln!(

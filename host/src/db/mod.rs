@@ -246,6 +246,12 @@ pub enum DbError {
     /// The transaction could not be committed; nothing in it is durable.
     #[error("{database}: commit failed: {reason}")]
     Commit { database: String, reason: String },
+    /// Committed work could not be made durable (the WAL's sync failed): whether it survives a
+    /// crash is unknown, so the database takes no more work until the process restarts.
+    #[error(
+        "{database}: {reason}; whether the latest writes reached the disk is unknown, so no more are taken: check the disk, then restart wasaga, which resumes every run from what is durable"
+    )]
+    Unsynced { database: String, reason: String },
     /// The database has been shut down.
     #[error("{0} is closed")]
     Closed(String),
@@ -417,10 +423,11 @@ impl Database {
 
     /// As [`Database::write`], but on SQLite the answer comes as soon as `work` has run in its
     /// batch, before the batch is durable. Only for work whose result feeds the run that asked
-    /// and nothing outside the host (a step's outcome, to its module): the writer runs batches
-    /// one after the other, so whatever the run writes next is durable only after this; other
-    /// runs and readers see only committed work; and if this batch never becomes durable, the
-    /// run's next append fails its position fence and the run resumes from the durable journal.
+    /// and nothing outside the host (a step's outcome, to its module): commits become durable
+    /// in order, so whatever the run writes next, in this batch or a later one, is durable
+    /// only with this; readers are answered only after a sync; and if this batch never
+    /// becomes durable, the run's next append fails its position fence and the run resumes
+    /// from the durable journal.
     pub async fn write_early<T, E, F>(&self, work: F) -> Result<T, E>
     where
         T: Send + 'static,

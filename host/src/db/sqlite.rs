@@ -1,18 +1,26 @@
-//! The embedded SQLite database (WAL, `synchronous=FULL`), on rusqlite.
+//! The embedded SQLite database (WAL), on rusqlite.
 //!
 //! One writer thread owns the only write connection. It takes every job waiting in its queue,
-//! runs them one after the other in one transaction and commits once: one fsync for the whole
-//! batch (group commit). Jobs check before they write, so a job that fails has written
-//! nothing; one that fails after writing takes the whole batch down with it rather than commit
-//! a half-done job. No job's caller hears back before the transaction holding its work is
-//! durable. Jobs run on the writer thread itself, statement after statement, with no
-//! hand-off between threads per statement: that hand-off is what dominated the profile when
-//! this went through sqlx's SQLite driver (see ARCHITECTURE.md).
+//! runs them one after the other in one transaction and commits once (group commit); the
+//! syncer thread then `fdatasync`s the WAL and only then answers the batch's callers. The
+//! writer's connection runs `synchronous=NORMAL`, so `COMMIT` writes the frames without
+//! waiting for the disk, and the writer goes on with the next batch while the syncer waits:
+//! what `synchronous=FULL` would do inside `COMMIT`, done beside it, and no caller, and no
+//! reader (see `read_loop`), hears of a commit before that sync. The writer keeps its batch
+//! open while the syncer is busy, so one sync covers everything that arrived meanwhile.
+//!
+//! Jobs check before they write, so a job that fails has written nothing; one that fails
+//! after writing takes the whole batch down with it rather than commit a half-done job. Jobs
+//! run on the writer thread itself, statement after statement, with no hand-off between
+//! threads per statement: that hand-off is what dominated the profile when this went through
+//! sqlx's SQLite driver (see ARCHITECTURE.md).
 //!
 //! Reads run on reader threads, each with its own read-only connection. The writer checkpoints
-//! the WAL itself, after its own commits, so the WAL restarts in place; a checkpointer thread is
-//! the backstop for a WAL that readers keep from restarting. Every commit passes the crash switch, so crash tests can die right before or
-//! after it.
+//! the WAL itself, after its own commits, so the WAL restarts in place (SQLite syncs the WAL
+//! before a checkpoint copies it and the restarted WAL's header before its first frame, in
+//! NORMAL as in FULL); a checkpointer thread is the backstop for a WAL that readers keep from
+//! restarting. Every commit passes the crash switch, so crash tests can die right before it or
+//! right after it is durable.
 
 use super::{Arg, DbError, Dialect, Location, OpenError, Row, Tx, Value, Work};
 use crate::BoxFuture;
@@ -24,6 +32,7 @@ use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -78,6 +87,15 @@ pub struct SqliteDatabase {
 impl SqliteDatabase {
     /// Opens (creating and migrating if needed) the database at `path` and starts its threads.
     pub async fn open(path: &Path, crash: CrashSwitch) -> Result<Self, OpenError> {
+        Self::open_syncing_with(path, crash, Box::new(|wal| wal.sync_data())).await
+    }
+
+    /// As `open`, with `sync` making the WAL durable (tests stand in a gate or a failure).
+    async fn open_syncing_with(
+        path: &Path,
+        crash: CrashSwitch,
+        sync: SyncWal,
+    ) -> Result<Self, OpenError> {
         let owned = path.to_owned();
         let opened = tokio::task::spawn_blocking(move || open_connections(&owned))
             .await
@@ -88,6 +106,11 @@ impl SqliteDatabase {
             })??;
         let (writer, readers, checkpointer) = opened;
         let name = format!("sqlite:{}", path.display());
+        let wal = std::fs::File::open(wal_path(path)).map_err(|e| OpenError {
+            database: name.clone(),
+            cause: format!("cannot open its write-ahead log to sync it: {e}"),
+            hint: "check that the database's directory is readable and writable",
+        })?;
         let (writes, write_queue) = mpsc::channel(WRITE_QUEUE_MAX);
         let (reads, read_queue) = mpsc::channel(READ_QUEUE_MAX);
         let spawn_error = |e: std::io::Error| OpenError {
@@ -96,21 +119,38 @@ impl SqliteDatabase {
             hint: "the host could not start a database thread",
         };
         let stats = Arc::new(super::CommitStats::default());
+        let durability = Arc::new(Durability::default());
+        let (syncs, sync_queue) = std::sync::mpsc::channel();
+        // Weak: the syncer must not keep the writer's queue open once the database is dropped.
+        let wake = writes.downgrade();
+        {
+            let (name, durability) = (name.clone(), durability.clone());
+            let crash = crash.clone();
+            std::thread::Builder::new()
+                .name("wasaga-sqlite-sync".into())
+                .spawn(move || sync_loop(wal, sync, sync_queue, wake, durability, crash, name))
+                .map_err(spawn_error)?;
+        }
         {
             let (name, stats) = (name.clone(), stats.clone());
+            let (syncs, durability) = (syncs.clone(), durability.clone());
             std::thread::Builder::new()
                 .name("wasaga-sqlite-writer".into())
-                .spawn(move || write_loop(writer, write_queue, crash, name, stats))
+                .spawn(move || {
+                    write_loop(writer, write_queue, syncs, &durability, crash, name, stats)
+                })
                 .map_err(spawn_error)?;
         }
         let read_queue = Arc::new(Mutex::new(read_queue));
         for (index, reader) in readers.into_iter().enumerate() {
             let (queue, name) = (read_queue.clone(), name.clone());
+            let syncs = syncs.clone();
             std::thread::Builder::new()
                 .name(format!("wasaga-sqlite-reader-{index}"))
-                .spawn(move || read_loop(reader, queue, name))
+                .spawn(move || read_loop(reader, queue, syncs, name))
                 .map_err(spawn_error)?;
         }
+        drop(syncs);
         let (checkpoints, ticks) = std::sync::mpsc::channel();
         let wal = wal_path(path);
         std::thread::Builder::new()
@@ -214,11 +254,12 @@ fn open_connections(path: &Path) -> Result<Opened, OpenError> {
     writer
         .busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))
         .map_err(open_error)?;
-    // WAL with synchronous=FULL: a commit is durable once its WAL frames are synced. The writer
-    // checkpoints after its own commit every `WAL_CHECKPOINT_FRAMES`; with nothing else writing,
-    // the checkpoint completes and the WAL restarts in place, so frames overwrite allocated
-    // blocks (`preallocate_wal` allocates them for the first round) instead of growing the file
-    // (a background checkpoint never caught up with the writer).
+    // WAL: a commit is durable once its WAL frames are synced. The migrations below commit with
+    // synchronous=FULL, the batches with NORMAL and the syncer's fdatasync (see `Durability`).
+    // The writer checkpoints after its own commit every `WAL_CHECKPOINT_FRAMES`; with nothing
+    // else writing, the checkpoint completes and the WAL restarts in place, so frames overwrite
+    // allocated blocks (`preallocate_wal` allocates them for the first round) instead of
+    // growing the file (a background checkpoint never caught up with the writer).
     writer
         .execute_batch(
             "PRAGMA journal_mode = WAL;
@@ -248,6 +289,9 @@ fn open_connections(path: &Path) -> Result<Opened, OpenError> {
         cause: format!("cannot extend its write-ahead log: {e}"),
         hint: "check that the disk has a few tens of megabytes free",
     })?;
+    writer
+        .execute_batch("PRAGMA synchronous = NORMAL;")
+        .map_err(open_error)?;
 
     let mut readers = Vec::with_capacity(READERS);
     for _ in 0..READERS {
@@ -345,6 +389,30 @@ trait ErasedJob: Send {
     fn run(self: Box<Self>, tx: &mut SqliteTx<'_>) -> (bool, Deliver);
     /// Fails the job without running it.
     fn fail(self: Box<Self>, error: DbError);
+    /// Whether this is the syncer's `Wake`, which is not a job.
+    fn is_wake(&self) -> bool {
+        false
+    }
+}
+
+/// Sent down the write queue by the syncer when it has made every commit durable, to end a
+/// batch the writer keeps open while it waits for the syncer.
+struct Wake;
+
+impl ErasedJob for Wake {
+    fn early(&self) -> bool {
+        false
+    }
+
+    fn run(self: Box<Self>, _: &mut SqliteTx<'_>) -> (bool, Deliver) {
+        (true, Box::new(|_| {}))
+    }
+
+    fn fail(self: Box<Self>, _: DbError) {}
+
+    fn is_wake(&self) -> bool {
+        true
+    }
 }
 
 struct TypedJob<T, E> {
@@ -414,96 +482,325 @@ fn now<F: Future>(future: F) -> Option<F::Output> {
     }
 }
 
+/// How far the WAL is known to be durable, shared by the writer, the readers and the syncer.
+///
+/// The writer commits with `synchronous=NORMAL`: `COMMIT` writes the batch's WAL frames and
+/// publishes them to other connections without waiting for the disk, and the syncer thread then
+/// `fdatasync`s the WAL before any caller of that batch hears back. The writer runs the next
+/// batch meanwhile, so the disk's flush no longer holds up the only writer (it was half of the
+/// writer's wall time). A commit is numbered before it is attempted; `committing` is the
+/// latest number attempted, `durable` the latest whose frames are synced (the writer compares
+/// it with its own last commit to know whether the syncer is free).
+#[derive(Default)]
+struct Durability {
+    committing: AtomicU64,
+    durable: AtomicU64,
+    /// Set once a sync fails: what the WAL holds is then not known to be on disk, so nothing
+    /// more is written or answered until the process restarts and recovery reads the WAL.
+    failed: Mutex<Option<String>>,
+}
+
+impl Durability {
+    fn failure(&self) -> Option<String> {
+        match self.failed.lock() {
+            Ok(failed) => failed.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn fail(&self, reason: String) {
+        let mut failed = match self.failed.lock() {
+            Ok(failed) => failed,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        failed.get_or_insert(reason);
+    }
+}
+
+/// How the syncer makes the WAL durable: `fdatasync`, but for tests.
+type SyncWal = Box<dyn FnMut(&std::fs::File) -> std::io::Result<()> + Send>;
+
+/// What the syncer is handed.
+enum ToSync {
+    /// A commit attempt, with the answers that wait for it to be durable (none if it failed;
+    /// it is still reported, so that `durable` reaches its number).
+    Committed {
+        number: u64,
+        crash_ticket: u32,
+        delivers: Vec<Deliver>,
+    },
+    /// A read's answer. The read may have seen commits that are not durable yet, this
+    /// process's or another's on the same file, so it waits for a sync begun after it.
+    Read(Deliver),
+}
+
+/// The error every job gets once a sync has failed.
+fn sync_failed(database: &str, reason: &str) -> DbError {
+    DbError::Unsynced {
+        database: database.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
 /// The writer thread: batches jobs into transactions until every sender is gone.
+///
+/// A batch stays open, taking the jobs that arrive, for as long as the syncer is still making
+/// the previous commit durable: committing earlier would not make anything durable sooner, and
+/// a larger commit writes fewer WAL pages per job. It commits once the syncer is free (which
+/// sends a `Wake` down the queue when it gets there), or at `BATCH_JOBS_MAX` jobs.
 fn write_loop(
     mut conn: Connection,
     mut queue: mpsc::Receiver<Box<dyn ErasedJob>>,
+    syncs: std::sync::mpsc::Sender<ToSync>,
+    durability: &Durability,
     crash: CrashSwitch,
     database: String,
     stats: Arc<super::CommitStats>,
 ) {
     let mut sql = SqlCache::default();
-    let mut batch: Vec<Box<dyn ErasedJob>> = Vec::with_capacity(BATCH_JOBS_MAX);
+    let mut last_commit: u64 = 0;
     while let Some(first) = queue.blocking_recv() {
-        batch.push(first);
-        while batch.len() < BATCH_JOBS_MAX {
+        if first.is_wake() {
+            continue;
+        }
+        if let Some(reason) = durability.failure() {
+            first.fail(sync_failed(&database, &reason));
+            continue;
+        }
+        let mut batch = match Batch::begin(&mut conn, &mut sql, &database) {
+            Ok(batch) => batch,
+            Err(error) => {
+                first.fail(error);
+                continue;
+            }
+        };
+        let mut next = Some(first);
+        let mut jobs = 0;
+        let rolled_back = loop {
+            if let Some(job) = next.take()
+                && !job.is_wake()
+            {
+                jobs += 1;
+                if !batch.run(job) {
+                    break true;
+                }
+            }
+            if jobs >= BATCH_JOBS_MAX {
+                break false;
+            }
             match queue.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+                Ok(job) => {
+                    next = Some(job);
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Empty) => {}
+                Err(mpsc::error::TryRecvError::Disconnected) => break false,
+            }
+            let syncer_free = durability.durable.load(Ordering::SeqCst) >= last_commit;
+            if syncer_free || durability.failure().is_some() {
+                break false;
+            }
+            match queue.blocking_recv() {
+                Some(job) => next = Some(job),
+                None => break false,
+            }
+        };
+        stats.record(jobs);
+        if rolled_back {
+            continue;
+        }
+        let Some((number, crash_ticket, delivers)) = batch.commit(durability, &crash) else {
+            continue;
+        };
+        last_commit = number;
+        let committed = ToSync::Committed {
+            number,
+            crash_ticket,
+            delivers,
+        };
+        if let Err(std::sync::mpsc::SendError(ToSync::Committed { delivers, .. })) =
+            syncs.send(committed)
+        {
+            for deliver in delivers {
+                deliver(Err(DbError::Closed(database.clone())));
             }
         }
-        stats.record(batch.len());
-        run_batch(&mut conn, &mut sql, &mut batch, &crash, &database);
     }
 }
 
-fn run_batch(
-    conn: &mut Connection,
-    sql: &mut SqlCache,
-    batch: &mut Vec<Box<dyn ErasedJob>>,
-    crash: &CrashSwitch,
-    database: &str,
-) {
-    let failed = |reason: String| DbError::Commit {
-        database: database.to_owned(),
-        reason,
-    };
-    if let Err(e) = plain(conn, "BEGIN IMMEDIATE") {
-        for job in batch.drain(..) {
-            job.fail(failed(format!("cannot begin a write transaction: {e}")));
+/// The writer's open transaction and the answers waiting for it.
+struct Batch<'c> {
+    conn: &'c mut Connection,
+    sql: &'c mut SqlCache,
+    database: &'c str,
+    delivers: Vec<Deliver>,
+}
+
+impl<'c> Batch<'c> {
+    fn failed(database: &str, reason: String) -> DbError {
+        DbError::Commit {
+            database: database.to_owned(),
+            reason,
         }
-        return;
     }
-    // No savepoint per job: jobs check before they write, so a job that fails has written
-    // nothing (savepoints made SQLite copy every page a job touched into a statement journal,
-    // a tenth of the writer's time). Should a job fail after writing anyway, its writes must
-    // not commit: the whole batch is rolled back and every job in it fails.
-    let mut delivers: Vec<Deliver> = Vec::with_capacity(batch.len());
-    let mut jobs = batch.drain(..);
-    while let Some(job) = jobs.next() {
-        let changes_before = conn.total_changes();
+
+    fn begin(
+        conn: &'c mut Connection,
+        sql: &'c mut SqlCache,
+        database: &'c str,
+    ) -> Result<Self, DbError> {
+        plain(conn, "BEGIN IMMEDIATE").map_err(|e| {
+            Self::failed(database, format!("cannot begin a write transaction: {e}"))
+        })?;
+        Ok(Batch {
+            conn,
+            sql,
+            database,
+            delivers: Vec::new(),
+        })
+    }
+
+    /// Runs a job in the transaction. No savepoint per job: jobs check before they write, so a
+    /// job that fails has written nothing (savepoints made SQLite copy every page a job touched
+    /// into a statement journal, a tenth of the writer's time). Should a job fail after writing
+    /// anyway, its writes must not commit: the transaction is rolled back, every job in it
+    /// fails, and this returns false.
+    fn run(&mut self, job: Box<dyn ErasedJob>) -> bool {
+        let changes_before = self.conn.total_changes();
         let early = job.early();
         let (ok, deliver) = {
             let mut tx = SqliteTx {
-                conn: &mut *conn,
-                sql: &mut *sql,
-                database,
+                conn: &mut *self.conn,
+                sql: &mut *self.sql,
+                database: self.database,
             };
             job.run(&mut tx)
         };
-        let wrote = conn.total_changes() != changes_before;
+        let wrote = self.conn.total_changes() != changes_before;
         if !ok && wrote {
-            let _ = plain(conn, "ROLLBACK");
-            let reason =
-                "the write transaction was rolled back because a job in it failed after writing; nothing in it took effect"
-                    .to_owned();
-            deliver(Err(failed(reason.clone())));
-            for deliver in delivers {
-                deliver(Err(failed(reason.clone())));
+            let _ = plain(self.conn, "ROLLBACK");
+            let reason = "the write transaction was rolled back because a job in it failed after writing; nothing in it took effect";
+            deliver(Err(Self::failed(self.database, reason.to_owned())));
+            for deliver in self.delivers.drain(..) {
+                deliver(Err(Self::failed(self.database, reason.to_owned())));
             }
-            for job in jobs {
-                job.fail(failed(reason.clone()));
-            }
-            return;
+            return false;
         }
         if early && ok {
             // See Database::write_early: its answer need not wait for the fsync.
             deliver(Ok(()));
         } else {
-            delivers.push(deliver);
+            self.delivers.push(deliver);
         }
+        true
     }
-    drop(jobs);
-    crash.before_commit();
-    let committed = plain(conn, "COMMIT").map_err(|e| {
-        let _ = plain(conn, "ROLLBACK");
-        failed(e.to_string())
-    });
-    if committed.is_ok() {
-        crash.after_commit();
+
+    /// Commits without waiting for the disk. Returns the commit's number, its crash-switch
+    /// ticket and the answers that wait for it to be durable; `None` if no commit was
+    /// attempted. A failed commit's answers are delivered here, and it still has a number,
+    /// which the syncer must see for `durable` to pass it.
+    fn commit(
+        self,
+        durability: &Durability,
+        crash: &CrashSwitch,
+    ) -> Option<(u64, u32, Vec<Deliver>)> {
+        let Batch {
+            conn,
+            database,
+            delivers,
+            ..
+        } = self;
+        if let Some(reason) = durability.failure() {
+            let _ = plain(conn, "ROLLBACK");
+            for deliver in delivers {
+                deliver(Err(sync_failed(database, &reason)));
+            }
+            return None;
+        }
+        // Numbered before COMMIT publishes the frames: a reader that sees them then reads a
+        // number at least this one, and waits for it to be durable.
+        let number = durability.committing.fetch_add(1, Ordering::SeqCst) + 1;
+        let crash_ticket = crash.before_commit();
+        if let Err(e) = plain(conn, "COMMIT") {
+            let _ = plain(conn, "ROLLBACK");
+            let error = Self::failed(database, e.to_string());
+            for deliver in delivers {
+                deliver(Err(error.clone()));
+            }
+            return Some((number, 0, Vec::new()));
+        }
+        Some((number, crash_ticket, delivers))
     }
-    for deliver in delivers {
-        deliver(committed.clone());
+}
+
+/// The syncer thread: makes commits durable in the order they were made, one `fdatasync` for
+/// every commit that arrived since the last one, then answers their callers and the reads
+/// that waited for them.
+fn sync_loop(
+    wal: std::fs::File,
+    mut sync: SyncWal,
+    queue: std::sync::mpsc::Receiver<ToSync>,
+    wake: mpsc::WeakSender<Box<dyn ErasedJob>>,
+    durability: Arc<Durability>,
+    crash: CrashSwitch,
+    database: String,
+) {
+    let mut durable: u64 = 0;
+    let mut reads: Vec<Deliver> = Vec::new();
+    let mut committed: Vec<(u32, Vec<Deliver>)> = Vec::new();
+    while let Ok(first) = queue.recv() {
+        let mut newest = durable;
+        let mut take = |message: ToSync| match message {
+            ToSync::Committed {
+                number,
+                crash_ticket,
+                delivers,
+            } => {
+                newest = newest.max(number);
+                committed.push((crash_ticket, delivers));
+            }
+            ToSync::Read(deliver) => reads.push(deliver),
+        };
+        take(first);
+        while let Ok(message) = queue.try_recv() {
+            take(message);
+        }
+        // A sync that fails leaves the WAL's state on disk unknown: a later sync that succeeds
+        // would not bring back pages the kernel dropped, so this never retries.
+        let synced = match durability.failure() {
+            Some(reason) => Err(reason),
+            None => sync(&wal).map_err(|e| {
+                let reason = format!("fdatasync of the write-ahead log failed: {e}");
+                durability.fail(reason.clone());
+                reason
+            }),
+        };
+        match synced {
+            Ok(()) => {
+                durable = newest;
+                durability.durable.store(durable, Ordering::SeqCst);
+                for (ticket, delivers) in committed.drain(..) {
+                    crash.after_commit(ticket);
+                    for deliver in delivers {
+                        deliver(Ok(()));
+                    }
+                }
+                for deliver in reads.drain(..) {
+                    deliver(Ok(()));
+                }
+            }
+            Err(reason) => {
+                let delivers = committed.drain(..).flat_map(|(_, delivers)| delivers);
+                for deliver in delivers.chain(reads.drain(..)) {
+                    deliver(Err(sync_failed(&database, &reason)));
+                }
+            }
+        }
+        // The writer may be keeping a batch open until now. A full queue needs no wake: the
+        // writer is busy with it.
+        if let Some(writes) = wake.upgrade() {
+            let _ = writes.try_send(Box::new(Wake));
+        }
     }
 }
 
@@ -516,6 +813,7 @@ fn plain(conn: &Connection, statement: &str) -> rusqlite::Result<()> {
 fn read_loop(
     mut conn: Connection,
     queue: Arc<Mutex<mpsc::Receiver<Box<dyn ErasedJob>>>>,
+    syncs: std::sync::mpsc::Sender<ToSync>,
     database: String,
 ) {
     let mut sql = SqlCache::default();
@@ -544,7 +842,13 @@ fn read_loop(
             job.run(&mut tx)
         };
         let _ = plain(&conn, "COMMIT");
-        deliver(Ok(()));
+        // What the read saw may include commits not yet durable; its answer waits for a sync,
+        // so nothing it tells can be lost by a crash.
+        if let Err(std::sync::mpsc::SendError(ToSync::Read(deliver))) =
+            syncs.send(ToSync::Read(deliver))
+        {
+            deliver(Err(DbError::Closed(database.clone())));
+        }
     }
 }
 
@@ -841,6 +1145,200 @@ pub(super) mod tests {
         let (recovered, _readers, _checkpointer) =
             open_connections(&again).expect("open the database");
         assert_eq!(count(&recovered), 4);
+    }
+
+    /// A write that creates the table `t` if needed and inserts `n`.
+    fn insert(n: i64) -> Work<(), DbError> {
+        Box::new(move |tx| {
+            Box::pin(async move {
+                tx.execute("CREATE TABLE IF NOT EXISTS t (n INTEGER)", &[])
+                    .await?;
+                tx.execute("INSERT INTO t (n) VALUES ($1)", &[Arg::Int(n)])
+                    .await?;
+                Ok(())
+            })
+        })
+    }
+
+    fn count_rows() -> Work<i64, DbError> {
+        Box::new(|tx| {
+            Box::pin(async move {
+                let row = tx.fetch_optional("SELECT count(*) FROM t", &[]).await?;
+                row.expect("count returns a row").int(0)
+            })
+        })
+    }
+
+    /// A sync that waits to be let through, and says when it has been entered.
+    fn gated_sync() -> (
+        SyncWal,
+        std::sync::mpsc::Receiver<()>,
+        std::sync::mpsc::Sender<()>,
+    ) {
+        let (entered, entries) = std::sync::mpsc::channel();
+        let (gate, passes) = std::sync::mpsc::channel::<()>();
+        let sync: SyncWal = Box::new(move |wal| {
+            let _ = entered.send(());
+            passes
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the test opens the gate");
+            wal.sync_data()
+        });
+        (sync, entries, gate)
+    }
+
+    /// The gated syncer's side: waits until it has entered its next sync.
+    struct Entries(Arc<Mutex<std::sync::mpsc::Receiver<()>>>);
+
+    impl Entries {
+        async fn next(&self) {
+            let entries = self.0.clone();
+            tokio::task::spawn_blocking(move || {
+                entries
+                    .lock()
+                    .expect("one waiter at a time")
+                    .recv_timeout(Duration::from_secs(30))
+                    .expect("the syncer enters a sync")
+            })
+            .await
+            .expect("the waiting thread finished");
+        }
+    }
+
+    /// Long enough for an answer given too early to have reached its task.
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    async fn open_gated(
+        scratch: &Scratch,
+    ) -> (Arc<SqliteDatabase>, Entries, std::sync::mpsc::Sender<()>) {
+        let (sync, entries, gate) = gated_sync();
+        let db = SqliteDatabase::open_syncing_with(
+            &scratch.0.join("a.db"),
+            CrashSwitch::default(),
+            sync,
+        )
+        .await
+        .expect("open the database");
+        (Arc::new(db), Entries(Arc::new(Mutex::new(entries))), gate)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_write_or_read_is_answered_before_a_wal_sync_after_it() {
+        let scratch = Scratch::new("sync-gate");
+        let (db, entries, gate) = open_gated(&scratch).await;
+
+        let writing = tokio::spawn({
+            let db = db.clone();
+            async move { db.write(insert(1)).await }
+        });
+        // The syncer holds the commit in its sync: SQLite's COMMIT has returned, so the row is
+        // visible, but it is not durable, and the write must not be answered.
+        entries.next().await;
+        let reading = tokio::spawn({
+            let db = db.clone();
+            async move { db.read(count_rows()).await }
+        });
+        settle().await;
+        assert!(
+            !writing.is_finished(),
+            "a write was answered before the WAL's sync returned"
+        );
+        gate.send(()).expect("let the first sync through");
+        writing
+            .await
+            .expect("the writing task finished")
+            .expect("the write is answered once its sync returned");
+
+        // The read saw the row while its commit was not yet durable: its answer waits for a
+        // sync begun after it, not the one already under way when it ran.
+        entries.next().await;
+        settle().await;
+        assert!(
+            !reading.is_finished(),
+            "a read was answered before a WAL sync begun after it returned"
+        );
+        gate.send(()).expect("let the second sync through");
+        let rows = reading
+            .await
+            .expect("the reading task finished")
+            .expect("the read is answered");
+        assert_eq!(rows, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_arriving_during_a_sync_commit_together_after_it() {
+        let scratch = Scratch::new("sync-batch");
+        let (db, entries, gate) = open_gated(&scratch).await;
+        let first = tokio::spawn({
+            let db = db.clone();
+            async move { db.write(insert(1)).await }
+        });
+        entries.next().await;
+        let (commits_before, jobs_before) = db.stats().read();
+        let mut later = Vec::new();
+        for n in 2..=4 {
+            later.push(tokio::spawn({
+                let db = db.clone();
+                async move { db.write(insert(n)).await }
+            }));
+        }
+        settle().await;
+        // The writer runs the three writes but keeps their transaction open: committing
+        // before the syncer is free would make nothing durable sooner.
+        gate.send(()).expect("let the first sync through");
+        first
+            .await
+            .expect("the task finished")
+            .expect("the first write is durable");
+        entries.next().await;
+        gate.send(()).expect("let the second sync through");
+        for write in later {
+            write
+                .await
+                .expect("the task finished")
+                .expect("a later write is durable");
+        }
+        let (commits, jobs) = db.stats().read();
+        assert_eq!(
+            (commits - commits_before, jobs - jobs_before),
+            (1, 3),
+            "the writes that arrived during the sync committed as one batch"
+        );
+        // The read waits for a sync of its own.
+        gate.send(()).expect("let the read's sync through");
+        assert_eq!(db.read(count_rows()).await.expect("count the rows"), 4);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_wal_sync_fails_its_writes_and_refuses_all_later_work() {
+        let scratch = Scratch::new("sync-fails");
+        let db = SqliteDatabase::open_syncing_with(
+            &scratch.0.join("a.db"),
+            CrashSwitch::default(),
+            Box::new(|_| Err(std::io::Error::other("injected I/O error"))),
+        )
+        .await
+        .expect("open the database");
+        let unsynced = |error: DbError| match error {
+            DbError::Unsynced { ref reason, .. } => {
+                assert!(reason.contains("injected I/O error"), "{error}");
+                assert!(error.to_string().contains("restart wasaga"), "{error}");
+            }
+            other => panic!("expected the sync's failure, got {other}"),
+        };
+        unsynced(db.write(insert(1)).await.expect_err("its sync failed"));
+        unsynced(
+            db.write(insert(2))
+                .await
+                .expect_err("nothing is written after it"),
+        );
+        unsynced(
+            db.read(count_rows())
+                .await
+                .expect_err("nothing is read after it"),
+        );
     }
 
     #[test]

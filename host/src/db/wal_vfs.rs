@@ -17,8 +17,9 @@
 //!   earlier), never later over frames another connection has since committed;
 //! - when the buffer reaches `BUFFER_BYTES_MAX`.
 //!
-//! Durability is unchanged: with `synchronous=FULL` a commit returns after the WAL's fsync, and
-//! the fsync comes after the buffer is written. A process that dies with bytes in the buffer
+//! Durability is unchanged: a commit's frames are in the file before its commit is published,
+//! so the fsync that makes it durable (SQLite's with `synchronous=FULL`, or the writer's syncer
+//! thread, see `sqlite.rs`) comes after the buffer is written. A process that dies with bytes in the buffer
 //! loses writes of a transaction that had not committed, as if it had died before making them.
 
 #![allow(unsafe_code)]

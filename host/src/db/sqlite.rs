@@ -482,18 +482,17 @@ fn now<F: Future>(future: F) -> Option<F::Output> {
     }
 }
 
-/// How far the WAL is known to be durable, shared by the writer, the readers and the syncer.
+/// How far the WAL is known to be durable, shared by the writer and the syncer.
 ///
 /// The writer commits with `synchronous=NORMAL`: `COMMIT` writes the batch's WAL frames and
 /// publishes them to other connections without waiting for the disk, and the syncer thread then
 /// `fdatasync`s the WAL before any caller of that batch hears back. The writer runs the next
 /// batch meanwhile, so the disk's flush no longer holds up the only writer (it was half of the
-/// writer's wall time). A commit is numbered before it is attempted; `committing` is the
-/// latest number attempted, `durable` the latest whose frames are synced (the writer compares
-/// it with its own last commit to know whether the syncer is free).
+/// writer's wall time). The writer numbers its commit attempts 1, 2, ...; `durable` is the
+/// latest whose frames are synced (the writer compares it with its own last commit to know
+/// whether the syncer is free).
 #[derive(Default)]
 struct Durability {
-    committing: AtomicU64,
     durable: AtomicU64,
     /// Set once a sync fails: what the WAL holds is then not known to be on disk, so nothing
     /// more is written or answered until the process restarts and recovery reads the WAL.
@@ -609,7 +608,8 @@ fn write_loop(
         if rolled_back {
             continue;
         }
-        let Some((number, crash_ticket, delivers)) = batch.commit(durability, &crash) else {
+        let number = last_commit + 1;
+        let Some((crash_ticket, delivers)) = batch.commit(durability, &crash) else {
             continue;
         };
         last_commit = number;
@@ -695,15 +695,11 @@ impl<'c> Batch<'c> {
         true
     }
 
-    /// Commits without waiting for the disk. Returns the commit's number, its crash-switch
-    /// ticket and the answers that wait for it to be durable; `None` if no commit was
-    /// attempted. A failed commit's answers are delivered here, and it still has a number,
-    /// which the syncer must see for `durable` to pass it.
-    fn commit(
-        self,
-        durability: &Durability,
-        crash: &CrashSwitch,
-    ) -> Option<(u64, u32, Vec<Deliver>)> {
+    /// Commits without waiting for the disk. Returns the commit's crash-switch ticket and the
+    /// answers that wait for it to be durable; `None` if no commit was attempted. A failed
+    /// commit's answers are delivered here, and the syncer must still see the attempt for
+    /// `durable` to pass its number.
+    fn commit(self, durability: &Durability, crash: &CrashSwitch) -> Option<(u32, Vec<Deliver>)> {
         let Batch {
             conn,
             database,
@@ -717,9 +713,6 @@ impl<'c> Batch<'c> {
             }
             return None;
         }
-        // Numbered before COMMIT publishes the frames: a reader that sees them then reads a
-        // number at least this one, and waits for it to be durable.
-        let number = durability.committing.fetch_add(1, Ordering::SeqCst) + 1;
         let crash_ticket = crash.before_commit();
         if let Err(e) = plain(conn, "COMMIT") {
             let _ = plain(conn, "ROLLBACK");
@@ -727,9 +720,9 @@ impl<'c> Batch<'c> {
             for deliver in delivers {
                 deliver(Err(error.clone()));
             }
-            return Some((number, 0, Vec::new()));
+            return Some((0, Vec::new()));
         }
-        Some((number, crash_ticket, delivers))
+        Some((crash_ticket, delivers))
     }
 }
 
@@ -745,11 +738,10 @@ fn sync_loop(
     crash: CrashSwitch,
     database: String,
 ) {
-    let mut durable: u64 = 0;
     let mut reads: Vec<Deliver> = Vec::new();
     let mut committed: Vec<(u32, Vec<Deliver>)> = Vec::new();
     while let Ok(first) = queue.recv() {
-        let mut newest = durable;
+        let mut newest = 0;
         let mut take = |message: ToSync| match message {
             ToSync::Committed {
                 number,
@@ -777,8 +769,7 @@ fn sync_loop(
         };
         match synced {
             Ok(()) => {
-                durable = newest;
-                durability.durable.store(durable, Ordering::SeqCst);
+                durability.durable.fetch_max(newest, Ordering::SeqCst);
                 for (ticket, delivers) in committed.drain(..) {
                     crash.after_commit(ticket);
                     for deliver in delivers {

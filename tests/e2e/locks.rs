@@ -1,6 +1,6 @@
 //! Locks with fencing tokens, on every backend against a real server: mutual exclusion under
 //! contention, a paused holder fenced out by the ledger, a backend that dies and comes back,
-//! and opposing transfers that never deadlock.
+//! opposing transfers that never deadlock, and a lock's ttl and wait cut to the host's limits.
 
 use crate::guests::{COUNTER, TRANSFER};
 use crate::services::{Postgres, Redis, ZooKeeper};
@@ -261,6 +261,93 @@ fn a_lock_that_cannot_be_had_in_time_fails_the_run_with_a_clear_error() {
             && reason.contains("after waiting"),
         "{reason}"
     );
+}
+
+#[test]
+fn a_lock_asked_for_beyond_the_limits_is_cut_to_them() {
+    let s = Sandbox::new("lock-limits");
+    let locks_file = s.dir.join("locks.db");
+    rt().block_on(async {
+        let mut config = HostConfig::new(Location::Sqlite(s.db.clone()));
+        config.locks = LockBackend::Sqlite(locks_file.clone());
+        config.limits.lock_ttl_ms_max = 5_000;
+        config.limits.lock_wait_ms_max = 300;
+        let host = Host::open(&config).await.expect("host opens");
+        let module = std::fs::read(COUNTER).expect("guest built");
+        let hash = host
+            .add_module("counter", &module)
+            .await
+            .expect("valid module");
+        let run = |id: &'static str, ttl_ms: u32, wait_ms: u32| {
+            let host = host.clone();
+            let hash = hash.clone();
+            async move {
+                let input =
+                    json!({ "key": "k", "increments": 1, "ttl_ms": ttl_ms, "wait_ms": wait_ms })
+                        .to_string();
+                host.start(Some(id.to_owned()), "counter", &hash, &input)
+                    .await
+                    .expect("start");
+                let outcome = host.drive(id, no_observer()).await.expect("drive");
+                let failed = host
+                    .journal()
+                    .events(id)
+                    .await
+                    .expect("events")
+                    .into_iter()
+                    .find_map(|stored| match stored.event {
+                        Event::LockFailed { reason, .. } => Some(reason),
+                        _ => None,
+                    });
+                (outcome, failed)
+            }
+        };
+
+        // A ttl over the limit is refused before the backend is asked.
+        let (outcome, failed) = run("long-ttl", 10_000, 1_000).await;
+        assert_eq!(outcome.status, RunStatus::Compensated, "{outcome:?}");
+        let reason = failed.expect("the refusal is journaled");
+        assert!(
+            reason.contains("ttl between 1 and 5000 ms"),
+            "names the limit: {reason}"
+        );
+        assert_eq!(register(&host, "k").await, 0, "nothing was written");
+
+        // A wait over the limit is cut to it: with the key held elsewhere, the run gives up
+        // after about 300 ms, not the minute it asked for.
+        let journal_db = host.journal().database().clone();
+        let other = wasaga::locks::connect(&LockBackend::Sqlite(locks_file), &journal_db)
+            .await
+            .expect("lock file");
+        let held = other
+            .acquire("k", "someone-else", 120_000, 0)
+            .await
+            .expect("k is free");
+        let (outcome, failed) = run("long-wait", 1_000, 60_000).await;
+        assert_eq!(outcome.status, RunStatus::Compensated, "{outcome:?}");
+        let reason = failed.expect("the timeout is journaled");
+        let waited: u64 = reason
+            .split("after waiting ")
+            .nth(1)
+            .and_then(|rest| rest.strip_suffix(" ms"))
+            .and_then(|ms| ms.parse().ok())
+            .unwrap_or_else(|| panic!("names the wait: {reason}"));
+        assert!(reason.contains("still held by someone-else"), "{reason}");
+        assert!(
+            (300..10_000).contains(&waited),
+            "waited {waited} ms, asked for 60000 with a limit of 300"
+        );
+
+        // Within the limits, once the key is free, the same request succeeds.
+        other.release(&held).await.expect("release");
+        let (outcome, failed) = run("in-limits", 1_000, 60_000).await;
+        assert_eq!(
+            outcome.status,
+            RunStatus::Completed,
+            "{outcome:?} {failed:?}"
+        );
+        assert_eq!(register(&host, "k").await, 1);
+    });
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The journal and ledger on PostgreSQL, selected by URL: the same sagas end the same way as
 //! on SQLite, a host killed at any commit loses nothing (another process takes its runs over
-//! once the lease expires), and a former owner can no longer append to a run it lost.
+//! once the lease expires), a former owner can no longer append to a run it lost, and a step
+//! the database keeps refusing is retried to its limit without taking other runs' steps down.
 
 use crate::guests::PAYMENT_ORDER;
 use crate::services::Postgres;
@@ -571,4 +572,164 @@ fn the_server_side_step_alone_and_in_batches_keeps_exactly_the_ledgers_rules() {
         assert!(balances.contains(&"dora 87 0".to_owned()), "{balances:?}");
         assert!(balances.contains(&"erin 4 0".to_owned()), "{balances:?}");
     });
+}
+
+/// Installs a trigger that makes every change of `account`'s balance fail, counting each
+/// attempt in the sequence `injected_failures` (a sequence is not rolled back with the
+/// transaction that advanced it).
+async fn refuse_changes_to(conn: &mut sqlx::PgConnection, account: &str) {
+    let statements = format!(
+        "CREATE SEQUENCE IF NOT EXISTS public.injected_failures;
+         ALTER SEQUENCE public.injected_failures RESTART;
+         CREATE OR REPLACE FUNCTION public.refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             PERFORM nextval('public.injected_failures');
+             RAISE EXCEPTION 'injected failure changing %', OLD.account;
+         END $$;
+         DROP TRIGGER IF EXISTS refuse_change ON wasaga.ledger_accounts;
+         CREATE TRIGGER refuse_change BEFORE UPDATE ON wasaga.ledger_accounts
+             FOR EACH ROW WHEN (OLD.account = '{account}') EXECUTE FUNCTION public.refuse_change();"
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(statements))
+        .execute(conn)
+        .await
+        .expect("install the failing trigger");
+}
+
+async fn injected_failures(conn: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar(
+        "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM public.injected_failures",
+    )
+    .fetch_one(conn)
+    .await
+    .expect("read the sequence")
+}
+
+async fn balance(conn: &mut sqlx::PgConnection, account: &str) -> i64 {
+    sqlx::query_scalar("SELECT balance FROM wasaga.ledger_accounts WHERE account = $1")
+        .bind(account)
+        .fetch_one(conn)
+        .await
+        .expect("balance")
+}
+
+#[test]
+fn a_step_the_database_keeps_failing_is_retried_to_its_limit_and_fails_only_itself() {
+    use crate::guests::BENCH_TRANSFER;
+    use wasaga::event::{CallFailure, RunStatus};
+    use wasaga::ledger::{self, LedgerCall};
+    use wasaga::store::no_observer;
+    let postgres = Postgres::start();
+    let url = database(&postgres, "refusing", None);
+    rt().block_on(async {
+        let mut config = HostConfig::new(Location::parse(&url).expect("url"));
+        config.limits.step_retries_max = 3;
+        config.limits.retry_backoff_ms_min = 1;
+        config.limits.retry_backoff_ms_max = 5;
+        let host = Host::open(&config).await.expect("host opens");
+        let db = host.ledger_db().clone();
+        for (account, opening) in [("alice", 100), ("mallory", 100), ("bob", 0)] {
+            ledger::open(&db, account, opening).await.expect("open");
+        }
+        let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+        refuse_changes_to(&mut conn, "mallory").await;
+
+        // Two runs' steps in one batch, one of which the database refuses: the batch fails as
+        // a whole, and each step is written again alone, so alice's debit is not lost to
+        // mallory's failure.
+        let debit = |op_id: &str, account: &str| LedgerCall {
+            op_id: op_id.to_owned(),
+            undoes: None,
+            action: "debit".to_owned(),
+            payload: json!({ "account": account, "amount": 10 }).to_string(),
+            fencing_tokens: Vec::new(),
+        };
+        let batch = [
+            ("run-a".to_owned(), debit("run-a/debit", "alice")),
+            ("run-m".to_owned(), debit("run-m/debit", "mallory")),
+        ];
+        let answers = ledger::apply_batch_on_server(&db, host.journal().owner(), &batch)
+            .await
+            .expect("steps formed");
+        assert_eq!(
+            answers[0].as_ref().expect("alice's step is written"),
+            &Ok(r#"{"account":"alice","balance":90}"#.to_owned())
+        );
+        let refused = answers[1].as_ref().expect_err("mallory's step fails");
+        assert!(
+            refused.to_string().contains("injected failure changing mallory"),
+            "{refused}"
+        );
+        assert_eq!(
+            injected_failures(&mut conn).await,
+            2,
+            "once in the batch, once alone"
+        );
+        assert_eq!(balance(&mut conn, "alice").await, 90);
+        assert_eq!(balance(&mut conn, "mallory").await, 100);
+        let (runs, ops): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM wasaga.runs WHERE run_id = 'run-m'),
+                    (SELECT count(*) FROM wasaga.ledger_ops WHERE op_id = 'run-m/debit')",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .expect("count");
+        assert_eq!((runs, ops), (0, 0), "nothing of the failed step remains");
+
+        // A run's step that keeps failing is tried step_retries_max times, then journaled as
+        // unavailable; nothing was applied, so the run ends compensated with nothing to undo.
+        let module = std::fs::read(BENCH_TRANSFER).expect("guest built");
+        let hash = host
+            .add_module("bench-transfer", &module)
+            .await
+            .expect("valid module");
+        let input = json!({ "i": 1, "from": "mallory", "to": "bob", "amount": 10 }).to_string();
+        let before = injected_failures(&mut conn).await;
+        host.start(Some("pay-m".to_owned()), "bench-transfer", &hash, &input)
+            .await
+            .expect("start");
+        let outcome = host.drive("pay-m", no_observer()).await.expect("drive");
+        assert_eq!(outcome.status, RunStatus::Compensated, "{outcome:?}");
+        assert_eq!(
+            injected_failures(&mut conn).await - before,
+            3,
+            "step_retries_max attempts"
+        );
+        let events = host.journal().events("pay-m").await.expect("events");
+        let failure = events
+            .iter()
+            .find_map(|stored| match &stored.event {
+                Event::StepFailed { error, .. } => Some(error.clone()),
+                _ => None,
+            })
+            .expect("the step's failure is journaled");
+        assert!(
+            matches!(&failure, CallFailure::Unavailable(reason) if reason.contains("injected failure changing mallory")),
+            "{failure:?}"
+        );
+        assert!(
+            !events.iter().any(|s| matches!(&s.event, Event::StepDone { .. })),
+            "no step applied: {events:?}"
+        );
+        assert_eq!(balance(&mut conn, "mallory").await, 100);
+        assert_eq!(balance(&mut conn, "bob").await, 0);
+
+        // Once the database takes the change again, the same transfer goes through.
+        sqlx::raw_sql("DROP TRIGGER refuse_change ON wasaga.ledger_accounts")
+            .execute(&mut conn)
+            .await
+            .expect("drop the trigger");
+        host.start(Some("pay-m-2".to_owned()), "bench-transfer", &hash, &input)
+            .await
+            .expect("start");
+        let outcome = host.drive("pay-m-2", no_observer()).await.expect("drive");
+        assert_eq!(outcome.status, RunStatus::Completed, "{outcome:?}");
+        assert_eq!(balance(&mut conn, "mallory").await, 90);
+        assert_eq!(balance(&mut conn, "bob").await, 10);
+    });
+    assert_eq!(
+        assert_ledger_consistent(&url),
+        190,
+        "alice 90, mallory 90, bob 10"
+    );
 }

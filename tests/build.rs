@@ -20,6 +20,7 @@ const GUESTS: &[&str] = &[
     "tcc-order",
     "gated",
     "gated-v2",
+    "locked-undo",
 ];
 
 fn main() {

@@ -137,6 +137,14 @@ pub enum Event {
         key: String,
         fencing_token: u64,
     },
+    /// A resumed run took a lock its journal holds back from the backend before going on
+    /// (replaying, or compensating): the lease and its new fencing token.
+    LockReacquired {
+        key: String,
+        ttl_ms: u32,
+        fencing_token: u64,
+        expires_at_ms: u64,
+    },
     /// The module returned `ok`: the run is applied.
     Completed { output: String },
     /// The run failed; the host now compensates the completed steps.
@@ -173,6 +181,7 @@ impl Event {
             Event::LockAcquired { .. } => "lock-acquired",
             Event::LockFailed { .. } => "lock-failed",
             Event::LockReleased { .. } => "lock-released",
+            Event::LockReacquired { .. } => "lock-reacquired",
             Event::Completed { .. } => "completed",
             Event::Compensating { .. } => "compensating",
             Event::StepResolved { .. } => "step-resolved",

@@ -10,12 +10,14 @@
 use crate::config::{Grant, HostConfig, Limits};
 use crate::crash::CrashSwitch;
 use crate::db::Database;
-use crate::engine::{EPOCH_TICK_MS, Loaded, ModuleError, WorkflowEngine, module_hash};
+use crate::engine::{Loaded, ModuleError, WorkflowEngine, module_hash};
 use crate::event::{CallFailure, Event, RunStatus};
 use crate::journal::{Deployed, Journal, JournalError, RunRecord, now_ms};
 use crate::locks::{Lease, LockService};
 use crate::participants::{ParticipantRequest, Participants};
-use crate::store::{Fatal, MemoryLimiter, Observer, RunContext, RunLog, RunState, replay_map};
+use crate::store::{
+    Fatal, MemoryLimiter, Observer, RunContext, RunLocks, RunLog, RunState, replay_map,
+};
 use rand::SeedableRng;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -167,6 +169,8 @@ struct Execution {
     started_at_ms: u64,
     grant: Option<Arc<Grant>>,
     live: Arc<LiveRun>,
+    /// The leases a resumed run took back before replaying, by key.
+    reacquired: HashMap<String, Lease>,
 }
 
 /// Removes a run from the live set when its driving ends, however it ends.
@@ -203,8 +207,7 @@ impl Host {
             .map_err(|e| HostError::Engine(format!("{e:#}")))?;
         let mut xa = Vec::new();
         for (name, url) in &config.xa {
-            let participant =
-                crate::xa::PostgresXa::new(name, url, &config.host_id).map_err(HostError::Input)?;
+            let participant = crate::xa::PostgresXa::new(name, url).map_err(HostError::Input)?;
             xa.push(Arc::new(participant));
         }
         let locks = crate::locks::connect(&config.locks, &journal_db)
@@ -282,7 +285,7 @@ impl Host {
 
     /// Validates a module and stores it by content hash; returns the hash.
     pub async fn add_module(&self, name: &str, bytes: &[u8]) -> Result<String, HostError> {
-        let hash = self.inner.engine.validate(bytes)?;
+        let hash = self.compile(bytes.to_vec()).await?.0;
         self.inner.journal.put_module(&hash, name, bytes).await?;
         Ok(hash)
     }
@@ -291,7 +294,7 @@ impl Host {
     /// and asks only for what the workflow's grant allows), stores it and makes it the version
     /// new runs of `workflow` get. Runs already started keep the version they started on.
     pub async fn deploy(&self, workflow: &str, bytes: &[u8]) -> Result<Deployed, HostError> {
-        let hash = self.check_module(workflow, bytes)?;
+        let hash = self.check_module(workflow, bytes).await?;
         Ok(self.inner.journal.deploy(workflow, &hash, bytes).await?)
     }
 
@@ -302,7 +305,7 @@ impl Host {
         workflow: &str,
         bytes: &[u8],
     ) -> Result<String, HostError> {
-        let hash = self.check_module(workflow, bytes)?;
+        let hash = self.check_module(workflow, bytes).await?;
         self.inner
             .journal
             .put_module(&hash, workflow, bytes)
@@ -310,12 +313,27 @@ impl Host {
         Ok(hash)
     }
 
-    fn check_module(&self, workflow: &str, bytes: &[u8]) -> Result<String, HostError> {
+    async fn check_module(&self, workflow: &str, bytes: &[u8]) -> Result<String, HostError> {
         check_workflow_name(workflow)?;
-        let hash = self.inner.engine.validate(bytes)?;
-        let manifest = crate::engine::manifest(bytes)?;
+        let (hash, manifest) = self.compile(bytes.to_vec()).await?;
         self.check_grants(workflow, &manifest)?;
         Ok(hash)
+    }
+
+    /// Validates (compiles and links) a module on a blocking thread, so that compiling, which
+    /// takes tens of milliseconds of CPU, never stalls the runs and requests on the async
+    /// workers; returns its hash and manifest.
+    async fn compile(
+        &self,
+        bytes: Vec<u8>,
+    ) -> Result<(String, Option<crate::engine::Manifest>), HostError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let hash = inner.engine.validate(&bytes)?;
+            Ok((hash, crate::engine::manifest(&bytes)?))
+        })
+        .await
+        .map_err(|e| HostError::Engine(format!("module compilation failed: {e}")))?
     }
 
     /// Refuses a module whose declared needs the workflow's grant does not cover.
@@ -447,7 +465,7 @@ impl Host {
         let events: Vec<Event> = events.into_iter().map(|e| e.event).collect();
         let log = RunLog::new(journal.clone(), run_id, events.clone(), observer);
         if record.status == RunStatus::Compensating {
-            return self.compensate(log, None, &live).await;
+            return self.compensate(log, None, &live, None).await;
         }
         self.execute_run(log, &record.workflow, &events, &live)
             .await
@@ -523,9 +541,22 @@ impl Host {
                         log,
                         Some(format!("module can no longer be loaded: {e}")),
                         live,
+                        None,
                     )
                     .await;
             }
+        };
+        // A resumed run takes the locks its journal holds back before replaying, so that
+        // what it does next (going on, or compensating) runs under them again.
+        let reacquired = if events.len() > 1 {
+            let locks = self.reacquire(&mut log, live).await?;
+            locks
+                .held()
+                .into_iter()
+                .map(|lease| (lease.key.clone(), lease))
+                .collect()
+        } else {
+            HashMap::new()
         };
         let replay = replay_map(events);
         let replayed_calls = replay.len();
@@ -540,6 +571,7 @@ impl Host {
                     started_at_ms: *started_at_ms,
                     grant,
                     live: live.clone(),
+                    reacquired,
                 },
             )
             .await;
@@ -584,12 +616,15 @@ impl Host {
                 } else {
                     // Replay matched every journaled call, so the leases this execution holds
                     // and held are exactly those the journal records: no need to read it again.
-                    let held = context
-                        .leases
-                        .lock()
-                        .expect("lease list lock poisoned")
-                        .clone();
-                    return self.complete(log, output, &held, &context.acquired).await;
+                    let held: Vec<Lease> = context
+                        .locks
+                        .held()
+                        .into_iter()
+                        .filter(|l| !context.deferred.contains(&l.key))
+                        .collect();
+                    let mut acquired = std::mem::take(&mut context.acquired);
+                    acquired.extend(context.locks.held());
+                    return self.complete(log, output, &held, &acquired).await;
                 }
             }
             (None, Ok(Err(message))) => format!("workflow failed: {message}"),
@@ -599,7 +634,9 @@ impl Host {
         if let Err(e) = log.commit(Vec::new()).await {
             return Err(journal_stalled(&log, e));
         }
-        self.compensate(log, Some(cause), live).await
+        // The run's locks go on being held and renewed through its compensation.
+        self.compensate(log, Some(cause), live, Some(context.locks))
+            .await
     }
 
     pub async fn replay_only(&self, run_id: &str) -> Result<(Duration, Duration, u32), HostError> {
@@ -644,6 +681,7 @@ impl Host {
             *started_at_ms,
             None,
             Arc::new(LiveRun::default()),
+            HashMap::new(),
         );
         let workflow = loaded
             .instantiate_async(&mut store)
@@ -662,9 +700,13 @@ impl Host {
         }
     }
 
-    /// Resolves the `postgres-xa` transactions this host left prepared from the journal:
-    /// committed where the journal holds a commit decision, rolled back otherwise. Returns how
-    /// many it resolved. Runs still unfinished resolve theirs again on resume (idempotently).
+    /// Resolves the `postgres-xa` transactions left prepared by runs that have ended (a host
+    /// died between a run's decision and its branches' end, say): committed where the journal
+    /// holds a commit decision, rolled back otherwise. A run still unfinished is left alone:
+    /// its owner, live or the one that takes it over, may still be preparing its branches and
+    /// resolves them itself when it drives the run (only the owner of a run resolves its
+    /// prepared transactions). Ids of runs this journal does not know are another journal's.
+    /// Returns how many transactions it resolved.
     pub async fn sweep_in_doubt(&self) -> Result<usize, HostError> {
         let mut resolved = 0;
         for participant in self.inner.participants.xa() {
@@ -677,20 +719,23 @@ impl Host {
                 .await
                 .map_err(|e| stalled(e.to_string()))?;
             for xid in xids {
-                let commit = match xid.rsplit_once("/2pc-") {
-                    Some((run_id, call)) => {
-                        let call: u32 = call.parse().unwrap_or(u32::MAX);
-                        let events = match self.inner.journal.events(run_id).await {
-                            Ok(events) => events,
-                            Err(JournalError::UnknownRun(_)) => Vec::new(),
-                            Err(e) => return Err(e.into()),
-                        };
-                        events.iter().any(|e| {
-                            matches!(e.event, Event::TwoPhaseDecided { call: c, commit: true, .. } if c == call)
-                        })
-                    }
-                    None => false,
+                let Some((run_id, call)) = xid.rsplit_once("/2pc-") else {
+                    continue;
                 };
+                let Ok(call) = call.parse::<u32>() else {
+                    continue;
+                };
+                let (record, events) = match self.inner.journal.run_with_events(run_id).await {
+                    Ok(found) => found,
+                    Err(JournalError::UnknownRun(_)) => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                if !record.status.is_terminal() {
+                    continue;
+                }
+                let commit = events.iter().any(|e| {
+                    matches!(e.event, Event::TwoPhaseDecided { call: c, commit: true, .. } if c == call)
+                });
                 let action = if commit {
                     "commit-prepared"
                 } else {
@@ -747,7 +792,7 @@ impl Host {
             .collect();
         let cause = last_cause(&events);
         let log = RunLog::new(self.inner.journal.clone(), run_id, events, observer);
-        self.compensate(log, Some(cause), &live).await
+        self.compensate(log, Some(cause), &live, None).await
     }
 
     /// Takes over the unfinished runs no live host holds (or, with `takeover_all`, every
@@ -781,7 +826,13 @@ impl Host {
             return Ok(loaded);
         }
         let bytes = self.inner.journal.module_bytes(hash).await?;
-        Ok(self.inner.engine.load(hash, &bytes)?)
+        let inner = self.inner.clone();
+        let hash = hash.to_owned();
+        // Compiling a module the cache lacks is CPU work: off the async workers.
+        tokio::task::spawn_blocking(move || inner.engine.load(&hash, &bytes))
+            .await
+            .map_err(|e| HostError::Engine(format!("module compilation failed: {e}")))?
+            .map_err(HostError::from)
     }
 
     async fn execute(
@@ -802,16 +853,19 @@ impl Host {
             .acquire()
             .await
             .expect("the semaphore is never closed");
-        let (mut store, stdout, stderr) =
-            self.new_store(log, run.replay, run.started_at_ms, run.grant, run.live);
+        let (mut store, stdout, stderr) = self.new_store(
+            log,
+            run.replay,
+            run.started_at_ms,
+            run.grant,
+            run.live,
+            run.reacquired,
+        );
         let result = async {
             let workflow = loaded.instantiate_async(&mut store).await?;
             workflow.call_run(&mut store, input).await
         }
         .await;
-        if let Some(renewal) = store.data_mut().run.renewal.take() {
-            renewal.abort();
-        }
         let state = store.into_data();
         let mut stdio = String::from_utf8_lossy(&stdout.contents()).into_owned();
         stdio.push_str(&String::from_utf8_lossy(&stderr.contents()));
@@ -833,6 +887,7 @@ impl Host {
         started_at_ms: u64,
         grant: Option<Arc<Grant>>,
         live: Arc<LiveRun>,
+        reacquired: HashMap<String, Lease>,
     ) -> (Store<RunState>, MemoryOutputPipe, MemoryOutputPipe) {
         let limits = &self.inner.limits;
         let stdout = MemoryOutputPipe::new(limits.payload_bytes_max);
@@ -870,11 +925,12 @@ impl Host {
             replay,
             fatal: None,
             step_names: HashSet::new(),
-            leases: Arc::new(std::sync::Mutex::new(Vec::new())),
+            locks: RunLocks::new(self.inner.clone()),
+            deferred: HashSet::new(),
+            reacquired,
             acquired: Vec::new(),
             grant,
             live,
-            renewal: None,
         };
         let state = RunState {
             wasi,
@@ -887,8 +943,19 @@ impl Host {
         };
         let mut store = Store::new(self.inner.engine.engine(), state);
         store.limiter(|state| &mut state.limiter);
-        store.set_epoch_deadline(limits.run_duration_ms_max.div_ceil(EPOCH_TICK_MS).max(1));
-        store.epoch_deadline_trap();
+        // Every epoch tick the module yields to the runtime, so a module that computes (or
+        // spins) never holds an async worker for longer than a tick: other runs, lease and
+        // lock renewals and HTTP requests go on. Once its wall-clock deadline has passed, the
+        // tick traps instead.
+        let deadline =
+            std::time::Instant::now() + Duration::from_millis(limits.run_duration_ms_max);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if std::time::Instant::now() >= deadline {
+                return Ok(wasmtime::UpdateDeadline::Interrupt);
+            }
+            Ok(wasmtime::UpdateDeadline::Yield(1))
+        });
         (store, stdout, stderr)
     }
 
@@ -960,6 +1027,7 @@ impl Host {
         mut log: RunLog,
         cause: Option<String>,
         live: &LiveRun,
+        locks: Option<RunLocks>,
     ) -> Result<RunOutcome, HostError> {
         let run_id = log.run_id.clone();
         let interrupted = |e: JournalError| HostError::Interrupted {
@@ -971,6 +1039,12 @@ impl Host {
         {
             return Err(journal_stalled(&log, e));
         }
+        // Compensation runs under the run's locks: the execution's own, still renewed, or,
+        // for a run taken up again, the same keys taken back from the backend first.
+        let locks = match locks {
+            Some(locks) => locks,
+            None => self.reacquire(&mut log, live).await?,
+        };
         // Transactions left in doubt end first: decided ones are finished, undecided ones
         // aborted (presumed abort), so that no reserve stays held for a compensated run.
         // The log holds every durable event of the run: no need to read the journal back.
@@ -1067,7 +1141,7 @@ impl Host {
                 // An unknown outcome that could not be resolved is undone with tombstone
                 // semantics: the participant undoes it if it applied and fences it otherwise.
                 undoes: Some(op_id),
-                fencing_tokens: Vec::new(),
+                fencing_tokens: locks.fencing_tokens(),
                 call: compensation,
             };
             let after: crate::store::After =
@@ -1102,11 +1176,13 @@ impl Host {
                     .await;
             }
         }
-        let (mut events, leases) = held_leases(&run_id, &log.journaled);
+        let (mut events, mut leases) = held_leases(&run_id, &log.journaled);
         events.push(Event::Compensated {
             cause: cause.clone(),
         });
         log.commit(events).await.map_err(interrupted)?;
+        leases.extend(locks.held());
+        drop(locks);
         self.release_locks(&leases).await;
         Ok(RunOutcome {
             run_id,
@@ -1134,6 +1210,60 @@ impl Host {
             output: None,
             error: Some(reason),
         })
+    }
+
+    /// Takes back, for a run resumed from its journal, every lock the journal says it holds
+    /// (including those whose release was deferred to the run's end), each with a new fencing
+    /// token that is journaled (`lock-reacquired`) before the run goes on. A lock another run
+    /// holds now is waited for up to `lock_wait_ms_max`; if it stays taken the run is left
+    /// unfinished, to be taken up again later, rather than go on without it.
+    async fn reacquire(&self, log: &mut RunLog, live: &LiveRun) -> Result<RunLocks, HostError> {
+        let mut locks = RunLocks::new(self.inner.clone());
+        let wanted = journal_holds(&log.journaled);
+        if wanted.is_empty() {
+            return Ok(locks);
+        }
+        let run_id = log.run_id.clone();
+        let wait_ms = self.inner.limits.lock_wait_ms_max;
+        let mut events = Vec::new();
+        for (key, ttl_ms) in wanted {
+            let acquired = tokio::select! {
+                acquired = self.inner.locks.acquire(&key, &run_id, ttl_ms, wait_ms) => acquired,
+                () = self.inner.stopped() => {
+                    return Err(stalled(log, "the host is shutting down".to_owned()));
+                }
+                () = live.lost() => {
+                    return Err(stalled(log, "another host took the run over".to_owned()));
+                }
+            };
+            match acquired {
+                Ok(lease) => {
+                    events.push(Event::LockReacquired {
+                        key: lease.key.clone(),
+                        ttl_ms,
+                        fencing_token: lease.fencing_token,
+                        expires_at_ms: lease.expires_at_ms,
+                    });
+                    locks.hold(lease);
+                }
+                Err(e) => {
+                    let held = locks.held();
+                    drop(locks);
+                    self.release_locks(&held).await;
+                    return Err(stalled(
+                        log,
+                        format!("it must hold lock '{key}' again before it goes on: {e}"),
+                    ));
+                }
+            }
+        }
+        if let Err(e) = log.commit(events).await {
+            let held = locks.held();
+            drop(locks);
+            self.release_locks(&held).await;
+            return Err(journal_stalled(log, e));
+        }
+        Ok(locks)
     }
 
     async fn release_locks(&self, leases: &[Lease]) {
@@ -1251,6 +1381,12 @@ fn held_leases(run_id: &str, events: &[Event]) -> (Vec<Event>, Vec<Lease>) {
                 ttl_ms,
                 expires_at_ms,
                 ..
+            }
+            | Event::LockReacquired {
+                key,
+                fencing_token,
+                ttl_ms,
+                expires_at_ms,
             } => acquired.push(Lease {
                 key: key.clone(),
                 owner: run_id.to_owned(),
@@ -1274,6 +1410,33 @@ fn held_leases(run_id: &str, events: &[Event]) -> (Vec<Event>, Vec<Lease>) {
         .cloned()
         .collect();
     (release_events(&held), acquired)
+}
+
+/// The lock keys (with their ttl) a run holds by its journal: acquired, and not released, or
+/// released by the module while a compensable step taken under the lock may still need undoing
+/// (such a release waits for the run's end, see [`crate::store::guards_compensation`]).
+fn journal_holds(events: &[Event]) -> Vec<(String, u32)> {
+    let mut held: Vec<(String, u32)> = Vec::new();
+    for event in events {
+        match event {
+            Event::LockAcquired { key, ttl_ms, .. } | Event::LockReacquired { key, ttl_ms, .. } => {
+                held.retain(|(k, _)| k != key);
+                held.push((key.clone(), *ttl_ms));
+            }
+            Event::LockReleased {
+                call: Some(call),
+                key,
+                ..
+            } if !crate::store::guards_compensation(events, key, *call) => {
+                held.retain(|(k, _)| k != key);
+            }
+            Event::LockReleased {
+                call: None, key, ..
+            } => held.retain(|(k, _)| k != key),
+            _ => {}
+        }
+    }
+    held
 }
 
 /// `lock-released` events for leases the host gives back at the run's end.

@@ -138,8 +138,15 @@ pub(crate) struct RunContext {
     pub replay: HashMap<u32, Replayed>,
     pub fatal: Option<Fatal>,
     pub step_names: HashSet<String>,
-    /// The run's leases, shared with the task that renews them while the module runs.
-    pub leases: Arc<std::sync::Mutex<Vec<Lease>>>,
+    /// The run's leases, renewed from the first acquisition until the run ends (through its
+    /// compensation, which this execution hands them to).
+    pub locks: RunLocks,
+    /// Lock keys the module released while a compensable step it took under them could still
+    /// have to be undone: the host keeps (and renews) them until the run ends.
+    pub deferred: HashSet<String>,
+    /// Leases taken again from the backend when a run resumed (new fencing tokens, journaled
+    /// as `lock-reacquired`): replaying the module's `acquire` of such a key holds this one.
+    pub reacquired: HashMap<String, Lease>,
     /// Every lease this execution held at some point (journaled or live): at the run's end
     /// all are given back to the backend, since a release the journal records may not have
     /// reached the backend before a crash.
@@ -148,9 +155,97 @@ pub(crate) struct RunContext {
     pub grant: Option<Arc<crate::config::Grant>>,
     /// Tells the run to stop (lease lost, host shutting down).
     pub live: Arc<crate::executor::LiveRun>,
-    /// The task renewing the run's leases, started with the first one: a run that takes no
-    /// lock costs no task.
-    pub renewal: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The leases a run holds and the task renewing them. It lives from the run's first
+/// acquisition until the run ends: the execution hands it to completion or compensation, so
+/// a run's locks outlive its compensation. Dropping it stops the renewal (the leases then
+/// expire by their ttl unless released).
+pub(crate) struct RunLocks {
+    host: Arc<HostInner>,
+    leases: Arc<std::sync::Mutex<Vec<Lease>>>,
+    /// Started with the first lease: a run that takes no lock costs no task.
+    renewal: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RunLocks {
+    pub fn new(host: Arc<HostInner>) -> Self {
+        RunLocks {
+            host,
+            leases: Arc::new(std::sync::Mutex::new(Vec::new())),
+            renewal: None,
+        }
+    }
+
+    /// Holds `lease`, in place of any earlier grant of its key (a re-acquisition by the same
+    /// run replaces the grant in the backend too).
+    pub fn hold(&mut self, lease: Lease) {
+        {
+            let mut leases = self.leases.lock().expect("lease list lock poisoned");
+            leases.retain(|l| l.key != lease.key);
+            leases.push(lease);
+        }
+        if self.renewal.is_none() {
+            self.renewal = Some(tokio::spawn(crate::executor::renew(
+                self.host.clone(),
+                self.leases.clone(),
+            )));
+        }
+    }
+
+    /// Stops holding the lease on `key` and returns it, if the run holds one.
+    pub fn unhold(&mut self, key: &str) -> Option<Lease> {
+        let mut leases = self.leases.lock().expect("lease list lock poisoned");
+        let index = leases.iter().position(|l| l.key == key)?;
+        Some(leases.swap_remove(index))
+    }
+
+    /// The lease the run holds on `key`.
+    pub fn get(&self, key: &str) -> Option<Lease> {
+        let leases = self.leases.lock().expect("lease list lock poisoned");
+        leases.iter().find(|l| l.key == key).cloned()
+    }
+
+    /// Every lease the run holds now.
+    pub fn held(&self) -> Vec<Lease> {
+        self.leases
+            .lock()
+            .expect("lease list lock poisoned")
+            .clone()
+    }
+
+    /// `(key, token)` of the run's locks, which its participant calls carry.
+    pub fn fencing_tokens(&self) -> Vec<(String, u64)> {
+        self.leases
+            .lock()
+            .expect("lease list lock poisoned")
+            .iter()
+            .map(|l| (l.key.clone(), l.fencing_token))
+            .collect()
+    }
+}
+
+impl Drop for RunLocks {
+    fn drop(&mut self) {
+        if let Some(renewal) = self.renewal.take() {
+            renewal.abort();
+        }
+    }
+}
+
+/// Whether the module's release of `key` at call `call` must wait for the run's end: some
+/// step with a compensation was taken under that lock before it (a later failure of the run
+/// would undo that step, and the undo must run under the same lock).
+pub(crate) fn guards_compensation(journaled: &[Event], key: &str, call: u32) -> bool {
+    journaled.iter().any(|e| match e {
+        Event::StepIntent {
+            call: c,
+            compensation: Some(_),
+            fencing_tokens,
+            ..
+        } => *c < call && fencing_tokens.iter().any(|(k, _)| k == key),
+        _ => false,
+    })
 }
 
 impl RunContext {
@@ -221,36 +316,14 @@ impl RunContext {
 
     /// Adds a lease the run now holds.
     pub fn hold(&mut self, lease: Lease) {
+        self.deferred.remove(&lease.key);
         self.acquired.push(lease.clone());
-        self.leases
-            .lock()
-            .expect("lease list lock poisoned")
-            .push(lease);
-        if self.renewal.is_none() {
-            self.renewal = Some(tokio::spawn(crate::executor::renew(
-                self.host.clone(),
-                self.leases.clone(),
-            )));
-        }
-    }
-
-    /// Removes and returns the lease on `key` with `fencing_token`, if the run holds it.
-    pub fn unhold(&mut self, key: &str, fencing_token: u64) -> Option<Lease> {
-        let mut leases = self.leases.lock().expect("lease list lock poisoned");
-        let index = leases
-            .iter()
-            .position(|l| l.key == key && l.fencing_token == fencing_token)?;
-        Some(leases.swap_remove(index))
+        self.locks.hold(lease);
     }
 
     /// Fencing tokens of the locks the run holds.
     pub fn fencing_tokens(&self) -> Vec<(String, u64)> {
-        self.leases
-            .lock()
-            .expect("lease list lock poisoned")
-            .iter()
-            .map(|l| (l.key.clone(), l.fencing_token))
-            .collect()
+        self.locks.fencing_tokens()
     }
 }
 

@@ -104,7 +104,13 @@ pub(crate) async fn drive(
     participants.sort_unstable();
     participants.dedup();
     for participant in participants {
-        finish(host, log, participant, xid, commit).await?;
+        let branches: Vec<usize> = calls
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.participant == participant)
+            .map(|(b, _)| b)
+            .collect();
+        finish(host, log, participant, xid, commit, &branches).await?;
     }
     let outcome = if commit {
         Ok((0..calls.len())
@@ -188,6 +194,7 @@ async fn finish(
     participant: &str,
     xid: &str,
     commit: bool,
+    branches: &[usize],
 ) -> Result<(), Stalled> {
     let route = host
         .participants
@@ -205,7 +212,8 @@ async fn finish(
         call: CallSpec {
             participant: participant.to_owned(),
             action: action.to_owned(),
-            payload: json!({ "xid": xid }).to_string(),
+            // The branches this participant must show committed for the commit to count.
+            payload: json!({ "xid": xid, "branches": branches }).to_string(),
         },
     };
     let nothing: After = Arc::new(|_| None);

@@ -1,9 +1,12 @@
 //! The `postgres-xa` participant: accounts in a PostgreSQL database, changed only through
 //! two-phase commit branches. Prepare runs the branch's update in a transaction and ends it
 //! with `PREPARE TRANSACTION`; phase two is `COMMIT PREPARED` / `ROLLBACK PREPARED`. Global
-//! transaction ids carry the host's id (`wasaga:<host>:<xid>:<branch>`), so the sweeper can
-//! find this host's in-doubt transactions in `pg_prepared_xacts` and resolve them from the
-//! journal.
+//! transaction ids derive from the run and its call alone (`wasaga:<run>/2pc-<call>:<branch>`),
+//! never from the host driving it, so whichever host takes a run over finds its branches; the
+//! sweeper lists them in `pg_prepared_xacts` and resolves those of ended runs from the journal
+//! (a run still unfinished resolves its own, under its owner). A commit is finished only when
+//! every branch is verifiably committed: its row in `wasaga_xa_log`, written inside the
+//! prepared transaction, is visible.
 
 use crate::event::CallFailure;
 use serde::Deserialize;
@@ -30,11 +33,18 @@ CREATE TABLE IF NOT EXISTS wasaga_xa_fences (
     xid TEXT PRIMARY KEY
 );";
 
+/// What every global transaction id of wasaga's starts with.
+const GID_PREFIX: &str = "wasaga:";
+
+/// Whether `text` is a branch number, all that may follow a transaction's gid prefix.
+fn is_branch(text: &str) -> bool {
+    !text.is_empty() && text.len() <= 9 && text.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// One PostgreSQL database taking part in two-phase commits.
 pub struct PostgresXa {
     name: String,
     shown: String,
-    host_id: String,
     pool: PgPool,
     schema: OnceCell<()>,
 }
@@ -62,11 +72,14 @@ struct Prepare {
 #[serde(deny_unknown_fields)]
 struct Decided {
     xid: String,
+    /// The branches of `xid` that this database holds; a commit checks each one landed.
+    #[serde(default)]
+    branches: Option<Vec<i64>>,
 }
 
 impl PostgresXa {
     /// The participant `name` on the database at `url`; connects on first use.
-    pub fn new(name: &str, url: &str, host_id: &str) -> Result<Self, String> {
+    pub fn new(name: &str, url: &str) -> Result<Self, String> {
         let shown = crate::locks::without_password(url);
         let pool = PgPoolOptions::new()
             .max_connections(8)
@@ -76,7 +89,6 @@ impl PostgresXa {
         Ok(PostgresXa {
             name: name.to_owned(),
             shown,
-            host_id: host_id.to_owned(),
             pool,
             schema: OnceCell::new(),
         })
@@ -90,8 +102,8 @@ impl PostgresXa {
         CallFailure::Unavailable(format!("participant {} ({}): {e}", self.name, self.shown))
     }
 
-    fn gid_prefix(&self, xid: &str) -> String {
-        format!("wasaga:{}:{xid}:", self.host_id)
+    fn gid_prefix(xid: &str) -> String {
+        format!("{GID_PREFIX}{xid}:")
     }
 
     async fn ready(&self) -> Result<(), CallFailure> {
@@ -118,7 +130,8 @@ impl PostgresXa {
                 let d: Decided = serde_json::from_str(payload).map_err(|e| {
                     CallFailure::Rejected(format!("invalid decision for {}: {e}", self.name))
                 })?;
-                self.finish(&d.xid, action == "commit-prepared").await
+                self.finish(&d.xid, action == "commit-prepared", d.branches.as_deref())
+                    .await
             }
             other => Err(CallFailure::Rejected(format!(
                 "participant {} only takes part in two-phase commits (debit or credit branches), not '{other}'",
@@ -128,7 +141,7 @@ impl PostgresXa {
     }
 
     async fn prepare(&self, p: Prepare) -> Result<String, CallFailure> {
-        let gid = format!("{}{}", self.gid_prefix(&p.xid), p.branch);
+        let gid = format!("{}{}", Self::gid_prefix(&p.xid), p.branch);
         assert!(
             !gid.contains('\''),
             "gids are built from run ids, which cannot hold quotes"
@@ -238,7 +251,15 @@ impl PostgresXa {
     }
 
     /// Commits or rolls back every prepared branch of `xid` here; an abort also fences `xid`.
-    async fn finish(&self, xid: &str, commit: bool) -> Result<String, CallFailure> {
+    /// A commit given the `expected` branches succeeds only once each of them is committed
+    /// here: a branch neither prepared nor committed was rolled back behind the decision's
+    /// back, and the commit must not be reported done.
+    async fn finish(
+        &self,
+        xid: &str,
+        commit: bool,
+        expected: Option<&[i64]>,
+    ) -> Result<String, CallFailure> {
         let mut conn = self.pool.acquire().await.map_err(|e| self.unavailable(e))?;
         if !commit {
             sqlx::query("INSERT INTO wasaga_xa_fences (xid) VALUES ($1) ON CONFLICT DO NOTHING")
@@ -247,7 +268,15 @@ impl PostgresXa {
                 .await
                 .map_err(|e| self.unavailable(e))?;
         }
-        let gids = self.prepared(&mut conn, &self.gid_prefix(xid)).await?;
+        let prefix = Self::gid_prefix(xid);
+        // What follows the prefix must be a bare branch number: a longer id that happens to
+        // start with this one (run `a:b/2pc-1:c` against `a:b`) is another transaction.
+        let gids: Vec<String> = self
+            .prepared(&mut conn, &prefix)
+            .await?
+            .into_iter()
+            .filter(|gid| is_branch(&gid[prefix.len()..]))
+            .collect();
         let verb = if commit {
             "COMMIT PREPARED"
         } else {
@@ -259,6 +288,23 @@ impl PostgresXa {
                 .await
                 .map_err(|e| self.unavailable(e))?;
         }
+        if commit && let Some(expected) = expected {
+            let committed: Vec<i64> =
+                sqlx::query_scalar("SELECT branch::bigint FROM wasaga_xa_log WHERE xid = $1")
+                    .bind(xid)
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(|e| self.unavailable(e))?;
+            let missing: Vec<&i64> = expected.iter().filter(|b| !committed.contains(b)).collect();
+            if !missing.is_empty() {
+                // Retrying cannot bring a rolled-back branch back: the run ends stuck with
+                // this reason for an operator, never `completed` over a half-applied commit.
+                return Err(CallFailure::Unavailable(format!(
+                    "participant {}: transaction {xid} was decided commit but branches {missing:?} are neither prepared nor committed here (rolled back by someone else?); the commit is incomplete and needs an operator",
+                    self.name
+                )));
+            }
+        }
         Ok(json!({ "participant": self.name, "xid": xid, "committed": commit, "branches": gids.len() }).to_string())
     }
 
@@ -267,7 +313,8 @@ impl PostgresXa {
         conn: &mut PgConnection,
         prefix: &str,
     ) -> Result<Vec<String>, CallFailure> {
-        let rows = sqlx::query("SELECT gid FROM pg_prepared_xacts WHERE gid LIKE $1 || '%' AND database = current_database()")
+        // `starts_with`, not LIKE: `_` and `%` are legal in run ids and would match others'.
+        let rows = sqlx::query("SELECT gid FROM pg_prepared_xacts WHERE starts_with(gid, $1) AND database = current_database()")
             .bind(prefix)
             .fetch_all(&mut *conn)
             .await
@@ -275,18 +322,19 @@ impl PostgresXa {
         Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
     }
 
-    /// The transaction ids (`<run>/2pc-<call>`) this host has in doubt here.
+    /// The transaction ids (`<run>/2pc-<call>`) left prepared here, by any host.
     pub async fn in_doubt(&self) -> Result<Vec<String>, CallFailure> {
         self.ready().await?;
         let mut conn = self.pool.acquire().await.map_err(|e| self.unavailable(e))?;
-        let prefix = format!("wasaga:{}:", self.host_id);
+        let prefix = GID_PREFIX;
         let mut xids: Vec<String> = self
-            .prepared(&mut conn, &prefix)
+            .prepared(&mut conn, prefix)
             .await?
             .iter()
             .filter_map(|gid| {
-                gid.strip_prefix(&prefix)?
+                gid.strip_prefix(prefix)?
                     .rsplit_once(':')
+                    .filter(|(_, branch)| is_branch(branch))
                     .map(|(xid, _)| xid.to_owned())
             })
             .collect();

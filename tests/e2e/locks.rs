@@ -2,9 +2,9 @@
 //! contention, a paused holder fenced out by the ledger, a backend that dies and comes back,
 //! opposing transfers that never deadlock, and a lock's ttl and wait cut to the host's limits.
 
-use crate::guests::{COUNTER, TRANSFER};
+use crate::guests::{COUNTER, LOCKED_UNDO, TRANSFER};
 use crate::services::{Postgres, Redis, ZooKeeper};
-use crate::support::{Sandbox, assert_ledger_consistent, rt, text};
+use crate::support::{Sandbox, assert_ledger_consistent, rt, sql, text};
 use serde_json::json;
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
@@ -606,4 +606,116 @@ fn a_run_lease_is_lost_to_another_owner_never_to_a_first_write_still_on_its_way(
             "a run the host gave up is lost"
         );
     });
+}
+
+/// The fencing token of the run's first `lock-acquired` and of its `lock-reacquired` events.
+async fn journaled_tokens(host: &Host, run_id: &str) -> (u64, Vec<u64>) {
+    let events = host.journal().events(run_id).await.expect("events");
+    let mut first = None;
+    let mut again = Vec::new();
+    for stored in events {
+        match stored.event {
+            Event::LockAcquired { fencing_token, .. } => {
+                first.get_or_insert(fencing_token);
+            }
+            Event::LockReacquired { fencing_token, .. } => again.push(fencing_token),
+            _ => {}
+        }
+    }
+    (first.expect("the run took its lock"), again)
+}
+
+/// A run that fails after a debit under `account/alice` must undo the debit under that lock:
+/// the module's own release (its `Lock` dropped as it returns the error) waits for the run's
+/// end, the lock stays held while the compensation keeps failing and once the run is stuck,
+/// `runs retry` takes it back with a new token that the compensation carries to the ledger,
+/// and only the run's end frees it.
+async fn lock_outlives_compensation(locks: LockBackend) {
+    let s = Sandbox::new("locked-undo");
+    let mut config = HostConfig::new(Location::Sqlite(s.db.clone()));
+    config.locks = locks.clone();
+    config.limits.compensation_retries_max = 3;
+    config.limits.retry_backoff_ms_min = 1;
+    config.limits.retry_backoff_ms_max = 5;
+    let host = Host::open(&config).await.expect("host opens");
+    wasaga::ledger::open(host.ledger_db(), "alice", 1_000)
+        .await
+        .expect("alice");
+    let module = std::fs::read(LOCKED_UNDO).expect("guest built");
+    let hash = host
+        .add_module("locked-undo", &module)
+        .await
+        .expect("valid module");
+    let input = json!({ "account": "alice", "undo_to": "ghost", "amount": 100 }).to_string();
+    let outcome = host
+        .start_and_drive(
+            Some("undo-1".into()),
+            "locked-undo",
+            &hash,
+            &input,
+            no_observer(),
+        )
+        .await
+        .expect("drive");
+    assert_eq!(outcome.status, RunStatus::Stuck, "{outcome:?}");
+
+    let rival = wasaga::locks::connect(&locks, host.ledger_db())
+        .await
+        .expect("lock service");
+    match rival.acquire("account/alice", "rival", 1_000, 300).await {
+        Err(wasaga::locks::LockError::Timeout { .. }) => {}
+        other => panic!("the stuck run's lock must stay held, but a rival got {other:?}"),
+    }
+
+    wasaga::ledger::open(host.ledger_db(), "ghost", 0)
+        .await
+        .expect("ghost");
+    let outcome = host
+        .retry_stuck("undo-1", no_observer())
+        .await
+        .expect("retry");
+    assert_eq!(outcome.status, RunStatus::Compensated, "{outcome:?}");
+    let (first, again) = journaled_tokens(&host, "undo-1").await;
+    assert_eq!(again.len(), 1, "the retry takes the lock back once");
+    assert!(
+        again[0] > first,
+        "the lock taken back has a newer token: {first} then {again:?}"
+    );
+    let fenced: i64 = sql(&s.db)
+        .query_row(
+            "SELECT token FROM ledger_fences WHERE key = 'account/alice'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("the ledger saw the lock's token");
+    assert_eq!(
+        fenced as u64, again[0],
+        "the compensation carries the token of the lock taken back"
+    );
+    match rival.acquire("account/alice", "rival", 1_000, 2_000).await {
+        Ok(lease) => assert!(lease.fencing_token > again[0]),
+        Err(e) => panic!("the ended run must free its lock: {e}"),
+    }
+    let balances = s.balances();
+    assert_eq!(balances["alice"] + balances["ghost"], 1_000, "{balances:?}");
+    assert_ledger_consistent(&s.db);
+}
+
+#[test]
+fn a_failing_run_keeps_its_lock_through_compensation_with_database_locks() {
+    rt().block_on(lock_outlives_compensation(LockBackend::Journal));
+}
+
+#[test]
+fn a_failing_run_keeps_its_lock_through_compensation_with_redis_locks() {
+    let redis = Redis::start();
+    rt().block_on(lock_outlives_compensation(LockBackend::Redis(redis.url())));
+}
+
+#[test]
+fn a_failing_run_keeps_its_lock_through_compensation_with_zookeeper_locks() {
+    let zookeeper = ZooKeeper::start();
+    rt().block_on(lock_outlives_compensation(LockBackend::ZooKeeper(
+        zookeeper.url(),
+    )));
 }

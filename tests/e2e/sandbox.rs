@@ -102,3 +102,78 @@ fn misbehaving_modules_are_stopped_and_compensated_and_the_host_goes_on() {
         assert_ledger_consistent(&s.db);
     });
 }
+
+/// A module that spins holds no async worker: on a runtime with a single thread (as the
+/// binary has with a SQLite journal, beside the writer thread), another run starts, runs and
+/// completes while the spinning one is still inside its deadline, and the spinner still ends
+/// at its deadline and is compensated.
+#[test]
+fn a_spinning_module_does_not_stall_the_other_runs() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let s = Sandbox::new("spin");
+    rt().block_on(async {
+        let mut config = HostConfig::new(wasaga::db::Location::Sqlite(s.db.clone()));
+        config.limits.run_duration_ms_max = 10_000;
+        let host = Host::open(&config).await.expect("host opens");
+        for account in ["alice", "bob"] {
+            wasaga::ledger::open(host.ledger_db(), account, 1_000)
+                .await
+                .expect("open");
+        }
+        let bytes = std::fs::read(MISBEHAVE).expect("guest built");
+        let hash = host
+            .add_module("misbehave", &bytes)
+            .await
+            .expect("valid module");
+        // Set once the spinner's execution has ended (its deadline passed).
+        let spun_out = Arc::new(AtomicBool::new(false));
+        let spinner = {
+            let host = host.clone();
+            let hash = hash.clone();
+            let spun_out = spun_out.clone();
+            let observer: wasaga::store::Observer = Arc::new(move |_, event| {
+                if event.kind() == "compensating" {
+                    spun_out.store(true, Ordering::SeqCst);
+                }
+            });
+            let spin =
+                json!({ "mode": "loop", "from": "alice", "to": "bob", "amount": 7 }).to_string();
+            tokio::spawn(async move {
+                host.start_and_drive(Some("spinner".into()), "misbehave", &hash, &spin, observer)
+                    .await
+            })
+        };
+        // Wait until the spinner is in its loop: both its steps are done.
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            let events = host.journal().events("spinner").await.unwrap_or_default();
+            if events
+                .iter()
+                .filter(|e| e.event.kind() == "step-done")
+                .count()
+                == 2
+            {
+                break;
+            }
+        }
+        let ok = json!({ "mode": "ok", "from": "bob", "to": "alice", "amount": 1 }).to_string();
+        let outcome = host
+            .start_and_drive(Some("quick".into()), "misbehave", &hash, &ok, no_observer())
+            .await
+            .expect("drive");
+        assert_eq!(outcome.status, RunStatus::Completed, "{outcome:?}");
+        assert!(
+            !spun_out.load(Ordering::SeqCst),
+            "the quick run had to wait for the spinner's deadline: the spinner held the runtime"
+        );
+        let spun = spinner.await.expect("task").expect("drive");
+        assert_eq!(spun.status, RunStatus::Compensated, "{spun:?}");
+        assert!(
+            spun.error.unwrap_or_default().contains("deadline exceeded"),
+            "the spinner still ends at its deadline"
+        );
+        assert_eq!(balances(&host).await, (1_001, 999));
+        assert_ledger_consistent(&s.db);
+    });
+}

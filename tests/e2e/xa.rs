@@ -4,7 +4,7 @@
 //! leaves nothing in `pg_prepared_xacts` once it is back, with the money across both
 //! databases unchanged and both agreeing with the journal's decision.
 
-use crate::guests::XA_TRANSFER;
+use crate::guests::{TRANSFER, XA_TRANSFER};
 use crate::services::Postgres;
 use crate::support::{Sandbox, rt, text};
 use serde_json::json;
@@ -146,10 +146,19 @@ fn a_host_killed_around_the_decision_leaves_nothing_in_doubt() {
             banks.reset();
             let s = Sandbox::new("xa-crash");
             let run_id = format!("xa-{}", point.replace(':', "-"));
+            // Killed as one host, taken over by another: the branches' ids derive from the
+            // run, not from the host that prepared them, so the second finds and ends them.
             let out = banks.run(
                 &s,
                 &transfer("bob"),
-                &["--run-id", &run_id, "--crash-at", &point],
+                &[
+                    "--run-id",
+                    &run_id,
+                    "--crash-at",
+                    &point,
+                    "--host-id",
+                    "host-a",
+                ],
             );
             if out.status.signal() != Some(9) {
                 assert_eq!(out.status.code(), Some(0), "{point}: {}", text(&out));
@@ -157,6 +166,7 @@ fn a_host_killed_around_the_decision_leaves_nothing_in_doubt() {
             }
             reached_any = true;
             let mut args = banks.args();
+            args.extend(["--host-id".to_owned(), "host-b".to_owned()]);
             args.push("resume".to_owned());
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let resumed = s.wasaga(&args);
@@ -215,4 +225,187 @@ fn a_host_killed_around_the_decision_leaves_nothing_in_doubt() {
         }
     }
     panic!("the run never stopped committing");
+}
+
+/// Another process's start (which resolves what ended runs left in doubt) must not touch a
+/// branch a live run has prepared and is still committing: the live run holds bank_b's row
+/// lock wait between its two prepares while a second `wasaga run`, with its own journal and
+/// the same default host id, starts; the first run then commits both branches.
+#[test]
+fn a_second_process_leaves_a_live_runs_prepared_branch_alone() {
+    let banks = Banks::start();
+    let first = Sandbox::new("xa-live");
+    let second = Sandbox::new("xa-sweeper");
+    rt().block_on(async {
+        // Hold bob's row so that the first run's second prepare waits.
+        let mut blocker = sqlx::PgConnection::connect(&banks.url("bank_b"))
+            .await
+            .expect("connect");
+        sqlx::raw_sql(
+            "BEGIN; SELECT balance FROM wasaga_accounts WHERE account = 'bob' FOR UPDATE",
+        )
+        .execute(&mut blocker)
+        .await
+        .expect("lock bob");
+        let mut args = banks.args();
+        args.extend([
+            "run".to_owned(),
+            XA_TRANSFER.to_owned(),
+            "--input".to_owned(),
+            transfer("bob"),
+        ]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let live = first
+            .command(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let mut a = sqlx::PgConnection::connect(&banks.url("bank_a"))
+            .await
+            .expect("connect");
+        for _ in 0..500 {
+            let prepared: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pg_prepared_xacts")
+                .fetch_one(&mut a)
+                .await
+                .expect("prepared");
+            if prepared == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        second.open("carol", 10);
+        let mut args = banks.args();
+        args.extend([
+            "run".to_owned(),
+            TRANSFER.to_owned(),
+            "--input".to_owned(),
+            json!({ "from": "carol", "to": "nobody", "amount": 1 }).to_string(),
+        ]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let other = second.wasaga(&args);
+        assert_eq!(other.status.code(), Some(3), "{}", text(&other));
+        let prepared: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pg_prepared_xacts")
+            .fetch_one(&mut a)
+            .await
+            .expect("prepared");
+        assert_eq!(
+            prepared, 1,
+            "the live run's prepared debit must be left alone"
+        );
+        sqlx::raw_sql("COMMIT")
+            .execute(&mut blocker)
+            .await
+            .expect("unlock bob");
+        let out = live.wait_with_output().expect("first run");
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    });
+    assert_eq!(
+        banks.state(),
+        (700, 1_300, 0),
+        "both branches committed: no money created"
+    );
+}
+
+/// A second account in bank_a, so that two branches there do not wait on one row.
+async fn open_amy(conn: &mut sqlx::PgConnection) {
+    sqlx::raw_sql("INSERT INTO wasaga_accounts (account, balance) VALUES ('amy', 1000)")
+        .execute(conn)
+        .await
+        .expect("amy");
+}
+
+async fn bank_a(banks: &Banks) -> wasaga::xa::PostgresXa {
+    wasaga::xa::PostgresXa::new("bank-a", &banks.url("bank_a")).expect("participant")
+}
+
+fn prepare(xid: &str, branch: i64, account: &str) -> String {
+    json!({ "xid": xid, "branch": branch, "action": "debit", "account": account, "amount": 10 })
+        .to_string()
+}
+
+/// Ids are matched exactly: `_` is legal in run ids, and ending `pay_1`'s transaction must
+/// not end `pay-1`'s (which a LIKE pattern would match).
+#[test]
+fn ending_one_transaction_never_touches_another_whose_id_looks_alike() {
+    let banks = Banks::start();
+    rt().block_on(async {
+        let xa = bank_a(&banks).await;
+        let mut a = sqlx::PgConnection::connect(&banks.url("bank_a"))
+            .await
+            .expect("connect");
+        open_amy(&mut a).await;
+        xa.call("prepare", &prepare("pay-1/2pc-0", 0, "alice"))
+            .await
+            .expect("prepare pay-1");
+        xa.call("prepare", &prepare("pay-1/2pc-0:9/2pc-0", 0, "amy"))
+            .await
+            .expect("prepare a longer id");
+        xa.call(
+            "abort-prepared",
+            &json!({ "xid": "pay_1/2pc-0" }).to_string(),
+        )
+        .await
+        .expect("abort pay_1");
+        xa.call(
+            "abort-prepared",
+            &json!({ "xid": "pay-1/2pc-0" }).to_string(),
+        )
+        .await
+        .expect("abort pay-1");
+        let left: Vec<String> = sqlx::query_scalar("SELECT gid FROM pg_prepared_xacts")
+            .fetch_all(&mut a)
+            .await
+            .expect("prepared");
+        assert_eq!(
+            left,
+            vec!["wasaga:pay-1/2pc-0:9/2pc-0:0".to_owned()],
+            "only pay-1/2pc-0's own branch was rolled back"
+        );
+        xa.call(
+            "abort-prepared",
+            &json!({ "xid": "pay-1/2pc-0:9/2pc-0" }).to_string(),
+        )
+        .await
+        .expect("abort the longer id");
+    });
+    assert_eq!(banks.state(), (1_000, 1_000, 0));
+}
+
+/// A commit is done only when every branch it covers is committed: a branch someone else
+/// rolled back makes the commit fail, naming it, instead of answering success.
+#[test]
+fn a_commit_whose_branch_was_rolled_back_behind_its_back_is_not_done() {
+    let banks = Banks::start();
+    rt().block_on(async {
+        let xa = bank_a(&banks).await;
+        let mut a = sqlx::PgConnection::connect(&banks.url("bank_a"))
+            .await
+            .expect("connect");
+        open_amy(&mut a).await;
+        for (branch, account) in [(0, "alice"), (1, "amy")] {
+            xa.call("prepare", &prepare("t-1/2pc-0", branch, account))
+                .await
+                .expect("prepare");
+        }
+        sqlx::raw_sql("ROLLBACK PREPARED 'wasaga:t-1/2pc-0:1'")
+            .execute(&mut a)
+            .await
+            .expect("someone else rolls branch 1 back");
+        let decided = json!({ "xid": "t-1/2pc-0", "branches": [0, 1] }).to_string();
+        let failure = xa
+            .call("commit-prepared", &decided)
+            .await
+            .expect_err("branch 1 is gone: the commit is not done");
+        assert!(
+            failure.reason().contains("[1]") && failure.reason().contains("needs an operator"),
+            "{failure}"
+        );
+        // Branch 0 did commit: the same call for it alone is done.
+        let only = json!({ "xid": "t-1/2pc-0", "branches": [0] }).to_string();
+        xa.call("commit-prepared", &only)
+            .await
+            .expect("branch 0 is committed");
+    });
+    assert_eq!(banks.state(), (990, 1_000, 0));
 }

@@ -620,6 +620,9 @@ async fn resume(g: &Settings) -> Result<u8, Failure> {
         .resume_unfinished(observer, takeover_all(g))
         .await
         .map_err(host_failure)?;
+    // Once every unfinished run has resolved its own prepared transactions, what is left in
+    // doubt belongs to ended runs: resolve it from the journal.
+    sweep(g, &host).await?;
     if g.json {
         println!("{}", json!({ "resumed": outcomes }));
     } else if outcomes.is_empty() {
@@ -833,6 +836,9 @@ async fn runs_show(g: &Settings, run_id: &str) -> Result<u8, Failure> {
                 format!("lock      {key} acquired, fencing token {fencing_token}")
             }
             Event::LockFailed { key, reason, .. } => format!("lock      {key} failed: {reason}"),
+            Event::LockReacquired {
+                key, fencing_token, ..
+            } => format!("lock      {key} taken again on resume, fencing token {fencing_token}"),
             Event::LockReleased {
                 key, fencing_token, ..
             } => {

@@ -23,13 +23,20 @@ impl Host for RunState {
                     expires_at_ms,
                     ..
                 } if k == key && t == ttl_ms => {
-                    run.hold(crate::locks::Lease {
-                        key: key.clone(),
-                        owner: run.log.run_id.clone(),
-                        fencing_token,
-                        ttl_ms,
-                        expires_at_ms,
-                    });
+                    // A resumed run took its locks back before replaying: it holds that
+                    // grant now. The module still sees the journaled one (replay).
+                    let lease = run
+                        .reacquired
+                        .get(&key)
+                        .cloned()
+                        .unwrap_or(crate::locks::Lease {
+                            key: key.clone(),
+                            owner: run.log.run_id.clone(),
+                            fencing_token,
+                            ttl_ms,
+                            expires_at_ms,
+                        });
+                    run.hold(lease);
                     Ok(Ok(Lease {
                         key,
                         fencing_token,
@@ -122,7 +129,8 @@ impl Host for RunState {
             // A lease the journal does not record would be held until it expires (this host
             // lost the run, say): give it back now.
             if let Event::LockAcquired { .. } = event
-                && let Some(lease) = run.unhold(&key, fencing_token_of(&event))
+                && fencing_token_of(&event) != 0
+                && let Some(lease) = run.locks.unhold(&key)
             {
                 let host = run.host.clone();
                 let _ = host.locks.release(&lease).await;
@@ -152,31 +160,45 @@ impl Host for RunState {
                 Event::LockReleased {
                     key, fencing_token, ..
                 } if key == lease.key && fencing_token == lease.fencing_token => {
-                    run.unhold(&lease.key, lease.fencing_token);
+                    if crate::store::guards_compensation(&run.log.journaled, &key, call) {
+                        run.deferred.insert(key);
+                    } else {
+                        run.locks.unhold(&key);
+                    }
                     Ok(Ok(()))
                 }
                 other => Err(run.diverged(call, &other, format!("lock release '{}'", lease.key))),
             };
         }
-        let Some(held) = run.unhold(&lease.key, lease.fencing_token) else {
+        if run.deferred.contains(&lease.key) || run.locks.get(&lease.key).is_none() {
             return Ok(Err(format!(
                 "this run does not hold lock '{}' with fencing token {}",
                 lease.key, lease.fencing_token
             )));
-        };
+        }
         run.check_journal_room(1)?;
         // Journal first: if the host dies after releasing, replay must not think it still
         // holds the lock. A release the backend misses only delays the next holder until the
         // lease expires.
         let event = Event::LockReleased {
             call: Some(call),
-            key: held.key.clone(),
-            fencing_token: held.fencing_token,
+            key: lease.key.clone(),
+            fencing_token: lease.fencing_token,
         };
         run.log
             .commit(vec![event])
             .await
             .map_err(|e| run.interrupted(e))?;
+        // A step with a compensation taken under this lock may still be undone, should the
+        // run fail later: the undo must run under the lock too, so the host keeps it (and
+        // renews it) until the run ends. The module sees the release as done.
+        if crate::store::guards_compensation(&run.log.journaled, &lease.key, call) {
+            run.deferred.insert(lease.key);
+            return Ok(Ok(()));
+        }
+        let Some(held) = run.locks.unhold(&lease.key) else {
+            return Ok(Ok(()));
+        };
         let host = run.host.clone();
         Ok(host.locks.release(&held).await.map_err(|e| e.to_string()))
     }

@@ -159,6 +159,20 @@ impl ZooKeeperLocks {
                     expires_at_ms: now_ms() + SESSION_TIMEOUT.as_millis() as u64,
                 });
             }
+            // The head may be this owner's own earlier grant of the key (a run taking a lock
+            // it still holds, or a resumed run taking back what its dead process held): the
+            // new grant replaces it, as on the other backends.
+            let head = format!("{parent}/{}", queue[0].1);
+            match client.get_data(&head).await {
+                Ok((data, _)) if data == owner.as_bytes() => {
+                    match client.delete(&head, None).await {
+                        Ok(()) | Err(zk::Error::NoNode) => continue,
+                        Err(e) => return Err(self.failed(e).await),
+                    }
+                }
+                Ok(_) | Err(zk::Error::NoNode) => {}
+                Err(e) => return Err(self.failed(e).await),
+            }
             let predecessor = format!("{parent}/{}", queue[position - 1].1);
             let watcher = match client.check_and_watch_stat(&predecessor).await {
                 Ok((None, _)) => continue,

@@ -37,6 +37,19 @@ pub const WAIT_MS_MAX: u64 = 60_000;
 pub const LIST_LIMIT_MAX: u32 = 1_000;
 /// Runs one claim takes over at most.
 const CLAIM_BATCH_MAX: u32 = 64;
+/// Requests served at once; one more is answered 503 at once, before its body is read.
+pub const REQUESTS_CONCURRENT_MAX: usize = 512;
+/// Module uploads read at once (each may buffer up to `MODULE_BYTES_MAX`).
+pub const UPLOADS_CONCURRENT_MAX: usize = 2;
+/// A start request's body beyond the run input it carries (`run_id`, the JSON around it).
+const START_ENVELOPE_BYTES_MAX: usize = 4 << 10;
+/// The body of a rollback request (`{"version": N}`).
+const ROLLBACK_BYTES_MAX: usize = 1 << 10;
+/// How much of an unauthenticated request's body is read (and dropped) before answering 401,
+/// so a small upload gets its answer rather than a broken pipe; anything larger is cut off.
+const UNAUTHORIZED_DRAIN_BYTES_MAX: usize = 64 << 10;
+/// How long `/readyz` answers from its last journal check.
+const READY_CHECK_MS: u64 = 1_000;
 
 /// Where server messages go (the binary prints them).
 pub type Log = Arc<dyn Fn(&str) + Send + Sync>;
@@ -95,6 +108,12 @@ struct AppState {
     token: Arc<str>,
     in_flight: Arc<InFlight>,
     log: Log,
+    /// Bounds the requests served at once (`REQUESTS_CONCURRENT_MAX`).
+    requests: Arc<tokio::sync::Semaphore>,
+    /// Bounds the module uploads read at once (`UPLOADS_CONCURRENT_MAX`).
+    uploads: Arc<tokio::sync::Semaphore>,
+    /// When `/readyz` last reached the journal, and what it found.
+    ready: Arc<tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>>,
 }
 
 impl AppState {
@@ -129,6 +148,9 @@ pub async fn serve(
         token: settings.token.clone().into(),
         in_flight: Arc::new(InFlight::default()),
         log: settings.log.clone(),
+        requests: Arc::new(tokio::sync::Semaphore::new(REQUESTS_CONCURRENT_MAX)),
+        uploads: Arc::new(tokio::sync::Semaphore::new(UPLOADS_CONCURRENT_MAX)),
+        ready: Arc::new(tokio::sync::Mutex::new(None)),
     };
     let (stop, stopped) = watch::channel(false);
     let claims = tokio::spawn(claim_loop(
@@ -186,6 +208,9 @@ pub async fn serve(
 }
 
 fn router(state: AppState) -> Router {
+    let input_bytes_max = state.host.limits().payload_bytes_max + START_ENVELOPE_BYTES_MAX;
+    // Layers run outside in: the token is checked (authorize) before any body is read, and
+    // each endpoint reads at most its own kind of body.
     let v1 = Router::new()
         .route("/workflows", get(list_workflows))
         .route(
@@ -194,8 +219,14 @@ fn router(state: AppState) -> Router {
                 .post(deploy)
                 .layer(DefaultBodyLimit::max(MODULE_BYTES_MAX)),
         )
-        .route("/workflows/{name}/rollback", post(rollback))
-        .route("/workflows/{name}/runs", post(start_run))
+        .route(
+            "/workflows/{name}/rollback",
+            post(rollback).layer(DefaultBodyLimit::max(ROLLBACK_BYTES_MAX)),
+        )
+        .route(
+            "/workflows/{name}/runs",
+            post(start_run).layer(DefaultBodyLimit::max(input_bytes_max)),
+        )
         .route("/runs", get(list_runs))
         .route("/runs/{id}", get(get_run))
         .route("/runs/{id}/journal", get(get_journal))
@@ -213,7 +244,31 @@ fn router(state: AppState) -> Router {
                 "no such endpoint; see the README for the API".to_owned(),
             )
         })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), admit))
         .with_state(state)
+}
+
+/// Serves at most `REQUESTS_CONCURRENT_MAX` requests at once: one more is refused before
+/// anything of it is read, so no flood of requests can grow the server without bound.
+async fn admit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Ok(_permit) = state.requests.clone().try_acquire_owned() else {
+        return closing(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the server is serving {REQUESTS_CONCURRENT_MAX} requests already; retry shortly"
+            ),
+        ));
+    };
+    next.run(request).await
+}
+
+/// Marks `response` as the connection's last, so the server does not read what the client
+/// may still be sending.
+fn closing(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// An error response: `{"error": reason}`.
@@ -260,10 +315,14 @@ async fn authorize(State(state): State<AppState>, request: Request, next: Next) 
             next.run(request).await
         }
         _ => {
-            // Read what the client is sending (an upload, say) before refusing it: a server
-            // that answers and closes mid-upload leaves the client with a broken pipe instead
-            // of this answer. The body is bounded like any upload.
-            let _ = axum::body::to_bytes(request.into_body(), MODULE_BYTES_MAX).await;
+            // A small body is read (and dropped) first, so its sender gets this answer rather
+            // than a broken pipe; a large one is not read: an unauthenticated client gets no
+            // more of the server's memory or time than this.
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                axum::body::to_bytes(request.into_body(), UNAUTHORIZED_DRAIN_BYTES_MAX),
+            )
+            .await;
             let mut response = error(
                 StatusCode::UNAUTHORIZED,
                 "missing or wrong bearer token: send `Authorization: Bearer <token>` with the token from the server's config".to_owned(),
@@ -271,7 +330,7 @@ async fn authorize(State(state): State<AppState>, request: Request, next: Next) 
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            response
+            closing(response)
         }
     }
 }
@@ -280,8 +339,28 @@ async fn ready(State(state): State<AppState>) -> Response {
     if state.host.is_stopping() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down".to_owned());
     }
-    match state.host.journal().workflows().await {
-        Ok(_) => (StatusCode::OK, "ready\n").into_response(),
+    // Anyone may ask, so the journal is asked at most once a `READY_CHECK_MS`, whoever asks.
+    let checked = {
+        let mut last = state.ready.lock().await;
+        match &*last {
+            Some((at, found)) if at.elapsed() < Duration::from_millis(READY_CHECK_MS) => {
+                found.clone()
+            }
+            _ => {
+                let found = state
+                    .host
+                    .journal()
+                    .workflows()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
+                *last = Some((Instant::now(), found.clone()));
+                found
+            }
+        }
+    };
+    match checked {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
         Err(e) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the journal is not reachable: {e}"),
@@ -303,7 +382,31 @@ async fn list_versions(State(state): State<AppState>, Path(name): Path<String>) 
     }
 }
 
-async fn deploy(State(state): State<AppState>, Path(name): Path<String>, body: Bytes) -> Response {
+async fn deploy(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    request: Request,
+) -> Response {
+    // Only a few uploads are read at once: each can buffer a whole module.
+    let Ok(_upload) = state.uploads.clone().try_acquire_owned() else {
+        return closing(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{UPLOADS_CONCURRENT_MAX} module uploads are being read already; retry shortly"
+            ),
+        ));
+    };
+    let body = match axum::body::to_bytes(request.into_body(), MODULE_BYTES_MAX).await {
+        Ok(body) => body,
+        Err(e) => {
+            return closing(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the module could not be read ({e}); a module is at most {MODULE_BYTES_MAX} bytes"
+                ),
+            ));
+        }
+    };
     match state.host.deploy(&name, &body).await {
         Ok(deployed) => {
             let d = &deployed.deployment;
@@ -389,8 +492,21 @@ async fn start_run(
     State(state): State<AppState>,
     Path(name): Path<String>,
     Query(wait): Query<WaitQuery>,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(e) => {
+            return closing(error(
+                e.status(),
+                format!(
+                    "the request body could not be read ({}); a run's input is at most payload_bytes_max = {} bytes",
+                    e.body_text(),
+                    state.host.limits().payload_bytes_max
+                ),
+            ));
+        }
+    };
     if state.host.is_stopping() {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,

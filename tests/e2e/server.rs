@@ -460,3 +460,87 @@ fn the_command_line_deploys_lists_and_rolls_back_on_the_journal() {
     let versions: Value = serde_json::from_slice(&listed.stdout).expect("json");
     assert_eq!(versions["versions"].as_array().map(Vec::len), Some(2));
 }
+
+/// The token is checked before a body is read: an unauthenticated upload that announces 50 MB
+/// is answered 401 (and its connection closed) after the client has sent 1 MB, and a flood of
+/// such uploads leaves the server answering and its memory where it was.
+#[test]
+fn an_unauthenticated_upload_is_refused_before_its_body_is_read() {
+    use std::io::{Read, Write};
+    let s = Sandbox::new("auth-body");
+    let server = Server::start(&s.dir, "a", &config(&s), &[]);
+    let rss_kib = || -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid()))
+            .expect("the server's status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    };
+    let before = rss_kib();
+    let chunk = vec![0u8; 1 << 20];
+    let mut uploads = Vec::new();
+    for _ in 0..8 {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        write!(
+            stream,
+            "POST /v1/workflows/gated/versions HTTP/1.1\r\nHost: x\r\nContent-Length: 50000000\r\n\r\n"
+        )
+        .expect("headers");
+        // Part of the body; the rest never comes.
+        let _ = stream.write_all(&chunk);
+        uploads.push(stream);
+    }
+    for mut stream in uploads {
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 401"),
+            "answered before the body arrived: {answer:?}"
+        );
+        assert!(
+            answer.to_ascii_lowercase().contains("connection: close"),
+            "{answer}"
+        );
+    }
+    let grown_kib = rss_kib().saturating_sub(before);
+    assert!(
+        grown_kib < 32 << 10,
+        "8 refused uploads grew the server by {grown_kib} KiB"
+    );
+    let response = agent()
+        .get(&format!("{}/healthz", server.url()))
+        .call()
+        .expect("the server still answers");
+    assert_eq!(response.status(), 200);
+}
+
+/// Each endpoint reads only its own kind of body: a start request far over the run input's
+/// limit is refused with 413 (and starts nothing), with the token.
+#[test]
+fn a_start_request_over_its_limit_is_refused_and_starts_nothing() {
+    let s = Sandbox::new("start-limit");
+    s.open("alice", 1_000);
+    let server = Server::start(&s.dir, "a", &config(&s), &[]);
+    let (status, _) = server.upload("/v1/workflows/gated/versions", &read(GATED));
+    assert_eq!(status, 201);
+    // Over payload_bytes_max (64 KiB by default) and the request's envelope.
+    let (status, body) = server.post(
+        "/v1/workflows/gated/runs",
+        &json!({ "run_id": "too-big", "input": { "memo": "x".repeat(100 << 10) } }),
+    );
+    assert_eq!(status, 413, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("payload_bytes_max"),
+        "{body}"
+    );
+    assert!(s.runs().is_empty(), "nothing was started");
+}

@@ -322,6 +322,11 @@ impl Server {
         assert!(sent.success(), "kill -{signal} {pid}");
     }
 
+    /// The server process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server runs").id()
+    }
+
     /// SIGKILLs the server, as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -102,6 +102,9 @@ impl Drop for InFlightGuard {
     }
 }
 
+/// When `/readyz` last reached the journal, and what it found.
+type ReadyCheck = (Instant, Result<(), String>);
+
 #[derive(Clone)]
 struct AppState {
     host: Host,
@@ -113,7 +116,7 @@ struct AppState {
     /// Bounds the module uploads read at once (`UPLOADS_CONCURRENT_MAX`).
     uploads: Arc<tokio::sync::Semaphore>,
     /// When `/readyz` last reached the journal, and what it found.
-    ready: Arc<tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>>,
+    ready: Arc<tokio::sync::Mutex<Option<ReadyCheck>>>,
 }
 
 impl AppState {

@@ -78,9 +78,9 @@ impl Grant {
     }
 }
 
-/// Grants by workflow name. `None` in [`HostConfig::grants`] means no config file asked for
-/// grants: every configured participant and every lock key is allowed (the command line's
-/// single-user mode).
+/// Grants by workflow name; a workflow without one may use nothing (and is not deployed or
+/// run). `None` in [`HostConfig::grants`] means there is no config file at all: every
+/// configured participant and every lock key is allowed (a developer's local command line).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Grants {
     pub workflows: BTreeMap<String, Grant>,

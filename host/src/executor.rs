@@ -47,6 +47,12 @@ pub enum HostError {
     /// A run started with its first write (`Host::start_and_drive`) found its id taken.
     #[error("run {0} already exists")]
     RunExists(String),
+    /// The module returned an error before it made any durable call (it refused its input):
+    /// nothing was journaled, the run does not exist, and its id may be used again.
+    #[error(
+        "workflow '{workflow}' refused its input: {reason}; nothing was started, fix the input and start it again (the run id is still free)"
+    )]
+    Rejected { workflow: String, reason: String },
     /// A run started with its first write could not make that write: it does not exist and
     /// nothing it did took effect; starting it again is safe.
     #[error(
@@ -402,6 +408,13 @@ impl Host {
         module_hash: &str,
         input: &str,
     ) -> Result<(String, Event), HostError> {
+        if let Some(grants) = &self.inner.grants
+            && !grants.workflows.contains_key(workflow)
+        {
+            return Err(HostError::NotGranted(format!(
+                "workflow '{workflow}' has no grant in the config, so it may not run: add a [workflows.{workflow}] section listing the participants and lock prefixes it may use"
+            )));
+        }
         let max = self.inner.limits.payload_bytes_max;
         if input.len() > max {
             return Err(HostError::Input(format!(
@@ -486,21 +499,49 @@ impl Host {
         input: &str,
         observer: Observer,
     ) -> Result<RunOutcome, HostError> {
-        let (run_id, started) = self.new_run(run_id, workflow, module_hash, input)?;
-        let outcome = {
-            let (live, _guard) = self.go_live(&run_id);
-            let log = RunLog::unstarted(
-                self.inner.journal.clone(),
-                &run_id,
-                started.clone(),
-                observer.clone(),
-            );
-            self.execute_run(log, workflow, &[started], &live).await
-        };
+        let outcome = self
+            .start_first_write(run_id, workflow, module_hash, input, observer.clone(), None)
+            .await;
         match outcome {
             Err(HostError::RunExists(run_id)) => self.drive(&run_id, observer).await,
             other => other,
         }
+    }
+
+    /// [`Host::start_and_drive`], telling `created` once the run exists (its first write is
+    /// durable), and failing with [`HostError::RunExists`] if the id is taken rather than
+    /// driving that run.
+    pub async fn start_first_write(
+        &self,
+        run_id: Option<String>,
+        workflow: &str,
+        module_hash: &str,
+        input: &str,
+        observer: Observer,
+        created: Option<tokio::sync::oneshot::Sender<()>>,
+    ) -> Result<RunOutcome, HostError> {
+        let (run_id, started) = self.new_run(run_id, workflow, module_hash, input)?;
+        let (live, _guard) = self.go_live(&run_id);
+        let mut log = RunLog::unstarted(
+            self.inner.journal.clone(),
+            &run_id,
+            started.clone(),
+            observer,
+        );
+        log.created = created;
+        self.execute_run(log, workflow, &[started], &live).await
+    }
+
+    /// Checks what [`Host::start`] would check of a new run (its workflow's grant, the input's
+    /// size and syntax, the run id) without writing anything.
+    pub fn check_new_run(
+        &self,
+        run_id: Option<&str>,
+        workflow: &str,
+        input: &str,
+    ) -> Result<(), HostError> {
+        self.new_run(run_id.map(str::to_owned), workflow, "", input)
+            .map(|_| ())
     }
 
     /// Executes (or replays) a run's module from its journal `events` and drives the run to
@@ -626,6 +667,16 @@ impl Host {
                     acquired.extend(context.locks.held());
                     return self.complete(log, output, &held, &acquired).await;
                 }
+            }
+            // Nothing the run did is durable yet (it is created by its first write): an error
+            // now is the module refusing its input, and leaves nothing behind.
+            (None, Ok(Err(message))) if log.unstarted.is_some() => {
+                drop(context.locks);
+                self.release_locks(&context.acquired).await;
+                return Err(HostError::Rejected {
+                    workflow: workflow.to_owned(),
+                    reason: message,
+                });
             }
             (None, Ok(Err(message))) => format!("workflow failed: {message}"),
             (None, Err(trap)) => self.classify_trap(&trap, &stdio, refused_bytes),

@@ -282,7 +282,9 @@ fn error(status: StatusCode, reason: String) -> Response {
 /// Maps a host error onto an HTTP status, keeping the host's message (which says what to do).
 fn host_error(e: HostError) -> Response {
     let status = match &e {
-        HostError::Module(_) | HostError::Input(_) => StatusCode::BAD_REQUEST,
+        HostError::Module(_) | HostError::Input(_) | HostError::Rejected { .. } => {
+            StatusCode::BAD_REQUEST
+        }
         HostError::NotGranted(_) => StatusCode::FORBIDDEN,
         HostError::Journal(j) => return journal_error(j),
         _ => StatusCode::SERVICE_UNAVAILABLE,
@@ -526,27 +528,16 @@ async fn start_run(
         }
     };
     let input = request.input.to_string();
-    let (run_id, created) = match state
-        .host
-        .start_deployed(request.run_id, &name, &input)
-        .await
-    {
+    let (record, created) = match start_or_find(&state, &name, request.run_id, &input).await {
         Ok(started) => started,
-        Err(e) => return host_error(e),
-    };
-    if created {
-        state.spawn_drive(run_id.clone());
-    }
-    let record = match state.host.journal().run(&run_id).await {
-        Ok(record) => record,
-        Err(e) => return journal_error(&e),
+        Err(response) => return response,
     };
     if !created && (record.workflow != name || !same_json(&record.input, &request.input)) {
         return error(
             StatusCode::CONFLICT,
             format!(
-                "run id {run_id} was already used for a run of '{}' with a different input; use a new run id",
-                record.workflow
+                "run id {} was already used for a run of '{}' with a different input; use a new run id",
+                record.run_id, record.workflow
             ),
         );
     }
@@ -563,6 +554,84 @@ async fn start_run(
         StatusCode::OK
     };
     (status, Json(run_json(&record))).into_response()
+}
+
+/// The run `run_id` names if it exists (`false`), or a new run of the active version of
+/// `workflow` (`true`), driven in the background. A new run exists once its first write is
+/// durable; a module that refuses its input before making one leaves no run, and the request
+/// is answered 400 with the module's reason (the id stays free).
+async fn start_or_find(
+    state: &AppState,
+    workflow: &str,
+    run_id: Option<String>,
+    input: &str,
+) -> Result<(RunRecord, bool), Response> {
+    let journal = state.host.journal();
+    if let Some(id) = &run_id {
+        match journal.run(id).await {
+            Ok(record) => return Ok((record, false)),
+            Err(JournalError::UnknownRun(_)) => {}
+            Err(e) => return Err(journal_error(&e)),
+        }
+    }
+    let run_id = run_id.unwrap_or_else(crate::executor::new_run_id);
+    let hash = journal
+        .active(workflow)
+        .await
+        .map_err(|e| journal_error(&e))?
+        .hash;
+    state
+        .host
+        .check_new_run(Some(&run_id), workflow, input)
+        .map_err(host_error)?;
+    let (created_tx, created) = tokio::sync::oneshot::channel();
+    let (ended_tx, ended) = tokio::sync::oneshot::channel();
+    state.in_flight.count.fetch_add(1, Ordering::SeqCst);
+    let guard = InFlightGuard(state.in_flight.clone());
+    let (host, log) = (state.host.clone(), state.log.clone());
+    let (id, workflow_name, input_text) = (run_id.clone(), workflow.to_owned(), input.to_owned());
+    tokio::spawn(async move {
+        let _guard = guard;
+        let outcome = host
+            .start_first_write(
+                Some(id.clone()),
+                &workflow_name,
+                &hash,
+                &input_text,
+                no_observer(),
+                Some(created_tx),
+            )
+            .await;
+        match &outcome {
+            Ok(outcome) if outcome.status == RunStatus::Stuck => log(&format!(
+                "run {id} is stuck: {}",
+                outcome.error.clone().unwrap_or_default()
+            )),
+            Ok(_) | Err(HostError::Rejected { .. } | HostError::RunExists(_)) => {}
+            Err(e) => log(&format!("run {id} stopped: {e}")),
+        }
+        let _ = ended_tx.send(outcome);
+    });
+    if created.await.is_ok() {
+        return journal
+            .run(&run_id)
+            .await
+            .map(|record| (record, true))
+            .map_err(|e| journal_error(&e));
+    }
+    // The run ended, or stopped, before its first write.
+    match ended.await {
+        Ok(Err(HostError::RunExists(_))) => journal
+            .run(&run_id)
+            .await
+            .map(|record| (record, false))
+            .map_err(|e| journal_error(&e)),
+        Ok(Err(e)) => Err(host_error(e)),
+        Ok(Ok(_)) | Err(_) => Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("run {run_id} ended before it was written; start it again"),
+        )),
+    }
 }
 
 fn same_json(text: &str, value: &Value) -> bool {

@@ -361,6 +361,8 @@ pub(crate) struct RunLog {
     /// would return, without reading it back (compensation works from it).
     pub journaled: Vec<Event>,
     pub observer: Observer,
+    /// Told once the run exists: when the first write of a run started with it is durable.
+    pub created: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl RunLog {
@@ -374,6 +376,7 @@ impl RunLog {
             unstarted: None,
             journaled: events,
             observer,
+            created: None,
         }
     }
 
@@ -389,6 +392,9 @@ impl RunLog {
     fn recorded(&mut self, next_seq: i64, events: impl IntoIterator<Item = Event>) {
         self.next_seq = next_seq;
         self.unstarted = None;
+        if let Some(created) = self.created.take() {
+            let _ = created.send(());
+        }
         self.journaled.append(&mut self.pending);
         for event in events {
             (self.observer)(&self.run_id, &event);
@@ -402,9 +408,10 @@ impl RunLog {
         self.pending.push(event);
     }
 
-    /// Durably appends the buffered events and then `events`.
+    /// Durably appends the buffered events and then `events` (creating the run first if it
+    /// does not exist yet, even with nothing to append).
     pub async fn commit(&mut self, events: Vec<Event>) -> Result<(), JournalError> {
-        if events.is_empty() && self.pending.is_empty() {
+        if events.is_empty() && self.pending.is_empty() && self.unstarted.is_none() {
             return Ok(());
         }
         let mut all = self.pending.clone();

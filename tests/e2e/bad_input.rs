@@ -122,11 +122,98 @@ fn a_module_with_a_mistyped_input_fails_cleanly() {
     s.open("alice", 100);
     let input = json!({ "from": "alice", "to": "bob" }).to_string();
     let out = s.wasaga(&["run", TRANSFER, "--input", &input]);
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
         last_error_line(&out).contains("missing field `amount`"),
         "{}",
         text(&out)
     );
     assert_eq!(s.balances()["alice"], 100);
+    assert!(s.runs().is_empty(), "a refused input leaves no run");
+}
+
+/// A config file denies what it does not grant: with no `[workflows.transfer]` table, running
+/// or deploying `transfer` is refused, naming the missing table, and nothing is written.
+/// Without any config file everything is allowed, and the run says so.
+#[test]
+fn a_config_without_a_grant_refuses_the_workflow() {
+    let s = Sandbox::new("no-grant");
+    s.open("alice", 100);
+    s.open("bob", 100);
+    let config = s.dir.join("wasaga.toml");
+    std::fs::write(&config, format!("journal = \"{}\"\n", s.db.display())).expect("config");
+    let config = config.display().to_string();
+    let input = json!({ "from": "alice", "to": "bob", "amount": 5 }).to_string();
+    let ops_before = ledger_ops(&s);
+    for args in [
+        vec!["--config", &config, "run", TRANSFER, "--input", &input],
+        vec![
+            "--config", &config, "deploy", TRANSFER, "--name", "transfer",
+        ],
+    ] {
+        let out = s.wasaga(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        assert!(
+            last_error_line(&out).contains("[workflows.transfer]"),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+    assert_eq!(ledger_ops(&s), ops_before, "nothing reached the ledger");
+    assert!(s.runs().is_empty(), "nothing was started");
+    let modules: i64 = scalar(&s.db, "SELECT COUNT(*) FROM modules");
+    assert_eq!(modules, 0, "nothing was stored");
+
+    let out = s.wasaga(&["run", TRANSFER, "--input", &input]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no config file"),
+        "a run without a config says it allows everything: {}",
+        text(&out)
+    );
+}
+
+/// Input the module refuses before it makes any durable call leaves no run: exit 2 with the
+/// module's reason, and the same run id then starts with the right input.
+#[test]
+fn input_the_module_refuses_leaves_no_run_and_frees_its_id() {
+    let s = Sandbox::new("rejected-input");
+    s.open("alice", 100);
+    s.open("bob", 100);
+    let ops_before = ledger_ops(&s);
+    for input in [
+        "5",
+        "[]",
+        "null",
+        r#"{"from":"alice","to":"bob","amount":-5}"#,
+    ] {
+        let out = s.wasaga(&["run", TRANSFER, "--input", input, "--run-id", "pay-1"]);
+        assert_eq!(out.status.code(), Some(2), "{input}: {}", text(&out));
+        let line = last_error_line(&out);
+        assert!(
+            line.contains("refused its input") && line.contains("run id is still free"),
+            "{input}: {line}"
+        );
+    }
+    assert!(s.runs().is_empty(), "no run was written");
+    assert_eq!(ledger_ops(&s), ops_before);
+    let good = json!({ "from": "alice", "to": "bob", "amount": 5 }).to_string();
+    let out = s.wasaga(&["run", TRANSFER, "--input", &good, "--run-id", "pay-1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(s.balances()["bob"], 105);
+}
+
+/// `run` checks its run id and input before it stores the module or resumes anything.
+#[test]
+fn run_checks_everything_before_it_does_anything() {
+    let s = Sandbox::new("run-order");
+    s.open("alice", 100);
+    let input = json!({ "from": "alice", "to": "bob", "amount": 5 }).to_string();
+    for id in ["has space", "", &"x".repeat(200)] {
+        let out = s.wasaga(&["run", TRANSFER, "--input", &input, "--run-id", id]);
+        assert_eq!(out.status.code(), Some(2), "{id:?}: {}", text(&out));
+        assert!(last_error_line(&out).contains("run id"), "{}", text(&out));
+    }
+    let modules: i64 = scalar(&s.db, "SELECT COUNT(*) FROM modules");
+    assert_eq!(modules, 0, "a refused run stores nothing");
 }

@@ -544,3 +544,43 @@ fn a_start_request_over_its_limit_is_refused_and_starts_nothing() {
     );
     assert!(s.runs().is_empty(), "nothing was started");
 }
+
+/// Over HTTP too, input the module refuses before any durable call is a 400 with its reason
+/// and leaves no run, so a retry with the right input and the same id is a new run (201).
+#[test]
+fn a_start_whose_input_the_module_refuses_is_a_400_and_leaves_the_id_free() {
+    let s = Sandbox::new("start-refused");
+    s.open("alice", 1_000);
+    s.open("bob", 0);
+    let server = Server::start(&s.dir, "a", &config(&s), &[]);
+    let (status, _) = server.upload("/v1/workflows/gated/versions", &read(GATED));
+    assert_eq!(status, 201);
+    for input in [json!(5), json!([]), json!(null), json!({ "from": "alice" })] {
+        let (status, body) = server.post(
+            "/v1/workflows/gated/runs",
+            &json!({ "run_id": "pay-1", "input": input }),
+        );
+        assert_eq!(status, 400, "{input}: {body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("refused its input"),
+            "{body}"
+        );
+    }
+    let (status, body) = server.get("/v1/runs/pay-1");
+    assert_eq!(status, 404, "no run was written: {body}");
+    let (status, run) = server.post(
+        "/v1/workflows/gated/runs?wait_ms=20000",
+        &json!({ "run_id": "pay-1", "input": transfer(None, 3) }),
+    );
+    assert_eq!(status, 201, "{run}");
+    assert_eq!(run["status"], "completed", "{run}");
+    // A workflow the config grants nothing is refused.
+    let (status, body) = server.post(
+        "/v1/workflows/transfer/runs",
+        &json!({ "input": transfer(None, 1) }),
+    );
+    assert!(status == 403 || status == 404, "{status}: {body}");
+}

@@ -234,7 +234,10 @@ pub(crate) fn usage(error: impl Into<anyhow::Error>) -> Failure {
 
 pub(crate) fn host_failure(error: HostError) -> Failure {
     let code = match error {
-        HostError::Module(_) | HostError::Input(_) | HostError::NotGranted(_) => EXIT_USAGE,
+        HostError::Module(_)
+        | HostError::Input(_)
+        | HostError::NotGranted(_)
+        | HostError::Rejected { .. } => EXIT_USAGE,
         _ => EXIT_FAILURE,
     };
     Failure {
@@ -337,6 +340,7 @@ pub(crate) async fn open(g: &Settings) -> Result<Host, Failure> {
     if !g.concurrent_runs_configured {
         config.limits.concurrent_runs_max = 16;
     }
+
     // Host errors already name the file or service and what to do.
     Host::open(&config).await.map_err(|e| anyhow!(e).into())
 }
@@ -412,6 +416,9 @@ async fn run(g: &Settings, args: &RunArgs) -> Result<u8, Failure> {
     };
     let _lock = lock_executor(&g.host.journal, true)?;
     let host = open(g).await?;
+    // Everything that can be checked is checked before anything is stored or resumed.
+    host.check_new_run(args.run_id.as_deref(), &name, &input)
+        .map_err(|e| usage(anyhow!(e)))?;
     let hash = match &bytes {
         Some(bytes) => host.check_deployable(&name, bytes).await.map_err(|e| {
             usage(anyhow!(e).context(format!("{} cannot run", args.module.display())))
@@ -425,19 +432,54 @@ async fn run(g: &Settings, args: &RunArgs) -> Result<u8, Failure> {
         }
     };
     resume_quietly(g, &host).await?;
-    let (run_id, created) = host
-        .start(args.run_id.clone(), &name, &hash, &input)
-        .await
-        .map_err(host_failure)?;
-    if !g.json {
-        if created {
-            println!("run {run_id}: {name} (module {})", &hash[..12]);
-        } else {
-            println!("run {run_id} already exists; reporting it");
-        }
-    }
     let observer = if g.json { no_observer() } else { printer() };
-    let outcome = host.drive(&run_id, observer).await.map_err(host_failure)?;
+    let run_id = args
+        .run_id
+        .clone()
+        .unwrap_or_else(wasaga::executor::new_run_id);
+    let exists = match host.journal().run(&run_id).await {
+        Ok(_) => true,
+        Err(wasaga::journal::JournalError::UnknownRun(_)) => false,
+        Err(e) => return Err(host_failure(e.into())),
+    };
+    // A new run is created by its first durable write: a module that refuses its input
+    // before making one leaves no run behind (exit 2), and its id stays free.
+    let outcome = if exists {
+        None
+    } else {
+        if !g.json {
+            if g.host.grants.is_none() {
+                eprintln!(
+                    "note: no config file, so every workflow may use every participant and lock; give --config with [workflows.<name>] grants to allow each only what it needs"
+                );
+            }
+            println!("run {run_id}: {name} (module {})", &hash[..12]);
+        }
+        match host
+            .start_first_write(
+                Some(run_id.clone()),
+                &name,
+                &hash,
+                &input,
+                observer.clone(),
+                None,
+            )
+            .await
+        {
+            Err(HostError::RunExists(_)) => None,
+            Err(e @ HostError::Rejected { .. }) => return Err(usage(anyhow!(e))),
+            other => Some(other.map_err(host_failure)?),
+        }
+    };
+    let outcome = match outcome {
+        Some(outcome) => outcome,
+        None => {
+            if !g.json {
+                println!("run {run_id} already exists; reporting it");
+            }
+            host.drive(&run_id, observer).await.map_err(host_failure)?
+        }
+    };
     Ok(report(g, &outcome))
 }
 

@@ -202,7 +202,11 @@ impl Settings {
         );
         check_limits(&host, &in_file("[limits]"))?;
 
-        if let Some(workflows) = file.workflows {
+        // A config file is a deployment: what it does not grant, it denies (a workflow it
+        // does not name may not run). Only without any config file (a developer's local
+        // `wasaga run`) is everything allowed, and `open` says so.
+        if base.is_some() {
+            let workflows = file.workflows.unwrap_or_default();
             let mut grants = Grants::default();
             let have: Vec<&str> = std::iter::once("ledger")
                 .chain(host.xa.iter().map(|(n, _)| n.as_str()))

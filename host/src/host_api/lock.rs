@@ -89,7 +89,23 @@ impl Host for RunState {
         } else {
             let wait_ms = wait_ms.min(limits.lock_wait_ms_max);
             let host = run.host.clone();
-            let acquired = tokio::select! {
+            // A run not yet created (by its first write) that must wait for a lock is created
+            // first: whoever started it learns that it exists rather than wait for the lock.
+            let mut first = None;
+            if run.log.unstarted.is_some() && wait_ms > 0 {
+                match host.locks.acquire(&key, &run.log.run_id, ttl_ms, 0).await {
+                    Err(crate::locks::LockError::Timeout { .. }) => run
+                        .log
+                        .commit(Vec::new())
+                        .await
+                        .map_err(|e| run.interrupted(e))?,
+                    other => first = Some(other),
+                }
+            }
+            let acquired = if let Some(acquired) = first {
+                acquired
+            } else {
+                tokio::select! {
                 acquired = host.locks.acquire(&key, &run.log.run_id, ttl_ms, wait_ms) => acquired,
                 // A shutdown does not wait for a lock: the run stops here, unjournaled, and
                 // asks again when it resumes. A lease granted in the race expires by its ttl.
@@ -103,6 +119,7 @@ impl Host for RunState {
                     let reason = "another host took the run over after this host's lease on it expired";
                     run.fatal = Some(crate::store::Fatal::Interrupted(reason.to_owned()));
                     return Err(wasmtime::Error::msg(reason));
+                }
                 }
             };
             match acquired {

@@ -36,6 +36,12 @@ pub struct Limits {
     /// of this while the run executes). A host that dies loses its runs after this long, and
     /// another host resumes them.
     pub run_lease_ms: u64,
+    /// A step's name, and a participant's or action's name in a call.
+    pub name_bytes_max: usize,
+    /// A lock key, or a key read from or written to a participant.
+    pub key_bytes_max: usize,
+    /// Calls in one `commit-all`.
+    pub branches_max: usize,
 }
 
 impl Default for Limits {
@@ -53,6 +59,9 @@ impl Default for Limits {
             lock_wait_ms_max: 30_000,
             lock_ttl_ms_max: 300_000,
             run_lease_ms: 10_000,
+            name_bytes_max: 128,
+            key_bytes_max: 256,
+            branches_max: 32,
         }
     }
 }

@@ -303,10 +303,50 @@ impl RunContext {
         wasmtime::Error::msg(message)
     }
 
-    /// Refuses a live call that would take the journal past its cap.
+    /// Ends the run if a string the module handed the host (`what`, `len` bytes) is over its
+    /// bound `max`: before anything of it is journaled or sent anywhere.
+    pub fn check_size(
+        &mut self,
+        what: &str,
+        len: usize,
+        max: usize,
+        limit: &str,
+    ) -> wasmtime::Result<()> {
+        if len > max {
+            return Err(self.limit(format!("{what} of {len} bytes is over {limit} = {max}")));
+        }
+        Ok(())
+    }
+
+    /// [`RunContext::check_size`] for each part of a participant call.
+    pub fn check_call_size(&mut self, call: &crate::event::CallSpec) -> wasmtime::Result<()> {
+        let limits = self.host.limits.clone();
+        self.check_size(
+            "a participant name",
+            call.participant.len(),
+            limits.name_bytes_max,
+            "name_bytes_max",
+        )?;
+        self.check_size(
+            "an action name",
+            call.action.len(),
+            limits.name_bytes_max,
+            "name_bytes_max",
+        )?;
+        self.check_size(
+            "a call's payload",
+            call.payload.len(),
+            limits.payload_bytes_max,
+            "payload_bytes_max",
+        )
+    }
+
+    /// Refuses a live call that would take the journal past its cap. Events still buffered
+    /// (clock, random, log, read) count: they are journaled with the next write.
     pub fn check_journal_room(&mut self, events: u32) -> wasmtime::Result<()> {
         let max = self.host.limits.journal_events_max;
-        if self.log.next_seq as u64 + u64::from(events) > u64::from(max) {
+        let journaled = self.log.next_seq as u64 - 1 + self.log.pending.len() as u64;
+        if journaled + u64::from(events) > u64::from(max) {
             return Err(self.limit(format!(
                 "the run's journal would exceed journal_events_max = {max}"
             )));

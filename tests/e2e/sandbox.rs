@@ -177,3 +177,81 @@ fn a_spinning_module_does_not_stall_the_other_runs() {
         assert_ledger_consistent(&s.db);
     });
 }
+
+/// Every size a module hands the host is bounded, and so is every event it makes: a run that
+/// logs past `journal_events_max` (the logs wait in a buffer for the next write, and count),
+/// or hands the host a 1 MiB step name, participant name or lock key, or a commit of 10,000
+/// calls, ends with the limit named and is compensated, and nothing that large is journaled.
+#[test]
+fn every_size_a_module_hands_the_host_is_bounded() {
+    let s = Sandbox::new("sizes");
+    rt().block_on(async {
+        let mut config = HostConfig::new(wasaga::db::Location::Sqlite(s.db.clone()));
+        config.limits.journal_events_max = 50;
+        let host = Host::open(&config).await.expect("host opens");
+        for account in ["alice", "bob"] {
+            wasaga::ledger::open(host.ledger_db(), account, 1_000)
+                .await
+                .expect("open");
+        }
+        let bytes = std::fs::read(MISBEHAVE).expect("guest built");
+        let hash = host
+            .add_module("misbehave", &bytes)
+            .await
+            .expect("valid module");
+        let cases = [
+            ("chatty", "journal_events_max = 50"),
+            (
+                "long-name",
+                "a step name of 1048576 bytes is over name_bytes_max = 128",
+            ),
+            (
+                "long-participant",
+                "a participant name of 1048576 bytes is over name_bytes_max = 128",
+            ),
+            (
+                "long-key",
+                "a lock key of 1048576 bytes is over key_bytes_max = 256",
+            ),
+            (
+                "many-branches",
+                "commit-all of 10000 calls is over branches_max = 32",
+            ),
+        ];
+        for (mode, named) in cases {
+            let input =
+                json!({ "mode": mode, "from": "alice", "to": "bob", "amount": 7 }).to_string();
+            let outcome = host
+                .start_and_drive(None, "misbehave", &hash, &input, no_observer())
+                .await
+                .expect("drive");
+            assert_eq!(
+                outcome.status,
+                RunStatus::Compensated,
+                "{mode}: {outcome:?}"
+            );
+            let error = outcome.error.unwrap_or_default();
+            assert!(
+                error.contains("limit exceeded") && error.contains(named),
+                "{mode}: {error}"
+            );
+            let events = host
+                .journal()
+                .events(&outcome.run_id)
+                .await
+                .expect("events");
+            assert!(
+                events.len() <= 50 + 4,
+                "{mode}: {} events, past the cap and the run's own ending",
+                events.len()
+            );
+            assert_eq!(balances(&host).await, (1_000, 1_000), "{mode}");
+        }
+        let largest: i64 = crate::support::scalar(&s.db, "SELECT MAX(LENGTH(body)) FROM events");
+        assert!(
+            largest < 16 << 10,
+            "an event of {largest} bytes was journaled"
+        );
+        assert_ledger_consistent(&s.db);
+    });
+}

@@ -14,6 +14,8 @@ impl Host for RunState {
     ) -> wasmtime::Result<Result<Lease, String>> {
         let run = &mut self.run;
         let (call, replayed) = run.begin_call()?;
+        let key_bytes_max = run.host.limits.key_bytes_max;
+        run.check_size("a lock key", key.len(), key_bytes_max, "key_bytes_max")?;
         if let Some(replayed) = replayed {
             return match replayed.first {
                 Event::LockAcquired {
@@ -72,18 +74,14 @@ impl Host for RunState {
                 ttl_ms,
                 reason,
             }
-        } else if ttl_ms == 0
-            || ttl_ms > limits.lock_ttl_ms_max
-            || key.is_empty()
-            || key.len() > 256
-        {
+        } else if ttl_ms == 0 || ttl_ms > limits.lock_ttl_ms_max || key.is_empty() {
             Event::LockFailed {
                 call,
                 key: key.clone(),
                 ttl_ms,
                 reason: format!(
-                    "a lock needs a key of 1 to 256 bytes and a ttl between 1 and {} ms",
-                    limits.lock_ttl_ms_max
+                    "a lock needs a key of 1 to {} bytes and a ttl between 1 and {} ms",
+                    limits.key_bytes_max, limits.lock_ttl_ms_max
                 ),
             }
         } else {
@@ -172,6 +170,13 @@ impl Host for RunState {
     async fn release(&mut self, lease: Lease) -> wasmtime::Result<Result<(), String>> {
         let run = &mut self.run;
         let (call, replayed) = run.begin_call()?;
+        let key_bytes_max = run.host.limits.key_bytes_max;
+        run.check_size(
+            "a lock key",
+            lease.key.len(),
+            key_bytes_max,
+            "key_bytes_max",
+        )?;
         if let Some(replayed) = replayed {
             return match replayed.first {
                 Event::LockReleased {

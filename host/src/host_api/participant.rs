@@ -18,6 +18,12 @@ impl Host for RunState {
         let action = CallSpec::from(action);
         let compensation = compensation.map(CallSpec::from);
         let (call, replayed) = run.begin_call()?;
+        let name_bytes_max = run.host.limits.name_bytes_max;
+        run.check_size("a step name", name.len(), name_bytes_max, "name_bytes_max")?;
+        run.check_call_size(&action)?;
+        if let Some(compensation) = &compensation {
+            run.check_call_size(compensation)?;
+        }
         let made = || format!("step '{name}' ({}.{})", action.participant, action.action);
         let (before, fencing_tokens) = match replayed {
             Some(replayed) => {
@@ -142,6 +148,16 @@ impl Host for RunState {
         let run = &mut self.run;
         let calls: Vec<CallSpec> = calls.into_iter().map(CallSpec::from).collect();
         let (call, replayed) = run.begin_call()?;
+        let branches_max = run.host.limits.branches_max;
+        if calls.len() > branches_max {
+            return Err(run.limit(format!(
+                "commit-all of {} calls is over branches_max = {branches_max}",
+                calls.len()
+            )));
+        }
+        for spec in &calls {
+            run.check_call_size(spec)?;
+        }
         let xid = format!("{}/2pc-{call}", run.log.run_id);
         let known = match replayed {
             Some(replayed) => {
@@ -221,6 +237,14 @@ impl Host for RunState {
     ) -> wasmtime::Result<Result<(String, u64), CallError>> {
         let run = &mut self.run;
         let (call, replayed) = run.begin_call()?;
+        let limits = run.host.limits.clone();
+        run.check_size(
+            "a participant name",
+            participant.len(),
+            limits.name_bytes_max,
+            "name_bytes_max",
+        )?;
+        run.check_size("a key", key.len(), limits.key_bytes_max, "key_bytes_max")?;
         if let Some(replayed) = replayed {
             return match replayed.first {
                 Event::Read {
@@ -260,6 +284,20 @@ impl Host for RunState {
     ) -> wasmtime::Result<Result<u64, CallError>> {
         let run = &mut self.run;
         let (call, replayed) = run.begin_call()?;
+        let limits = run.host.limits.clone();
+        run.check_size(
+            "a participant name",
+            participant.len(),
+            limits.name_bytes_max,
+            "name_bytes_max",
+        )?;
+        run.check_size("a key", key.len(), limits.key_bytes_max, "key_bytes_max")?;
+        run.check_size(
+            "a value",
+            value.len(),
+            limits.payload_bytes_max,
+            "payload_bytes_max",
+        )?;
         if let Some(replayed) = replayed {
             return match replayed.first {
                 Event::WriteIf {

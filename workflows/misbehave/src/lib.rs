@@ -1,6 +1,7 @@
 //! A deliberately badly behaved workflow for the host's sandbox tests: it moves money with two
 //! steps, then panics, loops forever, allocates without bound, or branches on a journaled
-//! random number, sends an oversized payload or logs without end, as its input asks; or it calls what the host must refuse.
+//! random number, sends an oversized payload or logs without end, hands the host a huge name,
+//! key or commit, as its input asks; or it calls what the host must refuse.
 
 use guest_sdk::{Error, Saga};
 use serde::Deserialize;
@@ -85,6 +86,28 @@ fn misbehave(saga: &mut Saga, input: Input) -> Result<Value, Error> {
                 saga.log(&format!("chatter {i}"));
             }
             Ok(json!({ "mode": "chatty" }))
+        }
+        "long-name" => saga
+            .step(&"n".repeat(1 << 20))
+            .invoke("ledger", "balance", &json!({ "account": input.from }))
+            .run(),
+        "long-participant" => saga
+            .step("annotate")
+            .invoke(&"p".repeat(1 << 20), "balance", &json!({}))
+            .run(),
+        "long-key" => {
+            let _lock = saga.lock(&"k".repeat(1 << 20), 1_000, 0)?;
+            Ok(json!({ "mode": "long-key" }))
+        }
+        "many-branches" => {
+            let branch = guest_sdk::Branch::new(
+                "ledger",
+                "credit",
+                &json!({ "account": input.to, "amount": 1 }),
+            )?;
+            let branches = vec![branch; 10_000];
+            saga.commit_all(&branches)?;
+            Ok(json!({ "mode": "many-branches" }))
         }
         "panic" => panic!("deliberate panic after two steps"),
         "loop" => {

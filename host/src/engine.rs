@@ -10,8 +10,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::{Component, Linker, Resource};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime_wasi::p2::DynPollable;
 
 /// Bytes of a pooled instance's memory (and tables) kept resident between instances.
 const KEEP_RESIDENT_BYTES: usize = 2 << 20;
@@ -105,6 +106,39 @@ fn parse_manifest(data: &[u8]) -> Result<Manifest, ModuleError> {
     Ok(manifest)
 }
 
+/// A module gets no real sleep: one inside a host call would outlast the run's deadline (which
+/// counts only while wasm code runs) and hold the run as long as the module asks. WASI's
+/// clocks are frozen for the module anyway, so a subscription to them is ready at once:
+/// `std::thread::sleep` returns immediately, and a module that waits on it in a loop spins
+/// until its deadline ends it. Workflows wait through the journal instead.
+fn no_sleeping(linker: &mut Linker<RunState>) -> wasmtime::Result<()> {
+    fn ready_now(
+        mut store: wasmtime::StoreContextMut<'_, RunState>,
+    ) -> wasmtime::Result<(Resource<DynPollable>,)> {
+        let table = &mut store.data_mut().table;
+        let ready = table.push(ReadyNow)?;
+        Ok((wasmtime_wasi::p2::subscribe(table, ready)?,))
+    }
+    linker.allow_shadowing(true);
+    let mut clock = linker.instance(MONOTONIC_CLOCK)?;
+    clock.func_wrap("subscribe-duration", |store, (_,): (u64,)| ready_now(store))?;
+    clock.func_wrap("subscribe-instant", |store, (_,): (u64,)| ready_now(store))?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// The monotonic clock interface as `wasmtime_wasi` 48 provides it (older 0.2 imports resolve
+/// to it by semver).
+const MONOTONIC_CLOCK: &str = "wasi:clocks/monotonic-clock@0.2.12";
+
+/// A pollable that is always ready.
+struct ReadyNow;
+
+#[wasmtime_wasi::async_trait]
+impl wasmtime_wasi::p2::Pollable for ReadyNow {
+    async fn ready(&mut self) {}
+}
+
 /// The largest module accepted.
 pub const MODULE_BYTES_MAX: usize = 64 << 20;
 
@@ -150,6 +184,7 @@ impl WorkflowEngine {
         let engine = Engine::new(&config)?;
         let mut linker = Linker::<RunState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        no_sleeping(&mut linker)?;
         crate::bindings::Workflow::add_to_linker::<RunState, wasmtime::component::HasSelf<RunState>>(
             &mut linker,
             |state| state,

@@ -255,3 +255,37 @@ fn every_size_a_module_hands_the_host_is_bounded() {
         assert_ledger_consistent(&s.db);
     });
 }
+
+/// A module cannot escape its deadline by sleeping inside a host call: WASI's clocks are
+/// frozen for it, so a 20 s `std::thread::sleep` returns at once, and the run, whose deadline
+/// is 2 s, completes.
+#[test]
+fn a_module_cannot_sleep_through_its_deadline() {
+    let s = Sandbox::new("sleep");
+    rt().block_on(async {
+        let mut config = HostConfig::new(wasaga::db::Location::Sqlite(s.db.clone()));
+        config.limits.run_duration_ms_max = 2_000;
+        let host = Host::open(&config).await.expect("host opens");
+        for account in ["alice", "bob"] {
+            wasaga::ledger::open(host.ledger_db(), account, 1_000)
+                .await
+                .expect("open");
+        }
+        let bytes = std::fs::read(MISBEHAVE).expect("guest built");
+        let hash = host
+            .add_module("misbehave", &bytes)
+            .await
+            .expect("valid module");
+        let input =
+            json!({ "mode": "sleep", "from": "alice", "to": "bob", "amount": 7 }).to_string();
+        let outcome = host
+            .start_and_drive(None, "misbehave", &hash, &input, no_observer())
+            .await
+            .expect("drive");
+        assert_eq!(outcome.status, RunStatus::Completed, "{outcome:?}");
+        let output: serde_json::Value =
+            serde_json::from_str(&outcome.output.unwrap_or_default()).expect("output");
+        let slept_ms = output["slept_ms"].as_u64().expect("slept_ms");
+        assert!(slept_ms < 2_000, "the module really slept {slept_ms} ms");
+    });
+}

@@ -109,6 +109,13 @@ fn misbehave(saga: &mut Saga, input: Input) -> Result<Value, Error> {
             saga.commit_all(&branches)?;
             Ok(json!({ "mode": "many-branches" }))
         }
+        "sleep" => {
+            // A real sleep would hold the run past its deadline; the host makes it return.
+            let before = saga.now_ms();
+            std::thread::sleep(std::time::Duration::from_secs(20));
+            let slept_ms = saga.now_ms() - before;
+            Ok(json!({ "mode": "sleep", "slept_ms": slept_ms }))
+        }
         "panic" => panic!("deliberate panic after two steps"),
         "loop" => {
             let mut n: u64 = 0;

@@ -484,7 +484,7 @@ mod tests {
     fn op_ids_map_back_to_their_transfer() {
         assert_eq!(transfer_index("bench-42", "bench-42/17/debit"), Some(17));
         assert_eq!(
-            transfer_index("bench-42", "bench-42/17/credit.undo"),
+            transfer_index("bench-42", "bench-42/17/credit#undo"),
             Some(17)
         );
         assert_eq!(transfer_index("bench-42", "open/5"), None);

@@ -770,10 +770,7 @@ impl Host {
                 .await
                 .map_err(|e| stalled(e.to_string()))?;
             for xid in xids {
-                let Some((run_id, call)) = xid.rsplit_once("/2pc-") else {
-                    continue;
-                };
-                let Ok(call) = call.parse::<u32>() else {
+                let Some((run_id, call)) = crate::participants::op_key::of_transaction(&xid) else {
                     continue;
                 };
                 let (record, events) = match self.inner.journal.run_with_events(run_id).await {
@@ -1110,6 +1107,9 @@ impl Host {
         }
         let cause = last_cause(&events);
         let limits = &self.inner.limits;
+        // What compensation cannot undo is named in the run's outcome, never passed over:
+        // committed transactions (a commit is final) and steps without a compensation.
+        let mut not_undone = committed_transactions(&log.journaled);
         for step in steps_of(&events).into_iter().rev() {
             let StepState {
                 call,
@@ -1129,11 +1129,15 @@ impl Host {
                     reason: reason.to_owned(),
                 });
             }
-            let op_id = format!("{run_id}/{name}");
+            let op_id = crate::participants::op_key::step(&run_id, &name);
             if outcome == StepOutcome::Unknown {
                 if compensation.is_none() {
                     // Nothing could undo it, so learning its outcome now would only risk
-                    // applying it: leave it, and say so in the journal's reason below.
+                    // applying it: leave it, and say so in the run's outcome.
+                    not_undone.push(format!(
+                        "step '{name}' ({}.{}) may have applied (its outcome is unknown) and has no compensation",
+                        action.participant, action.action
+                    ));
                     continue;
                 }
                 let route = self.inner.participants.route(&action);
@@ -1174,6 +1178,10 @@ impl Host {
                 continue;
             }
             let Some(compensation) = compensation else {
+                not_undone.push(format!(
+                    "step '{name}' ({}.{}) applied and has no compensation",
+                    action.participant, action.action
+                ));
                 continue;
             };
             let route = match self.inner.participants.route(&compensation) {
@@ -1188,7 +1196,7 @@ impl Host {
                 }
             };
             let request = ParticipantRequest {
-                op_id: format!("{op_id}.undo"),
+                op_id: crate::participants::op_key::undo(&op_id),
                 // An unknown outcome that could not be resolved is undone with tombstone
                 // semantics: the participant undoes it if it applied and fences it otherwise.
                 undoes: Some(op_id),
@@ -1227,6 +1235,11 @@ impl Host {
                     .await;
             }
         }
+        let cause = if not_undone.is_empty() {
+            cause
+        } else {
+            format!("{cause}; not undone: {}", not_undone.join("; "))
+        };
         let (mut events, mut leases) = held_leases(&run_id, &log.journaled);
         events.push(Event::Compensated {
             cause: cause.clone(),
@@ -1511,6 +1524,32 @@ fn last_cause(events: &[Event]) -> String {
             _ => None,
         })
         .unwrap_or_else(|| "compensating".to_owned())
+}
+
+/// The run's `commit-all` transactions that committed, described for its outcome: a commit is
+/// final, so compensation does not undo them.
+fn committed_transactions(events: &[Event]) -> Vec<String> {
+    let mut started: HashMap<u32, Vec<String>> = HashMap::new();
+    let mut committed = Vec::new();
+    for event in events {
+        match event {
+            Event::TwoPhaseStarted { call, calls, .. } => {
+                let mut participants: Vec<String> =
+                    calls.iter().map(|c| c.participant.clone()).collect();
+                participants.dedup();
+                started.insert(*call, participants);
+            }
+            Event::TwoPhaseFinished {
+                call,
+                outcome: Ok(_),
+            } => committed.push(format!(
+                "commit-all at call {call} ({}) committed, and a commit is final",
+                started.get(call).map(|p| p.join(", ")).unwrap_or_default()
+            )),
+            _ => {}
+        }
+    }
+    committed
 }
 
 /// Two-phase transactions the journal shows started but not finished.

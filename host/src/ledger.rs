@@ -39,7 +39,8 @@ pub const TWO_PHASE_ACTIONS: &[&str] = &["prepare", "commit-prepared", "abort-pr
 /// A request to the ledger, as the host sends it.
 #[derive(Debug, Clone)]
 pub struct LedgerCall {
-    /// Idempotency key: `run-id/step` for actions, `run-id/step.undo` for compensations.
+    /// Idempotency key (`participants::op_key`): `run-id/step` for actions, `run-id/step#undo`
+    /// for compensations.
     pub op_id: String,
     /// For a compensation: the key of the operation it undoes.
     pub undoes: Option<String>,

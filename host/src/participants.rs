@@ -7,10 +7,62 @@ use crate::event::{CallFailure, CallSpec};
 use crate::ledger::{self, LedgerCall};
 use std::sync::Arc;
 
+/// The idempotency keys of the operations the host performs for runs. Each names one
+/// operation only (run ids are letters, digits and `-_.:/`, never `#` or `%`):
+///
+/// | operation | key |
+/// |---|---|
+/// | step `S` of run `R` | `R/enc(S)` |
+/// | its compensation | `R/enc(S)#undo` |
+/// | `write-if`, call `N` | `R#write-N` |
+/// | `commit-all`, call `N` (the transaction id) | `R#2pc-N`, its branches `R#2pc-N/bK` |
+///
+/// `enc` escapes `%`, `/` and `#` in a step name, so the last `/` before any `#` ends the run
+/// id, and what follows `#` says which kind of operation it is: run `a/b` step `c` is
+/// `a/b/c`, run `a` step `b/c` is `a/b%2Fc`, and no step can be named like a compensation.
+pub mod op_key {
+    /// The key of step `step` of run `run_id`.
+    pub fn step(run_id: &str, step: &str) -> String {
+        let mut key = String::with_capacity(run_id.len() + step.len() + 1);
+        key.push_str(run_id);
+        key.push('/');
+        for c in step.chars() {
+            match c {
+                '%' => key.push_str("%25"),
+                '/' => key.push_str("%2F"),
+                '#' => key.push_str("%23"),
+                c => key.push(c),
+            }
+        }
+        key
+    }
+
+    /// The key of the compensation of the operation keyed `step_key`.
+    pub fn undo(step_key: &str) -> String {
+        format!("{step_key}#undo")
+    }
+
+    /// The key of the `write-if` at call `call` of run `run_id`.
+    pub fn write(run_id: &str, call: u32) -> String {
+        format!("{run_id}#write-{call}")
+    }
+
+    /// The id of the two-phase transaction of the `commit-all` at call `call`.
+    pub fn transaction(run_id: &str, call: u32) -> String {
+        format!("{run_id}#2pc-{call}")
+    }
+
+    /// The run and call a transaction id names, if it is one of the host's.
+    pub fn of_transaction(xid: &str) -> Option<(&str, u32)> {
+        let (run_id, call) = xid.rsplit_once("#2pc-")?;
+        Some((run_id, call.parse().ok()?))
+    }
+}
+
 /// One call as delivered to a participant.
 #[derive(Debug, Clone)]
 pub struct ParticipantRequest {
-    /// `run-id/step` for an action, `run-id/step.undo` for its compensation.
+    /// The operation's idempotency key ([`op_key`]).
     pub op_id: String,
     /// For a compensation: the key of the action it undoes.
     pub undoes: Option<String>,
@@ -167,5 +219,75 @@ impl Participants {
             .await
             .map_err(|e: crate::db::DbError| CallFailure::Unknown(format!("ledger: {e}")))?;
         outcome.map_err(CallFailure::Rejected)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::op_key;
+    use std::collections::HashMap;
+
+    /// Every string of up to `len` characters from `alphabet`.
+    fn strings(alphabet: &[char], len: usize) -> Vec<String> {
+        let mut all = vec![String::new()];
+        let mut last = vec![String::new()];
+        for _ in 0..len {
+            let next: Vec<String> = last
+                .iter()
+                .flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}")))
+                .collect();
+            all.extend(next.iter().cloned());
+            last = next;
+        }
+        all
+    }
+
+    /// No two operations share a key: over every run id and step name of up to three
+    /// characters drawn from the characters that build keys, each key names one operation.
+    #[test]
+    fn keys_are_unambiguous() {
+        let runs: Vec<String> = strings(&['a', '/', '.', '-'], 3)
+            .into_iter()
+            .filter(|r| !r.is_empty())
+            .collect();
+        let steps: Vec<String> = strings(&['a', '/', '.', '#', '%', 'u'], 3)
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .chain(["undo", "write-1", "2pc-1", "x#undo", "b0"].map(str::to_owned))
+            .collect();
+        let mut seen: HashMap<String, String> = HashMap::new();
+        let mut add = |key: String, what: String| {
+            if let Some(other) = seen.insert(key.clone(), what.clone()) {
+                panic!("{what} and {other} share the key {key}");
+            }
+        };
+        for run in &runs {
+            for step in &steps {
+                let key = op_key::step(run, step);
+                add(op_key::undo(&key), format!("undo of {run:?} step {step:?}"));
+                add(key, format!("{run:?} step {step:?}"));
+            }
+            for call in [0, 1, 12] {
+                add(op_key::write(run, call), format!("{run:?} write {call}"));
+                let xid = op_key::transaction(run, call);
+                assert_eq!(op_key::of_transaction(&xid), Some((run.as_str(), call)));
+                for branch in 0..2 {
+                    add(
+                        format!("{xid}/b{branch}"),
+                        format!("{run:?} 2pc {call} branch {branch}"),
+                    );
+                }
+                add(xid, format!("{run:?} 2pc {call}"));
+            }
+        }
+        // The cases the old `run/step` keys confused.
+        assert_ne!(op_key::step("a/b", "c"), op_key::step("a", "b/c"));
+        assert_ne!(
+            op_key::step("r", "x.undo"),
+            op_key::undo(&op_key::step("r", "x"))
+        );
+        assert_ne!(op_key::step("r", "write-3"), op_key::write("r", 3));
+        // The benchmark's keys read as WORKLOAD.md writes them.
+        assert_eq!(op_key::step("bench-42/17", "debit"), "bench-42/17/debit");
     }
 }

@@ -1,7 +1,7 @@
 //! The `postgres-xa` participant: accounts in a PostgreSQL database, changed only through
 //! two-phase commit branches. Prepare runs the branch's update in a transaction and ends it
 //! with `PREPARE TRANSACTION`; phase two is `COMMIT PREPARED` / `ROLLBACK PREPARED`. Global
-//! transaction ids derive from the run and its call alone (`wasaga:<run>/2pc-<call>:<branch>`),
+//! transaction ids derive from the run and its call alone (`wasaga:<run>#2pc-<call>:<branch>`),
 //! never from the host driving it, so whichever host takes a run over finds its branches; the
 //! sweeper lists them in `pg_prepared_xacts` and resolves those of ended runs from the journal
 //! (a run still unfinished resolves its own, under its owner). A commit is finished only when
@@ -270,7 +270,7 @@ impl PostgresXa {
         }
         let prefix = Self::gid_prefix(xid);
         // What follows the prefix must be a bare branch number: a longer id that happens to
-        // start with this one (run `a:b/2pc-1:c` against `a:b`) is another transaction.
+        // start with this one (run `a:b#2pc-1:c` against `a:b`) is another transaction.
         let gids: Vec<String> = self
             .prepared(&mut conn, &prefix)
             .await?
@@ -322,7 +322,7 @@ impl PostgresXa {
         Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
     }
 
-    /// The transaction ids (`<run>/2pc-<call>`) left prepared here, by any host.
+    /// The transaction ids (`<run>#2pc-<call>`) left prepared here, by any host.
     pub async fn in_doubt(&self) -> Result<Vec<String>, CallFailure> {
         self.ready().await?;
         let mut conn = self.pool.acquire().await.map_err(|e| self.unavailable(e))?;

@@ -289,3 +289,43 @@ fn a_module_cannot_sleep_through_its_deadline() {
         assert!(slept_ms < 2_000, "the module really slept {slept_ms} ms");
     });
 }
+
+/// A compensated run says what compensation could not undo: a step without a compensation
+/// and a committed `commit-all` stay applied, and the run's outcome names both.
+#[test]
+fn a_compensated_run_names_what_it_could_not_undo() {
+    let s = Sandbox::new("not-undone");
+    rt().block_on(async {
+        let config = HostConfig::new(wasaga::db::Location::Sqlite(s.db.clone()));
+        let host = Host::open(&config).await.expect("host opens");
+        for account in ["alice", "bob"] {
+            wasaga::ledger::open(host.ledger_db(), account, 1_000)
+                .await
+                .expect("open");
+        }
+        let bytes = std::fs::read(MISBEHAVE).expect("guest built");
+        let hash = host
+            .add_module("misbehave", &bytes)
+            .await
+            .expect("valid module");
+        let input = json!({ "mode": "irreversible", "from": "alice", "to": "bob", "amount": 7 })
+            .to_string();
+        let outcome = host
+            .start_and_drive(None, "misbehave", &hash, &input, no_observer())
+            .await
+            .expect("drive");
+        assert_eq!(outcome.status, RunStatus::Compensated, "{outcome:?}");
+        let error = outcome.error.unwrap_or_default();
+        assert!(error.contains("fails after a commit"), "{error}");
+        assert!(
+            error.contains("not undone: ")
+                && error.contains("commit-all at call")
+                && error.contains("committed, and a commit is final")
+                && error.contains("step 'note' (ledger.balance) applied and has no compensation"),
+            "{error}"
+        );
+        // The debit and credit steps were undone; the committed transfer of 1 stays.
+        assert_eq!(balances(&host).await, (999, 1_001));
+        assert_ledger_consistent(&s.db);
+    });
+}

@@ -335,21 +335,21 @@ fn ending_one_transaction_never_touches_another_whose_id_looks_alike() {
             .await
             .expect("connect");
         open_amy(&mut a).await;
-        xa.call("prepare", &prepare("pay-1/2pc-0", 0, "alice"))
+        xa.call("prepare", &prepare("pay-1#2pc-0", 0, "alice"))
             .await
             .expect("prepare pay-1");
-        xa.call("prepare", &prepare("pay-1/2pc-0:9/2pc-0", 0, "amy"))
+        xa.call("prepare", &prepare("pay-1#2pc-0:9#2pc-0", 0, "amy"))
             .await
             .expect("prepare a longer id");
         xa.call(
             "abort-prepared",
-            &json!({ "xid": "pay_1/2pc-0" }).to_string(),
+            &json!({ "xid": "pay_1#2pc-0" }).to_string(),
         )
         .await
         .expect("abort pay_1");
         xa.call(
             "abort-prepared",
-            &json!({ "xid": "pay-1/2pc-0" }).to_string(),
+            &json!({ "xid": "pay-1#2pc-0" }).to_string(),
         )
         .await
         .expect("abort pay-1");
@@ -359,12 +359,12 @@ fn ending_one_transaction_never_touches_another_whose_id_looks_alike() {
             .expect("prepared");
         assert_eq!(
             left,
-            vec!["wasaga:pay-1/2pc-0:9/2pc-0:0".to_owned()],
-            "only pay-1/2pc-0's own branch was rolled back"
+            vec!["wasaga:pay-1#2pc-0:9#2pc-0:0".to_owned()],
+            "only pay-1#2pc-0's own branch was rolled back"
         );
         xa.call(
             "abort-prepared",
-            &json!({ "xid": "pay-1/2pc-0:9/2pc-0" }).to_string(),
+            &json!({ "xid": "pay-1#2pc-0:9#2pc-0" }).to_string(),
         )
         .await
         .expect("abort the longer id");
@@ -384,15 +384,15 @@ fn a_commit_whose_branch_was_rolled_back_behind_its_back_is_not_done() {
             .expect("connect");
         open_amy(&mut a).await;
         for (branch, account) in [(0, "alice"), (1, "amy")] {
-            xa.call("prepare", &prepare("t-1/2pc-0", branch, account))
+            xa.call("prepare", &prepare("t-1#2pc-0", branch, account))
                 .await
                 .expect("prepare");
         }
-        sqlx::raw_sql("ROLLBACK PREPARED 'wasaga:t-1/2pc-0:1'")
+        sqlx::raw_sql("ROLLBACK PREPARED 'wasaga:t-1#2pc-0:1'")
             .execute(&mut a)
             .await
             .expect("someone else rolls branch 1 back");
-        let decided = json!({ "xid": "t-1/2pc-0", "branches": [0, 1] }).to_string();
+        let decided = json!({ "xid": "t-1#2pc-0", "branches": [0, 1] }).to_string();
         let failure = xa
             .call("commit-prepared", &decided)
             .await
@@ -402,7 +402,7 @@ fn a_commit_whose_branch_was_rolled_back_behind_its_back_is_not_done() {
             "{failure}"
         );
         // Branch 0 did commit: the same call for it alone is done.
-        let only = json!({ "xid": "t-1/2pc-0", "branches": [0] }).to_string();
+        let only = json!({ "xid": "t-1#2pc-0", "branches": [0] }).to_string();
         xa.call("commit-prepared", &only)
             .await
             .expect("branch 0 is committed");

@@ -90,7 +90,7 @@ impl Host for RunState {
             }
         };
         let request = ParticipantRequest {
-            op_id: format!("{}/{name}", run.log.run_id),
+            op_id: crate::participants::op_key::step(&run.log.run_id, &name),
             undoes: None,
             fencing_tokens,
             call: action,
@@ -158,7 +158,7 @@ impl Host for RunState {
         for spec in &calls {
             run.check_call_size(spec)?;
         }
-        let xid = format!("{}/2pc-{call}", run.log.run_id);
+        let xid = crate::participants::op_key::transaction(&run.log.run_id, call);
         let known = match replayed {
             Some(replayed) => {
                 match &replayed.first {
@@ -361,7 +361,7 @@ impl Host for RunState {
             .route(&action)
             .map_err(wasmtime::Error::msg)?;
         let request = ParticipantRequest {
-            op_id: format!("{}/write-{call}", run.log.run_id),
+            op_id: crate::participants::op_key::write(&run.log.run_id, call),
             undoes: None,
             fencing_tokens: run.fencing_tokens(),
             call: action,

@@ -116,6 +116,27 @@ fn misbehave(saga: &mut Saga, input: Input) -> Result<Value, Error> {
             let slept_ms = saga.now_ms() - before;
             Ok(json!({ "mode": "sleep", "slept_ms": slept_ms }))
         }
+        "irreversible" => {
+            // A step without a compensation and a committed transaction, then a failure:
+            // the host undoes the two steps and must say what it could not undo.
+            saga.step("note")
+                .invoke("ledger", "balance", &json!({ "account": input.from }))
+                .run::<Value>()?;
+            let branches = [
+                guest_sdk::Branch::new(
+                    "ledger",
+                    "debit",
+                    &json!({ "account": input.from, "amount": 1 }),
+                )?,
+                guest_sdk::Branch::new(
+                    "ledger",
+                    "credit",
+                    &json!({ "account": input.to, "amount": 1 }),
+                )?,
+            ];
+            saga.commit_all(&branches)?;
+            Err(Error::failed("fails after a commit"))
+        }
         "panic" => panic!("deliberate panic after two steps"),
         "loop" => {
             let mut n: u64 = 0;

@@ -87,6 +87,15 @@ impl From<RunRecord> for RunOutcome {
     }
 }
 
+/// What [`Host::resume_unfinished`] did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Resumed {
+    /// The runs it drove to their ends.
+    pub ended: Vec<RunOutcome>,
+    /// The runs that are still unfinished, and why each could not go on.
+    pub unfinished: Vec<(String, String)>,
+}
+
 /// A run this host is driving right now.
 #[derive(Debug, Default)]
 pub(crate) struct LiveRun {
@@ -845,17 +854,22 @@ impl Host {
 
     /// Takes over the unfinished runs no live host holds (or, with `takeover_all`, every
     /// unfinished run: for a process that knows every earlier one is dead) and drives them to
-    /// their ends, one after the other.
+    /// their ends, one after the other. A run that cannot go on now (its lock is taken, a
+    /// database is away) stays unfinished and is reported in [`Resumed::unfinished`]; the
+    /// others are still driven.
     pub async fn resume_unfinished(
         &self,
         observer: Observer,
         takeover_all: bool,
-    ) -> Result<Vec<RunOutcome>, HostError> {
-        let mut outcomes = Vec::new();
+    ) -> Result<Resumed, HostError> {
+        let mut resumed = Resumed::default();
         for run_id in self.inner.journal.claim(10_000, takeover_all).await? {
-            outcomes.push(self.drive(&run_id, observer.clone()).await?);
+            match self.drive(&run_id, observer.clone()).await {
+                Ok(outcome) => resumed.ended.push(outcome),
+                Err(e) => resumed.unfinished.push((run_id, e.to_string())),
+            }
         }
-        Ok(outcomes)
+        Ok(resumed)
     }
 
     /// Claims up to `limit` unfinished runs that no live host holds, for this host to drive.

@@ -683,36 +683,38 @@ impl RunLog {
         let reserved = crate::journal::first_next_seq(database.dialect(), encoded.len() + 1);
         let after = after.clone();
         // The outcome feeds only this run's module: it need not wait for the batch's fsync.
-        let written = database
-            .write_early(move |tx| {
-                Box::pin(async move {
-                    if let Some(started) = &unstarted
-                        && !crate::journal::insert_run(
-                            tx, &run_id, started, &owner, lease_ms, reserved,
-                        )
+        // Unless this write creates a run whose starter waits to be told it exists: that is
+        // told outside the host, so it waits for the write to be durable.
+        let durable = unstarted.is_some() && self.created.is_some();
+        let work = crate::db::work(move |tx| {
+            Box::pin(async move {
+                if let Some(started) = &unstarted
+                    && !crate::journal::insert_run(tx, &run_id, started, &owner, lease_ms, reserved)
                         .await?
-                    {
-                        return Err(JournalError::RunExists(run_id));
-                    }
-                    let outcome = crate::ledger::apply(tx, &call)
-                        .await?
-                        .map_err(CallFailure::Rejected);
-                    let mut encoded = encoded;
-                    let last = after(&outcome);
-                    if let Some(event) = &last {
-                        encoded.push(event);
-                    }
-                    let next_seq = if unstarted.is_some() {
-                        crate::journal::append_created(tx, &run_id, &owner, reserved, &encoded)
-                            .await?
-                    } else {
-                        crate::journal::append_events(tx, &run_id, &owner, next_seq, &encoded)
-                            .await?
-                    };
-                    Ok::<_, JournalError>((outcome, last, next_seq))
-                })
+                {
+                    return Err(JournalError::RunExists(run_id));
+                }
+                let outcome = crate::ledger::apply(tx, &call)
+                    .await?
+                    .map_err(CallFailure::Rejected);
+                let mut encoded = encoded;
+                let last = after(&outcome);
+                if let Some(event) = &last {
+                    encoded.push(event);
+                }
+                let next_seq = if unstarted.is_some() {
+                    crate::journal::append_created(tx, &run_id, &owner, reserved, &encoded).await?
+                } else {
+                    crate::journal::append_events(tx, &run_id, &owner, next_seq, &encoded).await?
+                };
+                Ok::<_, JournalError>((outcome, last, next_seq))
             })
-            .await;
+        });
+        let written = if durable {
+            database.write(work).await
+        } else {
+            database.write_early(work).await
+        };
         let (outcome, last, next_seq) = match written {
             Ok(written) => written,
             Err(JournalError::Database(e)) => return Ok(Err(e.to_string())),

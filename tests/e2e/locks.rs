@@ -719,3 +719,188 @@ fn a_failing_run_keeps_its_lock_through_compensation_with_zookeeper_locks() {
         zookeeper.url(),
     )));
 }
+
+/// A run killed while it held a lock takes it back before it goes on; while another run
+/// holds it, `wasaga resume` leaves that run unfinished (exit 1, naming the lock) and still
+/// finishes the other unfinished runs; once the lock is free the run ends and the money is
+/// whole.
+#[test]
+fn a_resumed_run_takes_its_lock_back_and_one_that_cannot_does_not_block_the_others() {
+    use std::os::unix::process::ExitStatusExt;
+    let input = json!({ "account": "alice", "undo_to": "alice", "amount": 100 }).to_string();
+    // Find the commit after which the run holds its lock but has not debited yet.
+    let mut found = None;
+    for commit in 1..=8 {
+        let s = Sandbox::new("held-lock");
+        s.open("alice", 1_000);
+        s.open("bob", 1_000);
+        s.open("carol", 0);
+        let point = format!("after:{commit}");
+        let out = s.wasaga(&[
+            "run",
+            LOCKED_UNDO,
+            "--input",
+            &input,
+            "--run-id",
+            "held-1",
+            "--crash-at",
+            &point,
+        ]);
+        if out.status.signal() != Some(9) {
+            continue;
+        }
+        let kinds: Vec<String> = {
+            let conn = crate::support::sql(&s.db);
+            let mut statement = conn
+                .prepare("SELECT kind FROM events WHERE run_id = 'held-1' ORDER BY seq")
+                .expect("query");
+            statement
+                .query_map([], |r| r.get(0))
+                .expect("rows")
+                .collect::<Result<_, _>>()
+                .expect("rows")
+        };
+        if kinds.last().map(String::as_str) == Some("lock-acquired") {
+            found = Some(s);
+            break;
+        }
+    }
+    let s = found.expect("some commit leaves the run holding its lock before its debit");
+
+    // Another run holds the lock now; a second run is unfinished too.
+    let conn = crate::support::sql(&s.db);
+    conn.execute(
+        "UPDATE locks SET owner = 'rival', expires_at_ms = 9000000000000 WHERE key = 'account/alice'",
+        [],
+    )
+    .expect("the rival takes the lock");
+    rt().block_on(async {
+        let host = host(&s, LockBackend::Journal).await;
+        let module = std::fs::read(TRANSFER).expect("guest built");
+        let hash = host
+            .add_module("transfer", &module)
+            .await
+            .expect("valid module");
+        let transfer = json!({ "from": "bob", "to": "carol", "amount": 10 }).to_string();
+        host.start(Some("plain-1".into()), "transfer", &hash, &transfer)
+            .await
+            .expect("start");
+    });
+    let config = s.dir.join("short-waits.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "journal = \"{}\"\n\n[limits]\nlock_wait_ms_max = 300\n\n[workflows.transfer]\nparticipants = [\"ledger\"]\nlock_prefixes = [\"account/\"]\n\n[workflows.locked-undo]\nparticipants = [\"ledger\"]\nlock_prefixes = [\"account/\"]\n",
+            s.db.display()
+        ),
+    )
+    .expect("config");
+    let config = config.display().to_string();
+    let out = s.wasaga(&["--config", &config, "resume"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("run held-1 is still unfinished") && stderr.contains("account/alice"),
+        "{stderr}"
+    );
+    let runs: std::collections::BTreeMap<String, String> = s
+        .runs()
+        .into_iter()
+        .map(|(id, status, _)| (id, status))
+        .collect();
+    assert_eq!(runs["plain-1"], "completed", "the other run was finished");
+    assert_eq!(runs["held-1"], "running", "the run without its lock waits");
+
+    conn.execute(
+        "UPDATE locks SET owner = NULL, expires_at_ms = 0 WHERE key = 'account/alice'",
+        [],
+    )
+    .expect("the rival lets go");
+    let out = s.wasaga(&["--config", &config, "resume"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let balances = s.balances();
+    assert_eq!(
+        (balances["alice"], balances["bob"], balances["carol"]),
+        (1_000, 990, 10)
+    );
+    assert_ledger_consistent(&s.db);
+}
+
+/// Tokens from the database backends are on Redis's scale (at least the clock in
+/// microseconds), so a deployment that moves from Redis locks to its database's keeps its
+/// transfers accepted by the ledger; ZooKeeper's are the znodes' 64-bit creation zxids (not
+/// their 32-bit sequence numbers, which wrap after 2^31 grants), and grow with each grant.
+#[test]
+fn lock_tokens_stay_accepted_across_a_change_of_backend() {
+    let redis = Redis::start();
+    let zookeeper = ZooKeeper::start();
+    let s = Sandbox::new("token-scales");
+    s.open("alice", 1_000);
+    s.open("bob", 1_000);
+    rt().block_on(async {
+        let module = std::fs::read(TRANSFER).expect("guest built");
+        let mut last = 0;
+        for (i, backend) in [
+            LockBackend::Redis(redis.url()),
+            LockBackend::Journal,
+            LockBackend::Redis(redis.url()),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let host = host(&s, backend.clone()).await;
+            let hash = host
+                .add_module("transfer", &module)
+                .await
+                .expect("valid module");
+            let input = json!({ "from": "alice", "to": "bob", "amount": 10 }).to_string();
+            let outcome = host
+                .start_and_drive(
+                    Some(format!("move-{i}")),
+                    "transfer",
+                    &hash,
+                    &input,
+                    no_observer(),
+                )
+                .await
+                .expect("drive");
+            assert_eq!(
+                outcome.status,
+                RunStatus::Completed,
+                "{backend:?}: the ledger must accept the new backend's tokens: {outcome:?}"
+            );
+            let (token, _) = journaled_tokens(&host, &format!("move-{i}")).await;
+            assert!(token > last, "{backend:?}: token {token} after {last}");
+            last = token;
+        }
+        let zk = wasaga::locks::connect(
+            &LockBackend::ZooKeeper(zookeeper.url()),
+            &std::sync::Arc::new(
+                wasaga::db::Database::open(
+                    &Location::Sqlite(s.db.clone()),
+                    Default::default(),
+                    Default::default(),
+                )
+                .await
+                .expect("db"),
+            ),
+        )
+        .await
+        .expect("zookeeper");
+        let mut previous = 0;
+        for _ in 0..3 {
+            let lease = zk
+                .acquire("account/z", "run-z", 1_000, 1_000)
+                .await
+                .expect("grant");
+            assert!(
+                lease.fencing_token > previous,
+                "a ZooKeeper token (the znode's zxid) grows: {} after {previous}",
+                lease.fencing_token
+            );
+            previous = lease.fencing_token;
+            zk.release(&lease).await.expect("release");
+        }
+    });
+    assert_eq!(s.balances()["bob"], 1_030);
+}

@@ -16,6 +16,7 @@ mod sandbox;
 mod scale;
 mod server;
 mod services;
+mod soak;
 mod support;
 mod two_phase;
 mod xa;

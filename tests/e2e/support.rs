@@ -235,6 +235,16 @@ impl Server {
     /// added) to `dir/<name>.toml` and starts a server on it with `extra` arguments; waits until
     /// it answers `/healthz`.
     pub fn start(dir: &Path, name: &str, config: &str, extra: &[&str]) -> Server {
+        Server::start_with(dir, name, config, extra, false)
+    }
+
+    /// As [`Server::start`], for a server that may die while it starts (one given a crash
+    /// point, which resuming runs can reach before it answers): then it is returned stopped.
+    pub fn start_may_die(dir: &Path, name: &str, config: &str, extra: &[&str]) -> Server {
+        Server::start_with(dir, name, config, extra, true)
+    }
+
+    fn start_with(dir: &Path, name: &str, config: &str, extra: &[&str], may_die: bool) -> Server {
         let port = crate::services::free_port();
         let path = dir.join(format!("{name}.toml"));
         std::fs::write(
@@ -251,11 +261,23 @@ impl Server {
             log,
             child: None,
         };
-        server.spawn(extra);
+        server.spawn(extra, may_die);
         server
     }
 
-    fn spawn(&mut self, extra: &[&str]) {
+    /// Whether the server process is still alive.
+    pub fn running(&mut self) -> bool {
+        match self.child.as_mut().map(std::process::Child::try_wait) {
+            Some(Ok(None)) => true,
+            Some(_) => {
+                self.child = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn spawn(&mut self, extra: &[&str], may_die: bool) {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -286,6 +308,10 @@ impl Server {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
+                if may_die {
+                    self.child = None;
+                    return;
+                }
                 panic!("wasaga serve exited ({status}):\n{}", self.log_text());
             }
             assert!(
@@ -300,7 +326,7 @@ impl Server {
     /// Starts the server again on the same config (after a stop or a kill).
     pub fn restart(&mut self, extra: &[&str]) {
         assert!(self.child.is_none(), "the server is still running");
-        self.spawn(extra);
+        self.spawn(extra, false);
     }
 
     pub fn url(&self) -> String {

@@ -517,17 +517,21 @@ async fn sweep(g: &Settings, host: &Host) -> Result<(), Failure> {
 /// Finishes runs a previous process left unfinished, saying so in one line each.
 async fn resume_quietly(g: &Settings, host: &Host) -> Result<(), Failure> {
     sweep(g, host).await?;
-    let outcomes = host
+    let resumed = host
         .resume_unfinished(no_observer(), takeover_all(g))
         .await
         .map_err(host_failure)?;
     if !g.json {
-        for outcome in outcomes {
+        for outcome in resumed.ended {
             println!(
                 "resumed unfinished run {}: {}",
                 outcome.run_id, outcome.status
             );
         }
+    }
+    // A run that cannot go on now does not keep this command from its own run.
+    for (run_id, reason) in resumed.unfinished {
+        eprintln!("run {run_id} is still unfinished: {reason}");
     }
     Ok(())
 }
@@ -658,19 +662,26 @@ async fn resume(g: &Settings) -> Result<u8, Failure> {
     let _lock = lock_executor(&g.host.journal, true)?;
     let host = open(g).await?;
     let observer = if g.json { no_observer() } else { printer() };
-    let outcomes = host
+    let resumed = host
         .resume_unfinished(observer, takeover_all(g))
         .await
         .map_err(host_failure)?;
     // Once every unfinished run has resolved its own prepared transactions, what is left in
     // doubt belongs to ended runs: resolve it from the journal.
     sweep(g, &host).await?;
+    let outcomes = &resumed.ended;
+    for (run_id, reason) in &resumed.unfinished {
+        eprintln!("run {run_id} is still unfinished: {reason}");
+    }
     if g.json {
-        println!("{}", json!({ "resumed": outcomes }));
-    } else if outcomes.is_empty() {
+        println!(
+            "{}",
+            json!({ "resumed": outcomes, "unfinished": resumed.unfinished })
+        );
+    } else if outcomes.is_empty() && resumed.unfinished.is_empty() {
         println!("no unfinished runs");
     } else {
-        for outcome in &outcomes {
+        for outcome in outcomes {
             println!(
                 "run {} {}{}",
                 outcome.run_id,
@@ -683,9 +694,15 @@ async fn resume(g: &Settings) -> Result<u8, Failure> {
             );
         }
     }
+    let failed = if resumed.unfinished.is_empty() {
+        0
+    } else {
+        EXIT_FAILURE
+    };
     Ok(outcomes
         .iter()
         .map(|o| exit_code(o.status))
+        .chain([failed])
         .max()
         .unwrap_or(0))
 }

@@ -171,6 +171,15 @@ macro_rules! args {
     };
 }
 
+/// Names a closure as a unit of database work, so that its higher-ranked signature is known
+/// where it is made (and it can go to [`Database::write`] or [`Database::write_early`]).
+pub fn work<T, E, F>(work: F) -> F
+where
+    F: for<'t> FnOnce(&'t mut dyn Tx) -> BoxFuture<'t, Result<T, E>> + Send + 'static,
+{
+    work
+}
+
 /// One column value of a fetched row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {

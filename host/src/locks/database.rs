@@ -41,21 +41,26 @@ impl DatabaseLocks {
                     let row = match tx.dialect() {
                         Dialect::Sqlite => {
                             let now = now_ms() as i64;
+                            // Tokens are at least the clock in microseconds, as Redis's are:
+                            // see `postgres::NOW_US`.
+                            let now_us = now.saturating_mul(1_000);
                             tx.fetch_optional(
-                                "INSERT INTO locks (key, owner, token, expires_at_ms) VALUES ($1, $2, 1, $3 + $4)
-                                 ON CONFLICT (key) DO UPDATE SET owner = $2, token = locks.token + 1,
+                                "INSERT INTO locks (key, owner, token, expires_at_ms) VALUES ($1, $2, $5, $3 + $4)
+                                 ON CONFLICT (key) DO UPDATE SET owner = $2, token = MAX(locks.token + 1, $5),
                                                                  expires_at_ms = $3 + $4
                                  WHERE locks.owner IS NULL OR locks.expires_at_ms < $3 OR locks.owner = $2
                                  RETURNING token, expires_at_ms",
-                                args![&key, &owner, now, ttl],
+                                args![&key, &owner, now, ttl, now_us],
                             )
                             .await?
                         }
                         Dialect::Postgres => {
                             tx.fetch_optional(
                                 "INSERT INTO locks (key, owner, token, expires_at_ms)
-                                 VALUES ($1, $2, 1, CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) + $3)
-                                 ON CONFLICT (key) DO UPDATE SET owner = $2, token = locks.token + 1,
+                                 VALUES ($1, $2, CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000 AS BIGINT),
+                                         CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) + $3)
+                                 ON CONFLICT (key) DO UPDATE SET owner = $2,
+                                     token = GREATEST(locks.token + 1, CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000 AS BIGINT)),
                                      expires_at_ms = CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) + $3
                                  WHERE locks.owner IS NULL
                                     OR locks.expires_at_ms < CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)

@@ -18,6 +18,10 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS wasaga_locks (
 
 /// The database's clock, in milliseconds since the Unix epoch.
 const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+/// The database's clock in microseconds: every grant's token is at least this, as Redis's
+/// are, so tokens from every backend but ZooKeeper are on one scale and a deployment can move
+/// between them without the ledger refusing the new backend's tokens as stale.
+const NOW_US: &str = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000 AS BIGINT)";
 
 /// Locks in a PostgreSQL database.
 pub struct PostgresLocks {
@@ -91,8 +95,8 @@ impl PostgresLocks {
     ) -> Result<Result<Lease, String>, LockError> {
         self.ready().await?;
         let granted: Option<(i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO wasaga_locks AS l (key, owner, token, expires_at_ms) VALUES ($1, $2, 1, {NOW_MS} + $3)
-             ON CONFLICT (key) DO UPDATE SET owner = $2, token = l.token + 1, expires_at_ms = {NOW_MS} + $3
+            "INSERT INTO wasaga_locks AS l (key, owner, token, expires_at_ms) VALUES ($1, $2, {NOW_US}, {NOW_MS} + $3)
+             ON CONFLICT (key) DO UPDATE SET owner = $2, token = GREATEST(l.token + 1, {NOW_US}), expires_at_ms = {NOW_MS} + $3
              WHERE l.owner IS NULL OR l.expires_at_ms < {NOW_MS} OR l.owner = $2
              RETURNING token, expires_at_ms"
         )))

@@ -1,7 +1,9 @@
 //! The ZooKeeper lock backend, the standard recipe: each contender creates an ephemeral
 //! sequential znode under the lock's node and holds the lock when its znode is the lowest;
 //! otherwise it watches only its predecessor (no herd effect). The fencing token is the
-//! znode's sequence number, which only grows under one parent. A lease lives as long as the
+//! znode's `czxid`, the 64-bit id of the transaction that created it: later contenders are
+//! created later, so their tokens are larger, and unlike the parent's sequence counter (a
+//! signed 32-bit number) it never wraps. A lease lives as long as the
 //! host's ZooKeeper session: a host that stops heart-beating loses its znodes when the session
 //! expires, and the next contender takes over.
 //!
@@ -26,6 +28,9 @@ pub struct ZooKeeperLocks {
     /// `host:port[,host:port...]`
     cluster: String,
     client: Mutex<Option<zk::Client>>,
+    /// The znode of each grant this process holds, by `(key, token)`: the token is no longer
+    /// the node's sequence number, so the node's path is kept.
+    nodes: std::sync::Mutex<std::collections::HashMap<(String, u64), String>>,
 }
 
 impl std::fmt::Debug for ZooKeeperLocks {
@@ -60,6 +65,7 @@ impl ZooKeeperLocks {
             url: url.to_owned(),
             cluster: cluster.trim_end_matches('/').to_owned(),
             client: Mutex::new(None),
+            nodes: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -110,6 +116,15 @@ impl ZooKeeperLocks {
         self.unavailable(e)
     }
 
+    /// The znode of `lease`, if this process holds it.
+    fn node_of(&self, lease: &Lease) -> Option<String> {
+        self.nodes
+            .lock()
+            .expect("node map lock poisoned")
+            .get(&(lease.key.clone(), lease.fencing_token))
+            .cloned()
+    }
+
     async fn ensure_node(&self, client: &zk::Client, path: &str) -> Result<(), LockError> {
         let options = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
         match client.create(path, &[], &options).await {
@@ -124,7 +139,7 @@ impl ZooKeeperLocks {
         self.ensure_node(&client, ROOT).await?;
         self.ensure_node(&client, &parent).await?;
         let options = zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all());
-        let (_, sequence) = match client
+        let (stat, sequence) = match client
             .create(&format!("{parent}/lock-"), owner.as_bytes(), &options)
             .await
         {
@@ -132,6 +147,7 @@ impl ZooKeeperLocks {
             Err(e) => return Err(self.failed(e).await),
         };
         let ours = sequence.into_i64();
+        let token = stat.czxid as u64;
         let node = format!("{parent}/lock-{sequence}");
         let deadline = tokio::time::Instant::now() + Duration::from_millis(u64::from(wait_ms));
         loop {
@@ -147,14 +163,18 @@ impl ZooKeeperLocks {
                 // Our znode is gone: the session expired while we waited.
                 return Err(LockError::Lost {
                     key: key.to_owned(),
-                    fencing_token: ours as u64,
+                    fencing_token: token,
                 });
             };
             if position == 0 {
+                self.nodes
+                    .lock()
+                    .expect("node map lock poisoned")
+                    .insert((key.to_owned(), token), node.clone());
                 return Ok(Lease {
                     key: key.to_owned(),
                     owner: owner.to_owned(),
-                    fencing_token: ours as u64,
+                    fencing_token: token,
                     ttl_ms: SESSION_TIMEOUT.as_millis() as u32,
                     expires_at_ms: now_ms() + SESSION_TIMEOUT.as_millis() as u64,
                 });
@@ -217,8 +237,10 @@ impl LockService for ZooKeeperLocks {
     fn extend<'a>(&'a self, lease: &'a Lease) -> crate::BoxFuture<'a, Result<Lease, LockError>> {
         Box::pin(async move {
             // The session's heartbeats keep the znode; the lease holds while the znode exists.
+            let Some(node) = self.node_of(lease) else {
+                return Err(lease.lost());
+            };
             let client = self.client().await?;
-            let node = format!("{}/lock-{:010}", lock_node(&lease.key), lease.fencing_token);
             match client.check_stat(&node).await {
                 Ok(Some(_)) => Ok(Lease {
                     expires_at_ms: now_ms() + SESSION_TIMEOUT.as_millis() as u64,
@@ -232,9 +254,18 @@ impl LockService for ZooKeeperLocks {
 
     fn release<'a>(&'a self, lease: &'a Lease) -> crate::BoxFuture<'a, Result<(), LockError>> {
         Box::pin(async move {
+            // A grant of another process (a run's lease journaled before a crash) lives in
+            // that process's session, and ends with it.
+            let Some(node) = self.node_of(lease) else {
+                return Ok(());
+            };
             let client = self.client().await?;
-            let node = format!("{}/lock-{:010}", lock_node(&lease.key), lease.fencing_token);
-            match client.delete(&node, None).await {
+            let released = client.delete(&node, None).await;
+            self.nodes
+                .lock()
+                .expect("node map lock poisoned")
+                .remove(&(lease.key.clone(), lease.fencing_token));
+            match released {
                 Ok(()) | Err(zk::Error::NoNode) => Ok(()),
                 Err(e) => Err(self.failed(e).await),
             }

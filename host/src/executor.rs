@@ -56,7 +56,7 @@ pub enum HostError {
     /// A run started with its first write could not make that write: it does not exist and
     /// nothing it did took effect; starting it again is safe.
     #[error(
-        "run {run_id} was not started: {reason}; nothing took effect, start it again once the cause is fixed"
+        "run {run_id} was not started: {reason}; nothing took effect, start it again with the same run id once the cause is fixed"
     )]
     NotStarted { run_id: String, reason: String },
     /// The run could not go on (its journal could not be written); it is left unfinished and
@@ -538,7 +538,32 @@ impl Host {
             observer,
         );
         log.created = created;
-        self.execute_run(log, workflow, &[started], &live).await
+        match self.execute_run(log, workflow, &[started], &live).await {
+            Err(HostError::NotStarted { run_id, reason }) => {
+                Err(self.whether_started(run_id, reason).await)
+            }
+            other => other,
+        }
+    }
+
+    /// The error for a run whose first write failed with `reason`: a write whose answer was
+    /// lost (the connection dropped after the database committed it) may have landed, so the
+    /// journal is asked before the caller is told that nothing took effect. A caller who
+    /// starts a run "not started" again with a new run id would otherwise pay twice.
+    async fn whether_started(&self, run_id: String, reason: String) -> HostError {
+        match self.inner.journal.run(&run_id).await {
+            Err(JournalError::UnknownRun(_)) => HostError::NotStarted { run_id, reason },
+            Ok(_) => HostError::Interrupted {
+                run_id,
+                reason: format!("{reason} (its first write did land: the run exists)"),
+            },
+            Err(e) => HostError::Interrupted {
+                run_id,
+                reason: format!(
+                    "{reason}; whether its first write landed cannot be read now ({e}); look the run up by its id before starting it again, and start it again only with the same run id"
+                ),
+            },
+        }
     }
 
     /// Checks what [`Host::start`] would check of a new run (its workflow's grant, the input's

@@ -733,3 +733,179 @@ fn a_step_the_database_keeps_failing_is_retried_to_its_limit_and_fails_only_itse
         "alice 90, mallory 90, bob 10"
     );
 }
+
+/// A TCP proxy in front of PostgreSQL that, once armed with `n`, forwards each of the next
+/// `n` executed statements (up to its `Sync`) to the server and then cuts that client off, so
+/// the server runs and commits the statement but its answer never arrives: a lost reply.
+struct LosingProxy {
+    port: u16,
+    armed: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    cut: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl LosingProxy {
+    fn start(upstream: u16) -> LosingProxy {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let armed = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let (armed_for, cut_for) = (armed.clone(), cut.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                    return;
+                };
+                let (armed, cut) = (armed_for.clone(), cut_for.clone());
+                let (mut from_server, mut to_client) = (
+                    server.try_clone().expect("clone"),
+                    client.try_clone().expect("clone"),
+                );
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from_server, &mut to_client);
+                    let _ = to_client.shutdown(std::net::Shutdown::Both);
+                });
+                std::thread::spawn(move || relay(client, server, &armed, &cut));
+                let _ = Ordering::SeqCst;
+            }
+        });
+        LosingProxy { port, armed, cut }
+    }
+
+    fn arm(&self, n: u32) {
+        self.armed.store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Copies the client's messages to the server one by one; once `armed`, after the `Sync` that
+/// follows an `Execute`, it closes the client side and leaves the server to finish (reading
+/// nothing more from the client), so the server commits what it was sent.
+fn relay(
+    mut client: std::net::TcpStream,
+    mut server: std::net::TcpStream,
+    armed: &std::sync::atomic::AtomicU32,
+    cut: &std::sync::atomic::AtomicU32,
+) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    // The startup message has no type byte: a length, then the rest.
+    let mut first = [0u8; 4];
+    if client.read_exact(&mut first).is_err() {
+        return;
+    }
+    let length = u32::from_be_bytes(first) as usize;
+    let mut rest = vec![0u8; length.saturating_sub(4)];
+    if client.read_exact(&mut rest).is_err() {
+        return;
+    }
+    let _ = server.write_all(&first);
+    let _ = server.write_all(&rest);
+    let mut executed = false;
+    loop {
+        let mut header = [0u8; 5];
+        if client.read_exact(&mut header).is_err() {
+            return;
+        }
+        let length = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        let mut body = vec![0u8; length.saturating_sub(4)];
+        if client.read_exact(&mut body).is_err() {
+            return;
+        }
+        if server.write_all(&header).is_err() || server.write_all(&body).is_err() {
+            return;
+        }
+        if armed.load(Ordering::SeqCst) > 0 {
+            match header[0] {
+                b'E' => executed = true,
+                b'S' if executed
+                    && armed
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok() =>
+                {
+                    cut.fetch_add(1, Ordering::SeqCst);
+                    // The client loses the connection; the server has the whole statement.
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    return;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A run's first write (it creates the run and debits) whose reply is lost after PostgreSQL
+/// committed it is not reported "not started" (a caller would start it again under a new id
+/// and pay twice): the host asks the journal, finds the run, and reports it unfinished; it
+/// then resumes and moves the money once.
+#[test]
+fn a_first_write_whose_reply_is_lost_is_not_reported_as_not_started() {
+    use crate::guests::MISBEHAVE;
+    use wasaga::event::RunStatus;
+    use wasaga::store::no_observer;
+    let postgres = Postgres::start();
+    let url = database(&postgres, "lost_reply", None);
+    let proxy = LosingProxy::start(postgres.port);
+    let proxied = url.replace(
+        &format!(":{}/", postgres.port),
+        &format!(":{}/", proxy.port),
+    );
+    rt().block_on(async {
+        let mut config = HostConfig::new(Location::parse(&proxied).expect("url"));
+        config.limits.run_lease_ms = 600_000;
+        config.limits.step_retries_max = 1;
+        let host = Host::open(&config).await.expect("host opens");
+        let db = host.ledger_db().clone();
+        for (account, opening) in [("alice", 1_000), ("bob", 0)] {
+            wasaga::ledger::open(&db, account, opening)
+                .await
+                .expect("open");
+        }
+        // A debit and a credit, no locks: the run's first write is its debit step.
+        let module = std::fs::read(MISBEHAVE).expect("guest built");
+        let hash = host
+            .add_module("misbehave", &module)
+            .await
+            .expect("valid module");
+        let input =
+            json!({ "mode": "ok", "from": "alice", "to": "bob", "amount": 250 }).to_string();
+        // The first write, and the host's writing of it again, both lose their replies.
+        proxy.arm(2);
+        let outcome = host
+            .start_and_drive(
+                Some("lost-1".into()),
+                "misbehave",
+                &hash,
+                &input,
+                no_observer(),
+            )
+            .await;
+        assert_eq!(
+            proxy.cut.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "the proxy cut two replies off"
+        );
+        match outcome {
+            Err(wasaga::HostError::Interrupted { reason, .. }) => {
+                assert!(reason.contains("did land"), "{reason}")
+            }
+            other => panic!("a write that landed must not be reported as not started: {other:?}"),
+        }
+        let resumed = host
+            .resume_unfinished(no_observer(), true)
+            .await
+            .expect("resume");
+        assert!(resumed.unfinished.is_empty(), "{resumed:?}");
+        assert_eq!(resumed.ended.len(), 1);
+        assert_eq!(resumed.ended[0].status, RunStatus::Completed);
+        let accounts = wasaga::ledger::list(&db).await.expect("accounts");
+        let balance = |name: &str| {
+            accounts
+                .iter()
+                .find(|a| a.account == name)
+                .map(|a| a.balance)
+                .expect("account")
+        };
+        assert_eq!((balance("alice"), balance("bob")), (750, 250), "moved once");
+    });
+}

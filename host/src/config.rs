@@ -117,6 +117,9 @@ pub struct HostConfig {
     pub pools: PoolSizes,
     /// Test hook: die by SIGKILL at this commit.
     pub crash_at: Option<CrashPoint>,
+    /// Whether a step's outcome may reach its module before its write is durable (SQLite's
+    /// `write_early`). Off for a command line that prints each step as it happens.
+    pub early_answers: bool,
 }
 
 impl HostConfig {
@@ -142,6 +145,7 @@ impl HostConfig {
             grants: None,
             pools: PoolSizes::default(),
             crash_at: None,
+            early_answers: true,
         }
     }
 }

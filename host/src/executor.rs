@@ -238,7 +238,8 @@ impl Host {
         );
         let inner = Arc::new(HostInner {
             engine,
-            journal: Journal::new(journal_db.clone(), owner, config.limits.run_lease_ms),
+            journal: Journal::new(journal_db.clone(), owner, config.limits.run_lease_ms)
+                .with_early_answers(config.early_answers),
             participants: Participants::new(ledger_db.clone(), shares, xa),
             ledger_db,
             locks,

@@ -132,6 +132,8 @@ pub struct Journal {
     /// Batches of saga steps and of appends on PostgreSQL (`batch`), started by the first.
     steps: Arc<OnceLock<Batcher<ServerStep>>>,
     appends: Arc<OnceLock<Batcher<Append>>>,
+    /// Whether a step's outcome may be answered before its write is durable.
+    early_answers: bool,
 }
 
 /// Milliseconds since the Unix epoch by the host's clock.
@@ -152,7 +154,20 @@ impl Journal {
             run_lease_ms,
             steps: Arc::default(),
             appends: Arc::default(),
+            early_answers: true,
         }
+    }
+
+    /// This journal, answering steps only once durable unless `early` (see
+    /// [`crate::config::HostConfig::early_answers`]).
+    pub fn with_early_answers(mut self, early: bool) -> Self {
+        self.early_answers = early;
+        self
+    }
+
+    /// Whether a step's outcome may be answered before its write is durable.
+    pub fn early_answers(&self) -> bool {
+        self.early_answers
     }
 
     /// Writes a saga step with [`ledger_step_pg`], in a batch with other runs' steps (see

@@ -685,7 +685,8 @@ impl RunLog {
         // The outcome feeds only this run's module: it need not wait for the batch's fsync.
         // Unless this write creates a run whose starter waits to be told it exists: that is
         // told outside the host, so it waits for the write to be durable.
-        let durable = unstarted.is_some() && self.created.is_some();
+        let durable =
+            !self.journal.early_answers() || (unstarted.is_some() && self.created.is_some());
         let work = crate::db::work(move |tx| {
             Box::pin(async move {
                 if let Some(started) = &unstarted

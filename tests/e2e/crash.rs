@@ -92,6 +92,20 @@ fn crash_everywhere(separate_ledger: bool, ending: Ending) -> u32 {
             }
             reached_any = true;
             exercised += 1;
+            // Whatever the terminal showed done is durable: the kill cannot have undone it.
+            let shown = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.starts_with("  step  ") && l.contains(" done "))
+                .count();
+            let journaled: i64 = crate::support::scalar(
+                &s.db,
+                "SELECT COUNT(*) FROM events WHERE run_id = 'crashed' AND kind = 'step-done'",
+            );
+            assert!(
+                shown as i64 <= journaled,
+                "{point}: {shown} steps shown done, {journaled} journaled: {}",
+                text(&out)
+            );
             let resumed = s.wasaga(&["resume"]);
             assert!(
                 matches!(resumed.status.code(), Some(0) | Some(3)),

@@ -345,6 +345,14 @@ pub(crate) async fn open(g: &Settings) -> Result<Host, Failure> {
     Host::open(&config).await.map_err(|e| anyhow!(e).into())
 }
 
+/// [`open`] for a command that prints each step as it happens: every step's outcome is then
+/// answered only once durable, so the terminal never shows what a power loss could undo.
+async fn open_showing_steps(g: &Settings) -> Result<Host, Failure> {
+    let mut g = g.clone();
+    g.host.early_answers = false;
+    open(&g).await
+}
+
 /// Only one process executes runs on a SQLite file at a time: it holds a file lock beside it,
 /// which the kernel drops when the process dies, so the holder knows that every earlier
 /// executor is dead and may take over all their runs at once. On PostgreSQL many hosts share
@@ -415,7 +423,7 @@ async fn run(g: &Settings, args: &RunArgs) -> Result<u8, Failure> {
         }
     };
     let _lock = lock_executor(&g.host.journal, true)?;
-    let host = open(g).await?;
+    let host = open_showing_steps(g).await?;
     // Everything that can be checked is checked before anything is stored or resumed.
     host.check_new_run(args.run_id.as_deref(), &name, &input)
         .map_err(|e| usage(anyhow!(e)))?;
@@ -660,7 +668,7 @@ fn printer() -> Observer {
 
 async fn resume(g: &Settings) -> Result<u8, Failure> {
     let _lock = lock_executor(&g.host.journal, true)?;
-    let host = open(g).await?;
+    let host = open_showing_steps(g).await?;
     let observer = if g.json { no_observer() } else { printer() };
     let resumed = host
         .resume_unfinished(observer, takeover_all(g))
@@ -750,7 +758,7 @@ async fn runs_list(g: &Settings, status: Option<&str>, limit: u32) -> Result<u8,
 
 async fn runs_retry(g: &Settings, run_id: &str) -> Result<u8, Failure> {
     let _lock = lock_executor(&g.host.journal, true)?;
-    let host = open(g).await?;
+    let host = open_showing_steps(g).await?;
     let observer = if g.json { no_observer() } else { printer() };
     let outcome = host
         .retry_stuck(run_id, observer)

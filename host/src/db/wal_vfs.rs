@@ -17,6 +17,13 @@
 //!   earlier), never later over frames another connection has since committed;
 //! - when the buffer reaches `BUFFER_BYTES_MAX`.
 //!
+//! A write over bytes the transaction already wrote (SQLite rewrites a spilled frame in place,
+//! and at commit rewrites the checksums of the frame headers after it, the commit frame's
+//! included) is not buffered at all: it goes to the file at once. Buffered, the last rewritten
+//! header would stay behind until the write lock is released, after the commit is published,
+//! and a sync from another file handle in between (the writer's syncer) could acknowledge a
+//! commit whose frame on disk still has the stale checksum, which recovery would then discard.
+//!
 //! Durability is unchanged: a commit's frames are in the file before its commit is published,
 //! so the fsync that makes it durable (SQLite's with `synchronous=FULL`, or the writer's syncer
 //! thread, see `sqlite.rs`) comes after the buffer is written. A process that dies with bytes in the buffer
@@ -121,6 +128,9 @@ struct ShimFile {
     pending_at: i64,
     /// The last buffered write was a commit frame's header: write out after its page.
     commit_header_pending: bool,
+    /// The end of the furthest byte this connection wrote to the WAL in its current write
+    /// transaction: a write below it rewrites the transaction's own frames.
+    wal_end: i64,
 }
 
 const INNER_OFFSET: usize = std::mem::size_of::<ShimFile>().next_multiple_of(8);
@@ -246,6 +256,7 @@ unsafe extern "C" fn open(
             pending: Vec::new(),
             pending_at: 0,
             commit_header_pending: false,
+            wal_end: 0,
         });
         if !database.is_null() {
             (*database).wal = shim;
@@ -341,6 +352,15 @@ unsafe extern "C" fn write(
     if shim.kind != Kind::Wal || amount <= 0 {
         return forward!(file, xWrite, ffi::SQLITE_IOERR_WRITE, data, amount, offset);
     }
+    if offset < shim.wal_end {
+        // A rewrite of this transaction's frames: to the file at once, after what is buffered.
+        let rc = unsafe { shim.flush() };
+        if rc != ffi::SQLITE_OK {
+            return rc;
+        }
+        return forward!(file, xWrite, ffi::SQLITE_IOERR_WRITE, data, amount, offset);
+    }
+    shim.wal_end = offset + i64::from(amount);
     // SAFETY: SQLite passes `amount` readable bytes at `data`.
     let bytes = unsafe { std::slice::from_raw_parts(data.cast::<u8>(), amount as usize) };
     let end = shim.pending_at + shim.pending.len() as i64;
@@ -460,10 +480,15 @@ unsafe extern "C" fn shm_lock(
         && offset <= WAL_WRITE_LOCK
         && WAL_WRITE_LOCK < offset + n;
     if releases_write_lock && !shim.wal.is_null() {
+        #[cfg(test)]
+        tests::at_write_unlock();
         // A failed write here belongs to a transaction that has ended (committed frames were
         // written before their sync); the lock is released regardless.
         // SAFETY: the WAL file unlinks itself when it closes, so `wal` is open.
-        let _ = unsafe { (*shim.wal).flush() };
+        unsafe {
+            let _ = (*shim.wal).flush();
+            (*shim.wal).wal_end = 0;
+        }
     }
     forward!(file, xShmLock, ffi::SQLITE_IOERR_SHMLOCK, offset, n, flags)
 }
@@ -499,6 +524,20 @@ mod tests {
     use crate::db::sqlite::tests::{Scratch, count};
     use rusqlite::{Connection, OpenFlags};
     use std::path::Path;
+
+    /// Called as a connection releases the WAL's write lock, after its commit is published and
+    /// before the buffer is written out, on the thread a test registered.
+    type Hook = (std::thread::ThreadId, Box<dyn Fn() + Send>);
+    static AT_WRITE_UNLOCK: std::sync::Mutex<Option<Hook>> = std::sync::Mutex::new(None);
+
+    pub(super) fn at_write_unlock() {
+        let hook = AT_WRITE_UNLOCK.lock().expect("hook lock poisoned");
+        if let Some((thread, hook)) = hook.as_ref()
+            && *thread == std::thread::current().id()
+        {
+            hook();
+        }
+    }
 
     fn open(path: &Path) -> Connection {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE;
@@ -565,5 +604,53 @@ mod tests {
             .query_row("PRAGMA integrity_check", [], |row| row.get(0))
             .expect("check the database");
         assert_eq!(integrity, "ok");
+    }
+
+    /// A transaction larger than the cache spills frames, then changes a page it spilled: SQLite
+    /// writes that frame again in place and, at commit, rewrites the checksums of the frame
+    /// headers after it. The file must hold every rewritten header by the time the commit is
+    /// published: a copy of the files taken then (as a sync would see them) recovers the
+    /// whole transaction.
+    #[test]
+    fn a_commit_that_rewrote_spilled_frames_is_whole_in_the_file_once_published() {
+        let scratch = Scratch::new("vfs-spill");
+        let path = scratch.0.join("a.db");
+        let writer = open(&path);
+        writer
+            .execute_batch(
+                "PRAGMA synchronous = OFF; CREATE TABLE t (n INTEGER PRIMARY KEY, pad BLOB);
+                 PRAGMA cache_size = 10;",
+            )
+            .expect("create a table");
+        let copy = scratch.0.join("copy.db");
+        let (from, to) = (path.clone(), copy.clone());
+        *AT_WRITE_UNLOCK.lock().expect("hook lock") = Some((
+            std::thread::current().id(),
+            Box::new(move || {
+                let wal = |p: &Path| {
+                    let mut name = p.as_os_str().to_owned();
+                    name.push("-wal");
+                    std::path::PathBuf::from(name)
+                };
+                std::fs::copy(&from, &to).expect("copy the database");
+                std::fs::copy(wal(&from), wal(&to)).expect("copy the WAL");
+            }),
+        ));
+        writer
+            .execute_batch(
+                "BEGIN;
+                 WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 300)
+                 INSERT INTO t SELECT n, randomblob(3000) FROM s;
+                 UPDATE t SET pad = x'00' WHERE n = 1;
+                 COMMIT;",
+            )
+            .expect("commit a transaction that spills and rewrites");
+        *AT_WRITE_UNLOCK.lock().expect("hook lock") = None;
+        let check = Connection::open(&copy).expect("open the copy");
+        assert_eq!(count(&check), 300, "the copy recovers the whole commit");
+        let pad: Vec<u8> = check
+            .query_row("SELECT pad FROM t WHERE n = 1", [], |row| row.get(0))
+            .expect("the rewritten row");
+        assert_eq!(pad, vec![0]);
     }
 }

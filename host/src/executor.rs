@@ -142,9 +142,19 @@ pub(crate) struct HostInner {
     pub stopping: AtomicBool,
     /// Wakes runs that wait (for a lock) when the host starts shutting down.
     pub stop_signal: tokio::sync::watch::Sender<bool>,
+    /// Names the journal in lock owners: run ids are unique only within one journal, and
+    /// hosts with journals of their own may share a lock backend.
+    pub lock_owner_prefix: String,
 }
 
 impl HostInner {
+    /// Who owns `run_id`'s locks: the run, of this journal. Stable across restarts (a resumed
+    /// run takes back its own lease at once); never containing `|`, which the Redis backend
+    /// uses to end the owner in a grant.
+    pub(crate) fn lock_owner(&self, run_id: &str) -> String {
+        format!("{}#{run_id}", self.lock_owner_prefix)
+    }
+
     /// Whether a run must stop at its next host call, and why.
     pub(crate) fn stop_reason(&self, live: &LiveRun) -> Option<&'static str> {
         if live.lost.load(Ordering::Relaxed) {
@@ -251,6 +261,7 @@ impl Host {
             live: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
             stop_signal: tokio::sync::watch::channel(false).0,
+            lock_owner_prefix: journal_name(&config.journal),
         });
         tokio::spawn(renew_run_leases(Arc::downgrade(&inner)));
         Ok(Host { inner })
@@ -1280,7 +1291,8 @@ impl Host {
         } else {
             format!("{cause}; not undone: {}", not_undone.join("; "))
         };
-        let (mut events, mut leases) = held_leases(&run_id, &log.journaled);
+        let owner = self.inner.lock_owner(&run_id);
+        let (mut events, mut leases) = held_leases(&owner, &log.journaled);
         events.push(Event::Compensated {
             cause: cause.clone(),
         });
@@ -1327,12 +1339,12 @@ impl Host {
         if wanted.is_empty() {
             return Ok(locks);
         }
-        let run_id = log.run_id.clone();
+        let owner = self.inner.lock_owner(&log.run_id);
         let wait_ms = self.inner.limits.lock_wait_ms_max;
         let mut events = Vec::new();
         for (key, ttl_ms) in wanted {
             let acquired = tokio::select! {
-                acquired = self.inner.locks.acquire(&key, &run_id, ttl_ms, wait_ms) => acquired,
+                acquired = self.inner.locks.acquire(&key, &owner, ttl_ms, wait_ms) => acquired,
                 () = self.inner.stopped() => {
                     return Err(stalled(log, "the host is shutting down".to_owned()));
                 }
@@ -1474,7 +1486,7 @@ pub(crate) async fn renew(host: Arc<HostInner>, leases: Arc<std::sync::Mutex<Vec
 /// lease it ever acquired: all of them are given back to the backend (a release only frees a
 /// grant that is still the run's own), because a release the journal records may not have
 /// reached the backend before a crash.
-fn held_leases(run_id: &str, events: &[Event]) -> (Vec<Event>, Vec<Lease>) {
+fn held_leases(owner: &str, events: &[Event]) -> (Vec<Event>, Vec<Lease>) {
     let mut acquired: Vec<Lease> = Vec::new();
     let mut released: Vec<(String, u64)> = Vec::new();
     for event in events {
@@ -1493,7 +1505,7 @@ fn held_leases(run_id: &str, events: &[Event]) -> (Vec<Event>, Vec<Lease>) {
                 expires_at_ms,
             } => acquired.push(Lease {
                 key: key.clone(),
-                owner: run_id.to_owned(),
+                owner: owner.to_owned(),
                 fencing_token: *fencing_token,
                 ttl_ms: *ttl_ms,
                 expires_at_ms: *expires_at_ms,
@@ -1514,6 +1526,18 @@ fn held_leases(run_id: &str, events: &[Event]) -> (Vec<Event>, Vec<Lease>) {
         .cloned()
         .collect();
     (release_events(&held), acquired)
+}
+
+/// The journal's name in lock owners: its file (absolute), or its database and schema.
+fn journal_name(journal: &crate::db::Location) -> String {
+    let name = match journal {
+        crate::db::Location::Sqlite(path) => std::path::absolute(path)
+            .unwrap_or_else(|_| path.clone())
+            .display()
+            .to_string(),
+        other => other.describe(),
+    };
+    name.replace('|', "%7C")
 }
 
 /// The lock keys (with their ttl) a run holds by its journal: acquired, and not released, or

@@ -904,3 +904,73 @@ fn lock_tokens_stay_accepted_across_a_change_of_backend() {
     });
     assert_eq!(s.balances()["bob"], 1_030);
 }
+
+/// Run ids are unique within one journal only: two hosts with journals of their own that
+/// share a `sqlite:` lock file, each with a run `pay-1` locking the same account, are two
+/// owners. The second waits for the first's lock (here: the first is stuck, so it keeps it)
+/// instead of taking it over as if it were its own.
+#[test]
+fn runs_of_two_journals_with_one_id_are_two_lock_owners() {
+    let shared = Sandbox::new("shared-locks");
+    let lock_file = shared.dir.join("locks.db");
+    rt().block_on(async {
+        let mut outcomes = Vec::new();
+        for name in ["journal-a", "journal-b"] {
+            let s = Sandbox::new(name);
+            let mut config = HostConfig::new(Location::Sqlite(s.db.clone()));
+            config.locks = LockBackend::Sqlite(lock_file.clone());
+            config.limits.compensation_retries_max = 2;
+            config.limits.retry_backoff_ms_min = 1;
+            config.limits.retry_backoff_ms_max = 2;
+            config.limits.lock_wait_ms_max = 300;
+            let host = Host::open(&config).await.expect("host opens");
+            wasaga::ledger::open(host.ledger_db(), "alice", 1_000)
+                .await
+                .expect("alice");
+            let module = std::fs::read(LOCKED_UNDO).expect("guest built");
+            let hash = host
+                .add_module("locked-undo", &module)
+                .await
+                .expect("valid module");
+            // The undo goes to a missing account: the first run ends stuck, holding its lock.
+            let input =
+                json!({ "account": "alice", "undo_to": "ghost", "amount": 100 }).to_string();
+            let outcome = host
+                .start_and_drive(
+                    Some("pay-1".into()),
+                    "locked-undo",
+                    &hash,
+                    &input,
+                    no_observer(),
+                )
+                .await
+                .expect("drive");
+            outcomes.push((outcome, s, host));
+        }
+        assert_eq!(
+            outcomes[0].0.status,
+            RunStatus::Stuck,
+            "{:?}",
+            outcomes[0].0
+        );
+        let second = &outcomes[1].0;
+        assert_eq!(second.status, RunStatus::Compensated, "{second:?}");
+        let error = second.error.clone().unwrap_or_default();
+        assert!(
+            error.contains("account/alice") && error.contains("still held by"),
+            "the second journal's pay-1 must not share the first's lock: {error}"
+        );
+        let alice = |host: &Host| {
+            let host = host.clone();
+            async move {
+                wasaga::ledger::list(host.ledger_db())
+                    .await
+                    .expect("accounts")
+                    .into_iter()
+                    .find(|a| a.account == "alice")
+                    .map(|a| a.balance)
+            }
+        };
+        assert_eq!(alice(&outcomes[1].2).await, Some(1_000), "nothing moved");
+    });
+}

@@ -33,7 +33,7 @@ impl Host for RunState {
                         .cloned()
                         .unwrap_or(crate::locks::Lease {
                             key: key.clone(),
-                            owner: run.log.run_id.clone(),
+                            owner: run.host.lock_owner(&run.log.run_id),
                             fencing_token,
                             ttl_ms,
                             expires_at_ms,
@@ -87,11 +87,12 @@ impl Host for RunState {
         } else {
             let wait_ms = wait_ms.min(limits.lock_wait_ms_max);
             let host = run.host.clone();
+            let owner = host.lock_owner(&run.log.run_id);
             // A run not yet created (by its first write) that must wait for a lock is created
             // first: whoever started it learns that it exists rather than wait for the lock.
             let mut first = None;
             if run.log.unstarted.is_some() && wait_ms > 0 {
-                match host.locks.acquire(&key, &run.log.run_id, ttl_ms, 0).await {
+                match host.locks.acquire(&key, &owner, ttl_ms, 0).await {
                     Err(crate::locks::LockError::Timeout { .. }) => run
                         .log
                         .commit(Vec::new())
@@ -104,7 +105,7 @@ impl Host for RunState {
                 acquired
             } else {
                 tokio::select! {
-                acquired = host.locks.acquire(&key, &run.log.run_id, ttl_ms, wait_ms) => acquired,
+                acquired = host.locks.acquire(&key, &owner, ttl_ms, wait_ms) => acquired,
                 // A shutdown does not wait for a lock: the run stops here, unjournaled, and
                 // asks again when it resumes. A lease granted in the race expires by its ttl.
                 () = host.stopped() => {

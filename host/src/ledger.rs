@@ -427,6 +427,10 @@ struct Hold {
     hold_id: String,
     account: String,
     amount: i64,
+    /// The hold expires this long after it is first applied: it can then no longer be
+    /// captured, and the host voids it ([`void_expired`]). Absent: it never expires.
+    #[serde(default)]
+    ttl_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -727,6 +731,51 @@ async fn perform(tx: &mut dyn Tx, call: &LedgerCall) -> Outcome {
     }
 }
 
+/// The longest a hold may last.
+const HOLD_TTL_MS_MAX: u64 = 365 * 24 * 3_600 * 1_000;
+
+/// Expired holds voided by one call of [`void_expired`] at most.
+pub const EXPIRED_HOLDS_PER_SWEEP_MAX: i64 = 256;
+
+/// Voids holds whose expiry has passed (at most `EXPIRED_HOLDS_PER_SWEEP_MAX`), each as an
+/// operation of its own keyed `expired/<hold id>`, and returns how many it voided. A capture
+/// racing with it finds the hold voided (or the void finds it captured); either way the held
+/// amount moves once.
+pub async fn void_expired(db: &Database) -> Result<usize, DbError> {
+    let due: Vec<String> = db
+        .read(|tx| {
+            Box::pin(async move {
+                let rows = tx
+                    .fetch_all(
+                        "SELECT hold_id FROM ledger_holds
+                         WHERE state = 'held' AND expires_at_ms IS NOT NULL AND expires_at_ms <= $1
+                         ORDER BY expires_at_ms LIMIT $2",
+                        args![now_ms() as i64, EXPIRED_HOLDS_PER_SWEEP_MAX],
+                    )
+                    .await?;
+                rows.iter().map(|r| r.text(0)).collect()
+            })
+        })
+        .await?;
+    let mut voided = 0;
+    for hold_id in due {
+        let call = LedgerCall {
+            op_id: format!("expired/{hold_id}"),
+            undoes: None,
+            action: "void".to_owned(),
+            payload: json!({ "hold_id": hold_id }).to_string(),
+            fencing_tokens: Vec::new(),
+        };
+        let outcome = db
+            .write(move |tx| Box::pin(async move { apply(tx, &call).await }))
+            .await?;
+        if outcome.is_ok() {
+            voided += 1;
+        }
+    }
+    Ok(voided)
+}
+
 /// A versioned register's JSON text and version, if it was ever written.
 pub async fn read_register(tx: &mut dyn Tx, key: &str) -> Result<Option<(String, i64)>, DbError> {
     tx.fetch_optional(
@@ -954,6 +1003,16 @@ async fn hold(tx: &mut dyn Tx, op_id: &str, h: Hold) -> Outcome {
             state.text(0)?
         )));
     }
+    let expires_at_ms = match h.ttl_ms {
+        Some(0) => return Ok(Err("a hold's ttl_ms must be positive".to_owned())),
+        Some(ttl) if ttl > HOLD_TTL_MS_MAX => {
+            return Ok(Err(format!(
+                "a hold's ttl_ms is at most {HOLD_TTL_MS_MAX} (a year)"
+            )));
+        }
+        Some(ttl) => Some((now_ms() + ttl) as i64),
+        None => None,
+    };
     let debited = check!(debit(tx, op_id, &h.account, h.amount).await?);
     tx.execute(
         "UPDATE ledger_accounts SET held = held + $1 WHERE account = $2",
@@ -961,20 +1020,20 @@ async fn hold(tx: &mut dyn Tx, op_id: &str, h: Hold) -> Outcome {
     )
     .await?;
     tx.execute(
-        "INSERT INTO ledger_holds (hold_id, account, amount, state) VALUES ($1, $2, $3, 'held')",
-        args![&h.hold_id, &h.account, h.amount],
+        "INSERT INTO ledger_holds (hold_id, account, amount, state, expires_at_ms) VALUES ($1, $2, $3, 'held', $4)",
+        args![&h.hold_id, &h.account, h.amount, expires_at_ms],
     )
     .await?;
     Ok(Ok(json!({
         "hold_id": h.hold_id, "account": h.account, "amount": h.amount,
-        "available": debited["balance"],
+        "available": debited["balance"], "expires_at_ms": expires_at_ms,
     })))
 }
 
 async fn capture(tx: &mut dyn Tx, op_id: &str, c: Capture) -> Outcome {
     let row = tx
         .fetch_optional(
-            "SELECT account, amount, state FROM ledger_holds WHERE hold_id = $1",
+            "SELECT account, amount, state, expires_at_ms FROM ledger_holds WHERE hold_id = $1",
             args![&c.hold_id],
         )
         .await?;
@@ -984,9 +1043,18 @@ async fn capture(tx: &mut dyn Tx, op_id: &str, c: Capture) -> Outcome {
     let holder = row.text(0)?;
     let held = row.int(1)?;
     let state = row.text(2)?;
+    let expires_at_ms = row.opt_int(3)?;
     if state != "held" {
         return Ok(Err(format!(
             "hold {} is {state}, not capturable",
+            c.hold_id
+        )));
+    }
+    if let Some(at) = expires_at_ms
+        && at <= now_ms() as i64
+    {
+        return Ok(Err(format!(
+            "hold {} expired at {at} ms; it is voided, not capturable",
             c.hold_id
         )));
     }
@@ -997,6 +1065,20 @@ async fn capture(tx: &mut dyn Tx, op_id: &str, c: Capture) -> Outcome {
         )));
     }
     check!(account(tx, &c.to).await?);
+    // The hold's state changes first, and only from `held`: of a capture and a void (the
+    // host's, of an expired hold) racing on PostgreSQL, the second finds it changed.
+    let claimed = tx
+        .execute(
+            "UPDATE ledger_holds SET state = 'captured', captured = $1 WHERE hold_id = $2 AND state = 'held'",
+            args![c.amount, &c.hold_id],
+        )
+        .await?;
+    if claimed == 0 {
+        return Ok(Err(format!(
+            "hold {} was ended meanwhile, not capturable",
+            c.hold_id
+        )));
+    }
     let released = held - c.amount;
     tx.execute(
         "UPDATE ledger_accounts SET held = held - $1, balance = balance + $2 WHERE account = $3",
@@ -1007,11 +1089,6 @@ async fn capture(tx: &mut dyn Tx, op_id: &str, c: Capture) -> Outcome {
         entry(tx, op_id, &holder, released).await?;
     }
     let to = check!(credit(tx, op_id, &c.to, c.amount).await?);
-    tx.execute(
-        "UPDATE ledger_holds SET state = 'captured', captured = $1 WHERE hold_id = $2",
-        args![c.amount, &c.hold_id],
-    )
-    .await?;
     Ok(Ok(json!({
         "hold_id": c.hold_id, "captured": c.amount, "released": released,
         "to": c.to, "to_balance": to["balance"],
@@ -1039,7 +1116,17 @@ async fn void(tx: &mut dyn Tx, op_id: &str, hold_id: &str) -> Outcome {
     let holder = row.text(0)?;
     let amount = row.int(1)?;
     let state = row.text(2)?;
-    if state != "held" {
+    // Only from `held`, and before the money moves (see `capture`).
+    let claimed = if state == "held" {
+        tx.execute(
+            "UPDATE ledger_holds SET state = 'voided' WHERE hold_id = $1 AND state = 'held'",
+            args![hold_id],
+        )
+        .await?
+    } else {
+        0
+    };
+    if claimed == 0 {
         return Ok(Ok(
             json!({ "hold_id": hold_id, "voided": 0, "state": state }),
         ));
@@ -1050,11 +1137,6 @@ async fn void(tx: &mut dyn Tx, op_id: &str, hold_id: &str) -> Outcome {
     )
     .await?;
     entry(tx, op_id, &holder, amount).await?;
-    tx.execute(
-        "UPDATE ledger_holds SET state = 'voided' WHERE hold_id = $1",
-        args![hold_id],
-    )
-    .await?;
     Ok(Ok(json!({ "hold_id": hold_id, "voided": amount })))
 }
 
@@ -1200,6 +1282,68 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    #[tokio::test]
+    async fn an_expired_hold_cannot_be_captured_and_the_sweep_voids_it_once() {
+        let (db, dir) = ledger("hold-expiry").await;
+        call(
+            &db,
+            "r/hold",
+            None,
+            "hold",
+            json!({ "hold_id": "h1", "account": "alice", "amount": 40, "ttl_ms": 30 }),
+        )
+        .await
+        .expect("hold");
+        call(
+            &db,
+            "r/hold2",
+            None,
+            "hold",
+            json!({ "hold_id": "h2", "account": "alice", "amount": 10, "ttl_ms": 60_000 }),
+        )
+        .await
+        .expect("a hold that lasts");
+        assert_eq!(
+            balances(&db).await,
+            owned(&[("alice", 50, 50), ("bob", 0, 0)])
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+        let late = call(
+            &db,
+            "r/capture",
+            None,
+            "capture",
+            json!({ "hold_id": "h1", "to": "bob", "amount": 40 }),
+        )
+        .await;
+        assert!(late.expect_err("expired").contains("expired"));
+        assert_eq!(
+            void_expired(&db).await.expect("sweep"),
+            1,
+            "only h1 expired"
+        );
+        assert_eq!(void_expired(&db).await.expect("sweep"), 0, "and only once");
+        assert_eq!(
+            balances(&db).await,
+            owned(&[("alice", 90, 10), ("bob", 0, 0)])
+        );
+        call(
+            &db,
+            "r/capture2",
+            None,
+            "capture",
+            json!({ "hold_id": "h2", "to": "bob", "amount": 10 }),
+        )
+        .await
+        .expect("the lasting hold is captured");
+        for refused in [json!({ "ttl_ms": 0 }), json!({ "ttl_ms": u64::MAX })] {
+            let mut hold = json!({ "hold_id": "h3", "account": "alice", "amount": 1 });
+            hold["ttl_ms"] = refused["ttl_ms"].clone();
+            assert!(call(&db, "r/h3", None, "hold", hold).await.is_err());
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     /// A seeded random walk of ledger actions, refused or not, over a few accounts: after
     /// each one, `balance + held` summed over accounts changed only by an applied debit or
     /// credit, a refused action changed nothing at all, no balance or hold is negative, and
@@ -1241,9 +1385,14 @@ mod tests {
                         "transfer",
                         json!({ "from": pick(&mut rng), "to": pick(&mut rng), "amount": amount }),
                     ),
-                    3 => (
+                    3 if rng.random_range(0..2) == 0 => (
                         "hold",
                         json!({ "hold_id": format!("{seed}/{hold_id}"), "account": pick(&mut rng), "amount": amount }),
+                    ),
+                    // A hold that expires within a few steps, which the sweep below voids.
+                    3 => (
+                        "hold",
+                        json!({ "hold_id": format!("{seed}/{hold_id}"), "account": pick(&mut rng), "amount": amount, "ttl_ms": rng.random_range(1..4) }),
                     ),
                     4 => (
                         "capture",
@@ -1251,6 +1400,17 @@ mod tests {
                     ),
                     _ => ("void", json!({ "hold_id": format!("{seed}/{hold_id}") })),
                 };
+                if i % 7 == 0 {
+                    // The host's sweep of expired holds moves money only between balance and
+                    // held: the total stays.
+                    let before = total(&audit(&db).await);
+                    void_expired(&db).await.expect("void expired holds");
+                    assert_eq!(
+                        total(&audit(&db).await),
+                        before,
+                        "seed {seed} step {i}: the sweep"
+                    );
+                }
                 let before = audit(&db).await;
                 let outcome = call(
                     &db,

@@ -751,6 +751,12 @@ async fn claim_loop(state: AppState, interval_ms: u64, mut stopped: watch::Recei
                 Err(e) => (state.log)(&format!("cannot look for unfinished runs: {e}")),
             }
         }
+        // Holds past their expiry go back to their accounts.
+        match crate::ledger::void_expired(state.host.ledger_db()).await {
+            Ok(0) => {}
+            Ok(voided) => (state.log)(&format!("voided {voided} expired holds")),
+            Err(e) => (state.log)(&format!("cannot void expired holds: {e}")),
+        }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(interval_ms)) => {}
             _ = stopped.changed() => return,

@@ -909,3 +909,92 @@ fn a_first_write_whose_reply_is_lost_is_not_reported_as_not_started() {
         assert_eq!((balance("alice"), balance("bob")), (750, 250), "moved once");
     });
 }
+
+/// Captures race the host's sweep of expired holds on PostgreSQL, where they run in
+/// transactions of their own at once: each hold ends captured or voided, never both, and the
+/// money adds up.
+#[test]
+fn captures_racing_the_sweep_of_expired_holds_move_each_hold_once() {
+    use wasaga::ledger::{self, LedgerCall};
+    let postgres = Postgres::start();
+    let url = database(&postgres, "hold_race", None);
+    rt().block_on(async {
+        let db = std::sync::Arc::new(
+            wasaga::db::Database::open(
+                &Location::parse(&url).expect("url"),
+                Default::default(),
+                Default::default(),
+            )
+            .await
+            .expect("open"),
+        );
+        ledger::open(&db, "alice", 10_000).await.expect("alice");
+        ledger::open(&db, "shop", 0).await.expect("shop");
+        let call = |op_id: String, action: &str, payload: serde_json::Value| LedgerCall {
+            op_id,
+            undoes: None,
+            action: action.to_owned(),
+            payload: payload.to_string(),
+            fencing_tokens: Vec::new(),
+        };
+        const HOLDS: usize = 60;
+        for i in 0..HOLDS {
+            let hold = call(
+                format!("r/hold-{i}"),
+                "hold",
+                json!({ "hold_id": format!("h{i}"), "account": "alice", "amount": 100, "ttl_ms": 40 + (i % 20) }),
+            );
+            db.write(move |tx| Box::pin(async move { ledger::apply(tx, &hold).await }))
+                .await
+                .expect("db")
+                .expect("hold");
+        }
+        let sweeper = {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let mut voided = 0;
+                for _ in 0..40 {
+                    voided += ledger::void_expired(&db).await.expect("sweep");
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                voided
+            })
+        };
+        let mut captures = Vec::new();
+        for i in 0..HOLDS {
+            let db = db.clone();
+            let capture = call(
+                format!("r/capture-{i}"),
+                "capture",
+                json!({ "hold_id": format!("h{i}"), "to": "shop", "amount": 100 }),
+            );
+            captures.push(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(30 + (i as u64 % 25))).await;
+                db.write(move |tx| Box::pin(async move { ledger::apply(tx, &capture).await }))
+                    .await
+                    .expect("db")
+                    .is_ok()
+            }));
+        }
+        let mut captured = 0;
+        for capture in captures {
+            captured += usize::from(capture.await.expect("task"));
+        }
+        sweeper.await.expect("sweeper");
+        ledger::void_expired(&db).await.expect("the last sweep");
+        let accounts = ledger::list(&db).await.expect("accounts");
+        let of = |name: &str| {
+            accounts
+                .iter()
+                .find(|a| a.account == name)
+                .map(|a| (a.balance, a.held))
+                .expect("account")
+        };
+        let (alice, alice_held) = of("alice");
+        let (shop, _) = of("shop");
+        assert_eq!(alice_held, 0, "every hold ended");
+        assert_eq!(shop, captured as i64 * 100, "the shop got exactly the captures");
+        assert_eq!(alice + shop, 10_000, "money created or lost");
+    });
+    crate::postgres::assert_ledger_consistent(&url);
+}

@@ -522,9 +522,21 @@ async fn sweep(g: &Settings, host: &Host) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Voids the ledger's holds whose expiry has passed.
+async fn void_expired_holds(g: &Settings, host: &Host) -> Result<(), Failure> {
+    let voided = wasaga::ledger::void_expired(host.ledger_db())
+        .await
+        .map_err(|e| anyhow!(e))?;
+    if voided > 0 && !g.json {
+        println!("voided {voided} expired hold(s)");
+    }
+    Ok(())
+}
+
 /// Finishes runs a previous process left unfinished, saying so in one line each.
 async fn resume_quietly(g: &Settings, host: &Host) -> Result<(), Failure> {
     sweep(g, host).await?;
+    void_expired_holds(g, host).await?;
     let resumed = host
         .resume_unfinished(no_observer(), takeover_all(g))
         .await
@@ -677,6 +689,7 @@ async fn resume(g: &Settings) -> Result<u8, Failure> {
     // Once every unfinished run has resolved its own prepared transactions, what is left in
     // doubt belongs to ended runs: resolve it from the journal.
     sweep(g, &host).await?;
+    void_expired_holds(g, &host).await?;
     let outcomes = &resumed.ended;
     for (run_id, reason) in &resumed.unfinished {
         eprintln!("run {run_id} is still unfinished: {reason}");

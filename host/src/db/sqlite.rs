@@ -46,6 +46,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../schema/sqlite/0004_ownership_and_registry.sql"),
     include_str!("../../schema/sqlite/0005_append_ordered.sql"),
     include_str!("../../schema/sqlite/0006_unfinished_runs.sql"),
+    include_str!("../../schema/sqlite/0007_hold_expiry.sql"),
 ];
 
 /// Jobs waiting for the writer; senders wait when it is full.

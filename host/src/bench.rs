@@ -290,7 +290,7 @@ async fn check(
                 let accounts = crate::ledger::accounts(tx).await?;
                 let rows = tx
                     .fetch_all(
-                        "SELECT op_id, account, delta FROM ledger_entries WHERE op_id NOT LIKE 'open/%'",
+                        "SELECT op_id, account, delta FROM ledger_entries WHERE op_id NOT LIKE '#open/%'",
                         &[],
                     )
                     .await?;
@@ -487,7 +487,7 @@ mod tests {
             transfer_index("bench-42", "bench-42/17/credit#undo"),
             Some(17)
         );
-        assert_eq!(transfer_index("bench-42", "open/5"), None);
+        assert_eq!(transfer_index("bench-42", "#open/5"), None);
     }
 }
 

@@ -50,6 +50,8 @@ pub struct WorkflowEngine {
     linker: Linker<RunState>,
     cache_dir: PathBuf,
     loaded: Mutex<HashMap<String, Loaded>>,
+    /// Modules being compiled right now.
+    compiling: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for WorkflowEngine {
@@ -205,7 +207,13 @@ impl WorkflowEngine {
             linker,
             cache_dir: cache_dir.to_owned(),
             loaded: Mutex::new(HashMap::new()),
+            compiling: std::sync::atomic::AtomicUsize::new(0),
         })
+    }
+
+    /// How many modules are being compiled right now.
+    pub fn compiling(&self) -> usize {
+        self.compiling.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn engine(&self) -> &Engine {
@@ -304,10 +312,12 @@ impl WorkflowEngine {
             }
             // A damaged or stale cache entry is not an error: compile again below.
         }
-        let compiled = self
-            .engine
-            .precompile_component(bytes)
-            .map_err(|e| ModuleError::Invalid(format!("{e:#}")))?;
+        self.compiling
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let compiled = self.engine.precompile_component(bytes);
+        self.compiling
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        let compiled = compiled.map_err(|e| ModuleError::Invalid(format!("{e:#}")))?;
         // A cache that cannot be written only costs compile time next start.
         if std::fs::create_dir_all(&self.cache_dir).is_ok() {
             let tmp = path.with_extension(format!("tmp{}", std::process::id()));

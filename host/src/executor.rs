@@ -305,6 +305,11 @@ impl Host {
         self.inner.stop_signal.send_replace(true);
     }
 
+    /// How many modules this host is compiling right now (on blocking threads).
+    pub fn modules_compiling(&self) -> usize {
+        self.inner.engine.compiling()
+    }
+
     /// Whether [`Host::stop_runs`] was called.
     pub fn is_stopping(&self) -> bool {
         self.inner.stopping.load(Ordering::Relaxed)

@@ -123,7 +123,10 @@ pub async fn open_account(
     if inserted == 0 {
         return Err(OpenError::Exists(account.to_owned()));
     }
-    let op_id = format!("open/{account}");
+    // Keys the ledger makes itself start with `#`, which no run id (and so no key of a
+    // run's operation, `participants::op_key`) ever starts with: run `open` step `alice` is
+    // `open/alice`, opening account `alice` is `#open/alice`.
+    let op_id = format!("#open/{account}");
     tx.execute(
         "INSERT INTO ledger_entries (op_id, account, delta) VALUES ($1, $2, $3)",
         args![&op_id, account, balance],
@@ -738,7 +741,8 @@ const HOLD_TTL_MS_MAX: u64 = 365 * 24 * 3_600 * 1_000;
 pub const EXPIRED_HOLDS_PER_SWEEP_MAX: i64 = 256;
 
 /// Voids holds whose expiry has passed (at most `EXPIRED_HOLDS_PER_SWEEP_MAX`), each as an
-/// operation of its own keyed `expired/<hold id>`, and returns how many it voided. A capture
+/// operation of its own keyed `#expired/<hold id>` (see `open_account` for the `#`), and
+/// returns how many it voided. A capture
 /// racing with it finds the hold voided (or the void finds it captured); either way the held
 /// amount moves once.
 pub async fn void_expired(db: &Database) -> Result<usize, DbError> {
@@ -760,7 +764,7 @@ pub async fn void_expired(db: &Database) -> Result<usize, DbError> {
     let mut voided = 0;
     for hold_id in due {
         let call = LedgerCall {
-            op_id: format!("expired/{hold_id}"),
+            op_id: format!("#expired/{hold_id}"),
             undoes: None,
             action: "void".to_owned(),
             payload: json!({ "hold_id": hold_id }).to_string(),

@@ -217,3 +217,57 @@ fn run_checks_everything_before_it_does_anything() {
     let modules: i64 = scalar(&s.db, "SELECT COUNT(*) FROM modules");
     assert_eq!(modules, 0, "a refused run stores nothing");
 }
+
+/// A run id is idempotent for the same request only: `run` with an existing id and another
+/// input, or another workflow, is refused (exit 2) rather than reporting the old run's
+/// outcome as if it were this one's; the same input again reports the run.
+#[test]
+fn an_existing_run_id_with_another_input_is_refused() {
+    use crate::guests::PAYMENT_ORDER;
+    let s = Sandbox::new("reused-id");
+    s.open("alice", 1_000);
+    s.open("bob", 0);
+    let five = json!({ "from": "alice", "to": "bob", "amount": 5 }).to_string();
+    let out = s.wasaga(&["run", TRANSFER, "--input", &five, "--run-id", "r1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let more = json!({ "from": "alice", "to": "bob", "amount": 500 }).to_string();
+    let order = json!({
+        "order_id": "o1", "customer": "alice", "merchant": "bob", "amount": 450, "reference": "x",
+    })
+    .to_string();
+    for (module, input) in [(TRANSFER, &more), (PAYMENT_ORDER, &order)] {
+        for json in [false, true] {
+            let mut args = vec!["run", module, "--input", input, "--run-id", "r1"];
+            if json {
+                args.push("--json");
+            }
+            let out = s.wasaga(&args);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+            assert!(text(&out).contains("already used"), "{args:?}: {}", text(&out));
+        }
+    }
+    // Key order does not make another input.
+    let same = r#"{"amount":5,"to":"bob","from":"alice"}"#;
+    let out = s.wasaga(&["run", TRANSFER, "--input", same, "--run-id", "r1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(s.balances()["bob"], 5, "only the first request moved money");
+}
+
+/// Account names and run ids never meet in the ledger's keys: a run named `open` whose step
+/// is `debit` and an account named `debit` are two operations.
+#[test]
+fn an_account_and_a_run_of_the_same_names_do_not_collide() {
+    let s = Sandbox::new("open-keys");
+    s.open("alice", 100);
+    s.open("bob", 0);
+    s.open("debit", 0);
+    let input = json!({ "from": "alice", "to": "bob", "amount": 5 }).to_string();
+    let out = s.wasaga(&["run", TRANSFER, "--input", &input, "--run-id", "open"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    s.open("credit", 7);
+    let balances = s.balances();
+    assert_eq!(
+        (balances["alice"], balances["bob"], balances["credit"]),
+        (95, 5, 7)
+    );
+}

@@ -329,3 +329,40 @@ fn a_compensated_run_names_what_it_could_not_undo() {
         assert_ledger_consistent(&s.db);
     });
 }
+
+/// Compiling a module (a deploy, the first run of a new version) never holds an async worker:
+/// on a runtime with one thread, another task runs, and sees the compilation in progress,
+/// while a deploy compiles.
+#[test]
+fn a_deploy_compiles_off_the_async_workers() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let s = Sandbox::new("compile-off");
+    rt().block_on(async {
+        let config = HostConfig::new(wasaga::db::Location::Sqlite(s.db.clone()));
+        let host = Host::open(&config).await.expect("host opens");
+        let bytes = std::fs::read(MISBEHAVE).expect("guest built");
+        let seen = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let (host, seen, done) = (host.clone(), seen.clone(), done.clone());
+            tokio::spawn(async move {
+                while !done.load(Ordering::SeqCst) {
+                    if host.modules_compiling() > 0 {
+                        seen.store(true, Ordering::SeqCst);
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        host.add_module("misbehave", &bytes)
+            .await
+            .expect("valid module");
+        done.store(true, Ordering::SeqCst);
+        watcher.await.expect("watcher");
+        assert!(
+            seen.load(Ordering::SeqCst),
+            "no other task ran while the module compiled: the compilation held the runtime"
+        );
+    });
+}

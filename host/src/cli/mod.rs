@@ -446,7 +446,20 @@ async fn run(g: &Settings, args: &RunArgs) -> Result<u8, Failure> {
         .clone()
         .unwrap_or_else(wasaga::executor::new_run_id);
     let exists = match host.journal().run(&run_id).await {
-        Ok(_) => true,
+        Ok(record) => {
+            // The run id makes a start idempotent for the same request only: reporting a run
+            // of other input as this one's outcome would tell the caller a payment it did
+            // not ask for succeeded.
+            let same_input = serde_json::from_str::<Value>(&record.input).ok()
+                == serde_json::from_str::<Value>(&input).ok();
+            if record.workflow != name || !same_input {
+                return Err(usage(anyhow!(
+                    "run id {run_id} was already used for a run of '{}' with a different input; use a new run id (or the same input to see that run)",
+                    record.workflow
+                )));
+            }
+            true
+        }
         Err(wasaga::journal::JournalError::UnknownRun(_)) => false,
         Err(e) => return Err(host_failure(e.into())),
     };

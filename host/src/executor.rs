@@ -145,6 +145,10 @@ pub(crate) struct HostInner {
     /// Names the journal in lock owners: run ids are unique only within one journal, and
     /// hosts with journals of their own may share a lock backend.
     pub lock_owner_prefix: String,
+    /// Slots for modules that compute through a whole epoch tick without a host call: at most
+    /// this many such modules run at once, so a crowd of spinning modules cannot starve the
+    /// runs that do their work in host calls (see `new_store`).
+    pub compute_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl HostInner {
@@ -262,6 +266,7 @@ impl Host {
             stopping: AtomicBool::new(false),
             stop_signal: tokio::sync::watch::channel(false).0,
             lock_owner_prefix: journal_name(&config.journal),
+            compute_slots: Arc::new(tokio::sync::Semaphore::new(compute_slots_max())),
         });
         tokio::spawn(renew_run_leases(Arc::downgrade(&inner)));
         Ok(Host { inner })
@@ -303,6 +308,12 @@ impl Host {
     pub fn stop_runs(&self) {
         self.inner.stopping.store(true, Ordering::Relaxed);
         self.inner.stop_signal.send_replace(true);
+    }
+
+    /// How many modules are computing right now (running through a whole epoch tick without a
+    /// host call); at most [`compute_slots_max`].
+    pub fn modules_computing(&self) -> usize {
+        compute_slots_max() - self.inner.compute_slots.available_permits()
     }
 
     /// How many modules this host is compiling right now (on blocking threads).
@@ -1035,6 +1046,8 @@ impl Host {
             acquired: Vec::new(),
             grant,
             live,
+            calls_at_tick: 0,
+            compute: Arc::new(std::sync::Mutex::new(None)),
         };
         let state = RunState {
             wasi,
@@ -1054,11 +1067,34 @@ impl Host {
         let deadline =
             std::time::Instant::now() + Duration::from_millis(limits.run_duration_ms_max);
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
+        // A module that made no host call for a whole tick is computing: it goes on only with
+        // one of the host's few compute slots (given back at its next host call), so spinning
+        // modules queue for the slots instead of sharing the workers with everything else.
+        store.epoch_deadline_callback(move |mut ctx| {
             if std::time::Instant::now() >= deadline {
                 return Ok(wasmtime::UpdateDeadline::Interrupt);
             }
-            Ok(wasmtime::UpdateDeadline::Yield(1))
+            let run = &mut ctx.data_mut().run;
+            if run.next_call != run.calls_at_tick {
+                run.calls_at_tick = run.next_call;
+                return Ok(wasmtime::UpdateDeadline::Yield(1));
+            }
+            let slot = run.compute.clone();
+            if slot.lock().expect("compute slot lock poisoned").is_some() {
+                return Ok(wasmtime::UpdateDeadline::Yield(1));
+            }
+            let slots = run.host.compute_slots.clone();
+            let until = tokio::time::Instant::from_std(deadline);
+            Ok(wasmtime::UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(async move {
+                    if let Ok(Ok(permit)) =
+                        tokio::time::timeout_at(until, slots.acquire_owned()).await
+                    {
+                        *slot.lock().expect("compute slot lock poisoned") = Some(permit);
+                    }
+                }),
+            ))
         });
         (store, stdout, stderr)
     }
@@ -1543,6 +1579,12 @@ fn journal_name(journal: &crate::db::Location) -> String {
         other => other.describe(),
     };
     name.replace('|', "%7C")
+}
+
+/// How many modules may compute (run a whole epoch tick without a host call) at once: one
+/// core in two, at least one.
+pub fn compute_slots_max() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
 /// The lock keys (with their ttl) a run holds by its journal: acquired, and not released, or

@@ -155,6 +155,10 @@ pub(crate) struct RunContext {
     pub grant: Option<Arc<crate::config::Grant>>,
     /// Tells the run to stop (lease lost, host shutting down).
     pub live: Arc<crate::executor::LiveRun>,
+    /// `next_call` at the last epoch tick: unchanged means the module is computing.
+    pub calls_at_tick: u32,
+    /// The compute slot the module holds while it computes (see `Host::modules_computing`).
+    pub compute: Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>,
 }
 
 /// The leases a run holds and the task renewing them. It lives from the run's first
@@ -256,6 +260,11 @@ impl RunContext {
             self.fatal = Some(Fatal::Interrupted(reason.to_owned()));
             return Err(wasmtime::Error::msg(reason));
         }
+        // A host call ends a stretch of computing: the slot goes back.
+        self.compute
+            .lock()
+            .expect("compute slot lock poisoned")
+            .take();
         let call = self.next_call;
         self.next_call += 1;
         Ok((call, self.replay.remove(&call)))

@@ -243,7 +243,11 @@ fn an_existing_run_id_with_another_input_is_refused() {
             }
             let out = s.wasaga(&args);
             assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
-            assert!(text(&out).contains("already used"), "{args:?}: {}", text(&out));
+            assert!(
+                text(&out).contains("already used"),
+                "{args:?}: {}",
+                text(&out)
+            );
         }
     }
     // Key order does not make another input.

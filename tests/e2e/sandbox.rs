@@ -366,3 +366,91 @@ fn a_deploy_compiles_off_the_async_workers() {
         );
     });
 }
+
+/// Spinning modules queue for the host's few compute slots instead of sharing the workers
+/// with everything else: with six spinning at once, no more than `compute_slots_max` compute
+/// at any moment, a run that works in host calls completes while they spin, and every
+/// spinner still ends at its deadline.
+#[test]
+fn spinning_modules_queue_for_compute_slots_and_other_runs_go_on() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let s = Sandbox::new("compute-slots");
+    rt().block_on(async {
+        let mut config = HostConfig::new(wasaga::db::Location::Sqlite(s.db.clone()));
+        config.limits.run_duration_ms_max = 4_000;
+        let host = Host::open(&config).await.expect("host opens");
+        for account in ["alice", "bob", "carol", "dave"] {
+            wasaga::ledger::open(host.ledger_db(), account, 1_000)
+                .await
+                .expect("open");
+        }
+        let bytes = std::fs::read(MISBEHAVE).expect("guest built");
+        let hash = host
+            .add_module("misbehave", &bytes)
+            .await
+            .expect("valid module");
+        let spun_out = Arc::new(AtomicBool::new(false));
+        let mut spinners = Vec::new();
+        for i in 0..6 {
+            let (host, hash, spun_out) = (host.clone(), hash.clone(), spun_out.clone());
+            let observer: wasaga::store::Observer = Arc::new(move |_, event| {
+                if event.kind() == "compensating" {
+                    spun_out.store(true, Ordering::SeqCst);
+                }
+            });
+            let spin =
+                json!({ "mode": "loop", "from": "alice", "to": "bob", "amount": 1 }).to_string();
+            spinners.push(tokio::spawn(async move {
+                host.start_and_drive(
+                    Some(format!("spin-{i}")),
+                    "misbehave",
+                    &hash,
+                    &spin,
+                    observer,
+                )
+                .await
+            }));
+        }
+        let (most, done) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let sampler = {
+            let (host, most, done) = (host.clone(), most.clone(), done.clone());
+            tokio::spawn(async move {
+                while !done.load(Ordering::SeqCst) {
+                    most.fetch_max(host.modules_computing(), Ordering::SeqCst);
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+            })
+        };
+        while most.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let ok = json!({ "mode": "ok", "from": "carol", "to": "dave", "amount": 3 }).to_string();
+        let outcome = host
+            .start_and_drive(Some("quick".into()), "misbehave", &hash, &ok, no_observer())
+            .await
+            .expect("drive");
+        assert_eq!(outcome.status, RunStatus::Completed, "{outcome:?}");
+        assert!(
+            !spun_out.load(Ordering::SeqCst),
+            "the quick run waited for the spinners' deadline"
+        );
+        for spinner in spinners {
+            let spun = spinner.await.expect("task").expect("drive");
+            assert_eq!(spun.status, RunStatus::Compensated, "{spun:?}");
+        }
+        done.store(true, Ordering::SeqCst);
+        sampler.await.expect("sampler");
+        let most = most.load(Ordering::SeqCst);
+        assert!(
+            (1..=wasaga::executor::compute_slots_max()).contains(&most),
+            "{most} modules computed at once, the slots are {}",
+            wasaga::executor::compute_slots_max()
+        );
+        assert_eq!(host.modules_computing(), 0, "every slot went back");
+        assert_ledger_consistent(&s.db);
+    });
+}

@@ -719,12 +719,8 @@ impl Host {
                 } else {
                     // Replay matched every journaled call, so the leases this execution holds
                     // and held are exactly those the journal records: no need to read it again.
-                    let held: Vec<Lease> = context
-                        .locks
-                        .held()
-                        .into_iter()
-                        .filter(|l| !context.deferred.contains(&l.key))
-                        .collect();
+                    // Deferred releases included: the journal shows them given back now.
+                    let held: Vec<Lease> = context.locks.held();
                     let mut acquired = std::mem::take(&mut context.acquired);
                     acquired.extend(context.locks.held());
                     return self.complete(log, output, &held, &acquired).await;
@@ -1551,6 +1547,13 @@ fn held_leases(owner: &str, events: &[Event]) -> (Vec<Event>, Vec<Lease>) {
                 ttl_ms: *ttl_ms,
                 expires_at_ms: *expires_at_ms,
             }),
+            // A module's release that waited for the run's end is given back (and journaled)
+            // at the end.
+            Event::LockReleased {
+                call: Some(call),
+                key,
+                ..
+            } if crate::store::guards_compensation(events, key, *call) => {}
             Event::LockReleased {
                 key, fencing_token, ..
             } => released.push((key.clone(), *fencing_token)),

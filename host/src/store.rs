@@ -240,7 +240,7 @@ impl Drop for RunLocks {
 /// Whether the module's release of `key` at call `call` must wait for the run's end: some
 /// step with a compensation was taken under that lock before it (a later failure of the run
 /// would undo that step, and the undo must run under the same lock).
-pub(crate) fn guards_compensation(journaled: &[Event], key: &str, call: u32) -> bool {
+pub fn guards_compensation(journaled: &[Event], key: &str, call: u32) -> bool {
     journaled.iter().any(|e| match e {
         Event::StepIntent {
             call: c,

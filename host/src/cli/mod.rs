@@ -821,6 +821,7 @@ async fn runs_show(g: &Settings, run_id: &str) -> Result<u8, Failure> {
     }
     println!();
     let start = events.first().map_or(0, |e| e.at_ms);
+    let journaled: Vec<Event> = events.iter().map(|e| e.event.clone()).collect();
     let mut steps: HashMap<u32, (String, String, String, u64)> = HashMap::new();
     for stored in &events {
         let at = format!("+{} ms", stored.at_ms.saturating_sub(start));
@@ -932,6 +933,13 @@ async fn runs_show(g: &Settings, run_id: &str) -> Result<u8, Failure> {
             Event::LockReacquired {
                 key, fencing_token, ..
             } => format!("lock      {key} taken again on resume, fencing token {fencing_token}"),
+            Event::LockReleased {
+                call: Some(call),
+                key,
+                fencing_token,
+            } if wasaga::store::guards_compensation(&journaled, key, *call) => format!(
+                "lock      {key} release asked (token {fencing_token}); held until the run ends, as a step under it may need undoing"
+            ),
             Event::LockReleased {
                 key, fencing_token, ..
             } => {

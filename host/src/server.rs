@@ -314,7 +314,10 @@ async fn authorize(State(state): State<AppState>, request: Request, next: Next) 
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        // The scheme is case-insensitive (RFC 9110); the token is not.
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token);
     match presented {
         Some(token) if same_secret(token.as_bytes(), state.token.as_bytes()) => {
             next.run(request).await

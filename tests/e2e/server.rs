@@ -200,6 +200,22 @@ fn requests_without_the_token_are_refused_and_bad_uploads_change_nothing() {
             assert!(body.contains("bearer token"), "{body}");
         }
     }
+    // The scheme is case-insensitive; the token is not.
+    for (authorization, status) in [
+        (format!("bearer {}", crate::support::TOKEN), 200),
+        (format!("BEARER {}", crate::support::TOKEN), 200),
+        (
+            format!("Bearer {}", crate::support::TOKEN.to_uppercase()),
+            401,
+        ),
+    ] {
+        let response = agent()
+            .get(&format!("{url}/v1/runs"))
+            .header("Authorization", &authorization)
+            .call()
+            .expect("answered");
+        assert_eq!(response.status(), status, "{authorization}");
+    }
     // Health and readiness need no token.
     for path in ["/healthz", "/readyz"] {
         let response = agent()

@@ -145,7 +145,12 @@ fn a_spinning_module_does_not_stall_the_other_runs() {
             })
         };
         // Wait until the spinner is in its loop: both its steps are done.
+        let waited = std::time::Instant::now();
         loop {
+            assert!(
+                waited.elapsed() < std::time::Duration::from_secs(30) && !spinner.is_finished(),
+                "the spinner never got to its loop"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             let events = host.journal().events("spinner").await.unwrap_or_default();
             if events
@@ -425,7 +430,12 @@ fn spinning_modules_queue_for_compute_slots_and_other_runs_go_on() {
                 }
             })
         };
+        let waited = std::time::Instant::now();
         while most.load(Ordering::SeqCst) == 0 {
+            assert!(
+                waited.elapsed() < std::time::Duration::from_secs(30),
+                "no spinner ever held a compute slot"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         let ok = json!({ "mode": "ok", "from": "carol", "to": "dave", "amount": 3 }).to_string();

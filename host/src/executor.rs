@@ -1043,6 +1043,7 @@ impl Host {
             grant,
             live,
             calls_at_tick: 0,
+            computing_ticks: 0,
             compute: Arc::new(std::sync::Mutex::new(None)),
         };
         let state = RunState {
@@ -1063,9 +1064,11 @@ impl Host {
         let deadline =
             std::time::Instant::now() + Duration::from_millis(limits.run_duration_ms_max);
         store.set_epoch_deadline(1);
-        // A module that made no host call for a whole tick is computing: it goes on only with
-        // one of the host's few compute slots (given back at its next host call), so spinning
+        // A module that made no host call for two ticks running is computing: it goes on
+        // only with one of the host's few compute slots, and for one tick at a time (the slots
+        // pass round the computing modules in turn, and go back at a host call), so spinning
         // modules queue for the slots instead of sharing the workers with everything else.
+        // One tick of computing is free: a module that works in host calls never waits.
         store.epoch_deadline_callback(move |mut ctx| {
             if std::time::Instant::now() >= deadline {
                 return Ok(wasmtime::UpdateDeadline::Interrupt);
@@ -1073,12 +1076,16 @@ impl Host {
             let run = &mut ctx.data_mut().run;
             if run.next_call != run.calls_at_tick {
                 run.calls_at_tick = run.next_call;
+                run.computing_ticks = 0;
+                return Ok(wasmtime::UpdateDeadline::Yield(1));
+            }
+            run.computing_ticks += 1;
+            if run.computing_ticks < 2 {
                 return Ok(wasmtime::UpdateDeadline::Yield(1));
             }
             let slot = run.compute.clone();
-            if slot.lock().expect("compute slot lock poisoned").is_some() {
-                return Ok(wasmtime::UpdateDeadline::Yield(1));
-            }
+            // The slot this module used for the last tick goes to the next in line.
+            slot.lock().expect("compute slot lock poisoned").take();
             let slots = run.host.compute_slots.clone();
             let until = tokio::time::Instant::from_std(deadline);
             Ok(wasmtime::UpdateDeadline::YieldCustom(

@@ -157,6 +157,8 @@ pub(crate) struct RunContext {
     pub live: Arc<crate::executor::LiveRun>,
     /// `next_call` at the last epoch tick: unchanged means the module is computing.
     pub calls_at_tick: u32,
+    /// Epoch ticks in a row without a host call.
+    pub computing_ticks: u32,
     /// The compute slot the module holds while it computes (see `Host::modules_computing`).
     pub compute: Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>,
 }

@@ -383,7 +383,8 @@ fn spinning_modules_queue_for_compute_slots_and_other_runs_go_on() {
     let s = Sandbox::new("compute-slots");
     rt().block_on(async {
         let mut config = HostConfig::new(wasaga::db::Location::Sqlite(s.db.clone()));
-        config.limits.run_duration_ms_max = 4_000;
+        // Long enough that the quick run ends first even when the disk is slow to sync.
+        config.limits.run_duration_ms_max = 15_000;
         let host = Host::open(&config).await.expect("host opens");
         for account in ["alice", "bob", "carol", "dave"] {
             wasaga::ledger::open(host.ledger_db(), account, 1_000)

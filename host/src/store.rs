@@ -329,6 +329,18 @@ impl RunContext {
         Ok(())
     }
 
+    /// [`RunContext::check_size`] for a participant's name and a key read or written there.
+    pub fn check_key_size(&mut self, participant: &str, key: &str) -> wasmtime::Result<()> {
+        let limits = self.host.limits.clone();
+        self.check_size(
+            "a participant name",
+            participant.len(),
+            limits.name_bytes_max,
+            "name_bytes_max",
+        )?;
+        self.check_size("a key", key.len(), limits.key_bytes_max, "key_bytes_max")
+    }
+
     /// [`RunContext::check_size`] for each part of a participant call.
     pub fn check_call_size(&mut self, call: &crate::event::CallSpec) -> wasmtime::Result<()> {
         let limits = self.host.limits.clone();

@@ -23,6 +23,29 @@ async fn balances(host: &Host) -> (i64, i64) {
     (of("alice"), of("bob"))
 }
 
+/// A host on `s`'s journal with its limits tuned by `tune`, each of `accounts` opened with
+/// 1,000, and `misbehave` stored; the host and the module's hash.
+async fn misbehave_host(
+    s: &Sandbox,
+    accounts: &[&str],
+    tune: impl FnOnce(&mut wasaga::config::Limits),
+) -> (Host, String) {
+    let mut config = HostConfig::new(wasaga::db::Location::Sqlite(s.db.clone()));
+    tune(&mut config.limits);
+    let host = Host::open(&config).await.expect("host opens");
+    for account in accounts {
+        wasaga::ledger::open(host.ledger_db(), account, 1_000)
+            .await
+            .expect("open");
+    }
+    let bytes = std::fs::read(MISBEHAVE).expect("guest built");
+    let hash = host
+        .add_module("misbehave", &bytes)
+        .await
+        .expect("valid module");
+    (host, hash)
+}
+
 #[test]
 fn misbehaving_modules_are_stopped_and_compensated_and_the_host_goes_on() {
     let s = Sandbox::new("misbehave");
@@ -113,19 +136,10 @@ fn a_spinning_module_does_not_stall_the_other_runs() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let s = Sandbox::new("spin");
     rt().block_on(async {
-        let mut config = HostConfig::new(wasaga::db::Location::Sqlite(s.db.clone()));
-        config.limits.run_duration_ms_max = 10_000;
-        let host = Host::open(&config).await.expect("host opens");
-        for account in ["alice", "bob"] {
-            wasaga::ledger::open(host.ledger_db(), account, 1_000)
-                .await
-                .expect("open");
-        }
-        let bytes = std::fs::read(MISBEHAVE).expect("guest built");
-        let hash = host
-            .add_module("misbehave", &bytes)
-            .await
-            .expect("valid module");
+        let (host, hash) = misbehave_host(&s, &["alice", "bob"], |limits| {
+            limits.run_duration_ms_max = 10_000;
+        })
+        .await;
         // Set once the spinner's execution has ended (its deadline passed).
         let spun_out = Arc::new(AtomicBool::new(false));
         let spinner = {
@@ -191,19 +205,10 @@ fn a_spinning_module_does_not_stall_the_other_runs() {
 fn every_size_a_module_hands_the_host_is_bounded() {
     let s = Sandbox::new("sizes");
     rt().block_on(async {
-        let mut config = HostConfig::new(wasaga::db::Location::Sqlite(s.db.clone()));
-        config.limits.journal_events_max = 50;
-        let host = Host::open(&config).await.expect("host opens");
-        for account in ["alice", "bob"] {
-            wasaga::ledger::open(host.ledger_db(), account, 1_000)
-                .await
-                .expect("open");
-        }
-        let bytes = std::fs::read(MISBEHAVE).expect("guest built");
-        let hash = host
-            .add_module("misbehave", &bytes)
-            .await
-            .expect("valid module");
+        let (host, hash) = misbehave_host(&s, &["alice", "bob"], |limits| {
+            limits.journal_events_max = 50;
+        })
+        .await;
         let cases = [
             ("chatty", "journal_events_max = 50"),
             (
@@ -268,19 +273,10 @@ fn every_size_a_module_hands_the_host_is_bounded() {
 fn a_module_cannot_sleep_through_its_deadline() {
     let s = Sandbox::new("sleep");
     rt().block_on(async {
-        let mut config = HostConfig::new(wasaga::db::Location::Sqlite(s.db.clone()));
-        config.limits.run_duration_ms_max = 2_000;
-        let host = Host::open(&config).await.expect("host opens");
-        for account in ["alice", "bob"] {
-            wasaga::ledger::open(host.ledger_db(), account, 1_000)
-                .await
-                .expect("open");
-        }
-        let bytes = std::fs::read(MISBEHAVE).expect("guest built");
-        let hash = host
-            .add_module("misbehave", &bytes)
-            .await
-            .expect("valid module");
+        let (host, hash) = misbehave_host(&s, &["alice", "bob"], |limits| {
+            limits.run_duration_ms_max = 2_000;
+        })
+        .await;
         let input =
             json!({ "mode": "sleep", "from": "alice", "to": "bob", "amount": 7 }).to_string();
         let outcome = host
@@ -301,18 +297,7 @@ fn a_module_cannot_sleep_through_its_deadline() {
 fn a_compensated_run_names_what_it_could_not_undo() {
     let s = Sandbox::new("not-undone");
     rt().block_on(async {
-        let config = HostConfig::new(wasaga::db::Location::Sqlite(s.db.clone()));
-        let host = Host::open(&config).await.expect("host opens");
-        for account in ["alice", "bob"] {
-            wasaga::ledger::open(host.ledger_db(), account, 1_000)
-                .await
-                .expect("open");
-        }
-        let bytes = std::fs::read(MISBEHAVE).expect("guest built");
-        let hash = host
-            .add_module("misbehave", &bytes)
-            .await
-            .expect("valid module");
+        let (host, hash) = misbehave_host(&s, &["alice", "bob"], |_| {}).await;
         let input = json!({ "mode": "irreversible", "from": "alice", "to": "bob", "amount": 7 })
             .to_string();
         let outcome = host
@@ -382,20 +367,11 @@ fn spinning_modules_queue_for_compute_slots_and_other_runs_go_on() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let s = Sandbox::new("compute-slots");
     rt().block_on(async {
-        let mut config = HostConfig::new(wasaga::db::Location::Sqlite(s.db.clone()));
-        // Long enough that the quick run ends first even when the disk is slow to sync.
-        config.limits.run_duration_ms_max = 15_000;
-        let host = Host::open(&config).await.expect("host opens");
-        for account in ["alice", "bob", "carol", "dave"] {
-            wasaga::ledger::open(host.ledger_db(), account, 1_000)
-                .await
-                .expect("open");
-        }
-        let bytes = std::fs::read(MISBEHAVE).expect("guest built");
-        let hash = host
-            .add_module("misbehave", &bytes)
-            .await
-            .expect("valid module");
+        let (host, hash) = misbehave_host(&s, &["alice", "bob", "carol", "dave"], |limits| {
+            // Long enough that the quick run ends first even when the disk is slow to sync.
+            limits.run_duration_ms_max = 15_000;
+        })
+        .await;
         let spun_out = Arc::new(AtomicBool::new(false));
         let mut spinners = Vec::new();
         for i in 0..6 {

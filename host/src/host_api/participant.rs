@@ -237,14 +237,7 @@ impl Host for RunState {
     ) -> wasmtime::Result<Result<(String, u64), CallError>> {
         let run = &mut self.run;
         let (call, replayed) = run.begin_call()?;
-        let limits = run.host.limits.clone();
-        run.check_size(
-            "a participant name",
-            participant.len(),
-            limits.name_bytes_max,
-            "name_bytes_max",
-        )?;
-        run.check_size("a key", key.len(), limits.key_bytes_max, "key_bytes_max")?;
+        run.check_key_size(&participant, &key)?;
         if let Some(replayed) = replayed {
             return match replayed.first {
                 Event::Read {
@@ -284,18 +277,12 @@ impl Host for RunState {
     ) -> wasmtime::Result<Result<u64, CallError>> {
         let run = &mut self.run;
         let (call, replayed) = run.begin_call()?;
-        let limits = run.host.limits.clone();
-        run.check_size(
-            "a participant name",
-            participant.len(),
-            limits.name_bytes_max,
-            "name_bytes_max",
-        )?;
-        run.check_size("a key", key.len(), limits.key_bytes_max, "key_bytes_max")?;
+        run.check_key_size(&participant, &key)?;
+        let payload_bytes_max = run.host.limits.payload_bytes_max;
         run.check_size(
             "a value",
             value.len(),
-            limits.payload_bytes_max,
+            payload_bytes_max,
             "payload_bytes_max",
         )?;
         if let Some(replayed) = replayed {

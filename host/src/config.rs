@@ -109,8 +109,8 @@ pub struct HostConfig {
     pub locks: crate::locks::LockBackend,
     /// `postgres-xa` participants: name and database URL.
     pub xa: Vec<(String, String)>,
-    /// Names this host in the global ids of its prepared transactions and in the leases it
-    /// holds on runs, so that its recovery finds its own in-doubt transactions.
+    /// Names this host in the leases it holds on runs (with its process). Prepared
+    /// transactions' global ids derive from their run, not from this.
     pub host_id: String,
     /// Per-workflow grants, if a config file gave them.
     pub grants: Option<Grants>,

@@ -45,9 +45,12 @@ pub const UPLOADS_CONCURRENT_MAX: usize = 2;
 const START_ENVELOPE_BYTES_MAX: usize = 4 << 10;
 /// The body of a rollback request (`{"version": N}`).
 const ROLLBACK_BYTES_MAX: usize = 1 << 10;
-/// How much of an unauthenticated request's body is read (and dropped) before answering 401,
-/// so a small upload gets its answer rather than a broken pipe; anything larger is cut off.
-const UNAUTHORIZED_DRAIN_BYTES_MAX: usize = 64 << 10;
+/// How much of an unauthenticated request's body is read (and dropped as it arrives, so it
+/// costs no memory) before answering 401, so that an upload of that size gets its answer
+/// rather than a broken pipe; anything larger is cut off.
+const UNAUTHORIZED_DRAIN_BYTES_MAX: usize = 256 << 10;
+/// How long that reading may take.
+const UNAUTHORIZED_DRAIN_MS_MAX: u64 = 2_000;
 /// How long `/readyz` answers from its last journal check.
 const READY_CHECK_MS: u64 = 1_000;
 
@@ -265,6 +268,19 @@ async fn admit(State(state): State<AppState>, request: Request, next: Next) -> R
     next.run(request).await
 }
 
+/// Reads and drops up to `bytes_max` of `body`, a frame at a time.
+async fn drain(mut body: axum::body::Body, bytes_max: usize) {
+    use axum::body::HttpBody;
+    let mut read = 0;
+    while read < bytes_max {
+        let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await;
+        match frame {
+            Some(Ok(frame)) => read += frame.data_ref().map_or(0, |data| data.len()),
+            _ => return,
+        }
+    }
+}
+
 /// Marks `response` as the connection's last, so the server does not read what the client
 /// may still be sending.
 fn closing(mut response: Response) -> Response {
@@ -327,8 +343,8 @@ async fn authorize(State(state): State<AppState>, request: Request, next: Next) 
             // than a broken pipe; a large one is not read: an unauthenticated client gets no
             // more of the server's memory or time than this.
             let _ = tokio::time::timeout(
-                Duration::from_secs(1),
-                axum::body::to_bytes(request.into_body(), UNAUTHORIZED_DRAIN_BYTES_MAX),
+                Duration::from_millis(UNAUTHORIZED_DRAIN_MS_MAX),
+                drain(request.into_body(), UNAUTHORIZED_DRAIN_BYTES_MAX),
             )
             .await;
             let mut response = error(

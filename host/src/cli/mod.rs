@@ -54,8 +54,8 @@ pub struct Global {
     /// A postgres-xa participant for two-phase commits: NAME=postgres://user@host:port/db (repeatable).
     #[arg(long = "xa", global = true, value_name = "NAME=URL", value_parser = parse_xa)]
     xa: Vec<(String, String)>,
-    /// This host's name in the ids of its prepared transactions and its leases on runs (one per
-    /// host sharing databases; default `wasaga`).
+    /// This host's name in its leases on runs (one per host sharing databases; default
+    /// `wasaga`).
     #[arg(long, global = true, env = "WASAGA_HOST_ID")]
     host_id: Option<String>,
     /// Print one JSON document instead of text.

@@ -978,6 +978,14 @@ impl Host {
         }
         .await;
         let state = store.into_data();
+        // A module that ended while computing gives its compute slot back now, not once its
+        // compensation (which may retry for a while) is over.
+        state
+            .run
+            .compute
+            .lock()
+            .expect("compute slot lock poisoned")
+            .take();
         let mut stdio = String::from_utf8_lossy(&stdout.contents()).into_owned();
         stdio.push_str(&String::from_utf8_lossy(&stderr.contents()));
         (

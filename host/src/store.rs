@@ -262,11 +262,14 @@ impl RunContext {
             self.fatal = Some(Fatal::Interrupted(reason.to_owned()));
             return Err(wasmtime::Error::msg(reason));
         }
-        // A host call ends a stretch of computing: the slot goes back.
-        self.compute
-            .lock()
-            .expect("compute slot lock poisoned")
-            .take();
+        // A host call ends a stretch of computing: the slot goes back. Only a module that
+        // computed through two ticks can hold one, so the usual call skips the lock.
+        if self.computing_ticks >= 2 {
+            self.compute
+                .lock()
+                .expect("compute slot lock poisoned")
+                .take();
+        }
         let call = self.next_call;
         self.next_call += 1;
         Ok((call, self.replay.remove(&call)))
@@ -331,35 +334,42 @@ impl RunContext {
 
     /// [`RunContext::check_size`] for a participant's name and a key read or written there.
     pub fn check_key_size(&mut self, participant: &str, key: &str) -> wasmtime::Result<()> {
-        let limits = self.host.limits.clone();
+        // The bounds only: no copy of the whole `Limits` on every call.
+        let (name_max, key_max) = (
+            self.host.limits.name_bytes_max,
+            self.host.limits.key_bytes_max,
+        );
         self.check_size(
             "a participant name",
             participant.len(),
-            limits.name_bytes_max,
+            name_max,
             "name_bytes_max",
         )?;
-        self.check_size("a key", key.len(), limits.key_bytes_max, "key_bytes_max")
+        self.check_size("a key", key.len(), key_max, "key_bytes_max")
     }
 
     /// [`RunContext::check_size`] for each part of a participant call.
     pub fn check_call_size(&mut self, call: &crate::event::CallSpec) -> wasmtime::Result<()> {
-        let limits = self.host.limits.clone();
+        let (name_max, payload_max) = (
+            self.host.limits.name_bytes_max,
+            self.host.limits.payload_bytes_max,
+        );
         self.check_size(
             "a participant name",
             call.participant.len(),
-            limits.name_bytes_max,
+            name_max,
             "name_bytes_max",
         )?;
         self.check_size(
             "an action name",
             call.action.len(),
-            limits.name_bytes_max,
+            name_max,
             "name_bytes_max",
         )?;
         self.check_size(
             "a call's payload",
             call.payload.len(),
-            limits.payload_bytes_max,
+            payload_max,
             "payload_bytes_max",
         )
     }

@@ -307,16 +307,18 @@ fn a_second_process_leaves_a_live_runs_prepared_branch_alone() {
     );
 }
 
-/// A second account in bank_a, so that two branches there do not wait on one row.
-async fn open_amy(conn: &mut sqlx::PgConnection) {
+/// bank_a as a participant, and a connection to it on which a second account, `amy`, is
+/// opened, so that two branches there do not wait on one row.
+async fn bank_a_with_amy(banks: &Banks) -> (wasaga::xa::PostgresXa, sqlx::PgConnection) {
+    let xa = wasaga::xa::PostgresXa::new("bank-a", &banks.url("bank_a")).expect("participant");
+    let mut conn = sqlx::PgConnection::connect(&banks.url("bank_a"))
+        .await
+        .expect("connect");
     sqlx::raw_sql("INSERT INTO wasaga_accounts (account, balance) VALUES ('amy', 1000)")
-        .execute(conn)
+        .execute(&mut conn)
         .await
         .expect("amy");
-}
-
-async fn bank_a(banks: &Banks) -> wasaga::xa::PostgresXa {
-    wasaga::xa::PostgresXa::new("bank-a", &banks.url("bank_a")).expect("participant")
+    (xa, conn)
 }
 
 fn prepare(xid: &str, branch: i64, account: &str) -> String {
@@ -330,11 +332,7 @@ fn prepare(xid: &str, branch: i64, account: &str) -> String {
 fn ending_one_transaction_never_touches_another_whose_id_looks_alike() {
     let banks = Banks::start();
     rt().block_on(async {
-        let xa = bank_a(&banks).await;
-        let mut a = sqlx::PgConnection::connect(&banks.url("bank_a"))
-            .await
-            .expect("connect");
-        open_amy(&mut a).await;
+        let (xa, mut a) = bank_a_with_amy(&banks).await;
         xa.call("prepare", &prepare("pay-1#2pc-0", 0, "alice"))
             .await
             .expect("prepare pay-1");
@@ -378,11 +376,7 @@ fn ending_one_transaction_never_touches_another_whose_id_looks_alike() {
 fn a_commit_whose_branch_was_rolled_back_behind_its_back_is_not_done() {
     let banks = Banks::start();
     rt().block_on(async {
-        let xa = bank_a(&banks).await;
-        let mut a = sqlx::PgConnection::connect(&banks.url("bank_a"))
-            .await
-            .expect("connect");
-        open_amy(&mut a).await;
+        let (xa, mut a) = bank_a_with_amy(&banks).await;
         for (branch, account) in [(0, "alice"), (1, "amy")] {
             xa.call("prepare", &prepare("t-1#2pc-0", branch, account))
                 .await

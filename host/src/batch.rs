@@ -12,7 +12,8 @@
 //! events still commit together, an append is still fenced by owner and position, and each
 //! answer comes only once its write is durable. What a batch adds is that its writes commit
 //! together too; if a batch fails, each of its writes is made again alone, so one write's
-//! failure is never another's.
+//! failure is never another's (and a write that then finds its place taken is answered as one
+//! that may have landed: the batch may have committed before its answer was lost).
 //!
 //! One batch of each kind is in flight at a time: whatever arrives meanwhile waits for the
 //! next, which is then larger. On the transfer benchmark that costs less CPU per saga than
@@ -153,14 +154,40 @@ pub(crate) async fn write_all<W: Batched>(db: &Database, writes: Vec<W>) -> Vec<
                 });
             }
         }
-        // Nothing in the batch was written: each write alone gets its own answer.
-        Err(_) => {
+        // Each write alone gets its own answer. The batch may still have committed (its
+        // answer lost with the connection): a write that then finds its place taken is not
+        // told it clashed with someone else, but that it may have landed.
+        Err(failed) => {
             for index in 0..writes.len() {
-                answers.push(write_alone(db, writes.clone(), index).await);
+                let answer = write_alone(db, writes.clone(), index).await;
+                answers.push(after_failed_batch(answer, &failed));
             }
         }
     }
     restore(answers, &order)
+}
+
+/// A write's answer when made alone after its batch failed with `failed`. Its run's place
+/// being taken (`RunExists` for a first write, `VersionConflict` for a later one: only this
+/// host writes at that owner and position) is what the batch having committed looks like, so
+/// it is answered as a write whose outcome is not known: the run stalls, and whoever resumes
+/// it reads what its journal holds. A caller is never told a run it started exists already
+/// (and starts it again under a new id) when the run is its own.
+fn after_failed_batch<V>(
+    answer: Result<V, JournalError>,
+    failed: &JournalError,
+) -> Result<V, JournalError> {
+    match answer {
+        Err(JournalError::RunExists(_) | JournalError::VersionConflict { .. }) => {
+            Err(JournalError::Database(DbError::Statement {
+                database: "the journal".to_owned(),
+                reason: format!(
+                    "the batch holding this write failed ({failed}) and its place is now taken: the batch may have committed before its answer was lost"
+                ),
+            }))
+        }
+        other => other,
+    }
 }
 
 async fn write_alone<W: Batched>(db: &Database, writes: Arc<Vec<W>>, index: usize) -> Answer<W> {

@@ -436,6 +436,9 @@ pub(crate) struct RunLog {
     pub observer: Observer,
     /// Told once the run exists: when the first write of a run started with it is durable.
     pub created: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Why an attempt at the run's first write failed with a database error, if one did: its
+    /// answer may have been lost after the database committed it.
+    first_write_failed: Option<String>,
 }
 
 impl RunLog {
@@ -450,6 +453,30 @@ impl RunLog {
             journaled: events,
             observer,
             created: None,
+            first_write_failed: None,
+        }
+    }
+
+    /// `error`, for a write of this run. A run whose first write failed with a database
+    /// error and which now "exists" is this run, its first write having landed with its
+    /// answer lost: that is not a clash with another run (whose starter would be told to use
+    /// another id, and pay twice) but a write whose outcome is not known here.
+    fn mine(&mut self, error: JournalError) -> JournalError {
+        match error {
+            JournalError::Database(e) if self.unstarted.is_some() => {
+                self.first_write_failed = Some(e.to_string());
+                JournalError::Database(e)
+            }
+            JournalError::RunExists(run_id) => match &self.first_write_failed {
+                Some(first) => JournalError::Database(crate::db::DbError::Statement {
+                    database: "the journal".to_owned(),
+                    reason: format!(
+                        "an attempt at the first write of run {run_id} failed ({first}), and the run now exists: that write landed though its answer was lost"
+                    ),
+                }),
+                None => JournalError::RunExists(run_id),
+            },
+            other => other,
         }
     }
 
@@ -489,18 +516,15 @@ impl RunLog {
         }
         let mut all = self.pending.clone();
         all.extend(events.iter().cloned());
-        let next_seq = match &self.unstarted {
+        let written = match &self.unstarted {
             Some(started) => {
                 self.journal
                     .create_and_append(&self.run_id, started.clone(), all)
-                    .await?
+                    .await
             }
-            None => {
-                self.journal
-                    .append(&self.run_id, self.next_seq, all)
-                    .await?
-            }
+            None => self.journal.append(&self.run_id, self.next_seq, all).await,
         };
+        let next_seq = written.map_err(|e| self.mine(e))?;
         self.recorded(next_seq, events);
         Ok(())
     }
@@ -684,7 +708,7 @@ impl RunLog {
             fencing_tokens: request.fencing_tokens.clone(),
         };
         let written = self.journal.write_server_step(step).await;
-        let (outcome, next_seq) = match written {
+        let (outcome, next_seq) = match written.map_err(|e| self.mine(e)) {
             Ok(written) => written,
             Err(JournalError::Database(e)) => return Ok(Err(e.to_string())),
             Err(other) => return Err(other),
@@ -749,7 +773,7 @@ impl RunLog {
         } else {
             database.write_early(work).await
         };
-        let (outcome, last, next_seq) = match written {
+        let (outcome, last, next_seq) = match written.map_err(|e| self.mine(e)) {
             Ok(written) => written,
             Err(JournalError::Database(e)) => return Ok(Err(e.to_string())),
             Err(other) => return Err(other),

@@ -869,35 +869,41 @@ fn a_first_write_whose_reply_is_lost_is_not_reported_as_not_started() {
             .expect("valid module");
         let input =
             json!({ "mode": "ok", "from": "alice", "to": "bob", "amount": 250 }).to_string();
-        // The first write, and the host's writing of it again, both lose their replies.
-        proxy.arm(2);
-        let outcome = host
-            .start_and_drive(
-                Some("lost-1".into()),
-                "misbehave",
-                &hash,
-                &input,
-                no_observer(),
-            )
-            .await;
-        assert_eq!(
-            proxy.cut.load(std::sync::atomic::Ordering::SeqCst),
-            2,
-            "the proxy cut two replies off"
-        );
-        match outcome {
-            Err(wasaga::HostError::Interrupted { reason, .. }) => {
-                assert!(reason.contains("did land"), "{reason}")
+        // The first write loses its reply; then (the second time) so does the host's writing
+        // of the step's failure, which, had it landed, would find the run there.
+        for (cuts, run_id) in [(1, "lost-1"), (2, "lost-2")] {
+            let before = proxy.cut.load(std::sync::atomic::Ordering::SeqCst);
+            proxy.arm(cuts);
+            let outcome = host
+                .start_and_drive(
+                    Some(run_id.into()),
+                    "misbehave",
+                    &hash,
+                    &input,
+                    no_observer(),
+                )
+                .await;
+            assert_eq!(
+                proxy.cut.load(std::sync::atomic::Ordering::SeqCst) - before,
+                cuts,
+                "the proxy cut {cuts} replies off"
+            );
+            match outcome {
+                Err(wasaga::HostError::Interrupted { reason, .. }) => {
+                    assert!(reason.contains("did land"), "{reason}")
+                }
+                other => {
+                    panic!("{run_id}: a write that landed must not be reported as not started or as another run: {other:?}")
+                }
             }
-            other => panic!("a write that landed must not be reported as not started: {other:?}"),
         }
         let resumed = host
             .resume_unfinished(no_observer(), true)
             .await
             .expect("resume");
         assert!(resumed.unfinished.is_empty(), "{resumed:?}");
-        assert_eq!(resumed.ended.len(), 1);
-        assert_eq!(resumed.ended[0].status, RunStatus::Completed);
+        assert_eq!(resumed.ended.len(), 2);
+        assert!(resumed.ended.iter().all(|o| o.status == RunStatus::Completed), "{resumed:?}");
         let accounts = wasaga::ledger::list(&db).await.expect("accounts");
         let balance = |name: &str| {
             accounts
@@ -906,7 +912,116 @@ fn a_first_write_whose_reply_is_lost_is_not_reported_as_not_started() {
                 .map(|a| a.balance)
                 .expect("account")
         };
-        assert_eq!((balance("alice"), balance("bob")), (750, 250), "moved once");
+        assert_eq!((balance("alice"), balance("bob")), (500, 500), "each moved once");
+    });
+}
+
+/// First writes that meet in one batch whose reply is lost after PostgreSQL committed it are
+/// made again alone, find their runs there, and must not be told "run exists" (a caller whose
+/// run id was its own would take that for a clash, and one that let the host name the run
+/// would start it again): each is told its run is unfinished, or how it ended, and after a
+/// resume every run moved its money once.
+#[test]
+fn first_writes_of_a_batch_whose_reply_is_lost_are_not_told_their_runs_exist() {
+    use crate::guests::MISBEHAVE;
+    use wasaga::event::RunStatus;
+    use wasaga::store::no_observer;
+    const RUNS: usize = 24;
+    let postgres = Postgres::start();
+    let url = database(&postgres, "lost_batch", None);
+    let proxy = LosingProxy::start(postgres.port);
+    let proxied = url.replace(
+        &format!(":{}/", postgres.port),
+        &format!(":{}/", proxy.port),
+    );
+    rt().block_on(async {
+        let mut config = HostConfig::new(Location::parse(&proxied).expect("url"));
+        config.limits.run_lease_ms = 600_000;
+        config.limits.step_retries_max = 1;
+        let host = Host::open(&config).await.expect("host opens");
+        let db = host.ledger_db().clone();
+        for (account, opening) in [("alice", 100_000), ("bob", 0)] {
+            wasaga::ledger::open(&db, account, opening)
+                .await
+                .expect("open");
+        }
+        let module = std::fs::read(MISBEHAVE).expect("guest built");
+        let hash = host
+            .add_module("misbehave", &module)
+            .await
+            .expect("valid module");
+        let input = json!({ "mode": "ok", "from": "alice", "to": "bob", "amount": 10 }).to_string();
+        // The first statements the runs send: a lone first write, then the batch of the
+        // first writes that arrived while it was on its way.
+        proxy.arm(4);
+        let starts: Vec<_> = (0..RUNS)
+            .map(|i| {
+                let (host, hash, input) = (host.clone(), hash.clone(), input.clone());
+                tokio::spawn(async move {
+                    host.start_first_write(
+                        Some(format!("batch-{i}")),
+                        "misbehave",
+                        &hash,
+                        &input,
+                        no_observer(),
+                        None,
+                    )
+                    .await
+                })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for start in starts {
+            outcomes.push(start.await);
+        }
+        assert!(
+            proxy.cut.load(std::sync::atomic::Ordering::SeqCst) > 0,
+            "the proxy cut replies off"
+        );
+        let mut not_started = Vec::new();
+        for (i, outcome) in outcomes.into_iter().enumerate() {
+            match outcome.expect("task") {
+                Ok(_) | Err(wasaga::HostError::Interrupted { .. }) => {}
+                Err(wasaga::HostError::NotStarted { run_id, .. }) => not_started.push(run_id),
+                Err(e @ wasaga::HostError::RunExists(_)) => {
+                    panic!("run batch-{i} is its caller's own, not someone else's: {e}")
+                }
+                Err(e) => panic!("batch-{i}: {e}"),
+            }
+        }
+        let resumed = host
+            .resume_unfinished(no_observer(), true)
+            .await
+            .expect("resume");
+        assert!(resumed.unfinished.is_empty(), "{resumed:?}");
+        let mut completed = 0;
+        for i in 0..RUNS {
+            let run_id = format!("batch-{i}");
+            match host.journal().run(&run_id).await {
+                Ok(run) => {
+                    assert!(
+                        !not_started.contains(&run_id),
+                        "{run_id} was told it never started, but it exists"
+                    );
+                    assert_eq!(run.status, RunStatus::Completed, "{run:?}");
+                    completed += 1;
+                }
+                Err(JournalError::UnknownRun(_)) => {
+                    assert!(
+                        not_started.contains(&run_id),
+                        "{run_id} vanished without being told"
+                    )
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let accounts = wasaga::ledger::list(&db).await.expect("accounts");
+        let bob = accounts.iter().find(|a| a.account == "bob").expect("bob");
+        assert_eq!(
+            bob.balance,
+            10 * completed,
+            "each run that exists moved its money once"
+        );
     });
 }
 

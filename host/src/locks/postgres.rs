@@ -19,7 +19,7 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS wasaga_locks (
 /// The database's clock, in milliseconds since the Unix epoch.
 const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 /// The database's clock in microseconds: every grant's token is at least this, as Redis's
-/// are, so tokens from every backend but ZooKeeper are on one scale and a deployment can move
+/// are, so tokens from every backend are on one scale and a deployment can move
 /// between them without the ledger refusing the new backend's tokens as stale.
 const NOW_US: &str = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000 AS BIGINT)";
 

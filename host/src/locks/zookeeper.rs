@@ -1,9 +1,13 @@
 //! The ZooKeeper lock backend, the standard recipe: each contender creates an ephemeral
 //! sequential znode under the lock's node and holds the lock when its znode is the lowest;
-//! otherwise it watches only its predecessor (no herd effect). The fencing token is the
-//! znode's `czxid`, the 64-bit id of the transaction that created it: later contenders are
-//! created later, so their tokens are larger, and unlike the parent's sequence counter (a
-//! signed 32-bit number) it never wraps. A lease lives as long as the
+//! otherwise it watches only its predecessor (no herd effect). The fencing token is drawn by
+//! the contender that has become the head: a counter kept in the lock's node, raised to the
+//! larger of its last value plus one and the clock in microseconds with a compare-and-set on
+//! the node's version. Tokens of one key therefore only grow (a holder draws its token only
+//! after every earlier holder's znode is gone), they are 64-bit (the parent's sequence
+//! counter, a signed 32-bit number, would wrap), and they are on the scale of every other
+//! backend's, so a deployment can move between backends without the ledger refusing the new
+//! one's tokens as stale. A lease lives as long as the
 //! host's ZooKeeper session: a host that stops heart-beating loses its znodes when the session
 //! expires, and the next contender takes over.
 //!
@@ -133,13 +137,37 @@ impl ZooKeeperLocks {
         }
     }
 
+    /// Draws the next fencing token of the lock at `parent` (see the module's comment).
+    async fn next_token(&self, client: &zk::Client, parent: &str) -> Result<u64, LockError> {
+        loop {
+            let (data, stat) = match client.get_data(parent).await {
+                Ok(read) => read,
+                Err(e) => return Err(self.failed(e).await),
+            };
+            let last: u64 = std::str::from_utf8(&data)
+                .ok()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0);
+            let token = (last + 1).max(now_ms().saturating_mul(1_000));
+            match client
+                .set_data(parent, token.to_string().as_bytes(), Some(stat.version))
+                .await
+            {
+                Ok(_) => return Ok(token),
+                // Another grant drew a token meanwhile (an owner replacing its own): again.
+                Err(zk::Error::BadVersion) => continue,
+                Err(e) => return Err(self.failed(e).await),
+            }
+        }
+    }
+
     async fn try_acquire(&self, key: &str, owner: &str, wait_ms: u32) -> Result<Lease, LockError> {
         let client = self.client().await?;
         let parent = lock_node(key);
         self.ensure_node(&client, ROOT).await?;
         self.ensure_node(&client, &parent).await?;
         let options = zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all());
-        let (stat, sequence) = match client
+        let (_, sequence) = match client
             .create(&format!("{parent}/lock-"), owner.as_bytes(), &options)
             .await
         {
@@ -147,7 +175,6 @@ impl ZooKeeperLocks {
             Err(e) => return Err(self.failed(e).await),
         };
         let ours = sequence.into_i64();
-        let token = stat.czxid as u64;
         let node = format!("{parent}/lock-{sequence}");
         let deadline = tokio::time::Instant::now() + Duration::from_millis(u64::from(wait_ms));
         loop {
@@ -163,10 +190,11 @@ impl ZooKeeperLocks {
                 // Our znode is gone: the session expired while we waited.
                 return Err(LockError::Lost {
                     key: key.to_owned(),
-                    fencing_token: token,
+                    fencing_token: 0,
                 });
             };
             if position == 0 {
+                let token = self.next_token(&client, &parent).await?;
                 self.nodes
                     .lock()
                     .expect("node map lock poisoned")

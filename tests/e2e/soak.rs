@@ -11,6 +11,9 @@
 //! CI runs `SEEDS_CI`. `WASAGA_SOAK_SEEDS=N` runs seeds 1..=N instead and
 //! `WASAGA_SOAK_SEED=S` replays seed S alone (`scripts/soak` sets them); a failure names its
 //! seed.
+//!
+//! The second half does the same for two-phase transfers between two PostgreSQL databases, with
+//! a second process on a journal of its own sweeping their prepared transactions meanwhile.
 
 use crate::guests::{MISBEHAVE, PAYMENT_ORDER, TRANSFER};
 use crate::support::{Sandbox, Server, TOKEN, agent, assert_ledger_consistent, sql, text};
@@ -198,6 +201,15 @@ fn soak(seed: u64) -> usize {
         );
     }
     let runs = plan(seed);
+    let crashed = rounds(seed, &s, &config_text, &runs);
+    check(seed, &s, &runs);
+    crashed
+}
+
+/// Sends `runs` to servers of `config_text` on `s`'s journal that crash at random commits,
+/// `CRASHES` times, and then to one that does not, until every run has ended; returns how
+/// many servers died at their crash point.
+fn rounds(seed: u64, s: &Sandbox, config_text: &str, runs: &[Planned]) -> usize {
     let mut rng = Rng::new(seed ^ 0xc0ff_ee00);
     let mut unsent: Vec<usize> = (0..runs.len()).collect();
     let mut crashed = 0;
@@ -215,7 +227,7 @@ fn soak(seed: u64) -> usize {
             None => Vec::new(),
         };
         let mut server =
-            Server::start_may_die(&s.dir, &format!("round-{round}"), &config_text, &extra);
+            Server::start_may_die(&s.dir, &format!("round-{round}"), config_text, &extra);
         // Clients send what is unsent on a few threads at once; a crash cuts some off, and
         // those are sent again (same run id) to the next server.
         let batch: Vec<usize> = std::mem::take(&mut unsent);
@@ -223,7 +235,7 @@ fn soak(seed: u64) -> usize {
             let handles: Vec<_> = batch
                 .chunks(batch.len().div_ceil(6).max(1))
                 .map(|chunk| {
-                    let (server, runs) = (&server, &runs);
+                    let server = &server;
                     scope.spawn(move || {
                         let mut cut = Vec::new();
                         for &i in chunk {
@@ -252,7 +264,7 @@ fn soak(seed: u64) -> usize {
             // Let the server work until it reaches its crash point (or finishes everything).
             let deadline = Instant::now() + Duration::from_secs(20);
             while server.running() && Instant::now() < deadline {
-                let done = statuses(&s);
+                let done = statuses(s);
                 if unsent.is_empty()
                     && runs.iter().all(|r| {
                         done.get(&r.run_id)
@@ -270,7 +282,7 @@ fn soak(seed: u64) -> usize {
         } else {
             let deadline = Instant::now() + Duration::from_secs(90);
             loop {
-                let done = statuses(&s);
+                let done = statuses(s);
                 let open: Vec<&String> = runs
                     .iter()
                     .map(|r| &r.run_id)
@@ -297,7 +309,6 @@ fn soak(seed: u64) -> usize {
             server.stop();
         }
     }
-    check(seed, &s, &runs);
     crashed
 }
 
@@ -400,4 +411,322 @@ fn money_survives_crashes_under_a_seeded_mix_of_runs() {
         "no server reached its crash point: the soak crashed nothing"
     );
     eprintln!("soak: {crashed} servers died at their crash point");
+}
+
+// ---- two-phase commit across two databases, with a second process sweeping ----
+
+/// Accounts in each bank (`bank-a` holds `a-*`, `bank-b` holds `b-*`).
+const BANK_ACCOUNTS: usize = 6;
+/// Two-phase transfers one seed plans.
+const XA_RUNS: usize = 30;
+
+/// Balances by account, committed branches by bank and transaction id, and the transactions
+/// left prepared in either bank.
+type BankState = (
+    BTreeMap<String, i64>,
+    BTreeMap<(char, String), i64>,
+    Vec<String>,
+);
+
+/// Two PostgreSQL databases of accounts, taking part in two-phase commits.
+struct Banks {
+    postgres: crate::services::Postgres,
+}
+
+impl Banks {
+    fn start() -> Banks {
+        let postgres = crate::services::Postgres::start();
+        crate::support::rt().block_on(async {
+            use sqlx::Connection;
+            let mut admin = sqlx::PgConnection::connect(&postgres.url())
+                .await
+                .expect("connect");
+            for db in ["soak_a", "soak_b"] {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+                    .execute(&mut admin)
+                    .await
+                    .expect("create database");
+            }
+        });
+        Banks { postgres }
+    }
+
+    fn url(&self, bank: char) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/soak_{bank}",
+            self.postgres.port
+        )
+    }
+
+    /// Every account at `OPENING`, no history, nothing prepared.
+    fn reset(&self) {
+        crate::support::rt().block_on(async {
+            use sqlx::Connection;
+            for bank in ['a', 'b'] {
+                let mut conn = sqlx::PgConnection::connect(&self.url(bank))
+                    .await
+                    .expect("connect");
+                let prepared: Vec<String> =
+                    sqlx::query_scalar("SELECT gid FROM pg_prepared_xacts WHERE database = current_database()")
+                        .fetch_all(&mut conn)
+                        .await
+                        .expect("prepared");
+                assert!(prepared.is_empty(), "a seed left {prepared:?} prepared");
+                sqlx::raw_sql(wasaga::xa::SCHEMA)
+                    .execute(&mut conn)
+                    .await
+                    .expect("schema");
+                sqlx::raw_sql(
+                    "DELETE FROM wasaga_accounts; DELETE FROM wasaga_xa_log; DELETE FROM wasaga_xa_fences",
+                )
+                .execute(&mut conn)
+                .await
+                .expect("reset");
+                for i in 0..BANK_ACCOUNTS {
+                    sqlx::query("INSERT INTO wasaga_accounts (account, balance) VALUES ($1, $2)")
+                        .bind(format!("{bank}-{i}"))
+                        .bind(OPENING)
+                        .execute(&mut conn)
+                        .await
+                        .expect("account");
+                }
+            }
+        });
+    }
+
+    /// Balances by `bank/account`, committed branches by bank and transaction id, and the
+    /// transactions left prepared in either bank.
+    fn state(&self) -> BankState {
+        crate::support::rt().block_on(async {
+            use sqlx::Connection;
+            let (mut balances, mut branches, mut prepared) =
+                (BTreeMap::new(), BTreeMap::new(), Vec::new());
+            for bank in ['a', 'b'] {
+                let mut conn = sqlx::PgConnection::connect(&self.url(bank))
+                    .await
+                    .expect("connect");
+                let rows: Vec<(String, i64)> =
+                    sqlx::query_as("SELECT account, balance FROM wasaga_accounts")
+                        .fetch_all(&mut conn)
+                        .await
+                        .expect("balances");
+                balances.extend(rows);
+                let rows: Vec<(String, i64)> =
+                    sqlx::query_as("SELECT xid, COUNT(*) FROM wasaga_xa_log GROUP BY xid")
+                        .fetch_all(&mut conn)
+                        .await
+                        .expect("log");
+                branches.extend(rows.into_iter().map(|(xid, n)| ((bank, xid), n)));
+                let gids: Vec<String> = sqlx::query_scalar(
+                    "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()",
+                )
+                .fetch_all(&mut conn)
+                .await
+                .expect("prepared");
+                prepared.extend(gids);
+            }
+            (balances, branches, prepared)
+        })
+    }
+
+    fn config(&self, journal: &std::path::Path) -> String {
+        format!(
+            "journal = \"{}\"\n\n[limits]\nrun_lease_ms = 2000\ncompensation_retries_max = 12\n\n\
+             [xa]\nbank-a = \"{}\"\nbank-b = \"{}\"\n\n\
+             [workflows.xa-transfer]\nparticipants = [\"bank-a\", \"bank-b\"]\nlock_prefixes = []\n",
+            journal.display(),
+            self.url('a'),
+            self.url('b')
+        )
+    }
+}
+
+fn plan_two_phase(seed: u64) -> Vec<Planned> {
+    let mut rng = Rng::new(seed ^ 0x2bc0);
+    let pick = |rng: &mut Rng, bank: char| format!("{bank}-{}", rng.below(BANK_ACCOUNTS as u64));
+    (0..XA_RUNS)
+        .map(|i| {
+            let (from_bank, to_bank) = if rng.below(2) == 0 {
+                ('a', 'b')
+            } else {
+                ('b', 'a')
+            };
+            let from = pick(&mut rng, from_bank);
+            // One in six credits an account that does not exist, and one in three asks more
+            // than most accounts hold: either refuses its prepare, and both branches roll back.
+            let to = if rng.below(6) == 0 {
+                format!("{to_bank}-ghost")
+            } else {
+                pick(&mut rng, to_bank)
+            };
+            let amount = if rng.below(3) == 0 {
+                2_500 + rng.below(4_000) as i64
+            } else {
+                1 + rng.below(1_500) as i64
+            };
+            Planned {
+                run_id: format!("x{seed}-{i}"),
+                workflow: "xa-transfer",
+                input: json!({
+                    "from_bank": format!("bank-{from_bank}"), "from": from,
+                    "to_bank": format!("bank-{to_bank}"), "to": to, "amount": amount,
+                }),
+                effect: vec![(from, -amount), (to, amount)],
+            }
+        })
+        .collect()
+}
+
+/// A second process on its own journal, with the same host id and the same two banks, that
+/// until `stop` moves 1 from `a-0` to `b-0` (the rows the soak's runs contend for) by
+/// two-phase commit, each `wasaga run` sweeping the banks' prepared transactions as it
+/// starts; returns how many of its runs completed. Its sweeps must leave the soak's
+/// transactions alone, prepared or not.
+fn second_process(seed: u64, banks: &Banks, stop: &std::sync::atomic::AtomicBool) -> i64 {
+    let s = Sandbox::new(&format!("soak-xa-second-{seed}"));
+    let config = s.dir.join("second.toml");
+    std::fs::write(&config, banks.config(&s.db)).expect("config");
+    let config = config.display().to_string();
+    let input = json!({ "from_bank": "bank-a", "from": "a-0", "to_bank": "bank-b", "to": "b-0", "amount": 1 })
+        .to_string();
+    let mut completed = 0;
+    let mut i = 0;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        i += 1;
+        let run_id = format!("second-{i}");
+        let out = s.wasaga(&[
+            "--config",
+            &config,
+            "run",
+            crate::guests::XA_TRANSFER,
+            "--run-id",
+            &run_id,
+            "--input",
+            &input,
+        ]);
+        match out.status.code() {
+            Some(0) => completed += 1,
+            // Compensated (a-0 ran dry, or the soak's runs held its row past the wait):
+            // nothing moved.
+            Some(3) => {}
+            _ => panic!("the second process's run failed: {}", text(&out)),
+        }
+    }
+    completed
+}
+
+/// Soaks one seed; returns how many servers died at their crash point, how many runs
+/// completed and were compensated, and how many the second process completed.
+fn soak_two_phase(seed: u64, banks: &Banks) -> (usize, usize, usize, i64) {
+    banks.reset();
+    let s = Sandbox::new(&format!("soak-xa-{seed}"));
+    let config_text = banks.config(&s.db);
+    let config_path = s.dir.join("soak.toml");
+    std::fs::write(&config_path, &config_text).expect("config");
+    let out = s.wasaga(&[
+        "--config",
+        &config_path.display().to_string(),
+        "deploy",
+        crate::guests::XA_TRANSFER,
+        "--name",
+        "xa-transfer",
+    ]);
+    assert!(out.status.success(), "seed {seed}: deploy: {}", text(&out));
+    let runs = plan_two_phase(seed);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    /// Stops the second process however the soak's rounds end, a failure included.
+    struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let (crashed, second) = std::thread::scope(|scope| {
+        let second = scope.spawn(|| second_process(seed, banks, &stop));
+        let crashed = {
+            let _stop = Stop(&stop);
+            rounds(seed, &s, &config_text, &runs)
+        };
+        (crashed, second.join().expect("second process"))
+    });
+    let (balances, branches, prepared) = banks.state();
+    assert!(
+        prepared.is_empty(),
+        "seed {seed}: left prepared: {prepared:?}"
+    );
+    let done = statuses(&s);
+    let mut expected: BTreeMap<String, i64> = (0..BANK_ACCOUNTS)
+        .flat_map(|i| [format!("a-{i}"), format!("b-{i}")])
+        .map(|a| (a, OPENING))
+        .collect();
+    *expected.get_mut("a-0").expect("a-0") -= second;
+    *expected.get_mut("b-0").expect("b-0") += second;
+    let (mut completed, mut compensated) = (0, 0);
+    for run in &runs {
+        let (status, error) = done
+            .get(&run.run_id)
+            .unwrap_or_else(|| panic!("seed {seed}: run {} was lost", run.run_id));
+        // Both branches of the run's transaction committed, or neither did.
+        let committed: i64 = branches
+            .iter()
+            .filter(|((_, xid), _)| {
+                wasaga::participants::op_key::of_transaction(xid)
+                    .is_some_and(|(r, _)| r == run.run_id)
+            })
+            .map(|(_, n)| *n)
+            .sum();
+        match status.as_str() {
+            "completed" => {
+                completed += 1;
+                assert_eq!(
+                    committed, 2,
+                    "seed {seed}: completed run {} ({}) committed {committed} branches",
+                    run.run_id, run.input
+                );
+                for (account, delta) in &run.effect {
+                    *expected.get_mut(account).expect("known account") += delta;
+                }
+            }
+            "compensated" => {
+                compensated += 1;
+                assert_eq!(
+                    committed, 0,
+                    "seed {seed}: compensated run {} ({}) committed {committed} branches: {error:?}",
+                    run.run_id, run.input
+                );
+            }
+            other => panic!(
+                "seed {seed}: run {} ({}) ended {other}: {error:?}",
+                run.run_id, run.input
+            ),
+        }
+    }
+    assert_eq!(
+        balances, expected,
+        "seed {seed}: balances are not the opening ones plus the completed transfers (the second process completed {second})"
+    );
+    (crashed, completed, compensated, second)
+}
+
+#[test]
+fn two_phase_money_survives_crashes_and_another_process_sweeping() {
+    let banks = Banks::start();
+    let (mut crashed, mut completed, mut compensated, mut second) = (0, 0, 0, 0);
+    for seed in seeds() {
+        eprintln!("two-phase soak seed {seed} (replay with WASAGA_SOAK_SEED={seed} scripts/soak)");
+        let ends = soak_two_phase(seed, &banks);
+        crashed += ends.0;
+        completed += ends.1;
+        compensated += ends.2;
+        second += ends.3;
+    }
+    // A seed whose crash catches every transfer prepared and undecided compensates them all;
+    // across the seeds both ends must be reached.
+    assert!(
+        crashed > 0 && completed > 0 && compensated > 0 && second > 0,
+        "the soak exercises crashes, both ends and the second process: {crashed} crashes, {completed} completed, {compensated} compensated, {second} by the second process"
+    );
+    eprintln!(
+        "two-phase soak: {crashed} servers died at their crash point; {completed} runs completed, {compensated} compensated, {second} by the second process"
+    );
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-/// Accounts in the workload, ids 1..=ACCOUNTS.
+/// Accounts in the workload by default, ids 1..=ACCOUNTS.
 pub const ACCOUNTS: u32 = 1_000;
 /// Every account's opening balance.
 pub const OPENING_BALANCE: i64 = 1_000_000;
@@ -26,6 +26,12 @@ pub struct TransferBench {
     pub n: u32,
     pub c: u32,
     pub seed: u64,
+    /// Accounts the transfers move money between, ids 1..=accounts (at least 2).
+    pub accounts: u32,
+    /// Whether each transfer first locks both its accounts (in one global order, 10 s wait).
+    pub locked: bool,
+    /// Where the locks come from.
+    pub locks: crate::locks::LockBackend,
     /// The journal's database (and the ledger's, unless `ledger` is given); emptied first.
     pub journal: Location,
     /// The ledger's own database, if not the journal's; emptied first.
@@ -44,6 +50,9 @@ impl std::fmt::Debug for TransferBench {
             .field("n", &self.n)
             .field("c", &self.c)
             .field("seed", &self.seed)
+            .field("accounts", &self.accounts)
+            .field("locked", &self.locked)
+            .field("locks", &self.locks)
             .field("journal", &self.journal)
             .field("ledger", &self.ledger)
             .finish()
@@ -75,6 +84,14 @@ pub struct TransferReport {
     pub succeeded: u32,
     pub compensated: u32,
     pub failed_debit: u32,
+    pub accounts: u32,
+    pub locked: bool,
+    /// Runs compensated because a lock wait ran out.
+    pub lock_timeouts: u32,
+    /// How long the granted lock acquires waited, from the runs' journals.
+    pub lock_wait_p50_ms: f64,
+    pub lock_wait_p99_ms: f64,
+    pub lock_wait_max_ms: f64,
     pub journal: &'static str,
     pub ledger: &'static str,
     /// Write transactions the journal's database committed during the run, and the writers'
@@ -91,12 +108,12 @@ struct Transfer {
     amount: i64,
 }
 
-fn workload(n: u32, seed: u64) -> Vec<Transfer> {
+fn workload(n: u32, seed: u64, accounts: u32) -> Vec<Transfer> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     (0..n)
         .map(|_| {
-            let from = rng.random_range(1..=ACCOUNTS);
-            let mut to = rng.random_range(1..ACCOUNTS);
+            let from = rng.random_range(1..=accounts);
+            let mut to = rng.random_range(1..accounts);
             if to >= from {
                 to += 1;
             }
@@ -114,12 +131,19 @@ enum Outcome {
     Missing,
     Succeeded,
     FailedDebit,
+    LockTimeout,
     Compensated,
     Other,
 }
 
 /// Runs the workload and checks its invariants.
 pub async fn transfer(bench: TransferBench) -> Result<TransferReport, HostError> {
+    if bench.accounts < 2 {
+        return Err(HostError::Input(format!(
+            "a transfer needs two accounts: --accounts {} is too few",
+            bench.accounts
+        )));
+    }
     Database::destroy(&bench.journal).await?;
     if let Some(ledger) = &bench.ledger {
         Database::destroy(ledger).await?;
@@ -127,6 +151,7 @@ pub async fn transfer(bench: TransferBench) -> Result<TransferReport, HostError>
     let mut config = HostConfig::new(bench.journal.clone());
     config.ledger = bench.ledger.clone();
     config.cache_dir = bench.cache_dir.clone();
+    config.locks = bench.locks.clone();
     config.limits.concurrent_runs_max = bench.c.max(1) * 2;
     // PostgreSQL on a small machine does best with a few connections per core: 12 beat 32
     // (same throughput, a third less p99) on the 2-core development machine.
@@ -136,9 +161,10 @@ pub async fn transfer(bench: TransferBench) -> Result<TransferReport, HostError>
     config.pools.postgres_connections_min = 12;
     let host = Host::open(&config).await?;
     let db = host.ledger_db().clone();
-    db.write(|tx| {
+    let accounts = bench.accounts;
+    db.write(move |tx| {
         Box::pin(async move {
-            for id in 1..=ACCOUNTS {
+            for id in 1..=accounts {
                 crate::ledger::open_account(tx, &id.to_string(), OPENING_BALANCE).await?;
             }
             Ok::<_, crate::ledger::OpenError>(())
@@ -148,7 +174,8 @@ pub async fn transfer(bench: TransferBench) -> Result<TransferReport, HostError>
     .map_err(|e| HostError::Input(format!("cannot open the benchmark accounts: {e}")))?;
     let hash = host.add_module("bench-transfer", &bench.module).await?;
 
-    let transfers = Arc::new(workload(bench.n, bench.seed));
+    let transfers = Arc::new(workload(bench.n, bench.seed, bench.accounts));
+    let locked = bench.locked;
     let (commits_before, jobs_before) = host.journal().database().commit_stats();
     let prefix = format!("bench-{}", bench.seed);
     let next = Arc::new(AtomicU32::new(0));
@@ -174,7 +201,7 @@ pub async fn transfer(bench: TransferBench) -> Result<TransferReport, HostError>
                 }
                 let t = &transfers[i as usize];
                 let input = format!(
-                    r#"{{"i":{i},"from":"{}","to":"{}","amount":{}}}"#,
+                    r#"{{"i":{i},"from":"{}","to":"{}","amount":{},"locked":{locked}}}"#,
                     t.from, t.to, t.amount
                 );
                 let began = Instant::now();
@@ -199,6 +226,14 @@ pub async fn transfer(bench: TransferBench) -> Result<TransferReport, HostError>
                             .is_some_and(|e| e.contains("step 'debit'")) =>
                     {
                         Outcome::FailedDebit
+                    }
+                    RunStatus::Compensated
+                        if outcome
+                            .error
+                            .as_deref()
+                            .is_some_and(|e| e.contains("still held by")) =>
+                    {
+                        Outcome::LockTimeout
                     }
                     RunStatus::Compensated => Outcome::Compensated,
                     _ => Outcome::Other,
@@ -250,8 +285,10 @@ pub async fn transfer(bench: TransferBench) -> Result<TransferReport, HostError>
     }
     latencies.sort();
     let percentile = |p: f64| percentile_ms(&latencies, p);
-    let invariants = check(&host, &prefix, &transfers, &outcomes).await?;
+    let invariants = check(&host, &prefix, bench.accounts, &transfers, &outcomes).await?;
     let count = |o: Outcome| outcomes.iter().filter(|x| **x == o).count() as u32;
+    let mut waits = lock_waits(&host).await?;
+    waits.sort();
     Ok(TransferReport {
         engine: "wasaga",
         n: bench.n,
@@ -265,8 +302,16 @@ pub async fn transfer(bench: TransferBench) -> Result<TransferReport, HostError>
         elapsed_s: elapsed.as_secs_f64(),
         invariants_ok: invariants.iter().all(|i| i.ok),
         succeeded: count(Outcome::Succeeded),
-        compensated: count(Outcome::Compensated) + count(Outcome::FailedDebit),
+        compensated: count(Outcome::Compensated)
+            + count(Outcome::FailedDebit)
+            + count(Outcome::LockTimeout),
         failed_debit: count(Outcome::FailedDebit),
+        accounts: bench.accounts,
+        locked: bench.locked,
+        lock_timeouts: count(Outcome::LockTimeout),
+        lock_wait_p50_ms: percentile_ms(&waits, 50.0),
+        lock_wait_p99_ms: percentile_ms(&waits, 99.0),
+        lock_wait_max_ms: waits.last().map_or(0.0, |d| d.as_secs_f64() * 1_000.0),
         journal: kind(&bench.journal),
         ledger: kind(bench.ledger.as_ref().unwrap_or(&bench.journal)),
         commits,
@@ -275,10 +320,40 @@ pub async fn transfer(bench: TransferBench) -> Result<TransferReport, HostError>
     })
 }
 
+/// How long each granted lock acquire of the runs waited, from their `lock-acquired` events.
+async fn lock_waits(host: &Host) -> Result<Vec<Duration>, HostError> {
+    let bodies = host
+        .journal()
+        .database()
+        .read(|tx| {
+            Box::pin(async move {
+                let rows = tx
+                    .fetch_all("SELECT body FROM events WHERE kind = 'lock-acquired'", &[])
+                    .await?;
+                rows.iter()
+                    .map(|r| r.text(0))
+                    .collect::<Result<Vec<String>, _>>()
+                    .map_err(crate::journal::JournalError::from)
+            })
+        })
+        .await?;
+    Ok(bodies
+        .iter()
+        .filter_map(|body| serde_json::from_str::<crate::event::Event>(body).ok())
+        .filter_map(|event| match event {
+            crate::event::Event::LockAcquired { waited_ms, .. } => {
+                Some(Duration::from_millis(waited_ms))
+            }
+            _ => None,
+        })
+        .collect())
+}
+
 /// The workload's five invariants, from the ledger's own records.
 async fn check(
     host: &Host,
     prefix: &str,
+    account_count: u32,
     transfers: &[Transfer],
     outcomes: &[Outcome],
 ) -> Result<Vec<Invariant>, HostError> {
@@ -334,7 +409,7 @@ async fn check(
     }
 
     let total: i64 = accounts.iter().map(|a| a.balance + a.held).sum();
-    let expected_total = i64::from(ACCOUNTS) * OPENING_BALANCE;
+    let expected_total = i64::from(account_count) * OPENING_BALANCE;
     let mut invariants = vec![Invariant {
         name: "sum of balances is constant",
         ok: total == expected_total,
@@ -353,7 +428,7 @@ async fn check(
                 .unwrap_or(0)
         };
         match outcome {
-            Outcome::Compensated | Outcome::FailedDebit
+            Outcome::Compensated | Outcome::FailedDebit | Outcome::LockTimeout
                 if net_of(t.from) != 0 || net_of(t.to) != 0 =>
             {
                 bad_compensated.push(i);
@@ -396,7 +471,7 @@ async fn check(
         .collect();
     invariants.push(Invariant {
         name: "balances equal opening plus applied operations",
-        ok: mismatched.is_empty() && accounts.len() == ACCOUNTS as usize,
+        ok: mismatched.is_empty() && accounts.len() == account_count as usize,
         detail: format!(
             "{} accounts differ {:?}",
             mismatched.len(),
@@ -451,8 +526,8 @@ mod tests {
 
     #[test]
     fn the_workload_is_deterministic_and_in_range() {
-        let a = workload(500, 42);
-        let b = workload(500, 42);
+        let a = workload(500, 42, ACCOUNTS);
+        let b = workload(500, 42, ACCOUNTS);
         assert!(
             a.iter()
                 .zip(&b)
@@ -464,7 +539,7 @@ mod tests {
             assert!((1..=100).contains(&t.amount));
         }
         assert!(
-            workload(500, 43)
+            workload(500, 43, ACCOUNTS)
                 .iter()
                 .zip(&a)
                 .any(|(x, y)| x.from != y.from)

@@ -123,6 +123,9 @@ pub enum Event {
         ttl_ms: u32,
         fencing_token: u64,
         expires_at_ms: u64,
+        /// How long the run waited for the lock (0 in journals from before it was recorded).
+        #[serde(default)]
+        waited_ms: u64,
     },
     /// `lock.acquire` failed.
     LockFailed {

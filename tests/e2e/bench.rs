@@ -45,6 +45,55 @@ fn the_transfer_benchmark_runs_the_workload_and_its_invariants_hold() {
     assert_eq!(invariants.len(), 5);
 }
 
+/// With `--locked` over four hot accounts, every transfer locks both its accounts first: the
+/// runs wait for each other (the journal records how long), none times out, and the money
+/// adds up as without locks.
+#[test]
+fn the_locked_transfer_benchmark_over_hot_accounts_waits_in_line_and_its_invariants_hold() {
+    let s = Sandbox::new("bench-locked");
+    let journal = s.dir.join("bench.db");
+    let out = s.wasaga(&[
+        "bench",
+        "transfer",
+        "--n",
+        "120",
+        "--c",
+        "16",
+        "--accounts",
+        "4",
+        "--locked",
+        "--module",
+        BENCH_TRANSFER,
+        "--journal",
+        &journal.display().to_string(),
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    assert_eq!(report["invariants_ok"], true, "{report}");
+    assert_eq!(report["locked"], true);
+    assert_eq!(report["accounts"], 4);
+    assert_eq!(report["lock_timeouts"], 0, "{report}");
+    assert_eq!(report["succeeded"], 108, "{report}");
+    assert!(
+        report["lock_wait_max_ms"].as_f64().is_some_and(|v| v > 0.0),
+        "16 clients over 4 accounts wait for locks: {report}"
+    );
+    let bad = s.wasaga(&[
+        "--locks",
+        "memcached://x",
+        "bench",
+        "transfer",
+        "--locked",
+        "--module",
+        BENCH_TRANSFER,
+        "--journal",
+        &journal.display().to_string(),
+    ]);
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+    assert!(text(&bad).contains("memcached"), "{}", text(&bad));
+}
+
 #[test]
 fn the_benchmark_refuses_to_reset_the_users_database() {
     let s = Sandbox::new("bench-refuse");

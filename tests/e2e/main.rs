@@ -7,6 +7,7 @@ mod crash;
 mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 }
+mod lock_lines;
 mod locks;
 mod nondeterminism;
 mod optimistic;

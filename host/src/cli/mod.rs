@@ -162,6 +162,13 @@ enum BenchCommand {
         /// Seed of the transfer generator.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Accounts the transfers move money between (few accounts: hot ones).
+        #[arg(long, default_value_t = wasaga::bench::ACCOUNTS, value_parser = clap::value_parser!(u32).range(2..=10_000_000))]
+        accounts: u32,
+        /// Each transfer first locks both its accounts (10 s lock wait), as the `transfer`
+        /// example does; the locks come from the global --locks (default: the journal).
+        #[arg(long)]
+        locked: bool,
         /// The bench-transfer component.
         #[arg(
             long,
@@ -320,15 +327,35 @@ async fn dispatch(g: &Settings, command: &Command) -> Result<u8, Failure> {
             n,
             c,
             seed,
+            accounts,
+            locked,
             module,
             journal,
             ledger,
-        }) => bench_transfer(g, *n, *c, *seed, module, journal, ledger.as_ref()).await,
+        }) => {
+            let shape = Shape {
+                accounts: *accounts,
+                locked: *locked,
+                locks: g.host.locks.clone(),
+            };
+            bench_transfer(g, *n, *c, *seed, shape, module, journal, ledger.as_ref()).await
+        }
     }
 }
 
 /// A benchmark database: PostgreSQL URLs default to their own `wasaga_bench` schema, so a
 /// benchmark never empties the schema a real journal lives in.
+/// A lock backend as the user named it, without a password.
+fn lock_backend_name(backend: &wasaga::locks::LockBackend) -> String {
+    use wasaga::locks::LockBackend;
+    match backend {
+        LockBackend::Journal => "journal".to_owned(),
+        LockBackend::Sqlite(path) => format!("sqlite:{}", path.display()),
+        LockBackend::Redis(url) | LockBackend::ZooKeeper(url) => url.clone(),
+        LockBackend::Postgres(url) => wasaga::locks::redacted(url),
+    }
+}
+
 fn bench_location(text: &str) -> Result<Location, String> {
     Location::parse_with_schema(text, "wasaga_bench")
 }
@@ -681,9 +708,12 @@ fn printer() -> Observer {
                 }
             }
             Event::LockAcquired {
-                key, fencing_token, ..
+                key,
+                fencing_token,
+                waited_ms,
+                ..
             } => {
-                println!("  lock  {key:<16} token {fencing_token}");
+                println!("  lock  {key:<16} token {fencing_token} (waited {waited_ms} ms)");
             }
             Event::LockFailed { key, reason, .. } => println!("  lock  {key:<16} failed: {reason}"),
             _ => {}
@@ -925,9 +955,14 @@ async fn runs_show(g: &Settings, run_id: &str) -> Result<u8, Failure> {
                 message.replace('\n', "\n                    ")
             ),
             Event::LockAcquired {
-                key, fencing_token, ..
+                key,
+                fencing_token,
+                waited_ms,
+                ..
             } => {
-                format!("lock      {key} acquired, fencing token {fencing_token}")
+                format!(
+                    "lock      {key} acquired after waiting {waited_ms} ms, fencing token {fencing_token}"
+                )
             }
             Event::LockFailed { key, reason, .. } => format!("lock      {key} failed: {reason}"),
             Event::LockReacquired {
@@ -1141,11 +1176,20 @@ async fn bench_micro(g: &Settings, module: &Path, journal: &Location) -> Result<
     Ok(0)
 }
 
+/// The transfer benchmark's accounts and locks.
+struct Shape {
+    accounts: u32,
+    locked: bool,
+    locks: wasaga::locks::LockBackend,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn bench_transfer(
     g: &Settings,
     n: u32,
     c: u32,
     seed: u64,
+    shape: Shape,
     module: &Path,
     journal: &Location,
     ledger: Option<&Location>,
@@ -1162,7 +1206,13 @@ async fn bench_transfer(
             Location::Postgres { .. } => "synchronous_commit=on",
         };
         eprintln!(
-            "transfer-saga: n={n} c={c} seed={seed} journal={}{} ({durability})",
+            "transfer-saga: n={n} c={c} seed={seed} accounts={}{} journal={}{} ({durability})",
+            shape.accounts,
+            if shape.locked {
+                format!(" locked (locks {})", lock_backend_name(&shape.locks))
+            } else {
+                String::new()
+            },
             journal.describe(),
             ledger
                 .map(|l| format!(" ledger={}", l.describe()))
@@ -1182,6 +1232,9 @@ async fn bench_transfer(
         n,
         c,
         seed,
+        accounts: shape.accounts,
+        locked: shape.locked,
+        locks: shape.locks.clone(),
         journal: journal.clone(),
         ledger: ledger.cloned(),
         cache_dir: HostConfig::new(journal.clone()).cache_dir,
@@ -1209,6 +1262,15 @@ async fn bench_transfer(
             "latency      p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
             report.p50_ms, report.p95_ms, report.p99_ms, report.max_ms
         );
+        if report.locked {
+            println!(
+                "lock waits   p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms; {} runs compensated on a lock wait",
+                report.lock_wait_p50_ms,
+                report.lock_wait_p99_ms,
+                report.lock_wait_max_ms,
+                report.lock_timeouts
+            );
+        }
         println!(
             "journal      {} commits, {:.1} writers' jobs per commit ({:.2} commits per saga)",
             report.commits,

@@ -90,6 +90,7 @@ impl Host for RunState {
             let owner = host.lock_owner(&run.log.run_id);
             // A run not yet created (by its first write) that must wait for a lock is created
             // first: whoever started it learns that it exists rather than wait for the lock.
+            let asked = std::time::Instant::now();
             let mut first = None;
             if run.log.unstarted.is_some() && wait_ms > 0 {
                 match host.locks.acquire(&key, &owner, ttl_ms, 0).await {
@@ -129,6 +130,7 @@ impl Host for RunState {
                         ttl_ms,
                         fencing_token: lease.fencing_token,
                         expires_at_ms: lease.expires_at_ms,
+                        waited_ms: asked.elapsed().as_millis() as u64,
                     };
                     run.hold(lease);
                     event

@@ -174,4 +174,57 @@ impl LockService for DatabaseLocks {
     fn release<'a>(&'a self, lease: &'a Lease) -> crate::BoxFuture<'a, Result<(), LockError>> {
         Box::pin(async move { self.update(lease.clone(), false).await.map(|_| ()) })
     }
+
+    fn hand_over<'a>(
+        &'a self,
+        lease: &'a Lease,
+        owner: &'a str,
+        ttl_ms: u32,
+    ) -> crate::BoxFuture<'a, Result<Option<Lease>, LockError>> {
+        Box::pin(async move {
+            let (from, to) = (lease.clone(), owner.to_owned());
+            self.db
+                .write(move |tx| {
+                    Box::pin(async move {
+                        let ttl = i64::from(ttl_ms);
+                        let token = from.fencing_token as i64;
+                        let row = match tx.dialect() {
+                            Dialect::Sqlite => {
+                                let now = now_ms() as i64;
+                                tx.fetch_optional(
+                                    "UPDATE locks SET owner = $1, token = MAX(token + 1, $2), expires_at_ms = $3 + $4
+                                     WHERE key = $5 AND owner = $6 AND token = $7
+                                     RETURNING token, expires_at_ms",
+                                    args![&to, now.saturating_mul(1_000), now, ttl, &from.key, &from.owner, token],
+                                )
+                                .await?
+                            }
+                            Dialect::Postgres => {
+                                tx.fetch_optional(
+                                    "UPDATE locks SET owner = $1,
+                                         token = GREATEST(token + 1, CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000 AS BIGINT)),
+                                         expires_at_ms = CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) + $2
+                                     WHERE key = $3 AND owner = $4 AND token = $5
+                                     RETURNING token, expires_at_ms",
+                                    args![&to, ttl, &from.key, &from.owner, token],
+                                )
+                                .await?
+                            }
+                        };
+                        row.map(|r| {
+                            Ok::<_, DbError>(Lease {
+                                key: from.key.clone(),
+                                owner: to.clone(),
+                                fencing_token: r.int(0)? as u64,
+                                ttl_ms,
+                                expires_at_ms: r.int(1)? as u64,
+                            })
+                        })
+                        .transpose()
+                    })
+                })
+                .await
+                .map_err(|e| self.backend_error(e))
+        })
+    }
 }

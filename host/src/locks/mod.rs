@@ -5,12 +5,19 @@
 
 mod database;
 mod postgres;
+mod queue;
 mod redis;
 mod zookeeper;
 
 pub use database::DatabaseLocks;
 pub use postgres::PostgresLocks;
 pub(crate) use postgres::without_password;
+
+/// `url` with its password (if any) masked, for messages.
+pub fn redacted(url: &str) -> String {
+    without_password(url)
+}
+pub use queue::{HANDOVERS_MAX, Queued, SAFETY_NET_MS};
 pub use redis::RedisLocks;
 pub use zookeeper::ZooKeeperLocks;
 
@@ -76,6 +83,20 @@ pub trait LockService: Send + Sync + std::fmt::Debug {
 
     /// Gives `lease` back; a lease that has already passed to someone else is left alone.
     fn release<'a>(&'a self, lease: &'a Lease) -> crate::BoxFuture<'a, Result<(), LockError>>;
+
+    /// Passes `lease`, if it is still the current grant of its key, straight to `owner` for
+    /// `ttl_ms` with a new fencing token: one atomic step, so nobody else can take the key in
+    /// between. `None` if it was not handed over (the lease had passed on, or this backend
+    /// cannot hand over and has released it instead): the new owner must ask for the lock.
+    fn hand_over<'a>(
+        &'a self,
+        lease: &'a Lease,
+        owner: &'a str,
+        ttl_ms: u32,
+    ) -> crate::BoxFuture<'a, Result<Option<Lease>, LockError>> {
+        let _ = (owner, ttl_ms);
+        Box::pin(async move { self.release(lease).await.map(|()| None) })
+    }
 }
 
 /// Tries `attempt` until it grants a lease, pausing with backoff between tries, for at most
@@ -141,8 +162,19 @@ impl std::str::FromStr for LockBackend {
     }
 }
 
-/// Builds the lock service for `backend`; `journal` is the journal's database.
+/// Builds the lock service for `backend`, with this host's runs waiting in line for each key
+/// ([`Queued`]); `journal` is the journal's database.
 pub async fn connect(
+    backend: &LockBackend,
+    journal: &std::sync::Arc<crate::db::Database>,
+) -> Result<Box<dyn LockService>, LockError> {
+    Ok(Box::new(Queued::new(
+        connect_backend(backend, journal).await?,
+    )))
+}
+
+/// Builds the bare lock service for `backend`, without a line per key.
+pub async fn connect_backend(
     backend: &LockBackend,
     journal: &std::sync::Arc<crate::db::Database>,
 ) -> Result<Box<dyn LockService>, LockError> {

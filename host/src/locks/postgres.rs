@@ -183,6 +183,37 @@ impl LockService for PostgresLocks {
             Ok(())
         })
     }
+
+    fn hand_over<'a>(
+        &'a self,
+        lease: &'a Lease,
+        owner: &'a str,
+        ttl_ms: u32,
+    ) -> crate::BoxFuture<'a, Result<Option<Lease>, LockError>> {
+        Box::pin(async move {
+            self.ready().await?;
+            let handed: Option<(i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "UPDATE wasaga_locks AS l SET owner = $1, token = GREATEST(l.token + 1, {NOW_US}), expires_at_ms = {NOW_MS} + $2
+                 WHERE key = $3 AND owner = $4 AND token = $5
+                 RETURNING token, expires_at_ms"
+            )))
+            .bind(owner)
+            .bind(i64::from(ttl_ms))
+            .bind(&lease.key)
+            .bind(&lease.owner)
+            .bind(lease.fencing_token as i64)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.unavailable(e))?;
+            Ok(handed.map(|(token, expires_at_ms)| Lease {
+                key: lease.key.clone(),
+                owner: owner.to_owned(),
+                fencing_token: token as u64,
+                ttl_ms,
+                expires_at_ms: expires_at_ms as u64,
+            }))
+        })
+    }
 }
 
 #[cfg(test)]

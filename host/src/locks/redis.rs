@@ -47,6 +47,21 @@ end
 return 0
 ";
 
+/// Moves the grant to a new owner with a new token if it is still ours. KEYS[1] lock key,
+/// KEYS[2] token counter; ARGV[1] owner|token, ARGV[2] new owner, ARGV[3] ttl ms. Returns the
+/// new token, or 0 if the grant had passed on.
+const HAND_OVER: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+local now = redis.call('TIME')
+local floor = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local token = math.max(tonumber(redis.call('GET', KEYS[2]) or '0') + 1, floor)
+redis.call('SET', KEYS[2], string.format('%.0f', token))
+redis.call('SET', KEYS[1], ARGV[2] .. '|' .. string.format('%.0f', token), 'PX', ARGV[3])
+return token
+";
+
 /// Locks in a Redis server.
 pub struct RedisLocks {
     url: String,
@@ -55,6 +70,7 @@ pub struct RedisLocks {
     acquire: redis::Script,
     extend: redis::Script,
     release: redis::Script,
+    hand_over: redis::Script,
 }
 
 impl std::fmt::Debug for RedisLocks {
@@ -82,6 +98,7 @@ impl RedisLocks {
             acquire: redis::Script::new(ACQUIRE),
             extend: redis::Script::new(EXTEND),
             release: redis::Script::new(RELEASE),
+            hand_over: redis::Script::new(HAND_OVER),
         })
     }
 
@@ -208,6 +225,31 @@ impl LockService for RedisLocks {
                 .invoke(&self.release, &[lock_key(&lease.key)], &[grant])
                 .await?;
             Ok(())
+        })
+    }
+
+    fn hand_over<'a>(
+        &'a self,
+        lease: &'a Lease,
+        owner: &'a str,
+        ttl_ms: u32,
+    ) -> crate::BoxFuture<'a, Result<Option<Lease>, LockError>> {
+        Box::pin(async move {
+            let grant = format!("{}|{}", lease.owner, lease.fencing_token);
+            let token: u64 = self
+                .invoke(
+                    &self.hand_over,
+                    &[lock_key(&lease.key), token_key(&lease.key)],
+                    &[grant, owner.to_owned(), ttl_ms.to_string()],
+                )
+                .await?;
+            Ok((token != 0).then(|| Lease {
+                key: lease.key.clone(),
+                owner: owner.to_owned(),
+                fencing_token: token,
+                ttl_ms,
+                expires_at_ms: now_ms() + u64::from(ttl_ms),
+            }))
         })
     }
 }

@@ -46,6 +46,10 @@ struct Line {
     /// Who holds the key here, or is asking the backend for it; `None` if nobody is.
     holder: Option<String>,
     waiters: VecDeque<Waiter>,
+    /// Whether the holder has its grant in hand (rather than asking the backend for it, or
+    /// being handed it): only then may the first in line ask the backend behind its back,
+    /// which would otherwise jump the line.
+    settled: bool,
     /// Hand-overs in a row since the key was last released to the backend.
     handed: u32,
 }
@@ -99,6 +103,7 @@ impl Queued {
             match &line.holder {
                 None => {
                     line.holder = Some(owner.to_owned());
+                    line.settled = false;
                     None
                 }
                 // The holder asking again renews its grant at the backend.
@@ -149,6 +154,11 @@ impl Queued {
         match asked {
             Ok(lease) => {
                 guard.armed = false;
+                if let Some(line) = self.lines().get_mut(key)
+                    && line.holder.as_deref() == Some(owner)
+                {
+                    line.settled = true;
+                }
                 Ok(lease)
             }
             // The guard passes the turn on.
@@ -180,8 +190,7 @@ impl Queued {
                 let lines = self.lines();
                 lines
                     .get(key)
-                    .and_then(|l| l.waiters.front())
-                    .is_some_and(|w| w.id == id)
+                    .is_some_and(|l| l.settled && l.waiters.front().is_some_and(|w| w.id == id))
             };
             if Instant::now() >= deadline {
                 return self.leave(key, id, told, started);
@@ -196,6 +205,7 @@ impl Queued {
                         if let Some(at) = line.waiters.iter().position(|w| w.id == id) {
                             line.waiters.remove(at);
                             line.holder = Some(owner.to_owned());
+                            line.settled = true;
                             line.handed = 0;
                             return Ok(Turn::Granted(lease));
                         }
@@ -259,6 +269,8 @@ impl Queued {
                 let mut lines = self.lines();
                 match lines.get_mut(&lease.key) {
                     Some(line) if line.holder.as_deref() == Some(lease.owner.as_str()) => {
+                        // The key is on its way to someone: nobody asks behind its back.
+                        line.settled = false;
                         Some(if line.handed >= HANDOVERS_MAX {
                             None
                         } else {
@@ -286,6 +298,7 @@ impl Queued {
                         let mut lines = self.lines();
                         let line = lines.entry(lease.key.clone()).or_default();
                         line.holder = Some(waiter.owner.clone());
+                        line.settled = true;
                         line.handed += 1;
                     }
                     match waiter.turn.send(Turn::Granted(handed)) {
@@ -343,6 +356,7 @@ fn pass_turn(lines: &Mutex<HashMap<String, Line>>, key: &str, owner: &str) {
         return;
     }
     line.handed = 0;
+    line.settled = false;
     loop {
         match line.waiters.pop_front() {
             None => {

@@ -960,9 +960,36 @@ pub(crate) async fn append_events(
         }
         return Err(refused(tx, run_id, owner, next_seq).await);
     }
+    check_fence(tx, run_id, owner, next_seq).await?;
     let seq = insert_events(tx, run_id, next_seq, now, &events.rows).await?;
     fence_and_project(tx, run_id, owner, next_seq, after, now, events).await?;
     Ok(seq)
+}
+
+/// On SQLite, refuses before anything is written a job that would append to `run_id` at
+/// `next_seq` without holding it there (`owner`): a job whose fence fails at its end would
+/// have written first, and its batch, with every other job in it, answers already given
+/// early among them, would have to be rolled back. The single writer makes the check hold
+/// until the job's own fenced update. (PostgreSQL's appends are one fenced statement.)
+pub(crate) async fn check_fence(
+    tx: &mut dyn Tx,
+    run_id: &str,
+    owner: &str,
+    next_seq: i64,
+) -> Result<(), JournalError> {
+    if tx.dialect() == Dialect::Postgres {
+        return Ok(());
+    }
+    let held = tx
+        .fetch_optional(
+            "SELECT 1 FROM runs WHERE run_id = $1 AND next_seq = $2 AND owner = $3",
+            crate::args![run_id, next_seq, owner],
+        )
+        .await?;
+    match held {
+        Some(_) => Ok(()),
+        None => Err(refused(tx, run_id, owner, next_seq).await),
+    }
 }
 
 /// Inserts `rows` (kind and body) as a run's events from `seq` on, up to four to a
@@ -1274,4 +1301,81 @@ fn run_record(row: &Row) -> Result<RunRecord, JournalError> {
         owner: row.opt_text(9)?,
         version: row.opt_int(10)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::{Database, Location, PoolSizes};
+
+    /// A job that appends to a run this host does not hold there is refused before it has
+    /// written anything: the batch it is in (with answers given early in it) need not be
+    /// rolled back.
+    #[tokio::test]
+    async fn an_append_without_the_fence_writes_nothing() {
+        let dir = std::env::temp_dir().join(format!("wasaga-fence-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let db = Database::open(
+            &Location::Sqlite(dir.join("journal.db")),
+            PoolSizes::default(),
+            crate::crash::CrashSwitch::default(),
+        )
+        .await
+        .expect("open");
+        let started = Event::Started {
+            workflow: "w".into(),
+            module_hash: "h".into(),
+            input: "{}".into(),
+            started_at_ms: 1,
+        };
+        let encoded = Encoded::new(std::slice::from_ref(&started));
+        let reserved = first_next_seq(db.dialect(), encoded.len());
+        let next: i64 = db
+            .write(move |tx| {
+                Box::pin(async move {
+                    tx.execute(
+                        "INSERT INTO modules (hash, name, bytes, size_bytes, deployed_at_ms) VALUES ('h', 'w', x'00', 1, 0)",
+                        &[],
+                    )
+                    .await?;
+                    assert!(insert_run(tx, "r", &started, "host-a", 60_000, reserved).await?);
+                    append_created(tx, "r", "host-a", reserved, &encoded).await
+                })
+            })
+            .await
+            .expect("created");
+        let log = Event::Log {
+            call: None,
+            message: "x".into(),
+        };
+        for (owner, seq, refusal) in [("host-b", next, "owner"), ("host-a", next + 1, "position")] {
+            let events = Encoded::new(std::slice::from_ref(&log));
+            let (refused, changed) = db
+                .write(move |tx| {
+                    Box::pin(async move {
+                        let before = scalar(tx, "SELECT COUNT(*) FROM events").await?;
+                        let refused = append_events(tx, "r", owner, seq, &events).await.is_err();
+                        let after = scalar(tx, "SELECT COUNT(*) FROM events").await?;
+                        Ok::<_, JournalError>((refused, after - before))
+                    })
+                })
+                .await
+                .expect("the job runs");
+            assert!(refused, "a wrong {refusal} is refused");
+            assert_eq!(
+                changed, 0,
+                "a refused append (wrong {refusal}) wrote nothing"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    async fn scalar(tx: &mut dyn Tx, sql: &'static str) -> Result<i64, JournalError> {
+        Ok(tx
+            .fetch_optional(sql, &[])
+            .await?
+            .expect("one row")
+            .int(0)?)
+    }
 }

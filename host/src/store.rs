@@ -746,11 +746,18 @@ impl RunLog {
             !self.journal.early_answers() || (unstarted.is_some() && self.created.is_some());
         let work = crate::db::work(move |tx| {
             Box::pin(async move {
-                if let Some(started) = &unstarted
-                    && !crate::journal::insert_run(tx, &run_id, started, &owner, lease_ms, reserved)
+                match &unstarted {
+                    Some(started) => {
+                        if !crate::journal::insert_run(
+                            tx, &run_id, started, &owner, lease_ms, reserved,
+                        )
                         .await?
-                {
-                    return Err(JournalError::RunExists(run_id));
+                        {
+                            return Err(JournalError::RunExists(run_id));
+                        }
+                    }
+                    // Checked before the ledger writes: a refused job writes nothing.
+                    None => crate::journal::check_fence(tx, &run_id, &owner, next_seq).await?,
                 }
                 let outcome = crate::ledger::apply(tx, &call)
                     .await?

@@ -311,3 +311,58 @@ fn a_paused_host_loses_its_runs_and_cannot_write_to_them() {
     assert_eq!((balances["alice"], balances["bob"]), (10_000 - 70, 70));
     assert_eq!(assert_ledger_consistent(&url), 10_000);
 }
+
+/// `/readyz` (which anyone may ask) reaches the journal at most once a second: with the
+/// journal's PostgreSQL gone, it still answers from its last check for up to a second, then
+/// says the journal is not reachable, and ready again once it is back.
+#[test]
+fn readiness_asks_the_journal_at_most_once_a_second() {
+    let mut postgres = Postgres::start();
+    let url = database(&postgres, "ready", None);
+    let s = Sandbox::new("ready").on_postgres(&url);
+    let server = Server::start(
+        &s.dir,
+        "a",
+        &host_config(&url, "host-a", "transfer", "account/"),
+        &[],
+    );
+    let ready = || {
+        crate::support::agent()
+            .get(&format!("{}/readyz", server.url()))
+            .call()
+            .expect("answered")
+            .status()
+            .as_u16()
+    };
+    assert_eq!(ready(), 200);
+    postgres.kill();
+    let killed = Instant::now();
+    // Within the second since the last check: its answer, without asking the journal.
+    assert_eq!(ready(), 200, "answered from the last check");
+    assert!(
+        killed.elapsed() < Duration::from_millis(900),
+        "the cached answer came at once"
+    );
+    std::thread::sleep(Duration::from_millis(1_200));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = ready();
+        if status == 503 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz never saw the journal gone (still {status})"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    postgres.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ready() != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "/readyz never saw the journal back"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

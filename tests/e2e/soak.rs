@@ -406,8 +406,10 @@ fn money_survives_crashes_under_a_seeded_mix_of_runs() {
         eprintln!("soak seed {seed} (replay with WASAGA_SOAK_SEED={seed} scripts/soak)");
         crashed += soak(seed);
     }
+    // One seed replayed alone may crash nothing (its crash points fall after its work); a set
+    // of seeds must.
     assert!(
-        crashed > 0,
+        crashed > 0 || seeds().len() == 1,
         "no server reached its crash point: the soak crashed nothing"
     );
     eprintln!("soak: {crashed} servers died at their crash point");
@@ -721,9 +723,9 @@ fn two_phase_money_survives_crashes_and_another_process_sweeping() {
         second += ends.3;
     }
     // A seed whose crash catches every transfer prepared and undecided compensates them all;
-    // across the seeds both ends must be reached.
+    // across a set of seeds (not one replayed alone) both ends must be reached.
     assert!(
-        crashed > 0 && completed > 0 && compensated > 0 && second > 0,
+        (crashed > 0 && completed > 0 && compensated > 0 && second > 0) || seeds().len() == 1,
         "the soak exercises crashes, both ends and the second process: {crashed} crashes, {completed} completed, {compensated} compensated, {second} by the second process"
     );
     eprintln!(

@@ -38,9 +38,10 @@ async fn waiters_get_the_key_in_order(backend: LockBackend) {
         .await
         .expect("the first grant");
     let granted = Arc::new(Mutex::new(Vec::new()));
+    let gave_up = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut waiters = Vec::new();
     for i in 0..WAITERS {
-        let (line, granted) = (locks.clone(), granted.clone());
+        let (line, granted, gave) = (locks.clone(), granted.clone(), gave_up.clone());
         let gives_up = i % 8 == 7;
         waiters.push(tokio::spawn(async move {
             let owner = format!("run-{i}");
@@ -48,7 +49,10 @@ async fn waiters_get_the_key_in_order(backend: LockBackend) {
             let wait = locks.acquire("account/hot", &owner, 10_000, 20_000);
             let lease = if gives_up {
                 match tokio::time::timeout(Duration::from_millis(20), wait).await {
-                    Err(_) => return,
+                    Err(_) => {
+                        gave.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        return;
+                    }
                     Ok(got) => panic!("run-{i} was to give up in line, but got {got:?}"),
                 }
             } else {
@@ -62,9 +66,10 @@ async fn waiters_get_the_key_in_order(backend: LockBackend) {
             tokio::time::sleep(Duration::from_millis(1)).await;
             locks.release(&lease).await.expect("release");
         }));
-        // The next run asks only once this one is in line: the order of asking is i.
+        // The next run asks only once this one is in line (or has been and given up): the
+        // order of asking is i.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while locks.waiting() < i + 1 {
+        while locks.waiting() + gave_up.load(std::sync::atomic::Ordering::SeqCst) < i + 1 {
             assert!(Instant::now() < deadline, "run-{i} never got in line");
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
@@ -158,5 +163,44 @@ fn a_waiter_gets_the_key_of_a_holder_that_went_away_once_its_lease_expires() {
         assert!(lease.fencing_token > gone.fencing_token);
         // The holder that went away is fenced out: it cannot extend its grant any more.
         assert!(locks.extend(&gone).await.is_err());
+    });
+}
+
+/// A waiter whose run stops while it waits (its future is dropped: the host is shutting
+/// down, or another host took the run over) leaves the line at once: the run behind it
+/// becomes first in line, and gets the key of a holder that went away once its lease has
+/// expired, rather than wait its whole wait behind a waiter that is gone.
+#[test]
+fn a_waiter_that_stops_waiting_leaves_the_line_to_the_next() {
+    rt().block_on(async {
+        let s = Sandbox::new("lock-line-dropped");
+        let locks = line(&s, &LockBackend::Journal).await;
+        const TTL_MS: u64 = 400;
+        let gone = locks
+            .acquire("account/hot", "gone", TTL_MS as u32, 0)
+            .await
+            .expect("grant");
+        let stops = tokio::time::timeout(
+            Duration::from_millis(50),
+            locks.acquire("account/hot", "stops", 1_000, 10_000),
+        )
+        .await;
+        assert!(stops.is_err(), "the first waiter stopped waiting");
+        assert_eq!(
+            locks.waiting(),
+            0,
+            "a waiter that stopped is out of the line"
+        );
+        let asked = Instant::now();
+        let lease = locks
+            .acquire("account/hot", "next", 1_000, 5_000)
+            .await
+            .expect("the next waiter gets the key");
+        assert!(
+            asked.elapsed() <= Duration::from_millis(TTL_MS + SAFETY_NET_MS + 500),
+            "the next waiter waited {:?}",
+            asked.elapsed()
+        );
+        assert!(lease.fencing_token > gone.fencing_token);
     });
 }

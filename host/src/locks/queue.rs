@@ -28,7 +28,7 @@ pub const SAFETY_NET_MS: u64 = 250;
 
 /// A lock service whose callers on this host queue for each key (see the module comment).
 pub struct Queued {
-    backend: Box<dyn LockService>,
+    backend: Arc<dyn LockService>,
     lines: Arc<Mutex<HashMap<String, Line>>>,
 }
 
@@ -74,7 +74,7 @@ static NEXT_WAITER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64:
 impl Queued {
     pub fn new(backend: Box<dyn LockService>) -> Queued {
         Queued {
-            backend,
+            backend: Arc::from(backend),
             lines: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -129,10 +129,29 @@ impl Queued {
             }
         };
         if let Some((id, told)) = queued {
-            match self
-                .wait_for_turn(key, owner, ttl_ms, id, told, (started, deadline))
-                .await?
-            {
+            // If this future is dropped while it waits (its run stopped), the guard takes it
+            // out of the line, or passes on a turn that reached it too late.
+            let mut waiting = WaiterGuard {
+                lines: self.lines.clone(),
+                backend: self.backend.clone(),
+                key: key.to_owned(),
+                owner: owner.to_owned(),
+                id,
+                told,
+                armed: true,
+            };
+            let turn = self
+                .wait_for_turn(
+                    key,
+                    owner,
+                    ttl_ms,
+                    id,
+                    &mut waiting.told,
+                    (started, deadline),
+                )
+                .await;
+            waiting.armed = false;
+            match turn? {
                 Turn::Granted(lease) => return Ok(lease),
                 Turn::Ask => {}
             }
@@ -151,6 +170,15 @@ impl Queued {
             .acquire(key, owner, ttl_ms, left.as_millis() as u32)
             .await;
         let mut guard = guard;
+        let asked = match asked {
+            // The wait is this run's, line and backend together.
+            Err(LockError::Timeout { key, holder, .. }) => Err(LockError::Timeout {
+                key,
+                holder,
+                waited_ms: started.elapsed().as_millis() as u64,
+            }),
+            other => other,
+        };
         match asked {
             Ok(lease) => {
                 guard.armed = false;
@@ -174,13 +202,13 @@ impl Queued {
         owner: &str,
         ttl_ms: u32,
         id: u64,
-        mut told: oneshot::Receiver<Turn>,
+        told: &mut oneshot::Receiver<Turn>,
         (started, deadline): (Instant, Instant),
     ) -> Result<Turn, LockError> {
         loop {
             let now = Instant::now();
             let tick = deadline.min(now + Duration::from_millis(SAFETY_NET_MS));
-            match tokio::time::timeout_at(tick.into(), &mut told).await {
+            match tokio::time::timeout_at(tick.into(), &mut *told).await {
                 Ok(Ok(turn)) => return Ok(turn),
                 // The line was dropped without telling (cannot happen while the service lives).
                 Ok(Err(_)) => return Ok(Turn::Ask),
@@ -229,7 +257,7 @@ impl Queued {
         &self,
         key: &str,
         id: u64,
-        mut told: oneshot::Receiver<Turn>,
+        told: &mut oneshot::Receiver<Turn>,
         started: Instant,
     ) -> Result<Turn, LockError> {
         let holder = {
@@ -237,11 +265,14 @@ impl Queued {
             let line = lines.entry(key.to_owned()).or_default();
             if let Some(at) = line.waiters.iter().position(|w| w.id == id) {
                 line.waiters.remove(at);
-                Some(
-                    line.holder
-                        .clone()
-                        .unwrap_or_else(|| "another run".to_owned()),
-                )
+                Some(match (&line.holder, line.settled) {
+                    (Some(holder), true) => holder.clone(),
+                    // The first in line here is itself still asking the backend for it.
+                    (Some(first), false) => {
+                        format!("another run ({first} is first in line for it here)")
+                    }
+                    (None, _) => "another run".to_owned(),
+                })
             } else {
                 None
             }
@@ -369,6 +400,52 @@ fn pass_turn(lines: &Mutex<HashMap<String, Line>>, key: &str, owner: &str) {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Takes a waiter whose future is dropped while it waits out of its line; a turn that had
+/// already reached it is passed on (a grant released first).
+struct WaiterGuard {
+    lines: Arc<Mutex<HashMap<String, Line>>>,
+    backend: Arc<dyn LockService>,
+    key: String,
+    owner: String,
+    id: u64,
+    told: oneshot::Receiver<Turn>,
+    armed: bool,
+}
+
+impl Drop for WaiterGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        {
+            let mut lines = self.lines.lock().expect("lock lines poisoned");
+            if let Some(line) = lines.get_mut(&self.key)
+                && let Some(at) = line.waiters.iter().position(|w| w.id == self.id)
+            {
+                line.waiters.remove(at);
+                return;
+            }
+        }
+        // Out of the line: its turn was given. One still on its way fails to arrive, and the
+        // giver passes it on; one that arrived is passed on here.
+        match self.told.try_recv() {
+            Ok(Turn::Ask) => pass_turn(&self.lines, &self.key, &self.owner),
+            Ok(Turn::Granted(lease)) => {
+                let (lines, backend, owner) =
+                    (self.lines.clone(), self.backend.clone(), self.owner.clone());
+                // Without a runtime (the host is gone) the grant ends with its ttl.
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(async move {
+                        let _ = backend.release(&lease).await;
+                        pass_turn(&lines, &lease.key, &owner);
+                    });
+                }
+            }
+            Err(_) => {}
         }
     }
 }

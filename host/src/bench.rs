@@ -160,6 +160,15 @@ pub async fn transfer(bench: TransferBench) -> Result<TransferReport, HostError>
     // connections are: the figure is of moving money, not of connecting.
     config.pools.postgres_connections_min = 12;
     let host = Host::open(&config).await?;
+    if bench.locked {
+        // A lock backend that is down would compensate every transfer: say so instead.
+        let probe = host
+            .locks()
+            .acquire("wasaga-bench/probe", "wasaga-bench", 1_000, 0)
+            .await
+            .map_err(|e| HostError::Input(format!("--locked: {e}")))?;
+        let _ = host.locks().release(&probe).await;
+    }
     let db = host.ledger_db().clone();
     let accounts = bench.accounts;
     db.write(move |tx| {

@@ -281,6 +281,11 @@ impl Host {
         &self.inner.ledger_db
     }
 
+    /// The host's lock service (its runs wait in line for each key).
+    pub fn locks(&self) -> &dyn LockService {
+        self.inner.locks.as_ref()
+    }
+
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
     }

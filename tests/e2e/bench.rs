@@ -92,6 +92,26 @@ fn the_locked_transfer_benchmark_over_hot_accounts_waits_in_line_and_its_invaria
     ]);
     assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
     assert!(text(&bad).contains("memcached"), "{}", text(&bad));
+    // A lock backend that is down is named before anything runs, not found out by every
+    // transfer compensating.
+    let down = format!("redis://127.0.0.1:{}", crate::services::free_port());
+    let out = s.wasaga(&[
+        "--locks",
+        &down,
+        "bench",
+        "transfer",
+        "--locked",
+        "--module",
+        BENCH_TRANSFER,
+        "--journal",
+        &journal.display().to_string(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("unavailable") && text(&out).contains(&down),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]

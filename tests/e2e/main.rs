@@ -8,6 +8,7 @@ mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 }
 mod lock_lines;
+mod lock_wakeups;
 mod locks;
 mod nondeterminism;
 mod optimistic;

@@ -13,11 +13,27 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub struct DatabaseLocks {
     db: Arc<Database>,
+    /// On PostgreSQL, releases on other hosts, heard by `LISTEN`; SQLite has no way to tell
+    /// another process, so its waiters poll.
+    wakeups: Option<super::Wakeups>,
 }
 
 impl DatabaseLocks {
     pub fn new(db: Arc<Database>) -> Self {
-        DatabaseLocks { db }
+        let wakeups = match db.location() {
+            crate::db::Location::Postgres { url, .. } => Some(super::Wakeups::postgres(url)),
+            crate::db::Location::Sqlite(_) => None,
+        };
+        DatabaseLocks { db, wakeups }
+    }
+
+    /// Waiters ask again at least this often even when they hear no release (by default
+    /// [`super::SAFETY_NET_MS`]); without notifications (SQLite) they poll as before.
+    pub fn with_safety_net(mut self, every: std::time::Duration) -> Self {
+        if let Some(wakeups) = &mut self.wakeups {
+            wakeups.set_safety_net(every);
+        }
+        self
     }
 
     fn backend_error(&self, e: DbError) -> LockError {
@@ -101,7 +117,20 @@ impl DatabaseLocks {
                     let ttl = if extend { i64::from(lease.ttl_ms) } else { 0 };
                     let token = lease.fencing_token as i64;
                     let row = match (tx.dialect(), extend) {
-                        (_, false) => {
+                        // Announced in the release's transaction: waiters on other hosts hear
+                        // of it once it has committed.
+                        (Dialect::Postgres, false) => {
+                            tx.fetch_optional(
+                                "WITH freed AS (
+                                     UPDATE locks SET owner = NULL, expires_at_ms = 0
+                                     WHERE key = $1 AND owner = $2 AND token = $3
+                                     RETURNING key, expires_at_ms)
+                                 SELECT expires_at_ms, CAST(pg_notify('wasaga_lock_released', key) AS TEXT) FROM freed",
+                                args![&lease.key, &lease.owner, token],
+                            )
+                            .await?
+                        }
+                        (Dialect::Sqlite, false) => {
                             tx.fetch_optional(
                                 "UPDATE locks SET owner = NULL, expires_at_ms = 0
                                  WHERE key = $1 AND owner = $2 AND token = $3
@@ -152,11 +181,16 @@ impl LockService for DatabaseLocks {
         ttl_ms: u32,
         wait_ms: u32,
     ) -> crate::BoxFuture<'a, Result<Lease, LockError>> {
-        Box::pin(super::poll(key, wait_ms, move || async move {
-            self.try_acquire(key, owner, ttl_ms)
-                .await
-                .map_err(|e| self.backend_error(e))
-        }))
+        Box::pin(super::poll(
+            key,
+            wait_ms,
+            self.wakeups.as_ref(),
+            move || async move {
+                self.try_acquire(key, owner, ttl_ms)
+                    .await
+                    .map_err(|e| self.backend_error(e))
+            },
+        ))
     }
 
     fn extend<'a>(&'a self, lease: &'a Lease) -> crate::BoxFuture<'a, Result<Lease, LockError>> {
@@ -226,5 +260,9 @@ impl LockService for DatabaseLocks {
                 .await
                 .map_err(|e| self.backend_error(e))
         })
+    }
+
+    fn woken(&self) -> u64 {
+        self.wakeups.as_ref().map_or(0, |w| w.woken())
     }
 }

@@ -7,7 +7,10 @@ mod database;
 mod postgres;
 mod queue;
 mod redis;
+mod wakeups;
 mod zookeeper;
+
+use wakeups::Wakeups;
 
 pub use database::DatabaseLocks;
 pub use postgres::PostgresLocks;
@@ -97,32 +100,55 @@ pub trait LockService: Send + Sync + std::fmt::Debug {
         let _ = (owner, ttl_ms);
         Box::pin(async move { self.release(lease).await.map(|()| None) })
     }
+
+    /// Waits for a key that ended because a release on another host (or process) was heard,
+    /// rather than by asking again after a pause: for tests and metrics.
+    fn woken(&self) -> u64 {
+        0
+    }
 }
 
-/// Tries `attempt` until it grants a lease, pausing with backoff between tries, for at most
-/// `wait_ms`; an attempt's `Err(holder)` means the lock is taken (by `holder`). Backends
-/// without a way to wait for a release (rows, Redis keys) acquire through this.
-async fn poll<F, A>(key: &str, wait_ms: u32, mut attempt: F) -> Result<Lease, LockError>
+/// Tries `attempt` until it grants a lease, for at most `wait_ms`; an attempt's
+/// `Err(holder)` means the lock is taken (by `holder`). Backends without a queue of their own
+/// (rows, Redis keys) acquire through this. Between attempts it waits for a release to be
+/// heard through `wakeups` (with the safety net's bound), or, without them, pauses with a
+/// growing backoff.
+async fn poll<F, A>(
+    key: &str,
+    wait_ms: u32,
+    wakeups: Option<&Wakeups>,
+    mut attempt: F,
+) -> Result<Lease, LockError>
 where
     F: FnMut() -> A,
     A: std::future::Future<Output = Result<Result<Lease, String>, LockError>>,
 {
     let started = std::time::Instant::now();
-    let mut pause_ms = 2;
+    let wait = std::time::Duration::from_millis(u64::from(wait_ms));
+    // Heard from before the first attempt, so a release just after it is not missed.
+    let mut watch = match wakeups {
+        Some(wakeups) if wait_ms > 0 => Some(wakeups.watch(key).await),
+        _ => None,
+    };
+    let mut backoff = std::time::Duration::from_millis(2);
     loop {
         match attempt().await? {
             Ok(lease) => return Ok(lease),
             Err(holder) => {
-                let waited_ms = started.elapsed().as_millis() as u64;
-                if waited_ms >= u64::from(wait_ms) {
+                let waited = started.elapsed();
+                if waited >= wait {
                     return Err(LockError::Timeout {
                         key: key.to_owned(),
                         holder,
-                        waited_ms,
+                        waited_ms: waited.as_millis() as u64,
                     });
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
-                pause_ms = (pause_ms * 2).min(50);
+                let left = wait - waited;
+                match &mut watch {
+                    Some(watch) => watch.pause(left, backoff).await,
+                    None => tokio::time::sleep(backoff.min(left)).await,
+                }
+                backoff = (backoff * 2).min(std::time::Duration::from_millis(50));
             }
         }
     }

@@ -29,6 +29,8 @@ pub struct PostgresLocks {
     shown: String,
     pool: PgPool,
     schema: OnceCell<()>,
+    /// Releases on other hosts, heard by `LISTEN`.
+    wakeups: super::Wakeups,
 }
 
 impl std::fmt::Debug for PostgresLocks {
@@ -69,7 +71,15 @@ impl PostgresLocks {
             shown,
             pool,
             schema: OnceCell::new(),
+            wakeups: super::Wakeups::postgres(url),
         })
+    }
+
+    /// Waiters ask again at least this often even when they hear no release (by default
+    /// [`super::SAFETY_NET_MS`]).
+    pub fn with_safety_net(mut self, every: Duration) -> Self {
+        self.wakeups.set_safety_net(every);
+        self
     }
 
     fn unavailable(&self, e: impl std::fmt::Display) -> LockError {
@@ -139,7 +149,7 @@ impl LockService for PostgresLocks {
         ttl_ms: u32,
         wait_ms: u32,
     ) -> crate::BoxFuture<'a, Result<Lease, LockError>> {
-        Box::pin(super::poll(key, wait_ms, move || {
+        Box::pin(super::poll(key, wait_ms, Some(&self.wakeups), move || {
             self.try_acquire(key, owner, ttl_ms)
         }))
     }
@@ -171,9 +181,15 @@ impl LockService for PostgresLocks {
     fn release<'a>(&'a self, lease: &'a Lease) -> crate::BoxFuture<'a, Result<(), LockError>> {
         Box::pin(async move {
             self.ready().await?;
-            sqlx::query(
-                "UPDATE wasaga_locks SET owner = NULL, expires_at_ms = 0 WHERE key = $1 AND owner = $2 AND token = $3",
-            )
+            // The release is announced in its own transaction: waiters on other hosts hear of
+            // it once it has committed, and of nothing that did not.
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "WITH freed AS (
+                     UPDATE wasaga_locks SET owner = NULL, expires_at_ms = 0
+                     WHERE key = $1 AND owner = $2 AND token = $3 RETURNING key)
+                 SELECT pg_notify('{}', key) FROM freed",
+                super::wakeups::PG_CHANNEL
+            )))
             .bind(&lease.key)
             .bind(&lease.owner)
             .bind(lease.fencing_token as i64)
@@ -213,6 +229,10 @@ impl LockService for PostgresLocks {
                 expires_at_ms: expires_at_ms as u64,
             }))
         })
+    }
+
+    fn woken(&self) -> u64 {
+        self.wakeups.woken()
     }
 }
 

@@ -498,4 +498,8 @@ impl LockService for Queued {
     ) -> crate::BoxFuture<'a, Result<Option<Lease>, LockError>> {
         self.backend.hand_over(lease, owner, ttl_ms)
     }
+
+    fn woken(&self) -> u64 {
+        self.backend.woken()
+    }
 }

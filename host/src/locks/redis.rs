@@ -39,10 +39,13 @@ end
 return 0
 ";
 
-/// Deletes the grant if it is still ours. KEYS[1] lock key; ARGV[1] owner|token.
+/// Deletes the grant if it is still ours, and announces the release to waiters on other
+/// hosts. KEYS[1] lock key; ARGV[1] owner|token, ARGV[2] the key as callers name it.
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', 'wasaga:lock-released', ARGV[2])
+  return 1
 end
 return 0
 ";
@@ -71,6 +74,8 @@ pub struct RedisLocks {
     extend: redis::Script,
     release: redis::Script,
     hand_over: redis::Script,
+    /// Releases on other hosts, heard by subscription.
+    wakeups: super::Wakeups,
 }
 
 impl std::fmt::Debug for RedisLocks {
@@ -93,6 +98,7 @@ impl RedisLocks {
         })?;
         Ok(RedisLocks {
             url: url.to_owned(),
+            wakeups: super::Wakeups::redis(client.clone()),
             client,
             connection: Mutex::new(None),
             acquire: redis::Script::new(ACQUIRE),
@@ -100,6 +106,13 @@ impl RedisLocks {
             release: redis::Script::new(RELEASE),
             hand_over: redis::Script::new(HAND_OVER),
         })
+    }
+
+    /// Waiters ask again at least this often even when they hear no release (by default
+    /// [`super::SAFETY_NET_MS`]).
+    pub fn with_safety_net(mut self, every: Duration) -> Self {
+        self.wakeups.set_safety_net(every);
+        self
     }
 
     fn unavailable(&self, e: impl std::fmt::Display) -> LockError {
@@ -176,25 +189,30 @@ impl LockService for RedisLocks {
         ttl_ms: u32,
         wait_ms: u32,
     ) -> crate::BoxFuture<'a, Result<Lease, LockError>> {
-        Box::pin(super::poll(key, wait_ms, move || async move {
-            let (token, holder): (u64, String) = self
-                .invoke(
-                    &self.acquire,
-                    &[lock_key(key), token_key(key)],
-                    &[owner.to_owned(), ttl_ms.to_string()],
-                )
-                .await?;
-            if token == 0 {
-                return Ok(Err(holder.split('|').next().unwrap_or_default().to_owned()));
-            }
-            Ok(Ok(Lease {
-                key: key.to_owned(),
-                owner: owner.to_owned(),
-                fencing_token: token,
-                ttl_ms,
-                expires_at_ms: now_ms() + u64::from(ttl_ms),
-            }))
-        }))
+        Box::pin(super::poll(
+            key,
+            wait_ms,
+            Some(&self.wakeups),
+            move || async move {
+                let (token, holder): (u64, String) = self
+                    .invoke(
+                        &self.acquire,
+                        &[lock_key(key), token_key(key)],
+                        &[owner.to_owned(), ttl_ms.to_string()],
+                    )
+                    .await?;
+                if token == 0 {
+                    return Ok(Err(holder.split('|').next().unwrap_or_default().to_owned()));
+                }
+                Ok(Ok(Lease {
+                    key: key.to_owned(),
+                    owner: owner.to_owned(),
+                    fencing_token: token,
+                    ttl_ms,
+                    expires_at_ms: now_ms() + u64::from(ttl_ms),
+                }))
+            },
+        ))
     }
 
     fn extend<'a>(&'a self, lease: &'a Lease) -> crate::BoxFuture<'a, Result<Lease, LockError>> {
@@ -222,7 +240,11 @@ impl LockService for RedisLocks {
         Box::pin(async move {
             let grant = format!("{}|{}", lease.owner, lease.fencing_token);
             let _deleted: i64 = self
-                .invoke(&self.release, &[lock_key(&lease.key)], &[grant])
+                .invoke(
+                    &self.release,
+                    &[lock_key(&lease.key)],
+                    &[grant, lease.key.clone()],
+                )
                 .await?;
             Ok(())
         })
@@ -251,5 +273,9 @@ impl LockService for RedisLocks {
                 expires_at_ms: now_ms() + u64::from(ttl_ms),
             }))
         })
+    }
+
+    fn woken(&self) -> u64 {
+        self.wakeups.woken()
     }
 }

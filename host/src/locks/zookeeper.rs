@@ -35,6 +35,8 @@ pub struct ZooKeeperLocks {
     /// The znode of each grant this process holds, by `(key, token)`: the token is no longer
     /// the node's sequence number, so the node's path is kept.
     nodes: std::sync::Mutex<std::collections::HashMap<(String, u64), String>>,
+    /// Waits that ended because the predecessor's znode went (its release, heard by watch).
+    woken: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for ZooKeeperLocks {
@@ -70,6 +72,7 @@ impl ZooKeeperLocks {
             cluster: cluster.trim_end_matches('/').to_owned(),
             client: Mutex::new(None),
             nodes: std::sync::Mutex::new(std::collections::HashMap::new()),
+            woken: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -227,10 +230,11 @@ impl ZooKeeperLocks {
                 Ok((Some(_), watcher)) => watcher,
                 Err(e) => return Err(self.failed(e).await),
             };
-            if tokio::time::timeout_at(deadline, watcher.changed())
-                .await
-                .is_err()
-            {
+            let heard = tokio::time::timeout_at(deadline, watcher.changed()).await;
+            if heard.is_ok() {
+                self.woken
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            } else {
                 let holder = match client.get_data(&format!("{parent}/{}", queue[0].1)).await {
                     Ok((data, _)) => String::from_utf8_lossy(&data).into_owned(),
                     Err(_) => "another run".to_owned(),
@@ -298,5 +302,9 @@ impl LockService for ZooKeeperLocks {
                 Err(e) => Err(self.failed(e).await),
             }
         })
+    }
+
+    fn woken(&self) -> u64 {
+        self.woken.load(std::sync::atomic::Ordering::Relaxed)
     }
 }

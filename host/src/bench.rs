@@ -8,7 +8,7 @@ use crate::event::RunStatus;
 use crate::executor::{Host, HostError};
 use crate::store::no_observer;
 use rand::{RngExt, SeedableRng};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,6 +38,12 @@ pub struct TransferBench {
     pub ledger: Option<Location>,
     /// Where compiled modules are cached.
     pub cache_dir: PathBuf,
+    /// Host processes driving the workload together, each with its own connections, lock
+    /// lines and share of the clients: this one and `hosts - 1` more of `exe` (needs a
+    /// PostgreSQL journal, which they share).
+    pub hosts: u32,
+    /// The `wasaga` binary the other host processes run.
+    pub exe: Option<PathBuf>,
     /// The bench-transfer workflow component.
     pub module: Vec<u8>,
     /// Called now and then with the number of finished transfers.
@@ -53,6 +59,7 @@ impl std::fmt::Debug for TransferBench {
             .field("accounts", &self.accounts)
             .field("locked", &self.locked)
             .field("locks", &self.locks)
+            .field("hosts", &self.hosts)
             .field("journal", &self.journal)
             .field("ledger", &self.ledger)
             .finish()
@@ -86,6 +93,9 @@ pub struct TransferReport {
     pub failed_debit: u32,
     pub accounts: u32,
     pub locked: bool,
+    /// Host processes that drove the workload together, and the transfers each finished.
+    pub hosts: u32,
+    pub transfers_per_host: Vec<u32>,
     /// Runs compensated because a lock wait ran out.
     pub lock_timeouts: u32,
     /// How long the granted lock acquires waited, from the runs' journals.
@@ -95,7 +105,7 @@ pub struct TransferReport {
     pub journal: &'static str,
     pub ledger: &'static str,
     /// Write transactions the journal's database committed during the run, and the writers'
-    /// jobs they carried (group commit puts many jobs in one).
+    /// jobs they carried (group commit puts many jobs in one), over every host.
     pub commits: u64,
     pub jobs_per_commit: f64,
     pub invariants: Vec<Invariant>,
@@ -126,7 +136,7 @@ fn workload(n: u32, seed: u64, accounts: u32) -> Vec<Transfer> {
         .collect()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 enum Outcome {
     Missing,
     Succeeded,
@@ -134,6 +144,28 @@ enum Outcome {
     LockTimeout,
     Compensated,
     Other,
+}
+
+/// The host's configuration for the benchmark: `clients` of its own.
+fn bench_config(
+    journal: &Location,
+    ledger: Option<&Location>,
+    locks: &crate::locks::LockBackend,
+    cache_dir: &std::path::Path,
+    clients: u32,
+) -> HostConfig {
+    let mut config = HostConfig::new(journal.clone());
+    config.ledger = ledger.cloned();
+    config.cache_dir = cache_dir.to_owned();
+    config.locks = locks.clone();
+    config.limits.concurrent_runs_max = clients.max(1) * 2;
+    // PostgreSQL on a small machine does best with a few connections per core: 12 beat 32
+    // (same throughput, a third less p99) on the 2-core development machine.
+    config.pools.postgres_connections_max = 12;
+    // Opened while the accounts are set up, before the clock starts, as a running server's
+    // connections are: the figure is of moving money, not of connecting.
+    config.pools.postgres_connections_min = 12;
+    config
 }
 
 /// Runs the workload and checks its invariants.
@@ -144,21 +176,29 @@ pub async fn transfer(bench: TransferBench) -> Result<TransferReport, HostError>
             bench.accounts
         )));
     }
+    let hosts = bench.hosts.max(1);
+    if hosts > 1 && !matches!(bench.journal, Location::Postgres { .. }) {
+        return Err(HostError::Input(format!(
+            "--hosts {hosts}: several hosts share one journal only on PostgreSQL; give --journal postgres://..."
+        )));
+    }
+    if hosts > bench.c.max(1) {
+        return Err(HostError::Input(format!(
+            "--hosts {hosts} with --c {}: every host needs at least one client",
+            bench.c
+        )));
+    }
     Database::destroy(&bench.journal).await?;
     if let Some(ledger) = &bench.ledger {
         Database::destroy(ledger).await?;
     }
-    let mut config = HostConfig::new(bench.journal.clone());
-    config.ledger = bench.ledger.clone();
-    config.cache_dir = bench.cache_dir.clone();
-    config.locks = bench.locks.clone();
-    config.limits.concurrent_runs_max = bench.c.max(1) * 2;
-    // PostgreSQL on a small machine does best with a few connections per core: 12 beat 32
-    // (same throughput, a third less p99) on the 2-core development machine.
-    config.pools.postgres_connections_max = 12;
-    // Opened while the accounts are set up, before the clock starts, as a running server's
-    // connections are: the figure is of moving money, not of connecting.
-    config.pools.postgres_connections_min = 12;
+    let config = bench_config(
+        &bench.journal,
+        bench.ledger.as_ref(),
+        &bench.locks,
+        &bench.cache_dir,
+        clients_of(bench.c, hosts, 0),
+    );
     let host = Host::open(&config).await?;
     if bench.locked {
         // A lock backend that is down would compensate every transfer: say so instead.
@@ -184,73 +224,18 @@ pub async fn transfer(bench: TransferBench) -> Result<TransferReport, HostError>
     let hash = host.add_module("bench-transfer", &bench.module).await?;
 
     let transfers = Arc::new(workload(bench.n, bench.seed, bench.accounts));
-    let locked = bench.locked;
-    let (commits_before, jobs_before) = host.journal().database().commit_stats();
     let prefix = format!("bench-{}", bench.seed);
-    let next = Arc::new(AtomicU32::new(0));
+    // The other hosts open their own connections and compile the module before the clock
+    // starts, and wait to be told to go.
+    let mut others = Vec::new();
+    for part in 1..hosts {
+        others.push(OtherHost::start(&bench, part, hosts).await?);
+    }
+    let (commits_before, jobs_before) = host.journal().database().commit_stats();
     let done = Arc::new(AtomicU32::new(0));
     let started = Instant::now();
-    let mut workers = Vec::new();
-    for _ in 0..bench.c.max(1) {
-        let (host, hash, transfers, next, done, prefix) = (
-            host.clone(),
-            hash.clone(),
-            transfers.clone(),
-            next.clone(),
-            done.clone(),
-            prefix.clone(),
-        );
-        let n = bench.n;
-        workers.push(tokio::spawn(async move {
-            let mut results: Vec<(u32, Duration, Outcome)> = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    return Ok::<_, HostError>(results);
-                }
-                let t = &transfers[i as usize];
-                let input = format!(
-                    r#"{{"i":{i},"from":"{}","to":"{}","amount":{},"locked":{locked}}}"#,
-                    t.from, t.to, t.amount
-                );
-                let began = Instant::now();
-                let outcome = host
-                    .start_and_drive(
-                        // Zero-padded so that run ids sort in start order, as real ones
-                        // (time-ordered) do.
-                        Some(format!("{prefix}/{i:08}")),
-                        "bench-transfer",
-                        &hash,
-                        &input,
-                        no_observer(),
-                    )
-                    .await?;
-                let latency = began.elapsed();
-                let outcome = match outcome.status {
-                    RunStatus::Completed => Outcome::Succeeded,
-                    RunStatus::Compensated
-                        if outcome
-                            .error
-                            .as_deref()
-                            .is_some_and(|e| e.contains("step 'debit'")) =>
-                    {
-                        Outcome::FailedDebit
-                    }
-                    RunStatus::Compensated
-                        if outcome
-                            .error
-                            .as_deref()
-                            .is_some_and(|e| e.contains("still held by")) =>
-                    {
-                        Outcome::LockTimeout
-                    }
-                    RunStatus::Compensated => Outcome::Compensated,
-                    _ => Outcome::Other,
-                };
-                results.push((i, latency, outcome));
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
+    for other in &mut others {
+        other.go(done.clone()).await?;
     }
     let progress = bench.progress.clone().map(|report| {
         let done = done.clone();
@@ -261,28 +246,35 @@ pub async fn transfer(bench: TransferBench) -> Result<TransferReport, HostError>
             }
         })
     });
-    let mut outcomes = vec![Outcome::Missing; bench.n as usize];
-    let mut latencies = Vec::with_capacity(bench.n as usize);
-    let mut first_error = None;
-    for worker in workers {
-        match worker.await {
-            Ok(Ok(results)) => {
-                for (i, latency, outcome) in results {
-                    outcomes[i as usize] = outcome;
-                    latencies.push(latency);
-                }
+    let part = Part {
+        part: 0,
+        of: hosts,
+        clients: clients_of(bench.c, hosts, 0),
+        locked: bench.locked,
+    };
+    let (mut results, mut first_error) =
+        match drive(&host, &hash, &transfers, &prefix, part, done.clone()).await {
+            Ok(mine) => (mine, None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
+    let mut transfers_per_host = vec![results.len() as u32];
+    let (mut commits, mut jobs) = (0, 0);
+    for other in others {
+        match other.finish().await {
+            Ok(finished) => {
+                transfers_per_host.push(finished.results.len() as u32);
+                results.extend(finished.results);
+                commits += finished.commits;
+                jobs += finished.jobs;
             }
-            Ok(Err(e)) => first_error = first_error.or(Some(e)),
-            Err(e) => {
-                first_error =
-                    first_error.or(Some(HostError::Engine(format!("worker panicked: {e}"))))
-            }
+            Err(e) => first_error = first_error.or(Some(e)),
         }
     }
     let elapsed = started.elapsed();
     let (commits_after, jobs_after) = host.journal().database().commit_stats();
-    let commits = commits_after - commits_before;
-    let jobs_per_commit = (jobs_after - jobs_before) as f64 / commits.max(1) as f64;
+    commits += commits_after - commits_before;
+    jobs += jobs_after - jobs_before;
+    let jobs_per_commit = jobs as f64 / commits.max(1) as f64;
     if let Some(progress) = progress {
         progress.abort();
     }
@@ -291,6 +283,12 @@ pub async fn transfer(bench: TransferBench) -> Result<TransferReport, HostError>
     }
     if let Some(e) = first_error {
         return Err(e);
+    }
+    let mut outcomes = vec![Outcome::Missing; bench.n as usize];
+    let mut latencies = Vec::with_capacity(bench.n as usize);
+    for (i, micros, outcome) in results {
+        outcomes[i as usize] = outcome;
+        latencies.push(Duration::from_micros(micros));
     }
     latencies.sort();
     let percentile = |p: f64| percentile_ms(&latencies, p);
@@ -317,6 +315,8 @@ pub async fn transfer(bench: TransferBench) -> Result<TransferReport, HostError>
         failed_debit: count(Outcome::FailedDebit),
         accounts: bench.accounts,
         locked: bench.locked,
+        hosts,
+        transfers_per_host,
         lock_timeouts: count(Outcome::LockTimeout),
         lock_wait_p50_ms: percentile_ms(&waits, 50.0),
         lock_wait_p99_ms: percentile_ms(&waits, 99.0),
@@ -327,6 +327,317 @@ pub async fn transfer(bench: TransferBench) -> Result<TransferReport, HostError>
         jobs_per_commit,
         invariants,
     })
+}
+
+/// The clients host `part` of `hosts` runs: `c` shared out, the first hosts taking one more.
+fn clients_of(c: u32, hosts: u32, part: u32) -> u32 {
+    let c = c.max(1);
+    c / hosts + u32::from(part < c % hosts)
+}
+
+/// Which transfers one host drives: those whose index is `part` modulo `of`, with `clients`
+/// concurrent clients.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Part {
+    part: u32,
+    of: u32,
+    clients: u32,
+    locked: bool,
+}
+
+/// One finished transfer: its index, latency in microseconds, and outcome.
+type Finished = (u32, u64, Outcome);
+
+/// Drives host `part`'s share of `transfers`, counting each finished one in `done`.
+async fn drive(
+    host: &Host,
+    hash: &str,
+    transfers: &Arc<Vec<Transfer>>,
+    prefix: &str,
+    part: Part,
+    done: Arc<AtomicU32>,
+) -> Result<Vec<Finished>, HostError> {
+    let n = transfers.len() as u32;
+    let next = Arc::new(AtomicU32::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..part.clients.max(1) {
+        let (host, hash, transfers, next, done, prefix) = (
+            host.clone(),
+            hash.to_owned(),
+            transfers.clone(),
+            next.clone(),
+            done.clone(),
+            prefix.to_owned(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut results: Vec<Finished> = Vec::new();
+            loop {
+                let i = part.part + part.of * next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return Ok::<_, HostError>(results);
+                }
+                let t = &transfers[i as usize];
+                let input = format!(
+                    r#"{{"i":{i},"from":"{}","to":"{}","amount":{},"locked":{}}}"#,
+                    t.from, t.to, t.amount, part.locked
+                );
+                let began = Instant::now();
+                let outcome = host
+                    .start_and_drive(
+                        // Zero-padded so that run ids sort in start order, as real ones
+                        // (time-ordered) do.
+                        Some(format!("{prefix}/{i:08}")),
+                        "bench-transfer",
+                        &hash,
+                        &input,
+                        no_observer(),
+                    )
+                    .await?;
+                let latency = began.elapsed().as_micros() as u64;
+                results.push((i, latency, outcome_of(&outcome)));
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let mut results = Vec::new();
+    let mut first_error = None;
+    for worker in workers {
+        match worker.await {
+            Ok(Ok(finished)) => results.extend(finished),
+            Ok(Err(e)) => first_error = first_error.or(Some(e)),
+            Err(e) => {
+                first_error =
+                    first_error.or(Some(HostError::Engine(format!("worker panicked: {e}"))))
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(results),
+    }
+}
+
+fn outcome_of(outcome: &crate::executor::RunOutcome) -> Outcome {
+    let error_says = |text: &str| outcome.error.as_deref().is_some_and(|e| e.contains(text));
+    match outcome.status {
+        RunStatus::Completed => Outcome::Succeeded,
+        RunStatus::Compensated if error_says("step 'debit'") => Outcome::FailedDebit,
+        RunStatus::Compensated if error_says("still held by") => Outcome::LockTimeout,
+        RunStatus::Compensated => Outcome::Compensated,
+        _ => Outcome::Other,
+    }
+}
+
+/// What the benchmark tells another host process, as one JSON line on its stdin.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PartSpec {
+    n: u32,
+    seed: u64,
+    accounts: u32,
+    locks: crate::locks::LockBackend,
+    journal: Location,
+    ledger: Option<Location>,
+    cache_dir: PathBuf,
+    /// The bench-transfer component, in a file the first host wrote.
+    module: PathBuf,
+    part: Part,
+}
+
+/// What another host process answers when it has driven its part.
+#[derive(Debug, Serialize, Deserialize)]
+struct PartReport {
+    results: Vec<Finished>,
+    commits: u64,
+    jobs: u64,
+}
+
+/// How often another host process says how many of its transfers have finished.
+const PART_PROGRESS_EVERY: Duration = Duration::from_millis(200);
+
+/// Another host process of the benchmark (`wasaga bench transfer-part`).
+struct OtherHost {
+    part: u32,
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    stdout: Option<tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>>,
+    /// Reads its progress and then its report, once it has been told to go.
+    report: Option<tokio::task::JoinHandle<Option<PartReport>>>,
+}
+
+impl OtherHost {
+    /// Starts host `part` of `hosts` and waits until it is ready to go.
+    async fn start(bench: &TransferBench, part: u32, hosts: u32) -> Result<OtherHost, HostError> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let exe = bench.exe.clone().ok_or_else(|| {
+            HostError::Input("--hosts needs the wasaga binary to start the other hosts".into())
+        })?;
+        let module = bench.cache_dir.join("bench-transfer-part.wasm");
+        std::fs::create_dir_all(&bench.cache_dir)
+            .and_then(|()| std::fs::write(&module, &bench.module))
+            .map_err(|e| HostError::Input(format!("cannot write {}: {e}", module.display())))?;
+        let spec = PartSpec {
+            n: bench.n,
+            seed: bench.seed,
+            accounts: bench.accounts,
+            locks: bench.locks.clone(),
+            journal: bench.journal.clone(),
+            ledger: bench.ledger.clone(),
+            cache_dir: bench.cache_dir.clone(),
+            module,
+            part: Part {
+                part,
+                of: hosts,
+                clients: clients_of(bench.c, hosts, part),
+                locked: bench.locked,
+            },
+        };
+        let failed = |e: std::io::Error| {
+            HostError::Engine(format!("benchmark host {part} ({}): {e}", exe.display()))
+        };
+        let mut child = tokio::process::Command::new(&exe)
+            .args(["bench", "transfer-part"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(failed)?;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let mut stdout =
+            tokio::io::BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let mut line =
+            serde_json::to_string(&spec).map_err(|e| HostError::Engine(e.to_string()))?;
+        line.push('\n');
+        stdin.write_all(line.as_bytes()).await.map_err(failed)?;
+        match stdout.next_line().await.map_err(failed)? {
+            Some(ready) if ready == "ready" => {}
+            other => {
+                return Err(HostError::Engine(format!(
+                    "benchmark host {part} did not start (it said {other:?}); its error is above"
+                )));
+            }
+        }
+        Ok(OtherHost {
+            part,
+            child,
+            stdin,
+            stdout: Some(stdout),
+            report: None,
+        })
+    }
+
+    /// Tells it to go; its finished transfers are counted into `done` as it reports them.
+    async fn go(&mut self, done: Arc<AtomicU32>) -> Result<(), HostError> {
+        use tokio::io::AsyncWriteExt;
+        self.stdin
+            .write_all(b"go\n")
+            .await
+            .map_err(|e| HostError::Engine(format!("benchmark host {}: {e}", self.part)))?;
+        let mut stdout = self.stdout.take().expect("told to go once");
+        self.report = Some(tokio::spawn(async move {
+            let mut counted = 0;
+            while let Ok(Some(line)) = stdout.next_line().await {
+                if let Some(finished) = line.strip_prefix("done ") {
+                    let finished: u32 = finished.parse().unwrap_or(counted);
+                    done.fetch_add(finished.saturating_sub(counted), Ordering::Relaxed);
+                    counted = counted.max(finished);
+                } else {
+                    let report: Option<PartReport> = serde_json::from_str(&line).ok();
+                    if let Some(report) = &report {
+                        let all = report.results.len() as u32;
+                        done.fetch_add(all.saturating_sub(counted), Ordering::Relaxed);
+                    }
+                    return report;
+                }
+            }
+            None
+        }));
+        Ok(())
+    }
+
+    async fn finish(mut self) -> Result<PartReport, HostError> {
+        let report = match self.report.take() {
+            Some(task) => task.await.ok().flatten(),
+            None => None,
+        };
+        let _ = self.child.wait().await;
+        report.ok_or_else(|| {
+            HostError::Engine(format!(
+                "benchmark host {} stopped without a report; its error is above",
+                self.part
+            ))
+        })
+    }
+}
+
+/// `wasaga bench transfer-part`: one of the other host processes of a benchmark with
+/// `--hosts`. Reads its [`PartSpec`] from stdin, says `ready` once its host is open, drives
+/// its part when told `go`, and answers with its results as one JSON line.
+pub async fn transfer_part() -> Result<(), HostError> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let io = |e: std::io::Error| HostError::Engine(format!("benchmark host: {e}"));
+    let line = stdin.next_line().await.map_err(io)?.unwrap_or_default();
+    let spec: PartSpec = serde_json::from_str(&line).map_err(|e| {
+        HostError::Input(format!(
+            "bench transfer-part is started by `wasaga bench transfer --hosts N`, which writes its part as JSON on stdin: {e}"
+        ))
+    })?;
+    let mut config = bench_config(
+        &spec.journal,
+        spec.ledger.as_ref(),
+        &spec.locks,
+        &spec.cache_dir,
+        spec.part.clients,
+    );
+    config.host_id = format!("bench-host-{}", spec.part.part);
+    let host = Host::open(&config).await?;
+    let module = std::fs::read(&spec.module)
+        .map_err(|e| HostError::Input(format!("cannot read {}: {e}", spec.module.display())))?;
+    let hash = host.add_module("bench-transfer", &module).await?;
+    let transfers = Arc::new(workload(spec.n, spec.seed, spec.accounts));
+    let prefix = format!("bench-{}", spec.seed);
+    let mut stdout = tokio::io::stdout();
+    stdout.write_all(b"ready\n").await.map_err(io)?;
+    stdout.flush().await.map_err(io)?;
+    if stdin.next_line().await.map_err(io)?.as_deref() != Some("go") {
+        return Ok(());
+    }
+    let (commits_before, jobs_before) = host.journal().database().commit_stats();
+    let done = Arc::new(AtomicU32::new(0));
+    let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let progress = {
+        let (done, finished) = (done.clone(), finished.clone());
+        tokio::spawn(async move {
+            let mut stdout = tokio::io::stdout();
+            loop {
+                tokio::time::sleep(PART_PROGRESS_EVERY).await;
+                // Stopped between lines, never within one: the report follows on its own.
+                if finished.load(Ordering::SeqCst) {
+                    return;
+                }
+                let line = format!("done {}\n", done.load(Ordering::Relaxed));
+                if stdout.write_all(line.as_bytes()).await.is_err() || stdout.flush().await.is_err()
+                {
+                    return;
+                }
+            }
+        })
+    };
+    let results = drive(&host, &hash, &transfers, &prefix, spec.part, done).await;
+    finished.store(true, Ordering::SeqCst);
+    let _ = progress.await;
+    let results = results?;
+    let (commits_after, jobs_after) = host.journal().database().commit_stats();
+    let report = PartReport {
+        results,
+        commits: commits_after - commits_before,
+        jobs: jobs_after - jobs_before,
+    };
+    let mut line = serde_json::to_string(&report).map_err(|e| HostError::Engine(e.to_string()))?;
+    line.push('\n');
+    stdout.write_all(line.as_bytes()).await.map_err(io)?;
+    stdout.flush().await.map_err(io)?;
+    Ok(())
 }
 
 /// How long each granted lock acquire of the runs waited, from their `lock-acquired` events.

@@ -189,3 +189,62 @@ fn the_transfer_benchmark_runs_on_postgres_by_url_and_keeps_to_its_own_schema() 
         "the journal's own schema is untouched"
     );
 }
+
+/// `--hosts 3`: three host processes share one PostgreSQL journal and drive the locked
+/// workload over four hot accounts together, so their runs wait for each other's locks
+/// across processes; each finishes its share, none times out on a lock, and the money adds
+/// up. Without PostgreSQL the option is refused with what to do.
+#[test]
+fn the_locked_benchmark_runs_on_three_host_processes_sharing_postgres() {
+    let postgres = Postgres::start();
+    let url = crate::postgres::database(&postgres, "bench_hosts", None);
+    let s = Sandbox::new("bench-hosts");
+    let out = s.wasaga(&[
+        "bench",
+        "transfer",
+        "--n",
+        "150",
+        "--c",
+        "12",
+        "--accounts",
+        "4",
+        "--locked",
+        "--hosts",
+        "3",
+        "--module",
+        BENCH_TRANSFER,
+        "--journal",
+        &url,
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    assert_eq!(report["invariants_ok"], true, "{report}");
+    assert_eq!(report["hosts"], 3, "{report}");
+    let shares: Vec<u64> = report["transfers_per_host"]
+        .as_array()
+        .expect("shares")
+        .iter()
+        .map(|v| v.as_u64().expect("count"))
+        .collect();
+    assert_eq!(shares, [50, 50, 50], "each host drove its third: {report}");
+    assert_eq!(report["lock_timeouts"], 0, "{report}");
+    assert_eq!(
+        (report["succeeded"].as_u64(), report["compensated"].as_u64()),
+        (Some(135), Some(15)),
+        "{report}"
+    );
+    let journal = s.dir.join("bench.db").display().to_string();
+    let refused = s.wasaga(&[
+        "bench",
+        "transfer",
+        "--hosts",
+        "2",
+        "--module",
+        BENCH_TRANSFER,
+        "--journal",
+        &journal,
+    ]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(text(&refused).contains("postgres://"), "{}", text(&refused));
+}

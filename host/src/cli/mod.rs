@@ -183,7 +183,14 @@ enum BenchCommand {
         /// The benchmark's ledger, if not in the journal's database (emptied the same way).
         #[arg(long, value_parser = bench_location)]
         ledger: Option<Location>,
+        /// Host processes that drive the workload together on one PostgreSQL journal, each
+        /// with its own connections and its share of the clients (this one and N-1 more).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+        hosts: u32,
     },
+    /// One of the other host processes of `bench transfer --hosts N`, which starts it.
+    #[command(hide = true)]
+    TransferPart,
 }
 
 #[derive(Debug, Subcommand)]
@@ -290,6 +297,8 @@ fn runtime(g: &Settings, command: &Command) -> std::io::Result<tokio::runtime::R
     let journal = match command {
         Command::Bench(BenchCommand::Transfer { journal, .. })
         | Command::Bench(BenchCommand::Micro { journal, .. }) => journal,
+        // A host of a benchmark with several: they share a PostgreSQL journal.
+        Command::Bench(BenchCommand::TransferPart) => return builder.build(),
         _ => &g.host.journal,
     };
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
@@ -323,6 +332,10 @@ async fn dispatch(g: &Settings, command: &Command) -> Result<u8, Failure> {
         Command::Bench(BenchCommand::Micro { module, journal }) => {
             bench_micro(g, module, journal).await
         }
+        Command::Bench(BenchCommand::TransferPart) => {
+            wasaga::bench::transfer_part().await.map_err(host_failure)?;
+            Ok(0)
+        }
         Command::Bench(BenchCommand::Transfer {
             n,
             c,
@@ -332,11 +345,13 @@ async fn dispatch(g: &Settings, command: &Command) -> Result<u8, Failure> {
             module,
             journal,
             ledger,
+            hosts,
         }) => {
             let shape = Shape {
                 accounts: *accounts,
                 locked: *locked,
                 locks: g.host.locks.clone(),
+                hosts: *hosts,
             };
             bench_transfer(g, *n, *c, *seed, shape, module, journal, ledger.as_ref()).await
         }
@@ -1181,6 +1196,7 @@ struct Shape {
     accounts: u32,
     locked: bool,
     locks: wasaga::locks::LockBackend,
+    hosts: u32,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1206,8 +1222,13 @@ async fn bench_transfer(
             Location::Postgres { .. } => "synchronous_commit=on",
         };
         eprintln!(
-            "transfer-saga: n={n} c={c} seed={seed} accounts={}{} journal={}{} ({durability})",
+            "transfer-saga: n={n} c={c} seed={seed} accounts={}{}{} journal={}{} ({durability})",
             shape.accounts,
+            if shape.hosts > 1 {
+                format!(" hosts={}", shape.hosts)
+            } else {
+                String::new()
+            },
             if shape.locked {
                 format!(" locked (locks {})", lock_backend_name(&shape.locks))
             } else {
@@ -1239,6 +1260,8 @@ async fn bench_transfer(
         ledger: ledger.cloned(),
         cache_dir: HostConfig::new(journal.clone()).cache_dir,
         module: bytes,
+        hosts: shape.hosts,
+        exe: std::env::current_exe().ok(),
         progress,
     })
     .await
@@ -1258,6 +1281,12 @@ async fn bench_transfer(
             "throughput   {:.0} sagas/s over {:.2} s",
             report.throughput, report.elapsed_s
         );
+        if report.hosts > 1 {
+            println!(
+                "hosts        {} processes on one journal, transfers each: {:?}",
+                report.hosts, report.transfers_per_host
+            );
+        }
         println!(
             "latency      p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
             report.p50_ms, report.p95_ms, report.p99_ms, report.max_ms

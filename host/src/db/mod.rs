@@ -21,7 +21,7 @@ pub use postgres::PostgresDatabase;
 pub use sqlite::SqliteDatabase;
 
 /// Where a database lives, as configured.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Location {
     /// A SQLite file, created if missing.
     Sqlite(PathBuf),

@@ -155,7 +155,7 @@ where
 }
 
 /// Where locks come from, as configured.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum LockBackend {
     /// Lease rows in the journal's database.
     Journal,

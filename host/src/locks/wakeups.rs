@@ -214,6 +214,9 @@ impl Drop for Watch {
 
 /// Listens for releases for as long as the wake-ups live, connecting again after failures.
 async fn listen(source: Source, shared: Arc<Shared>) {
+    // What was last said, and when: a listener that cannot connect (a pooler that does not
+    // pass LISTEN on, say) says so once a minute, not at every attempt.
+    let mut said: Option<(String, std::time::Instant)> = None;
     loop {
         let ended = match &source {
             Source::Postgres { url } => listen_postgres(url, &shared).await,
@@ -221,13 +224,22 @@ async fn listen(source: Source, shared: Arc<Shared>) {
         };
         shared.listening(false);
         if let Err(reason) = ended {
-            eprintln!(
-                "wasaga: not hearing lock releases from other hosts ({reason}); waiters poll until it connects again"
-            );
+            let repeat = said
+                .as_ref()
+                .is_some_and(|(before, at)| *before == reason && at.elapsed() < SAY_AGAIN_AFTER);
+            if !repeat {
+                eprintln!(
+                    "wasaga: not hearing lock releases from other hosts ({reason}); waiters poll until it connects again"
+                );
+                said = Some((reason, std::time::Instant::now()));
+            }
         }
         tokio::time::sleep(RECONNECT_PAUSE).await;
     }
 }
+
+/// How long the listener keeps quiet about the same failure.
+const SAY_AGAIN_AFTER: Duration = Duration::from_secs(60);
 
 async fn listen_postgres(url: &str, shared: &Shared) -> Result<(), String> {
     let connect = async {

@@ -8,13 +8,14 @@
 //! processes have. The notifying backends are given a safety net of a minute, far beyond the
 //! waits here, so a grant within the test's bound can only have come from a notification.
 
-use crate::services::{Postgres, Redis, ZooKeeper};
+use crate::services::{Postgres, Redis, SlowLink, ZooKeeper};
 use crate::support::rt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasaga::db::{Database, Location};
 use wasaga::locks::{
-    DatabaseLocks, LockService, PostgresLocks, Queued, RedisLocks, ZooKeeperLocks,
+    DatabaseLocks, HANDOVERS_MAX, LockService, PostgresLocks, Queued, RedisLocks, SAFETY_NET_MS,
+    ZooKeeperLocks,
 };
 
 const KEY: &str = "account/merchant-7";
@@ -308,3 +309,166 @@ fn a_cut_listener_connects_again_with_redis_locks() {
 }
 
 use sqlx::Connection as _;
+
+/// How far the far host of a test is from the backend, each way.
+const FAR: Duration = Duration::from_millis(20);
+
+/// Waiting runs of host A, queued in A's line behind A's holder.
+const LOCAL_WAITERS: usize = 40;
+
+/// Host A's line for the key is long (a hot merchant account on a busy host) and host B's
+/// run waits for the same key. A's line may hand the key on within A for at most
+/// `HANDOVERS_MAX` grants in a row; then the key goes back to the backend, where B asked
+/// first: B gets it next, however many of A's runs are still in line. B is passed over a
+/// bounded number of times, not until A's line is empty.
+///
+/// Host B is far away (`far`: the same backend through a link 20 ms slow each way), so it
+/// hears of each release after A's own next run has already asked: without the backend's
+/// queue B would lose every such race until A's line ran dry.
+async fn a_waiter_on_another_host_is_passed_over_a_bounded_number_of_times(
+    backend: Backend,
+    far: Backend,
+) {
+    let a = backend.host(Duration::from_millis(SAFETY_NET_MS)).await;
+    let b = far.host(Duration::from_millis(SAFETY_NET_MS)).await;
+    let granted = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let held = a
+        .acquire(KEY, "a-holder", 30_000, 0)
+        .await
+        .expect("host A takes the key");
+    granted.lock().expect("order").push("a-holder".into());
+    let mut runs = Vec::new();
+    for i in 0..LOCAL_WAITERS {
+        let (line, granted) = (a.clone(), granted.clone());
+        runs.push(tokio::spawn(async move {
+            let owner = format!("a-{i}");
+            let lease = line
+                .acquire(KEY, &owner, 30_000, 60_000)
+                .await
+                .unwrap_or_else(|e| panic!("{owner} gets the key: {e}"));
+            granted.lock().expect("order").push(owner);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            line.release(&lease).await.expect("release");
+        }));
+        while a.waiting() < i + 1 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let on_b = {
+        let (b, granted) = (b.clone(), granted.clone());
+        tokio::spawn(async move {
+            let lease = b
+                .acquire(KEY, "b-run", 30_000, 60_000)
+                .await
+                .expect("host B's run gets the key");
+            granted.lock().expect("order").push("b-run".into());
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            b.release(&lease).await.expect("release");
+        })
+    };
+    // B has asked, been refused and taken its place in the backend's queue.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.release(&held).await.expect("release");
+    on_b.await.expect("host B's run");
+    for run in runs {
+        run.await.expect("host A's run");
+    }
+    let order = granted.lock().expect("order").clone();
+    assert_eq!(order.len(), LOCAL_WAITERS + 2, "everyone got the key once");
+    let place = order
+        .iter()
+        .position(|o| o == "b-run")
+        .expect("B got the key");
+    // The holder, then at most HANDOVERS_MAX hand-overs within A, then B.
+    assert!(
+        place <= HANDOVERS_MAX as usize + 1,
+        "host B's run waited behind {place} grants on host A (at most {} allowed): {order:?}",
+        HANDOVERS_MAX + 1
+    );
+    let local: Vec<&String> = order.iter().filter(|o| o.starts_with("a-")).collect();
+    let mut expected: Vec<String> = vec!["a-holder".into()];
+    expected.extend((0..LOCAL_WAITERS).map(|i| format!("a-{i}")));
+    assert_eq!(
+        local,
+        expected.iter().collect::<Vec<_>>(),
+        "host A's runs kept their order"
+    );
+}
+
+#[test]
+fn a_waiter_on_another_host_is_passed_over_a_bounded_number_of_times_with_journal_locks() {
+    let postgres = Postgres::start();
+    let far = SlowLink::start(postgres.port, FAR);
+    rt().block_on(
+        a_waiter_on_another_host_is_passed_over_a_bounded_number_of_times(
+            Backend::Journal(postgres.url()),
+            Backend::Journal(format!(
+                "postgres://postgres@127.0.0.1:{}/postgres",
+                far.port
+            )),
+        ),
+    );
+}
+
+#[test]
+fn a_waiter_on_another_host_is_passed_over_a_bounded_number_of_times_with_postgres_locks() {
+    let postgres = Postgres::start();
+    let far = SlowLink::start(postgres.port, FAR);
+    rt().block_on(
+        a_waiter_on_another_host_is_passed_over_a_bounded_number_of_times(
+            Backend::Postgres(postgres.url()),
+            Backend::Postgres(format!(
+                "postgres://postgres@127.0.0.1:{}/postgres",
+                far.port
+            )),
+        ),
+    );
+}
+
+#[test]
+fn a_waiter_on_another_host_is_passed_over_a_bounded_number_of_times_with_redis_locks() {
+    let redis = Redis::start();
+    let far = SlowLink::start(redis.port, FAR);
+    rt().block_on(
+        a_waiter_on_another_host_is_passed_over_a_bounded_number_of_times(
+            Backend::Redis(redis.url()),
+            Backend::Redis(format!("redis://127.0.0.1:{}", far.port)),
+        ),
+    );
+}
+
+/// Host B's waiter took its place in the backend's queue and then went away without leaving
+/// it (its process stopped while it waited). Its place goes stale within a second and holds
+/// nobody up past that: host A's next run gets the key.
+#[test]
+fn a_waiter_that_went_away_holds_nobody_up_for_long() {
+    let postgres = Postgres::start();
+    let backend = Backend::Journal(postgres.url());
+    rt().block_on(async {
+        let a = backend.host(Duration::from_millis(SAFETY_NET_MS)).await;
+        let b = backend.host(Duration::from_millis(SAFETY_NET_MS)).await;
+        let held = a
+            .acquire(KEY, "a-holder", 30_000, 0)
+            .await
+            .expect("host A takes the key");
+        let gone = tokio::time::timeout(
+            Duration::from_millis(300),
+            b.acquire(KEY, "b-gone", 30_000, 60_000),
+        )
+        .await;
+        assert!(gone.is_err(), "host B's run stopped while it waited");
+        drop(b);
+        a.release(&held).await.expect("release");
+        let asked = Instant::now();
+        let lease = a
+            .acquire(KEY, "a-next", 30_000, 10_000)
+            .await
+            .expect("host A's next run gets the key");
+        assert!(
+            asked.elapsed() < Duration::from_secs(3),
+            "a place that went stale held the key up for {:?}",
+            asked.elapsed()
+        );
+        assert_eq!(lease.owner, "a-next");
+    });
+}

@@ -20,6 +20,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../schema/postgres/0004_fewer_statements.sql"),
     include_str!("../../schema/postgres/0005_set_wise_batches.sql"),
     include_str!("../../schema/postgres/0006_hold_expiry.sql"),
+    include_str!("../../schema/postgres/0007_lock_waiters.sql"),
 ];
 
 /// How long a caller waits for a pooled connection before the database counts as unavailable.

@@ -43,11 +43,16 @@ impl DatabaseLocks {
         }
     }
 
+    /// One attempt at `key`. A free key goes to `owner` only if no live waiter of another
+    /// host asked for it before `owner` did (see `lock_waiters`); a grant takes `owner`'s
+    /// place out of the queue, along with places gone stale. Refused and `waiting`, `owner`
+    /// takes (or keeps, and refreshes) its place for that many milliseconds.
     async fn try_acquire(
         &self,
         key: &str,
         owner: &str,
         ttl_ms: u32,
+        waiting: Option<u32>,
     ) -> Result<Result<Lease, String>, DbError> {
         let (key, owner) = (key.to_owned(), owner.to_owned());
         self.db
@@ -60,31 +65,84 @@ impl DatabaseLocks {
                             // Tokens are at least the clock in microseconds, as Redis's are:
                             // see `postgres::NOW_US`.
                             let now_us = now.saturating_mul(1_000);
-                            tx.fetch_optional(
-                                "INSERT INTO locks (key, owner, token, expires_at_ms) VALUES ($1, $2, $5, $3 + $4)
-                                 ON CONFLICT (key) DO UPDATE SET owner = $2, token = MAX(locks.token + 1, $5),
-                                                                 expires_at_ms = $3 + $4
-                                 WHERE locks.owner IS NULL OR locks.expires_at_ms < $3 OR locks.owner = $2
-                                 RETURNING token, expires_at_ms",
-                                args![&key, &owner, now, ttl, now_us],
-                            )
-                            .await?
+                            let row = tx
+                                .fetch_optional(
+                                    "INSERT INTO locks (key, owner, token, expires_at_ms) VALUES ($1, $2, $5, $3 + $4)
+                                     ON CONFLICT (key) DO UPDATE SET owner = $2, token = MAX(locks.token + 1, $5),
+                                                                     expires_at_ms = $3 + $4
+                                     WHERE (locks.owner IS NULL OR locks.expires_at_ms < $3 OR locks.owner = $2)
+                                       AND (locks.owner = $2 OR NOT EXISTS (
+                                           SELECT 1 FROM lock_waiters w
+                                           WHERE w.key = $1 AND w.owner <> $2 AND w.stale_at_ms >= $3
+                                             AND w.since_us < COALESCE(
+                                                 (SELECT m.since_us FROM lock_waiters m WHERE m.key = $1 AND m.owner = $2),
+                                                 9223372036854775807)))
+                                     RETURNING token, expires_at_ms",
+                                    args![&key, &owner, now, ttl, now_us],
+                                )
+                                .await?;
+                            if row.is_some() {
+                                tx.execute(
+                                    "DELETE FROM lock_waiters WHERE key = $1 AND (owner = $2 OR stale_at_ms < $3)",
+                                    args![&key, &owner, now],
+                                )
+                                .await?;
+                            } else if let Some(place_ms) = waiting {
+                                tx.execute(
+                                    "INSERT INTO lock_waiters (key, owner, since_us, stale_at_ms) VALUES ($1, $2, $3, $4 + $5)
+                                     ON CONFLICT (key, owner) DO UPDATE SET
+                                         since_us = CASE WHEN lock_waiters.stale_at_ms < $4 THEN $3 ELSE lock_waiters.since_us END,
+                                         stale_at_ms = $4 + $5",
+                                    args![&key, &owner, now_us, now, i64::from(place_ms)],
+                                )
+                                .await?;
+                            }
+                            row
                         }
                         Dialect::Postgres => {
-                            tx.fetch_optional(
-                                "INSERT INTO locks (key, owner, token, expires_at_ms)
-                                 VALUES ($1, $2, CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000 AS BIGINT),
-                                         CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) + $3)
-                                 ON CONFLICT (key) DO UPDATE SET owner = $2,
-                                     token = GREATEST(locks.token + 1, CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000 AS BIGINT)),
-                                     expires_at_ms = CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) + $3
-                                 WHERE locks.owner IS NULL
-                                    OR locks.expires_at_ms < CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)
-                                    OR locks.owner = $2
-                                 RETURNING token, expires_at_ms",
-                                args![&key, &owner, ttl],
-                            )
-                            .await?
+                            let row = tx
+                                .fetch_optional(
+                                    "WITH granted AS (
+                                         INSERT INTO locks (key, owner, token, expires_at_ms)
+                                         VALUES ($1, $2, CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000 AS BIGINT),
+                                                 CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) + $3)
+                                         ON CONFLICT (key) DO UPDATE SET owner = $2,
+                                             token = GREATEST(locks.token + 1, CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000 AS BIGINT)),
+                                             expires_at_ms = CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) + $3
+                                         WHERE (locks.owner IS NULL
+                                                OR locks.expires_at_ms < CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)
+                                                OR locks.owner = $2)
+                                           AND (locks.owner = $2 OR NOT EXISTS (
+                                               SELECT 1 FROM lock_waiters w
+                                               WHERE w.key = $1 AND w.owner <> $2
+                                                 AND w.stale_at_ms >= CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)
+                                                 AND w.since_us < COALESCE(
+                                                     (SELECT m.since_us FROM lock_waiters m WHERE m.key = $1 AND m.owner = $2),
+                                                     9223372036854775807)))
+                                         RETURNING token, expires_at_ms),
+                                     gone AS (
+                                         DELETE FROM lock_waiters
+                                         WHERE key = $1
+                                           AND (owner = $2 OR stale_at_ms < CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT))
+                                           AND EXISTS (SELECT 1 FROM granted))
+                                     SELECT token, expires_at_ms FROM granted",
+                                    args![&key, &owner, ttl],
+                                )
+                                .await?;
+                            if let (None, Some(place_ms)) = (&row, waiting) {
+                                tx.execute(
+                                    "INSERT INTO lock_waiters (key, owner, since_us, stale_at_ms)
+                                     VALUES ($1, $2, CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000 AS BIGINT),
+                                             CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) + $3)
+                                     ON CONFLICT (key, owner) DO UPDATE SET
+                                         since_us = CASE WHEN lock_waiters.stale_at_ms < CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)
+                                                         THEN EXCLUDED.since_us ELSE lock_waiters.since_us END,
+                                         stale_at_ms = EXCLUDED.stale_at_ms",
+                                    args![&key, &owner, i64::from(place_ms)],
+                                )
+                                .await?;
+                            }
+                            row
                         }
                     };
                     Ok(match row {
@@ -101,8 +159,25 @@ impl DatabaseLocks {
                             .map(|r| r.opt_text(0))
                             .transpose()?
                             .flatten()
-                            .unwrap_or_else(|| "another run".to_owned())),
+                            .unwrap_or_else(|| super::FIRST_IN_LINE_ELSEWHERE.to_owned())),
                     })
+                })
+            })
+            .await
+    }
+
+    /// Gives up `owner`'s place in the queue for `key` (its wait ran out).
+    async fn leave(&self, key: &str, owner: &str) -> Result<(), DbError> {
+        let (key, owner) = (key.to_owned(), owner.to_owned());
+        self.db
+            .write(move |tx| {
+                Box::pin(async move {
+                    tx.execute(
+                        "DELETE FROM lock_waiters WHERE key = $1 AND owner = $2",
+                        args![&key, &owner],
+                    )
+                    .await
+                    .map(|_| ())
                 })
             })
             .await
@@ -181,16 +256,21 @@ impl LockService for DatabaseLocks {
         ttl_ms: u32,
         wait_ms: u32,
     ) -> crate::BoxFuture<'a, Result<Lease, LockError>> {
-        Box::pin(super::poll(
-            key,
-            wait_ms,
-            self.wakeups.as_ref(),
-            move || async move {
-                self.try_acquire(key, owner, ttl_ms)
+        let place_ms = super::place_ms(self.wakeups.as_ref());
+        Box::pin(async move {
+            let waiting = (wait_ms > 0).then_some(place_ms);
+            let got = super::poll(key, wait_ms, self.wakeups.as_ref(), move || async move {
+                self.try_acquire(key, owner, ttl_ms, waiting)
                     .await
                     .map_err(|e| self.backend_error(e))
-            },
-        ))
+            })
+            .await;
+            if waiting.is_some() && matches!(got, Err(LockError::Timeout { .. })) {
+                // Out of the queue now, not when its place goes stale.
+                let _ = self.leave(key, owner).await;
+            }
+            got
+        })
     }
 
     fn extend<'a>(&'a self, lease: &'a Lease) -> crate::BoxFuture<'a, Result<Lease, LockError>> {

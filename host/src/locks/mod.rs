@@ -154,6 +154,24 @@ where
     }
 }
 
+/// Who a lock is "held by" when it is free but a waiter of another host asked for it first:
+/// the key goes to that waiter next.
+const FIRST_IN_LINE_ELSEWHERE: &str = "another run (a run of another host is first in line for it)";
+
+/// How long a waiter's place in a key's queue at the backend lasts after its last attempt: a
+/// few of its asks (which renew it) even if notifications are lost, so that a waiter that is
+/// gone (its host stopped) holds nobody up for long.
+fn place_ms(wakeups: Option<&Wakeups>) -> u32 {
+    let asks_every = wakeups.map_or(std::time::Duration::from_millis(50), |w| w.safety_net());
+    (asks_every * 4)
+        .max(std::time::Duration::from_millis(PLACE_MIN_MS))
+        .as_millis()
+        .min(u128::from(u32::MAX)) as u32
+}
+
+/// The shortest life of a waiter's place in a key's queue at the backend.
+const PLACE_MIN_MS: u64 = 1_000;
+
 /// Where locks come from, as configured.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum LockBackend {

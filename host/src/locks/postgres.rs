@@ -14,6 +14,13 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS wasaga_locks (
     owner         TEXT,
     token         BIGINT NOT NULL,
     expires_at_ms BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS wasaga_lock_waiters (
+    key         TEXT NOT NULL,
+    owner       TEXT NOT NULL,
+    since_us    BIGINT NOT NULL,
+    stale_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (key, owner)
 )";
 
 /// The database's clock, in milliseconds since the Unix epoch.
@@ -91,24 +98,40 @@ impl PostgresLocks {
 
     async fn ready(&self) -> Result<(), LockError> {
         self.schema
-            .get_or_try_init(|| async { sqlx::query(SCHEMA).execute(&self.pool).await.map(|_| ()) })
+            .get_or_try_init(|| async {
+                sqlx::raw_sql(SCHEMA).execute(&self.pool).await.map(|_| ())
+            })
             .await
             .map(|_| ())
             .map_err(|e| self.unavailable(e))
     }
 
+    /// One attempt at `key`, honouring the queue of waiters of other hosts as
+    /// `DatabaseLocks::try_acquire` does.
     async fn try_acquire(
         &self,
         key: &str,
         owner: &str,
         ttl_ms: u32,
+        waiting: Option<u32>,
     ) -> Result<Result<Lease, String>, LockError> {
         self.ready().await?;
         let granted: Option<(i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO wasaga_locks AS l (key, owner, token, expires_at_ms) VALUES ($1, $2, {NOW_US}, {NOW_MS} + $3)
-             ON CONFLICT (key) DO UPDATE SET owner = $2, token = GREATEST(l.token + 1, {NOW_US}), expires_at_ms = {NOW_MS} + $3
-             WHERE l.owner IS NULL OR l.expires_at_ms < {NOW_MS} OR l.owner = $2
-             RETURNING token, expires_at_ms"
+            "WITH granted AS (
+                 INSERT INTO wasaga_locks AS l (key, owner, token, expires_at_ms) VALUES ($1, $2, {NOW_US}, {NOW_MS} + $3)
+                 ON CONFLICT (key) DO UPDATE SET owner = $2, token = GREATEST(l.token + 1, {NOW_US}), expires_at_ms = {NOW_MS} + $3
+                 WHERE (l.owner IS NULL OR l.expires_at_ms < {NOW_MS} OR l.owner = $2)
+                   AND (l.owner = $2 OR NOT EXISTS (
+                       SELECT 1 FROM wasaga_lock_waiters w
+                       WHERE w.key = $1 AND w.owner <> $2 AND w.stale_at_ms >= {NOW_MS}
+                         AND w.since_us < COALESCE(
+                             (SELECT m.since_us FROM wasaga_lock_waiters m WHERE m.key = $1 AND m.owner = $2),
+                             9223372036854775807)))
+                 RETURNING token, expires_at_ms),
+             gone AS (
+                 DELETE FROM wasaga_lock_waiters
+                 WHERE key = $1 AND (owner = $2 OR stale_at_ms < {NOW_MS}) AND EXISTS (SELECT 1 FROM granted))
+             SELECT token, expires_at_ms FROM granted"
         )))
         .bind(key)
         .bind(owner)
@@ -116,24 +139,39 @@ impl PostgresLocks {
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| self.unavailable(e))?;
-        Ok(match granted {
-            Some((token, expires_at_ms)) => Ok(Lease {
+        if let Some((token, expires_at_ms)) = granted {
+            return Ok(Ok(Lease {
                 key: key.to_owned(),
                 owner: owner.to_owned(),
                 fencing_token: token as u64,
                 ttl_ms,
                 expires_at_ms: expires_at_ms as u64,
-            }),
-            None => Err(sqlx::query_scalar::<_, Option<String>>(
-                "SELECT owner FROM wasaga_locks WHERE key = $1",
-            )
+            }));
+        }
+        if let Some(place_ms) = waiting {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO wasaga_lock_waiters AS w (key, owner, since_us, stale_at_ms)
+                 VALUES ($1, $2, {NOW_US}, {NOW_MS} + $3)
+                 ON CONFLICT (key, owner) DO UPDATE SET
+                     since_us = CASE WHEN w.stale_at_ms < {NOW_MS} THEN EXCLUDED.since_us ELSE w.since_us END,
+                     stale_at_ms = EXCLUDED.stale_at_ms"
+            )))
             .bind(key)
-            .fetch_optional(&self.pool)
+            .bind(owner)
+            .bind(i64::from(place_ms))
+            .execute(&self.pool)
             .await
-            .map_err(|e| self.unavailable(e))?
-            .flatten()
-            .unwrap_or_else(|| "another run".to_owned())),
-        })
+            .map_err(|e| self.unavailable(e))?;
+        }
+        Ok(Err(sqlx::query_scalar::<_, Option<String>>(
+            "SELECT owner FROM wasaga_locks WHERE key = $1",
+        )
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.unavailable(e))?
+        .flatten()
+        .unwrap_or_else(|| super::FIRST_IN_LINE_ELSEWHERE.to_owned())))
     }
 }
 
@@ -149,9 +187,24 @@ impl LockService for PostgresLocks {
         ttl_ms: u32,
         wait_ms: u32,
     ) -> crate::BoxFuture<'a, Result<Lease, LockError>> {
-        Box::pin(super::poll(key, wait_ms, Some(&self.wakeups), move || {
-            self.try_acquire(key, owner, ttl_ms)
-        }))
+        let place_ms = super::place_ms(Some(&self.wakeups));
+        Box::pin(async move {
+            let waiting = (wait_ms > 0).then_some(place_ms);
+            let got = super::poll(key, wait_ms, Some(&self.wakeups), move || {
+                self.try_acquire(key, owner, ttl_ms, waiting)
+            })
+            .await;
+            if waiting.is_some() && matches!(got, Err(LockError::Timeout { .. })) {
+                // Out of the queue now, not when its place goes stale.
+                let _ =
+                    sqlx::query("DELETE FROM wasaga_lock_waiters WHERE key = $1 AND owner = $2")
+                        .bind(key)
+                        .bind(owner)
+                        .execute(&self.pool)
+                        .await;
+            }
+            got
+        })
     }
 
     fn extend<'a>(&'a self, lease: &'a Lease) -> crate::BoxFuture<'a, Result<Lease, LockError>> {

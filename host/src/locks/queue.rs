@@ -8,10 +8,11 @@
 //!
 //! Fairness across hosts is the backend's: after [`HANDOVERS_MAX`] hand-overs in a row the
 //! holder releases to the backend instead, and the next in line asks like anyone else, so a
-//! queue on one host cannot keep a key from the others for long: with ZooKeeper (a FIFO
-//! queue of its own) the others' waiters are served first; with the polling backends they
-//! get a fair chance at every such release. A run at the head of a line whose holder neither
-//! releases nor renews (its lease expired, say) asks the backend every [`SAFETY_NET_MS`].
+//! queue on one host cannot keep a key from the others for long: every backend keeps the
+//! hosts' waiting heads in the order they asked (ZooKeeper's sequence, the row backends'
+//! `lock_waiters`, Redis's sorted sets), and a released key goes to the earliest of them. A
+//! run at the head of a line whose holder neither releases nor renews (its lease expired,
+//! say) asks the backend every [`SAFETY_NET_MS`].
 
 use super::{Lease, LockError, LockService};
 use std::collections::{HashMap, VecDeque};

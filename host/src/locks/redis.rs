@@ -11,24 +11,58 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::time::Duration;
 use tokio::sync::Mutex;
 
-/// Takes the lock if it is free (or already the caller's) and returns the new fencing token.
-/// KEYS[1] lock key, KEYS[2] token counter; ARGV[1] owner, ARGV[2] ttl ms.
+/// Takes the lock if it is free (or already the caller's) and no live waiter of another host
+/// asked for it first, and returns the new fencing token. KEYS[1] lock key, KEYS[2] token
+/// counter, KEYS[3] the waiters in the order they asked (score: when, in microseconds),
+/// KEYS[4] when each waiter's place goes stale (ms); ARGV[1] owner, ARGV[2] ttl ms, ARGV[3]
+/// how long a refused caller's place lasts (0: it is not waiting, take no place).
 ///
 /// The token is the per-key counter plus one, but never less than the server's clock in
 /// microseconds: a Redis that restarts without its data (no persistence, a failover to a
 /// replica that missed the last `INCR`) must not hand out a token the participants have
 /// already seen. (Lua numbers are doubles: microsecond timestamps are exact below 2^53.)
 const ACQUIRE: &str = r"
-local current = redis.call('GET', KEYS[1])
-if current and string.sub(current, 1, string.len(ARGV[1]) + 1) ~= ARGV[1] .. '|' then
-  return {0, current}
-end
 local now = redis.call('TIME')
-local floor = tonumber(now[1]) * 1000000 + tonumber(now[2])
-local token = math.max(tonumber(redis.call('GET', KEYS[2]) or '0') + 1, floor)
+local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local now_ms = math.floor(now_us / 1000)
+local gone = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. string.format('%.0f', now_ms))
+for _, waiter in ipairs(gone) do
+  redis.call('ZREM', KEYS[3], waiter)
+  redis.call('ZREM', KEYS[4], waiter)
+end
+local current = redis.call('GET', KEYS[1])
+local mine = current and string.sub(current, 1, string.len(ARGV[1]) + 1) == ARGV[1] .. '|'
+local refused = false
+if current and not mine then
+  refused = current
+elseif not mine then
+  local first = redis.call('ZRANGE', KEYS[3], 0, 0)
+  if first[1] and first[1] ~= ARGV[1] then
+    refused = '|'
+  end
+end
+if refused then
+  local place = tonumber(ARGV[3])
+  if place > 0 then
+    redis.call('ZADD', KEYS[3], 'NX', string.format('%.0f', now_us), ARGV[1])
+    redis.call('ZADD', KEYS[4], string.format('%.0f', now_ms + place), ARGV[1])
+  end
+  return {0, refused}
+end
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+local token = math.max(tonumber(redis.call('GET', KEYS[2]) or '0') + 1, now_us)
 redis.call('SET', KEYS[2], string.format('%.0f', token))
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. string.format('%.0f', token), 'PX', ARGV[2])
 return {token, ''}
+";
+
+/// Gives up a waiter's place. KEYS[1] the waiters, KEYS[2] their places' staleness; ARGV[1]
+/// owner.
+const LEAVE: &str = r"
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
 ";
 
 /// Extends the grant if it is still ours. KEYS[1] lock key; ARGV[1] owner|token, ARGV[2] ttl.
@@ -74,6 +108,7 @@ pub struct RedisLocks {
     extend: redis::Script,
     release: redis::Script,
     hand_over: redis::Script,
+    leave: redis::Script,
     /// Releases on other hosts, heard by subscription.
     wakeups: super::Wakeups,
 }
@@ -105,6 +140,7 @@ impl RedisLocks {
             extend: redis::Script::new(EXTEND),
             release: redis::Script::new(RELEASE),
             hand_over: redis::Script::new(HAND_OVER),
+            leave: redis::Script::new(LEAVE),
         })
     }
 
@@ -177,6 +213,14 @@ fn token_key(key: &str) -> String {
     format!("wasaga:lock-token:{key}")
 }
 
+fn waiters_key(key: &str) -> String {
+    format!("wasaga:lock-waiters:{key}")
+}
+
+fn places_key(key: &str) -> String {
+    format!("wasaga:lock-places:{key}")
+}
+
 impl LockService for RedisLocks {
     fn describe(&self) -> String {
         self.url.clone()
@@ -189,20 +233,32 @@ impl LockService for RedisLocks {
         ttl_ms: u32,
         wait_ms: u32,
     ) -> crate::BoxFuture<'a, Result<Lease, LockError>> {
-        Box::pin(super::poll(
-            key,
-            wait_ms,
-            Some(&self.wakeups),
-            move || async move {
+        let place_ms = if wait_ms > 0 {
+            super::place_ms(Some(&self.wakeups))
+        } else {
+            0
+        };
+        Box::pin(async move {
+            let got = super::poll(key, wait_ms, Some(&self.wakeups), move || async move {
                 let (token, holder): (u64, String) = self
                     .invoke(
                         &self.acquire,
-                        &[lock_key(key), token_key(key)],
-                        &[owner.to_owned(), ttl_ms.to_string()],
+                        &[
+                            lock_key(key),
+                            token_key(key),
+                            waiters_key(key),
+                            places_key(key),
+                        ],
+                        &[owner.to_owned(), ttl_ms.to_string(), place_ms.to_string()],
                     )
                     .await?;
                 if token == 0 {
-                    return Ok(Err(holder.split('|').next().unwrap_or_default().to_owned()));
+                    let holder = holder.split('|').next().unwrap_or_default();
+                    return Ok(Err(if holder.is_empty() {
+                        super::FIRST_IN_LINE_ELSEWHERE.to_owned()
+                    } else {
+                        holder.to_owned()
+                    }));
                 }
                 Ok(Ok(Lease {
                     key: key.to_owned(),
@@ -211,8 +267,20 @@ impl LockService for RedisLocks {
                     ttl_ms,
                     expires_at_ms: now_ms() + u64::from(ttl_ms),
                 }))
-            },
-        ))
+            })
+            .await;
+            if place_ms > 0 && matches!(got, Err(LockError::Timeout { .. })) {
+                // Out of the queue now, not when its place goes stale.
+                let _: Result<i64, _> = self
+                    .invoke(
+                        &self.leave,
+                        &[waiters_key(key), places_key(key)],
+                        &[owner.to_owned()],
+                    )
+                    .await;
+            }
+            got
+        })
     }
 
     fn extend<'a>(&'a self, lease: &'a Lease) -> crate::BoxFuture<'a, Result<Lease, LockError>> {

@@ -122,6 +122,10 @@ impl Wakeups {
         self.safety_net = every;
     }
 
+    pub(crate) fn safety_net(&self) -> Duration {
+        self.safety_net
+    }
+
     /// Waits that ended because a release was heard.
     pub(crate) fn woken(&self) -> u64 {
         self.shared.woken.load(Ordering::Relaxed)

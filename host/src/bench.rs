@@ -228,8 +228,15 @@ pub async fn transfer(bench: TransferBench) -> Result<TransferReport, HostError>
     // The other hosts open their own connections and compile the module before the clock
     // starts, and wait to be told to go.
     let mut others = Vec::new();
-    for part in 1..hosts {
-        others.push(OtherHost::start(&bench, part, hosts).await?);
+    if hosts > 1 {
+        // One copy of the module for all of them to read.
+        let module = bench.cache_dir.join("bench-transfer-part.wasm");
+        std::fs::create_dir_all(&bench.cache_dir)
+            .and_then(|()| std::fs::write(&module, &bench.module))
+            .map_err(|e| HostError::Input(format!("cannot write {}: {e}", module.display())))?;
+        for part in 1..hosts {
+            others.push(OtherHost::start(&bench, &module, part, hosts).await?);
+        }
     }
     let (commits_before, jobs_before) = host.journal().database().commit_stats();
     let done = Arc::new(AtomicU32::new(0));
@@ -465,16 +472,18 @@ struct OtherHost {
 }
 
 impl OtherHost {
-    /// Starts host `part` of `hosts` and waits until it is ready to go.
-    async fn start(bench: &TransferBench, part: u32, hosts: u32) -> Result<OtherHost, HostError> {
+    /// Starts host `part` of `hosts`, which reads the module from `module`, and waits until
+    /// it is ready to go.
+    async fn start(
+        bench: &TransferBench,
+        module: &std::path::Path,
+        part: u32,
+        hosts: u32,
+    ) -> Result<OtherHost, HostError> {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
         let exe = bench.exe.clone().ok_or_else(|| {
             HostError::Input("--hosts needs the wasaga binary to start the other hosts".into())
         })?;
-        let module = bench.cache_dir.join("bench-transfer-part.wasm");
-        std::fs::create_dir_all(&bench.cache_dir)
-            .and_then(|()| std::fs::write(&module, &bench.module))
-            .map_err(|e| HostError::Input(format!("cannot write {}: {e}", module.display())))?;
         let spec = PartSpec {
             n: bench.n,
             seed: bench.seed,
@@ -483,7 +492,7 @@ impl OtherHost {
             journal: bench.journal.clone(),
             ledger: bench.ledger.clone(),
             cache_dir: bench.cache_dir.clone(),
-            module,
+            module: module.to_owned(),
             part: Part {
                 part,
                 of: hosts,

@@ -7,8 +7,8 @@ use crate::services::{Postgres, Redis, ZooKeeper};
 use crate::support::{Sandbox, rt};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use wasaga::db::{Database, Location};
-use wasaga::locks::{LockBackend, LockService, Queued, SAFETY_NET_MS, connect_backend};
+use wasaga_db::{Database, Location};
+use wasaga_locks::{LockBackend, LockService, Queued, SAFETY_NET_MS, connect_backend};
 
 const WAITERS: usize = 32;
 

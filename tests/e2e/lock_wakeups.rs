@@ -12,8 +12,8 @@ use crate::services::{Postgres, Redis, SlowLink, ZooKeeper};
 use crate::support::rt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wasaga::db::{Database, Location};
-use wasaga::locks::{
+use wasaga_db::{Database, Location};
+use wasaga_locks::{
     DatabaseLocks, HANDOVERS_MAX, LockService, PostgresLocks, Queued, RedisLocks, SAFETY_NET_MS,
     ZooKeeperLocks,
 };

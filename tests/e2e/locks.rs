@@ -9,11 +9,11 @@ use serde_json::json;
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::Duration;
-use wasaga::db::Location;
-use wasaga::event::{Event, RunStatus};
-use wasaga::locks::LockBackend;
-use wasaga::store::no_observer;
-use wasaga::{Host, HostConfig};
+use wasaga_core::event::{Event, RunStatus};
+use wasaga_db::Location;
+use wasaga_locks::LockBackend;
+use wasaga_runtime::store::no_observer;
+use wasaga_runtime::{Host, HostConfig};
 
 async fn host(s: &Sandbox, locks: LockBackend) -> Host {
     let mut config = HostConfig::new(Location::Sqlite(s.db.clone()));
@@ -26,7 +26,9 @@ async fn register(host: &Host, key: &str) -> i64 {
     let key = key.to_owned();
     let value = host
         .ledger_db()
-        .read(move |tx| Box::pin(async move { wasaga::ledger::read_register(tx, &key).await }))
+        .read(move |tx| {
+            Box::pin(async move { wasaga_participants::ledger::read_register(tx, &key).await })
+        })
         .await
         .expect("read register");
     value.map_or(0, |(v, _)| v.parse().expect("an integer register"))
@@ -316,7 +318,7 @@ fn a_lock_asked_for_beyond_the_limits_is_cut_to_them() {
         // A wait over the limit is cut to it: with the key held elsewhere, the run gives up
         // after about 300 ms, not the minute it asked for.
         let journal_db = host.journal().database().clone();
-        let other = wasaga::locks::connect(&LockBackend::Sqlite(locks_file), &journal_db)
+        let other = wasaga_locks::connect(&LockBackend::Sqlite(locks_file), &journal_db)
             .await
             .expect("lock file");
         let held = other
@@ -424,7 +426,7 @@ fn server_going_away<S: Server, R>(
     rt().block_on(async {
         let host = host(&s, backend(url.clone())).await;
         for (account, balance) in [("alice", 1_000), ("bob", 1_000)] {
-            wasaga::ledger::open(host.ledger_db(), account, balance)
+            wasaga_participants::ledger::open(host.ledger_db(), account, balance)
                 .await
                 .expect("open");
         }
@@ -500,7 +502,9 @@ fn server_going_away<S: Server, R>(
             RunStatus::Completed,
             "no host restart needed"
         );
-        let accounts = wasaga::ledger::list(host.ledger_db()).await.expect("list");
+        let accounts = wasaga_participants::ledger::list(host.ledger_db())
+            .await
+            .expect("list");
         let balances: Vec<i64> = accounts.iter().map(|a| a.balance).collect();
         assert_eq!(
             balances,
@@ -540,7 +544,7 @@ fn transfers_in_both_directions_never_deadlock() {
         let host = host(&s, LockBackend::Journal).await;
         let accounts = ["a", "b", "c"];
         for account in accounts {
-            wasaga::ledger::open(host.ledger_db(), account, 10_000)
+            wasaga_participants::ledger::open(host.ledger_db(), account, 10_000)
                 .await
                 .expect("open");
         }
@@ -567,7 +571,7 @@ fn transfers_in_both_directions_never_deadlock() {
                 .expect("drive");
             assert_eq!(outcome.status, RunStatus::Completed, "{outcome:?}");
         }
-        let total: i64 = wasaga::ledger::list(host.ledger_db())
+        let total: i64 = wasaga_participants::ledger::list(host.ledger_db())
             .await
             .expect("list")
             .iter()
@@ -638,7 +642,7 @@ async fn lock_outlives_compensation(locks: LockBackend) {
     config.limits.retry_backoff_ms_min = 1;
     config.limits.retry_backoff_ms_max = 5;
     let host = Host::open(&config).await.expect("host opens");
-    wasaga::ledger::open(host.ledger_db(), "alice", 1_000)
+    wasaga_participants::ledger::open(host.ledger_db(), "alice", 1_000)
         .await
         .expect("alice");
     let module = std::fs::read(LOCKED_UNDO).expect("guest built");
@@ -659,15 +663,15 @@ async fn lock_outlives_compensation(locks: LockBackend) {
         .expect("drive");
     assert_eq!(outcome.status, RunStatus::Stuck, "{outcome:?}");
 
-    let rival = wasaga::locks::connect(&locks, host.ledger_db())
+    let rival = wasaga_locks::connect(&locks, host.ledger_db())
         .await
         .expect("lock service");
     match rival.acquire("account/alice", "rival", 1_000, 300).await {
-        Err(wasaga::locks::LockError::Timeout { .. }) => {}
+        Err(wasaga_locks::LockError::Timeout { .. }) => {}
         other => panic!("the stuck run's lock must stay held, but a rival got {other:?}"),
     }
 
-    wasaga::ledger::open(host.ledger_db(), "ghost", 0)
+    wasaga_participants::ledger::open(host.ledger_db(), "ghost", 0)
         .await
         .expect("ghost");
     let outcome = host
@@ -873,10 +877,10 @@ fn lock_tokens_stay_accepted_across_a_change_of_backend() {
             assert!(token > last, "{backend:?}: token {token} after {last}");
             last = token;
         }
-        let zk = wasaga::locks::connect(
+        let zk = wasaga_locks::connect(
             &LockBackend::ZooKeeper(zookeeper.url()),
             &std::sync::Arc::new(
-                wasaga::db::Database::open(
+                wasaga_db::Database::open(
                     &Location::Sqlite(s.db.clone()),
                     Default::default(),
                     Default::default(),
@@ -924,7 +928,7 @@ fn runs_of_two_journals_with_one_id_are_two_lock_owners() {
             config.limits.retry_backoff_ms_max = 2;
             config.limits.lock_wait_ms_max = 300;
             let host = Host::open(&config).await.expect("host opens");
-            wasaga::ledger::open(host.ledger_db(), "alice", 1_000)
+            wasaga_participants::ledger::open(host.ledger_db(), "alice", 1_000)
                 .await
                 .expect("alice");
             let module = std::fs::read(LOCKED_UNDO).expect("guest built");
@@ -963,7 +967,7 @@ fn runs_of_two_journals_with_one_id_are_two_lock_owners() {
         let alice = |host: &Host| {
             let host = host.clone();
             async move {
-                wasaga::ledger::list(host.ledger_db())
+                wasaga_participants::ledger::list(host.ledger_db())
                     .await
                     .expect("accounts")
                     .into_iter()

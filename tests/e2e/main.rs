@@ -17,6 +17,7 @@ mod sagas;
 mod sandbox;
 mod scale;
 mod server;
+mod server_steps;
 mod services;
 mod soak;
 mod support;

@@ -4,15 +4,15 @@
 use crate::guests::OPTIMISTIC;
 use crate::support::{Sandbox, rt};
 use serde_json::json;
-use wasaga::event::{Event, RunStatus};
-use wasaga::store::no_observer;
-use wasaga::{Host, HostConfig};
+use wasaga_core::event::{Event, RunStatus};
+use wasaga_runtime::store::no_observer;
+use wasaga_runtime::{Host, HostConfig};
 
 #[test]
 fn sixteen_optimistic_writers_lose_no_increment() {
     let s = Sandbox::new("optimistic");
     rt().block_on(async {
-        let mut config = HostConfig::new(wasaga::db::Location::Sqlite(s.db.clone()));
+        let mut config = HostConfig::new(wasaga_db::Location::Sqlite(s.db.clone()));
         config.limits.concurrent_runs_max = 32;
         let host = Host::open(&config).await.expect("host opens");
         let module = std::fs::read(OPTIMISTIC).expect("guest built");

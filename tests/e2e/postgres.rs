@@ -10,10 +10,10 @@ use serde_json::json;
 use sqlx::Connection;
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
-use wasaga::db::Location;
-use wasaga::event::Event;
-use wasaga::journal::JournalError;
-use wasaga::{Host, HostConfig};
+use wasaga_core::event::Event;
+use wasaga_db::Location;
+use wasaga_journal::JournalError;
+use wasaga_runtime::{Host, HostConfig};
 
 /// Creates database `name` (from `template`, if given) on `postgres`; returns its URL.
 pub fn database(postgres: &Postgres, name: &str, template: Option<&str>) -> String {
@@ -295,8 +295,8 @@ fn a_former_owner_cannot_append_after_another_host_takes_the_run_over() {
 
 #[test]
 fn the_server_side_step_alone_and_in_batches_keeps_exactly_the_ledgers_rules() {
-    use wasaga::db::Database;
-    use wasaga::ledger::{self, LedgerCall};
+    use wasaga_db::Database;
+    use wasaga_participants::ledger::{self, LedgerCall};
     let postgres = Postgres::start();
     let url = database(&postgres, "parity", None);
     rt().block_on(async {
@@ -377,7 +377,7 @@ fn the_server_side_step_alone_and_in_batches_keeps_exactly_the_ledgers_rules() {
                     .await
                     .expect("db")
             };
-            let got = ledger::apply_on_server(&server, "parity-run", "parity-owner", &case)
+            let got = crate::server_steps::apply_on_server(&server, "parity-run", "parity-owner", &case)
                 .await
                 .expect("db")
                 .expect("the server-side step takes a well-formed debit or credit");
@@ -414,7 +414,7 @@ fn the_server_side_step_alone_and_in_batches_keeps_exactly_the_ledgers_rules() {
         // another host owns (fenced) and a second step creating a run the batch creates before
         // it (exists): neither writes anything, and neither disturbs the rest.
         let taken = call("r/taken", "credit", "nobody", 1, &[]);
-        ledger::apply_on_server(&batched, "taken", "another-host", &taken)
+        crate::server_steps::apply_on_server(&batched, "taken", "another-host", &taken)
             .await
             .expect("db");
         let created = call("r/dup1", "credit", "bob", 1, &[]);
@@ -436,7 +436,7 @@ fn the_server_side_step_alone_and_in_batches_keeps_exactly_the_ledgers_rules() {
         batch.push(("taken".to_owned(), call("r/x", "credit", "bob", 1, &[])));
         batch.push(("dup".to_owned(), call("r/dup1", "credit", "bob", 1, &[])));
         batch.push(("dup".to_owned(), call("r/dup2", "credit", "bob", 1, &[])));
-        let answers = ledger::apply_batch_on_server(&batched, "parity-owner", &batch)
+        let answers = crate::server_steps::apply_batch_on_server(&batched, "parity-owner", &batch)
             .await
             .expect("db");
         assert_eq!(answers.len(), batch.len());
@@ -515,7 +515,7 @@ fn the_server_side_step_alone_and_in_batches_keeps_exactly_the_ledgers_rules() {
                 .map(|(run, case)| ((*run).to_owned(), case.clone()))
                 .collect();
             let (commits, jobs) = batched.commit_stats();
-            let answers = ledger::apply_batch_on_server(&batched, "parity-owner", &owned)
+            let answers = crate::server_steps::apply_batch_on_server(&batched, "parity-owner", &owned)
                 .await
                 .expect("db");
             // One commit per step reading its run's position, then the batch as one commit:
@@ -616,9 +616,9 @@ async fn balance(conn: &mut sqlx::PgConnection, account: &str) -> i64 {
 #[test]
 fn a_step_the_database_keeps_failing_is_retried_to_its_limit_and_fails_only_itself() {
     use crate::guests::BENCH_TRANSFER;
-    use wasaga::event::{CallFailure, RunStatus};
-    use wasaga::ledger::{self, LedgerCall};
-    use wasaga::store::no_observer;
+    use wasaga_core::event::{CallFailure, RunStatus};
+    use wasaga_participants::ledger::{self, LedgerCall};
+    use wasaga_runtime::store::no_observer;
     let postgres = Postgres::start();
     let url = database(&postgres, "refusing", None);
     rt().block_on(async {
@@ -648,7 +648,7 @@ fn a_step_the_database_keeps_failing_is_retried_to_its_limit_and_fails_only_itse
             ("run-a".to_owned(), debit("run-a/debit", "alice")),
             ("run-m".to_owned(), debit("run-m/debit", "mallory")),
         ];
-        let answers = ledger::apply_batch_on_server(&db, host.journal().owner(), &batch)
+        let answers = crate::server_steps::apply_batch_on_server(&db, host.journal().owner(), &batch)
             .await
             .expect("steps formed");
         assert_eq!(
@@ -841,8 +841,8 @@ fn relay(
 #[test]
 fn a_first_write_whose_reply_is_lost_is_not_reported_as_not_started() {
     use crate::guests::MISBEHAVE;
-    use wasaga::event::RunStatus;
-    use wasaga::store::no_observer;
+    use wasaga_core::event::RunStatus;
+    use wasaga_runtime::store::no_observer;
     let postgres = Postgres::start();
     let url = database(&postgres, "lost_reply", None);
     let proxy = LosingProxy::start(postgres.port);
@@ -857,7 +857,7 @@ fn a_first_write_whose_reply_is_lost_is_not_reported_as_not_started() {
         let host = Host::open(&config).await.expect("host opens");
         let db = host.ledger_db().clone();
         for (account, opening) in [("alice", 1_000), ("bob", 0)] {
-            wasaga::ledger::open(&db, account, opening)
+            wasaga_participants::ledger::open(&db, account, opening)
                 .await
                 .expect("open");
         }
@@ -889,7 +889,7 @@ fn a_first_write_whose_reply_is_lost_is_not_reported_as_not_started() {
                 "the proxy cut {cuts} replies off"
             );
             match outcome {
-                Err(wasaga::HostError::Interrupted { reason, .. }) => {
+                Err(wasaga_runtime::HostError::Interrupted { reason, .. }) => {
                     assert!(reason.contains("did land"), "{reason}")
                 }
                 other => {
@@ -904,7 +904,7 @@ fn a_first_write_whose_reply_is_lost_is_not_reported_as_not_started() {
         assert!(resumed.unfinished.is_empty(), "{resumed:?}");
         assert_eq!(resumed.ended.len(), 2);
         assert!(resumed.ended.iter().all(|o| o.status == RunStatus::Completed), "{resumed:?}");
-        let accounts = wasaga::ledger::list(&db).await.expect("accounts");
+        let accounts = wasaga_participants::ledger::list(&db).await.expect("accounts");
         let balance = |name: &str| {
             accounts
                 .iter()
@@ -924,8 +924,8 @@ fn a_first_write_whose_reply_is_lost_is_not_reported_as_not_started() {
 #[test]
 fn first_writes_of_a_batch_whose_reply_is_lost_are_not_told_their_runs_exist() {
     use crate::guests::MISBEHAVE;
-    use wasaga::event::RunStatus;
-    use wasaga::store::no_observer;
+    use wasaga_core::event::RunStatus;
+    use wasaga_runtime::store::no_observer;
     const RUNS: usize = 24;
     let postgres = Postgres::start();
     let url = database(&postgres, "lost_batch", None);
@@ -941,7 +941,7 @@ fn first_writes_of_a_batch_whose_reply_is_lost_are_not_told_their_runs_exist() {
         let host = Host::open(&config).await.expect("host opens");
         let db = host.ledger_db().clone();
         for (account, opening) in [("alice", 100_000), ("bob", 0)] {
-            wasaga::ledger::open(&db, account, opening)
+            wasaga_participants::ledger::open(&db, account, opening)
                 .await
                 .expect("open");
         }
@@ -981,9 +981,11 @@ fn first_writes_of_a_batch_whose_reply_is_lost_are_not_told_their_runs_exist() {
         let mut not_started = Vec::new();
         for (i, outcome) in outcomes.into_iter().enumerate() {
             match outcome.expect("task") {
-                Ok(_) | Err(wasaga::HostError::Interrupted { .. }) => {}
-                Err(wasaga::HostError::NotStarted { run_id, .. }) => not_started.push(run_id),
-                Err(e @ wasaga::HostError::RunExists(_)) => {
+                Ok(_) | Err(wasaga_runtime::HostError::Interrupted { .. }) => {}
+                Err(wasaga_runtime::HostError::NotStarted { run_id, .. }) => {
+                    not_started.push(run_id)
+                }
+                Err(e @ wasaga_runtime::HostError::RunExists(_)) => {
                     panic!("run batch-{i} is its caller's own, not someone else's: {e}")
                 }
                 Err(e) => panic!("batch-{i}: {e}"),
@@ -1015,7 +1017,9 @@ fn first_writes_of_a_batch_whose_reply_is_lost_are_not_told_their_runs_exist() {
                 Err(e) => panic!("{e}"),
             }
         }
-        let accounts = wasaga::ledger::list(&db).await.expect("accounts");
+        let accounts = wasaga_participants::ledger::list(&db)
+            .await
+            .expect("accounts");
         let bob = accounts.iter().find(|a| a.account == "bob").expect("bob");
         assert_eq!(
             bob.balance,
@@ -1030,12 +1034,12 @@ fn first_writes_of_a_batch_whose_reply_is_lost_are_not_told_their_runs_exist() {
 /// money adds up.
 #[test]
 fn captures_racing_the_sweep_of_expired_holds_move_each_hold_once() {
-    use wasaga::ledger::{self, LedgerCall};
+    use wasaga_participants::ledger::{self, LedgerCall};
     let postgres = Postgres::start();
     let url = database(&postgres, "hold_race", None);
     rt().block_on(async {
         let db = std::sync::Arc::new(
-            wasaga::db::Database::open(
+            wasaga_db::Database::open(
                 &Location::parse(&url).expect("url"),
                 Default::default(),
                 Default::default(),

@@ -5,12 +5,12 @@
 use crate::guests::MISBEHAVE;
 use crate::support::{Sandbox, assert_ledger_consistent, rt};
 use serde_json::json;
-use wasaga::event::RunStatus;
-use wasaga::store::no_observer;
-use wasaga::{Host, HostConfig};
+use wasaga_core::event::RunStatus;
+use wasaga_runtime::store::no_observer;
+use wasaga_runtime::{Host, HostConfig};
 
 async fn balances(host: &Host) -> (i64, i64) {
-    let accounts = wasaga::ledger::list(host.ledger_db())
+    let accounts = wasaga_participants::ledger::list(host.ledger_db())
         .await
         .expect("accounts");
     let of = |name: &str| {
@@ -28,13 +28,13 @@ async fn balances(host: &Host) -> (i64, i64) {
 async fn misbehave_host(
     s: &Sandbox,
     accounts: &[&str],
-    tune: impl FnOnce(&mut wasaga::config::Limits),
+    tune: impl FnOnce(&mut wasaga_core::limits::Limits),
 ) -> (Host, String) {
-    let mut config = HostConfig::new(wasaga::db::Location::Sqlite(s.db.clone()));
+    let mut config = HostConfig::new(wasaga_db::Location::Sqlite(s.db.clone()));
     tune(&mut config.limits);
     let host = Host::open(&config).await.expect("host opens");
     for account in accounts {
-        wasaga::ledger::open(host.ledger_db(), account, 1_000)
+        wasaga_participants::ledger::open(host.ledger_db(), account, 1_000)
             .await
             .expect("open");
     }
@@ -50,17 +50,17 @@ async fn misbehave_host(
 fn misbehaving_modules_are_stopped_and_compensated_and_the_host_goes_on() {
     let s = Sandbox::new("misbehave");
     rt().block_on(async {
-        let mut config = HostConfig::new(wasaga::db::Location::Sqlite(s.db.clone()));
+        let mut config = HostConfig::new(wasaga_db::Location::Sqlite(s.db.clone()));
         config.limits.run_duration_ms_max = 1_000;
         config.limits.memory_bytes_max = 16 << 20;
         config.limits.concurrent_runs_max = 8;
         config.limits.payload_bytes_max = 64 << 10;
         config.limits.journal_events_max = 200;
         let host = Host::open(&config).await.expect("host opens");
-        wasaga::ledger::open(host.ledger_db(), "alice", 1_000)
+        wasaga_participants::ledger::open(host.ledger_db(), "alice", 1_000)
             .await
             .expect("open");
-        wasaga::ledger::open(host.ledger_db(), "bob", 1_000)
+        wasaga_participants::ledger::open(host.ledger_db(), "bob", 1_000)
             .await
             .expect("open");
         let bytes = std::fs::read(MISBEHAVE).expect("guest built");
@@ -146,7 +146,7 @@ fn a_spinning_module_does_not_stall_the_other_runs() {
             let host = host.clone();
             let hash = hash.clone();
             let spun_out = spun_out.clone();
-            let observer: wasaga::store::Observer = Arc::new(move |_, event| {
+            let observer: wasaga_runtime::store::Observer = Arc::new(move |_, event| {
                 if event.kind() == "compensating" {
                     spun_out.store(true, Ordering::SeqCst);
                 }
@@ -329,7 +329,7 @@ fn a_deploy_compiles_off_the_async_workers() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let s = Sandbox::new("compile-off");
     rt().block_on(async {
-        let config = HostConfig::new(wasaga::db::Location::Sqlite(s.db.clone()));
+        let config = HostConfig::new(wasaga_db::Location::Sqlite(s.db.clone()));
         let host = Host::open(&config).await.expect("host opens");
         let bytes = std::fs::read(MISBEHAVE).expect("guest built");
         let seen = Arc::new(AtomicBool::new(false));
@@ -376,7 +376,7 @@ fn spinning_modules_queue_for_compute_slots_and_other_runs_go_on() {
         let mut spinners = Vec::new();
         for i in 0..6 {
             let (host, hash, spun_out) = (host.clone(), hash.clone(), spun_out.clone());
-            let observer: wasaga::store::Observer = Arc::new(move |_, event| {
+            let observer: wasaga_runtime::store::Observer = Arc::new(move |_, event| {
                 if event.kind() == "compensating" {
                     spun_out.store(true, Ordering::SeqCst);
                 }
@@ -433,9 +433,9 @@ fn spinning_modules_queue_for_compute_slots_and_other_runs_go_on() {
         sampler.await.expect("sampler");
         let most = most.load(Ordering::SeqCst);
         assert!(
-            (1..=wasaga::executor::compute_slots_max()).contains(&most),
+            (1..=wasaga_runtime::executor::compute_slots_max()).contains(&most),
             "{most} modules computed at once, the slots are {}",
-            wasaga::executor::compute_slots_max()
+            wasaga_runtime::executor::compute_slots_max()
         );
         assert_eq!(host.modules_computing(), 0, "every slot went back");
         assert_ledger_consistent(&s.db);

@@ -11,8 +11,8 @@ use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wasaga::db::{Database, Location};
-use wasaga::locks::{DatabaseLocks, LockService};
+use wasaga_db::{Database, Location};
+use wasaga_locks::{DatabaseLocks, LockService};
 
 const ACCOUNTS: u64 = 20;
 const OPENING: i64 = 5_000;

@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wasaga::db::{Database, Location};
-use wasaga::locks::{DatabaseLocks, Lease, LockService};
+use wasaga_db::{Database, Location};
+use wasaga_locks::{DatabaseLocks, Lease, LockService};
 
 /// Grants for the `gated` workflow: the ledger, and locks under `gate/`.
 fn config(s: &Sandbox) -> String {

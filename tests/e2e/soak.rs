@@ -474,7 +474,7 @@ impl Banks {
                         .await
                         .expect("prepared");
                 assert!(prepared.is_empty(), "a seed left {prepared:?} prepared");
-                sqlx::raw_sql(wasaga::xa::SCHEMA)
+                sqlx::raw_sql(wasaga_participants::xa::SCHEMA)
                     .execute(&mut conn)
                     .await
                     .expect("schema");
@@ -672,7 +672,7 @@ fn soak_two_phase(seed: u64, banks: &Banks) -> (usize, usize, usize, i64) {
         let committed: i64 = branches
             .iter()
             .filter(|((_, xid), _)| {
-                wasaga::participants::op_key::of_transaction(xid)
+                wasaga_participants::op_key::of_transaction(xid)
                     .is_some_and(|(r, _)| r == run.run_id)
             })
             .map(|(_, n)| *n)

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// The `wasaga` binary of this build. `cargo test --workspace` builds it (the host package has
-/// integration tests); a missing binary fails loudly rather than skipping.
+/// The `wasaga` binary of this build. `cargo test --workspace` builds it (its package, host/cli,
+/// has integration tests); a missing binary fails loudly rather than skipping.
 pub fn wasaga_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary knows its path");
     // target/<profile>/deps/e2e-<hash> -> target/<profile>/wasaga
@@ -18,7 +18,7 @@ pub fn wasaga_bin() -> PathBuf {
     let bin = profile_dir.join("wasaga");
     assert!(
         bin.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` (or `cargo build -p host` first)",
+        "{} is missing: run the tests with `cargo test --workspace` (or `cargo build -p wasaga` first)",
         bin.display()
     );
     bin

@@ -52,7 +52,7 @@ impl Banks {
         rt().block_on(async {
             for (db, account) in [("bank_a", "alice"), ("bank_b", "bob")] {
                 let mut conn = sqlx::PgConnection::connect(&self.url(db)).await.expect("connect");
-                sqlx::raw_sql(wasaga::xa::SCHEMA).execute(&mut conn).await.expect("schema");
+                sqlx::raw_sql(wasaga_participants::xa::SCHEMA).execute(&mut conn).await.expect("schema");
                 sqlx::raw_sql("DELETE FROM wasaga_accounts; DELETE FROM wasaga_xa_log; DELETE FROM wasaga_xa_fences")
                     .execute(&mut conn)
                     .await
@@ -309,8 +309,11 @@ fn a_second_process_leaves_a_live_runs_prepared_branch_alone() {
 
 /// bank_a as a participant, and a connection to it on which a second account, `amy`, is
 /// opened, so that two branches there do not wait on one row.
-async fn bank_a_with_amy(banks: &Banks) -> (wasaga::xa::PostgresXa, sqlx::PgConnection) {
-    let xa = wasaga::xa::PostgresXa::new("bank-a", &banks.url("bank_a")).expect("participant");
+async fn bank_a_with_amy(
+    banks: &Banks,
+) -> (wasaga_participants::xa::PostgresXa, sqlx::PgConnection) {
+    let xa = wasaga_participants::xa::PostgresXa::new("bank-a", &banks.url("bank_a"))
+        .expect("participant");
     let mut conn = sqlx::PgConnection::connect(&banks.url("bank_a"))
         .await
         .expect("connect");

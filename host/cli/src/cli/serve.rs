@@ -1,0 +1,421 @@
+//! `wasaga serve`, `wasaga deploy` and `wasaga versions`: the server, and the registry of
+//! deployed workflow versions, used directly on the journal or through a server's API.
+
+use super::settings::Settings;
+use super::{EXIT_USAGE, Failure, host_failure, lock_executor, open, usage};
+use anyhow::{Context, anyhow};
+use clap::Args;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use wasaga_journal::{Deployed, Deployment};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The address to listen on (default: the config's [server] listen, or 127.0.0.1:8080).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Deploy every *.wasm file in this directory, and again whenever one changes (local
+    /// development); the file name is the workflow name.
+    #[arg(long)]
+    watch: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// The workflow component (.wasm) to deploy.
+    #[arg(required_unless_present = "rollback", conflicts_with = "rollback")]
+    module: Option<PathBuf>,
+    /// The workflow's name (default: the file name without .wasm, '_' read as '-').
+    #[arg(long, required_if_eq("rollback", "true"))]
+    name: Option<String>,
+    /// Make the version before the active one the version new runs get (or --version N).
+    #[arg(long)]
+    rollback: bool,
+    /// With --rollback: the version to make active.
+    #[arg(long, requires = "rollback")]
+    version: Option<i64>,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(Debug, Args)]
+pub struct VersionsArgs {
+    /// The workflow.
+    name: String,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+/// Talking to a running server instead of the journal.
+#[derive(Debug, Args)]
+struct Remote {
+    /// Go through a running server's API (http://host:port) instead of the journal.
+    #[arg(long, env = "WASAGA_SERVER")]
+    server: Option<String>,
+    /// The server's bearer token (default: the config's [server] token).
+    #[arg(long, env = "WASAGA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+/// Prints a server message with a UTC timestamp.
+fn log_line(message: &str) {
+    println!("{} {message}", timestamp(wasaga_core::clock::now_ms()));
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for milliseconds since the Unix epoch.
+fn timestamp(ms: u64) -> String {
+    let (secs, millis) = (ms / 1000, ms % 1000);
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (the proleptic Gregorian calendar).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+pub async fn serve(g: &Settings, args: &ServeArgs) -> Result<u8, Failure> {
+    let token = g.server.token.clone().ok_or_else(|| {
+        usage(anyhow!(
+            "the server needs a bearer token: give --config a file with [server] token = \"...\" (or token_env = \"VARIABLE\")"
+        ))
+    })?;
+    let listen = args
+        .listen
+        .clone()
+        .unwrap_or_else(|| g.server.listen.clone());
+    if let Some(dir) = &args.watch
+        && !dir.is_dir()
+    {
+        return Err(usage(anyhow!("--watch {}: not a directory", dir.display())));
+    }
+    // On SQLite one process executes runs; it knows every earlier one is dead, so it takes
+    // over all their unfinished runs at once. On PostgreSQL the claim loop takes over runs
+    // whose owner's lease has expired.
+    let executor_lock = lock_executor(&g.host.journal, false)?;
+    let host_config = g.host.clone();
+    let host = wasaga_runtime::Host::open(&host_config)
+        .await
+        .map_err(|e| Failure::from(anyhow!(e)))?;
+    let resolved = host.sweep_in_doubt().await.map_err(host_failure)?;
+    if resolved > 0 {
+        log_line(&format!(
+            "resolved {resolved} in-doubt prepared transactions from the journal"
+        ));
+    }
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| {
+            format!("cannot listen on {listen}; is another server running there? (--listen picks another address)")
+        })
+        .map_err(usage)?;
+    let address = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or(listen);
+    if executor_lock.is_some() {
+        let taken = host
+            .journal()
+            .claim(u32::MAX, true)
+            .await
+            .map_err(|e| Failure::from(anyhow!(e)))?;
+        // Taken over now; the claim loop does not see them again until their lease (renewed
+        // by nobody) expires, so drive them here.
+        for run_id in taken {
+            log_line(&format!("resuming unfinished run {run_id}"));
+            let host = host.clone();
+            tokio::spawn(async move {
+                if let Err(e) = host
+                    .drive(&run_id, wasaga_runtime::store::no_observer())
+                    .await
+                {
+                    log_line(&format!("run {run_id} stopped: {e}"));
+                }
+            });
+        }
+    }
+    log_line(&format!(
+        "wasaga serving on http://{address} (journal {}, host {}); Ctrl-C or SIGTERM stops it gracefully",
+        g.host.journal.describe(),
+        host.journal().owner()
+    ));
+    let settings = wasaga_server::ServerSettings {
+        token,
+        claim_interval_ms: (host_config.limits.run_lease_ms / 3).clamp(100, 1_000),
+        shutdown_grace_ms: g.server.shutdown_grace_ms,
+        watch: args.watch.clone(),
+        log: Arc::new(log_line),
+    };
+    wasaga_server::serve(host, listener, settings, shutdown_signal())
+        .await
+        .map_err(|e| Failure::from(anyhow!(e)))?;
+    log_line("stopped");
+    drop(executor_lock);
+    Ok(0)
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+    log_line("shutting down: no new work; live runs stop at their next journal point");
+}
+
+pub async fn deploy(g: &Settings, args: &DeployArgs) -> Result<u8, Failure> {
+    if args.rollback {
+        let name = args
+            .name
+            .clone()
+            .ok_or_else(|| usage(anyhow!("--rollback needs --name")))?;
+        let deployment = match &args.remote.server {
+            Some(server) => {
+                let body = match args.version {
+                    Some(version) => json!({ "version": version }).to_string(),
+                    None => String::new(),
+                };
+                let reply = remote(
+                    g,
+                    &args.remote,
+                    "POST",
+                    &format!(
+                        "{}/v1/workflows/{name}/rollback",
+                        server.trim_end_matches('/')
+                    ),
+                    body.into_bytes(),
+                    "application/json",
+                )
+                .await?;
+                serde_json::from_value::<Deployment>(reply)
+                    .map_err(|e| anyhow!("unexpected reply from the server: {e}"))?
+            }
+            None => {
+                let host = open(g).await?;
+                host.journal()
+                    .activate(&name, args.version)
+                    .await
+                    .map_err(|e| usage(anyhow!(e)))?
+            }
+        };
+        if g.json {
+            println!("{}", json!(deployment));
+        } else {
+            println!(
+                "{name}: version {} (module {}) is active; new runs get it, runs already started keep theirs",
+                deployment.version,
+                &deployment.hash[..12]
+            );
+        }
+        return Ok(0);
+    }
+    let module = args
+        .module
+        .as_ref()
+        .expect("clap requires a module without --rollback");
+    let bytes = std::fs::read(module)
+        .with_context(|| format!("cannot read module {}", module.display()))
+        .map_err(usage)?;
+    let name = match &args.name {
+        Some(name) => name.clone(),
+        None => wasaga_server::workflow_name_of(module)
+            .ok_or_else(|| usage(anyhow!("give the workflow's name with --name")))?,
+    };
+    let deployed: Deployed = match &args.remote.server {
+        Some(server) => {
+            let reply = remote(
+                g,
+                &args.remote,
+                "POST",
+                &format!(
+                    "{}/v1/workflows/{name}/versions",
+                    server.trim_end_matches('/')
+                ),
+                bytes,
+                "application/wasm",
+            )
+            .await?;
+            serde_json::from_value(reply)
+                .map_err(|e| anyhow!("unexpected reply from the server: {e}"))?
+        }
+        None => {
+            let host = open(g).await?;
+            host.deploy(&name, &bytes).await.map_err(|e| {
+                usage(anyhow!(e).context(format!("{} was not deployed", module.display())))
+            })?
+        }
+    };
+    let d = &deployed.deployment;
+    if g.json {
+        println!("{}", json!(deployed));
+    } else if deployed.new_version {
+        println!(
+            "deployed {} version {} (module {}); new runs get it, runs already started keep theirs",
+            d.workflow,
+            d.version,
+            &d.hash[..12]
+        );
+    } else if deployed.previous == Some(d.version) {
+        println!(
+            "{} version {} (module {}) is already the active version; nothing changed",
+            d.workflow,
+            d.version,
+            &d.hash[..12]
+        );
+    } else {
+        println!(
+            "{} version {} (module {}) was deployed before; it is the active version again",
+            d.workflow,
+            d.version,
+            &d.hash[..12]
+        );
+    }
+    Ok(0)
+}
+
+pub async fn versions(g: &Settings, args: &VersionsArgs) -> Result<u8, Failure> {
+    let versions: Vec<Deployment> = match &args.remote.server {
+        Some(server) => {
+            let reply = remote(
+                g,
+                &args.remote,
+                "GET",
+                &format!(
+                    "{}/v1/workflows/{}/versions",
+                    server.trim_end_matches('/'),
+                    args.name
+                ),
+                Vec::new(),
+                "application/json",
+            )
+            .await?;
+            serde_json::from_value(reply["versions"].clone())
+                .map_err(|e| anyhow!("unexpected reply from the server: {e}"))?
+        }
+        None => {
+            let host = open(g).await?;
+            host.journal()
+                .versions(&args.name)
+                .await
+                .map_err(|e| usage(anyhow!(e)))?
+        }
+    };
+    if g.json {
+        println!("{}", json!({ "workflow": args.name, "versions": versions }));
+        return Ok(0);
+    }
+    println!(
+        "{:<8} {:<8} {:<24} module",
+        "version", "active", "deployed (UTC)"
+    );
+    for v in &versions {
+        println!(
+            "{:<8} {:<8} {:<24} {}",
+            v.version,
+            if v.active { "yes" } else { "" },
+            timestamp(v.deployed_at_ms),
+            v.hash
+        );
+    }
+    Ok(0)
+}
+
+/// One request to a server; the reply's JSON, or a failure carrying the server's reason.
+async fn remote(
+    g: &Settings,
+    remote: &Remote,
+    method: &'static str,
+    url: &str,
+    body: Vec<u8>,
+    content_type: &'static str,
+) -> Result<Value, Failure> {
+    let token = remote
+        .token
+        .clone()
+        .or_else(|| g.server.token.clone())
+        .ok_or_else(|| {
+            usage(anyhow!(
+                "the server needs its bearer token: give --token, set WASAGA_TOKEN, or --config a file with [server] token"
+            ))
+        })?;
+    let url = url.to_owned();
+    let shown = url.clone();
+    let answer = tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(120)))
+            .build()
+            .into();
+        let authorization = format!("Bearer {token}");
+        let response = match method {
+            "GET" => agent
+                .get(&url)
+                .header("Authorization", &authorization)
+                .call(),
+            _ => agent
+                .post(&url)
+                .header("Authorization", &authorization)
+                .header("Content-Type", content_type)
+                .send(&body[..]),
+        };
+        let mut response = response?;
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string()?;
+        Ok::<_, ureq::Error>((status, text))
+    })
+    .await
+    .map_err(|e| anyhow!("the request failed: {e}"))?;
+    let (status, text) = answer.map_err(|e| {
+        Failure::from(anyhow!(
+            "cannot reach the server at {shown}: {e}; check --server and that it is running"
+        ))
+    })?;
+    let reply: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    if !(200..300).contains(&status) {
+        let reason = reply["error"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| reply.to_string());
+        return Err(Failure {
+            code: if status < 500 {
+                EXIT_USAGE
+            } else {
+                super::EXIT_FAILURE
+            },
+            error: anyhow!("the server refused ({status}): {reason}"),
+        });
+    }
+    Ok(reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::timestamp;
+
+    #[test]
+    fn timestamps_are_utc_calendar_dates() {
+        assert_eq!(timestamp(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(timestamp(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(timestamp(1_795_608_369_116), "2026-11-25T12:06:09.116Z");
+    }
+}

@@ -1,0 +1,327 @@
+//! The settings a command runs with: flags and environment variables first, then the config
+//! file given by `--config`, then defaults. Everything is parsed and checked here, before
+//! anything runs, so that a mistake in the config is one clear message naming the file and
+//! what to change.
+
+use super::Global;
+use anyhow::{Context, Result, anyhow, bail};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use wasaga_core::limits::{Grant, Grants};
+use wasaga_db::Location;
+use wasaga_locks::LockBackend;
+use wasaga_runtime::HostConfig;
+
+/// Where a server listens unless told otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Bearer tokens shorter than this are refused: they can be guessed.
+pub const TOKEN_CHARS_MIN: usize = 16;
+
+/// The config file, as written. Unknown keys are errors, so a typo is not silently ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    /// The journal: a SQLite file (relative to the config file) or a postgres:// URL.
+    journal: Option<String>,
+    ledger: Option<String>,
+    locks: Option<String>,
+    host_id: Option<String>,
+    cache_dir: Option<PathBuf>,
+    /// `postgres-xa` participants: name = URL.
+    #[serde(default)]
+    xa: BTreeMap<String, String>,
+    #[serde(default)]
+    limits: LimitsFile,
+    #[serde(default)]
+    server: ServerFile,
+    /// Grants by workflow name; with this table present, everything not granted is denied.
+    workflows: Option<BTreeMap<String, GrantFile>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    run_duration_ms_max: Option<u64>,
+    memory_mib_max: Option<u64>,
+    payload_bytes_max: Option<usize>,
+    journal_events_max: Option<u32>,
+    step_retries_max: Option<u32>,
+    compensation_retries_max: Option<u32>,
+    concurrent_runs_max: Option<u32>,
+    lock_wait_ms_max: Option<u32>,
+    lock_ttl_ms_max: Option<u32>,
+    run_lease_ms: Option<u64>,
+    postgres_connections_max: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerFile {
+    listen: Option<String>,
+    /// The bearer token, or
+    token: Option<String>,
+    /// the environment variable holding it (keeps the secret out of the file).
+    token_env: Option<String>,
+    shutdown_grace_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantFile {
+    #[serde(default)]
+    participants: Vec<String>,
+    #[serde(default)]
+    lock_prefixes: Vec<String>,
+}
+
+/// The server's part of the settings.
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listen: String,
+    /// `None` when no token is configured: `serve` refuses to start then.
+    pub token: Option<String>,
+    pub shutdown_grace_ms: u64,
+}
+
+/// Everything a command needs, resolved.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub json: bool,
+    /// Whether the config file sets concurrent_runs_max (else one-shot commands use a small
+    /// pool, which starts faster).
+    pub concurrent_runs_configured: bool,
+    pub host: HostConfig,
+    pub server: Server,
+}
+
+impl Settings {
+    /// Resolves flags, the config file and defaults into checked settings.
+    pub fn load(g: &Global) -> Result<Settings> {
+        let (file, base) = match &g.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                let file: ConfigFile = toml::from_str(&text)
+                    .map_err(|e| anyhow!("config file {}: {e}", path.display()))?;
+                let base = path
+                    .parent()
+                    .map(Path::to_owned)
+                    .unwrap_or_else(|| PathBuf::from("."));
+                (file, Some(base))
+            }
+            None => (ConfigFile::default(), None),
+        };
+        let in_file = |what: &str| match &g.config {
+            Some(path) => format!("{what} in {}", path.display()),
+            None => what.to_owned(),
+        };
+        // Relative paths in the config file are relative to the file, not the working directory.
+        let relative = |location: Location| match (location, &base) {
+            (Location::Sqlite(path), Some(base)) if path.is_relative() => {
+                Location::Sqlite(base.join(path))
+            }
+            (location, _) => location,
+        };
+        let journal = match (&g.db, &file.journal) {
+            (Some(db), _) => db.clone(),
+            (None, Some(text)) => {
+                relative(Location::parse(text).map_err(|e| anyhow!("{}: {e}", in_file("journal")))?)
+            }
+            (None, None) => Location::Sqlite(PathBuf::from("wasaga.db")),
+        };
+        let mut host = HostConfig::new(journal);
+        host.ledger = match (&g.ledger, &file.ledger) {
+            (Some(ledger), _) => Some(ledger.clone()),
+            (None, Some(text)) => Some(relative(
+                Location::parse(text).map_err(|e| anyhow!("{}: {e}", in_file("ledger")))?,
+            )),
+            (None, None) => None,
+        };
+        host.locks = match (&g.locks, &file.locks) {
+            (Some(locks), _) => locks.clone(),
+            (None, Some(text)) => match text.parse::<LockBackend>() {
+                Ok(LockBackend::Sqlite(path)) if path.is_relative() && base.is_some() => {
+                    LockBackend::Sqlite(base.as_ref().expect("checked above").join(path))
+                }
+                Ok(backend) => backend,
+                Err(e) => bail!("{}: {e}", in_file("locks")),
+            },
+            (None, None) => LockBackend::Journal,
+        };
+        if let Location::Postgres { .. } = host.journal {
+            // Compiled modules are cached on the local machine, whatever the journal.
+            host.cache_dir = std::env::temp_dir().join("wasaga-module-cache");
+        }
+        if let Some(dir) = &file.cache_dir {
+            host.cache_dir = match &base {
+                Some(base) if dir.is_relative() => base.join(dir),
+                _ => dir.clone(),
+            };
+        }
+        host.host_id = g
+            .host_id
+            .clone()
+            .or(file.host_id.clone())
+            .unwrap_or_else(|| "wasaga".to_owned());
+        check_host_id(&host.host_id)?;
+        let mut xa: Vec<(String, String)> = file.xa.into_iter().collect();
+        for (name, url) in &xa {
+            super::parse_xa(&format!("{name}={url}"))
+                .map_err(|e| anyhow!("{}: {e}", in_file("[xa]")))?;
+        }
+        for (name, url) in &g.xa {
+            xa.retain(|(n, _)| n != name);
+            xa.push((name.clone(), url.clone()));
+        }
+        host.xa = xa;
+
+        let limits = &mut host.limits;
+        let l = &file.limits;
+        set(
+            &mut limits.run_duration_ms_max,
+            g.run_timeout_ms.or(l.run_duration_ms_max),
+        );
+        if let Some(mib) = g.memory_mib.or(l.memory_mib_max) {
+            limits.memory_bytes_max = (mib as usize) << 20;
+        }
+        set(&mut limits.payload_bytes_max, l.payload_bytes_max);
+        set(&mut limits.journal_events_max, l.journal_events_max);
+        set(&mut limits.step_retries_max, l.step_retries_max);
+        set(
+            &mut limits.compensation_retries_max,
+            g.compensation_retries.or(l.compensation_retries_max),
+        );
+        set(&mut limits.concurrent_runs_max, l.concurrent_runs_max);
+        set(&mut limits.lock_wait_ms_max, l.lock_wait_ms_max);
+        set(&mut limits.lock_ttl_ms_max, l.lock_ttl_ms_max);
+        set(&mut limits.run_lease_ms, g.run_lease_ms.or(l.run_lease_ms));
+        set(
+            &mut host.pools.postgres_connections_max,
+            l.postgres_connections_max,
+        );
+        check_limits(&host, &in_file("[limits]"))?;
+
+        // A config file is a deployment: what it does not grant, it denies (a workflow it
+        // does not name may not run). Only without any config file (a developer's local
+        // `wasaga run`) is everything allowed, and `open` says so.
+        if base.is_some() {
+            let workflows = file.workflows.unwrap_or_default();
+            let mut grants = Grants::default();
+            let have: Vec<&str> = std::iter::once("ledger")
+                .chain(host.xa.iter().map(|(n, _)| n.as_str()))
+                .collect();
+            for (name, grant) in workflows {
+                for participant in &grant.participants {
+                    if !have.contains(&participant.as_str()) {
+                        bail!(
+                            "{}: workflow '{name}' is granted participant '{participant}', which is not configured (configured: {})",
+                            in_file("[workflows]"),
+                            have.join(", ")
+                        );
+                    }
+                }
+                grants.workflows.insert(
+                    name,
+                    Grant {
+                        participants: grant.participants,
+                        lock_prefixes: grant.lock_prefixes,
+                    },
+                );
+            }
+            host.grants = Some(grants);
+        }
+        host.crash_at = g.crash_at;
+
+        let token = match (&file.server.token, &file.server.token_env) {
+            (Some(_), Some(_)) => {
+                bail!("{}: give token or token_env, not both", in_file("[server]"))
+            }
+            (Some(token), None) => Some(token.clone()),
+            (None, Some(var)) => Some(std::env::var(var).map_err(|_| {
+                anyhow!(
+                    "{}: token_env names {var}, which is not set",
+                    in_file("[server]")
+                )
+            })?),
+            (None, None) => None,
+        };
+        if let Some(token) = &token
+            && (token.chars().count() < TOKEN_CHARS_MIN || token.chars().any(char::is_whitespace))
+        {
+            bail!(
+                "{}: the token must be at least {TOKEN_CHARS_MIN} characters without spaces (e.g. `openssl rand -hex 24`)",
+                in_file("[server]")
+            );
+        }
+        Ok(Settings {
+            json: g.json,
+            concurrent_runs_configured: file.limits.concurrent_runs_max.is_some(),
+            host,
+            server: Server {
+                listen: file
+                    .server
+                    .listen
+                    .unwrap_or_else(|| DEFAULT_LISTEN.to_owned()),
+                token,
+                shutdown_grace_ms: file.server.shutdown_grace_ms.unwrap_or(30_000),
+            },
+        })
+    }
+}
+
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *slot = value;
+    }
+}
+
+fn check_host_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 48
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !ok {
+        bail!("host id '{id}' must be 1 to 48 letters, digits, '-' or '_'");
+    }
+    Ok(())
+}
+
+fn check_limits(host: &HostConfig, section: &str) -> Result<()> {
+    let l = &host.limits;
+    let positive: [(&str, u64); 9] = [
+        ("run_duration_ms_max", l.run_duration_ms_max),
+        ("memory_mib_max", (l.memory_bytes_max >> 20) as u64),
+        ("payload_bytes_max", l.payload_bytes_max as u64),
+        ("journal_events_max", u64::from(l.journal_events_max)),
+        ("step_retries_max", u64::from(l.step_retries_max)),
+        (
+            "compensation_retries_max",
+            u64::from(l.compensation_retries_max),
+        ),
+        ("concurrent_runs_max", u64::from(l.concurrent_runs_max)),
+        ("lock_ttl_ms_max", u64::from(l.lock_ttl_ms_max)),
+        (
+            "postgres_connections_max",
+            u64::from(host.pools.postgres_connections_max),
+        ),
+    ];
+    for (name, value) in positive {
+        if value == 0 {
+            bail!("{section}: {name} must be at least 1");
+        }
+    }
+    if l.memory_bytes_max > 4096 << 20 {
+        bail!("{section}: memory_mib_max must be at most 4096");
+    }
+    if l.concurrent_runs_max > 4096 {
+        bail!("{section}: concurrent_runs_max must be at most 4096");
+    }
+    if l.run_lease_ms < 300 {
+        bail!(
+            "{section}: run_lease_ms must be at least 300 (a host renews its leases every third of it)"
+        );
+    }
+    Ok(())
+}

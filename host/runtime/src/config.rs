@@ -1,0 +1,64 @@
+//! Host configuration: where the journal and ledger live, the limits every run obeys, and what
+//! each workflow is granted. Built and validated by the binary (from flags and the config
+//! file) before anything runs; the library never reads files or the environment for it.
+
+use std::path::PathBuf;
+use wasaga_core::crash::CrashPoint;
+use wasaga_core::limits::{Grants, Limits};
+use wasaga_db::{Location, PoolSizes};
+use wasaga_locks::LockBackend;
+
+/// Everything a host needs to start.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// The journal's database.
+    pub journal: Location,
+    /// The ledger's database; `None` shares the journal's (and its transactions).
+    pub ledger: Option<Location>,
+    /// Where precompiled modules are cached, by content hash.
+    pub cache_dir: PathBuf,
+    pub limits: Limits,
+    /// Where locks come from.
+    pub locks: LockBackend,
+    /// `postgres-xa` participants: name and database URL.
+    pub xa: Vec<(String, String)>,
+    /// Names this host in the leases it holds on runs (with its process). Prepared
+    /// transactions' global ids derive from their run, not from this.
+    pub host_id: String,
+    /// Per-workflow grants, if a config file gave them.
+    pub grants: Option<Grants>,
+    pub pools: PoolSizes,
+    /// Test hook: die by SIGKILL at this commit.
+    pub crash_at: Option<CrashPoint>,
+    /// Whether a step's outcome may reach its module before its write is durable (SQLite's
+    /// `write_early`). Off for a command line that prints each step as it happens.
+    pub early_answers: bool,
+}
+
+impl HostConfig {
+    /// A config with default limits for the journal at `journal`. Compiled modules are cached
+    /// beside a SQLite journal, or in `.wasaga-cache` for PostgreSQL.
+    pub fn new(journal: Location) -> Self {
+        let cache_dir = match &journal {
+            Location::Sqlite(path) => {
+                let mut cache = path.clone().into_os_string();
+                cache.push(".cache");
+                PathBuf::from(cache)
+            }
+            Location::Postgres { .. } => PathBuf::from(".wasaga-cache"),
+        };
+        HostConfig {
+            journal,
+            ledger: None,
+            cache_dir,
+            limits: Limits::default(),
+            locks: LockBackend::Journal,
+            xa: Vec::new(),
+            host_id: "wasaga".to_owned(),
+            grants: None,
+            pools: PoolSizes::default(),
+            crash_at: None,
+            early_answers: true,
+        }
+    }
+}

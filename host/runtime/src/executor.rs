@@ -1,0 +1,1875 @@
+//! The executor: starts runs, executes (or replays) their module, and drives each run to one of
+//! its ends, completed, compensated or stuck. Compensation is performed by the host from the
+//! journal, newest step first, without the module.
+//!
+//! A host executes only runs it owns: ones it started, or took over once their previous
+//! owner's lease expired. While it drives a run it renews its lease; if it ever loses the
+//! lease (it was paused for longer than the lease, say) its next journal write is refused and
+//! it stops executing that run, which the new owner resumes by replay.
+
+use crate::config::HostConfig;
+use crate::engine::{Loaded, ModuleError, WorkflowEngine, module_hash};
+use crate::store::{
+    Fatal, MemoryLimiter, Observer, RunContext, RunLocks, RunLog, RunState, replay_map,
+};
+use rand::SeedableRng;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use wasaga_core::crash::CrashSwitch;
+use wasaga_core::event::{CallFailure, Event, RunStatus};
+use wasaga_core::limits::{Grant, Limits};
+use wasaga_db::Database;
+use wasaga_journal::{Deployed, Journal, JournalError, RunRecord, now_ms};
+use wasaga_locks::{Lease, LockService};
+use wasaga_participants::{ParticipantRequest, Participants};
+use wasmtime::Store;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+
+/// Why the host could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Open(#[from] wasaga_db::OpenError),
+    #[error(transparent)]
+    Module(#[from] ModuleError),
+    #[error("cannot start the wasm engine: {0}")]
+    Engine(String),
+    #[error("invalid input: {0}")]
+    Input(String),
+    /// A deploy that the grants in the config do not allow.
+    #[error("{0}")]
+    NotGranted(String),
+    /// A run started with its first write (`Host::start_and_drive`) found its id taken.
+    #[error("run {0} already exists")]
+    RunExists(String),
+    /// The module returned an error before it made any durable call (it refused its input):
+    /// nothing was journaled, the run does not exist, and its id may be used again.
+    #[error(
+        "workflow '{workflow}' refused its input: {reason}; nothing was started, fix the input and start it again (the run id is still free)"
+    )]
+    Rejected { workflow: String, reason: String },
+    /// A run started with its first write could not make that write: it does not exist and
+    /// nothing it did took effect; starting it again is safe.
+    #[error(
+        "run {run_id} was not started: {reason}; nothing took effect, start it again with the same run id once the cause is fixed"
+    )]
+    NotStarted { run_id: String, reason: String },
+    /// The run could not go on (its journal could not be written); it is left unfinished and
+    /// the next `wasaga resume` (or `run`) finishes it.
+    #[error(
+        "run {run_id} is unfinished: {reason}; it resumes with `wasaga resume` once the cause is fixed"
+    )]
+    Interrupted { run_id: String, reason: String },
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RunOutcome {
+    pub run_id: String,
+    pub status: RunStatus,
+    pub output: Option<String>,
+    pub error: Option<String>,
+}
+
+impl From<RunRecord> for RunOutcome {
+    fn from(record: RunRecord) -> Self {
+        RunOutcome {
+            run_id: record.run_id,
+            status: record.status,
+            output: record.output,
+            error: record.error,
+        }
+    }
+}
+
+/// What [`Host::resume_unfinished`] did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Resumed {
+    /// The runs it drove to their ends.
+    pub ended: Vec<RunOutcome>,
+    /// The runs that are still unfinished, and why each could not go on.
+    pub unfinished: Vec<(String, String)>,
+}
+
+/// A run this host is driving right now.
+#[derive(Debug, Default)]
+pub(crate) struct LiveRun {
+    /// Set when the renewal found that another host has taken the run over.
+    pub lost: AtomicBool,
+    /// Wakes a run waiting (for a lock) when it is lost.
+    pub lost_signal: tokio::sync::Notify,
+}
+
+impl LiveRun {
+    pub(crate) fn lose(&self) {
+        self.lost.store(true, Ordering::Relaxed);
+        self.lost_signal.notify_waiters();
+    }
+
+    /// Completes once the run is lost.
+    pub(crate) async fn lost(&self) {
+        loop {
+            let notified = self.lost_signal.notified();
+            if self.lost.load(Ordering::Relaxed) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Shared by every run of a host.
+#[derive(Debug)]
+pub(crate) struct HostInner {
+    pub engine: WorkflowEngine,
+    pub journal: Journal,
+    pub ledger_db: Arc<Database>,
+    pub participants: Participants,
+    pub locks: Box<dyn LockService>,
+    pub limits: Limits,
+    pub grants: Option<wasaga_core::limits::Grants>,
+    /// One permit per instance slot of the pool: a run waits here for a slot rather than
+    /// failing when `concurrent_runs_max` modules are already executing.
+    pub executions: tokio::sync::Semaphore,
+    /// Runs being driven, whose leases the renewal task extends.
+    pub live: Mutex<HashMap<String, Arc<LiveRun>>>,
+    /// Set when the host is shutting down: runs stop at their next journal point.
+    pub stopping: AtomicBool,
+    /// Wakes runs that wait (for a lock) when the host starts shutting down.
+    pub stop_signal: tokio::sync::watch::Sender<bool>,
+    /// Names the journal in lock owners: run ids are unique only within one journal, and
+    /// hosts with journals of their own may share a lock backend.
+    pub lock_owner_prefix: String,
+    /// Slots for modules that compute through a whole epoch tick without a host call: at most
+    /// this many such modules run at once, so a crowd of spinning modules cannot starve the
+    /// runs that do their work in host calls (see `new_store`).
+    pub compute_slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl HostInner {
+    /// Who owns `run_id`'s locks: the run, of this journal. Stable across restarts (a resumed
+    /// run takes back its own lease at once); never containing `|`, which the Redis backend
+    /// uses to end the owner in a grant.
+    pub(crate) fn lock_owner(&self, run_id: &str) -> String {
+        format!("{}#{run_id}", self.lock_owner_prefix)
+    }
+
+    /// Whether a run must stop at its next host call, and why.
+    pub(crate) fn stop_reason(&self, live: &LiveRun) -> Option<&'static str> {
+        if live.lost.load(Ordering::Relaxed) {
+            Some("another host took the run over after this host's lease on it expired")
+        } else if self.stopping.load(Ordering::Relaxed) {
+            Some("the host is shutting down; the run resumes when a host starts again")
+        } else {
+            None
+        }
+    }
+
+    /// Completes when the host starts shutting down.
+    pub(crate) async fn stopped(&self) {
+        let mut signal = self.stop_signal.subscribe();
+        // The sender lives as long as the host, so this only ends by the flag turning true.
+        let _ = signal.wait_for(|stopping| *stopping).await;
+    }
+
+    /// The grant of `workflow`, or `None` when no grants are configured (everything allowed).
+    pub(crate) fn grant(&self, workflow: &str) -> Option<Arc<Grant>> {
+        self.grants
+            .as_ref()
+            .map(|grants| Arc::new(grants.workflows.get(workflow).cloned().unwrap_or_default()))
+    }
+}
+
+/// A wasaga host: engine, journal, participants and locks. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Host {
+    inner: Arc<HostInner>,
+}
+
+/// What one execution of a run's module starts from.
+struct Execution {
+    /// The journaled calls to answer, by call number.
+    replay: HashMap<u32, crate::store::Replayed>,
+    started_at_ms: u64,
+    grant: Option<Arc<Grant>>,
+    live: Arc<LiveRun>,
+    /// The leases a resumed run took back before replaying, by key.
+    reacquired: HashMap<String, Lease>,
+}
+
+/// Removes a run from the live set when its driving ends, however it ends.
+struct LiveGuard {
+    inner: Arc<HostInner>,
+    run_id: String,
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.inner
+            .live
+            .lock()
+            .expect("live run map lock poisoned")
+            .remove(&self.run_id);
+    }
+}
+
+impl Host {
+    /// Opens the journal (and the ledger's database, if separate), builds the engine, and
+    /// starts renewing the leases of the runs this host drives.
+    pub async fn open(config: &HostConfig) -> Result<Host, HostError> {
+        let crash = CrashSwitch::new(config.crash_at);
+        let journal_db =
+            Arc::new(Database::open(&config.journal, config.pools, crash.clone()).await?);
+        let (ledger_db, shares) = match &config.ledger {
+            Some(location) if location != &config.journal => (
+                Arc::new(Database::open(location, config.pools, crash).await?),
+                false,
+            ),
+            _ => (journal_db.clone(), true),
+        };
+        let engine = WorkflowEngine::new(&config.limits, &config.cache_dir)
+            .map_err(|e| HostError::Engine(format!("{e:#}")))?;
+        let mut xa = Vec::new();
+        for (name, url) in &config.xa {
+            let participant =
+                wasaga_participants::xa::PostgresXa::new(name, url).map_err(HostError::Input)?;
+            xa.push(Arc::new(participant));
+        }
+        let locks = wasaga_locks::connect(&config.locks, &journal_db)
+            .await
+            .map_err(|e| HostError::Input(e.to_string()))?;
+        // The owner names this process, not just the host: a host that restarts under the same
+        // id must not mistake the leases of its previous, dead process for its own.
+        let owner = format!(
+            "{}/{}-{:04x}",
+            config.host_id,
+            std::process::id(),
+            rand::random::<u16>()
+        );
+        let inner = Arc::new(HostInner {
+            engine,
+            journal: Journal::new(journal_db.clone(), owner, config.limits.run_lease_ms)
+                .with_early_answers(config.early_answers),
+            participants: Participants::new(ledger_db.clone(), shares, xa),
+            ledger_db,
+            locks,
+            limits: config.limits.clone(),
+            grants: config.grants.clone(),
+            executions: tokio::sync::Semaphore::new(
+                config.limits.concurrent_runs_max.max(1) as usize
+            ),
+            live: Mutex::new(HashMap::new()),
+            stopping: AtomicBool::new(false),
+            stop_signal: tokio::sync::watch::channel(false).0,
+            lock_owner_prefix: journal_name(&config.journal),
+            compute_slots: Arc::new(tokio::sync::Semaphore::new(compute_slots_max())),
+        });
+        tokio::spawn(renew_run_leases(Arc::downgrade(&inner)));
+        Ok(Host { inner })
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.inner.journal
+    }
+
+    /// The database the ledger lives in.
+    pub fn ledger_db(&self) -> &Arc<Database> {
+        &self.inner.ledger_db
+    }
+
+    /// The host's lock service (its runs wait in line for each key).
+    pub fn locks(&self) -> &dyn LockService {
+        self.inner.locks.as_ref()
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// Runs this host is driving right now.
+    pub fn live_runs(&self) -> usize {
+        self.inner
+            .live
+            .lock()
+            .expect("live run map lock poisoned")
+            .len()
+    }
+
+    /// Whether this host is driving `run_id` right now.
+    pub fn is_live(&self, run_id: &str) -> bool {
+        self.inner
+            .live
+            .lock()
+            .expect("live run map lock poisoned")
+            .contains_key(run_id)
+    }
+
+    /// Makes every run this host drives stop at its next journal point (shutdown). Runs
+    /// stopped this way stay unfinished and resume on the next start.
+    pub fn stop_runs(&self) {
+        self.inner.stopping.store(true, Ordering::Relaxed);
+        self.inner.stop_signal.send_replace(true);
+    }
+
+    /// How many modules are computing right now (running through a whole epoch tick without a
+    /// host call); at most [`compute_slots_max`].
+    pub fn modules_computing(&self) -> usize {
+        compute_slots_max() - self.inner.compute_slots.available_permits()
+    }
+
+    /// How many modules this host is compiling right now (on blocking threads).
+    pub fn modules_compiling(&self) -> usize {
+        self.inner.engine.compiling()
+    }
+
+    /// Whether [`Host::stop_runs`] was called.
+    pub fn is_stopping(&self) -> bool {
+        self.inner.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Validates a module and stores it by content hash; returns the hash.
+    pub async fn add_module(&self, name: &str, bytes: &[u8]) -> Result<String, HostError> {
+        let hash = self.compile(bytes.to_vec()).await?.0;
+        self.inner.journal.put_module(&hash, name, bytes).await?;
+        Ok(hash)
+    }
+
+    /// Validates a module as a version of `workflow` (it loads, exports the workflow world,
+    /// and asks only for what the workflow's grant allows), stores it and makes it the version
+    /// new runs of `workflow` get. Runs already started keep the version they started on.
+    pub async fn deploy(&self, workflow: &str, bytes: &[u8]) -> Result<Deployed, HostError> {
+        let hash = self.check_module(workflow, bytes).await?;
+        Ok(self.inner.journal.deploy(workflow, &hash, bytes).await?)
+    }
+
+    /// Validates a module as [`Host::deploy`] does and stores it by content hash, without
+    /// making it a deployed version; returns the hash. For running a module file directly.
+    pub async fn check_deployable(
+        &self,
+        workflow: &str,
+        bytes: &[u8],
+    ) -> Result<String, HostError> {
+        let hash = self.check_module(workflow, bytes).await?;
+        self.inner
+            .journal
+            .put_module(&hash, workflow, bytes)
+            .await?;
+        Ok(hash)
+    }
+
+    async fn check_module(&self, workflow: &str, bytes: &[u8]) -> Result<String, HostError> {
+        check_workflow_name(workflow)?;
+        let (hash, manifest) = self.compile(bytes.to_vec()).await?;
+        self.check_grants(workflow, &manifest)?;
+        Ok(hash)
+    }
+
+    /// Validates (compiles and links) a module on a blocking thread, so that compiling, which
+    /// takes tens of milliseconds of CPU, never stalls the runs and requests on the async
+    /// workers; returns its hash and manifest.
+    async fn compile(
+        &self,
+        bytes: Vec<u8>,
+    ) -> Result<(String, Option<crate::engine::Manifest>), HostError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let hash = inner.engine.validate(&bytes)?;
+            Ok((hash, crate::engine::manifest(&bytes)?))
+        })
+        .await
+        .map_err(|e| HostError::Engine(format!("module compilation failed: {e}")))?
+    }
+
+    /// Refuses a module whose declared needs the workflow's grant does not cover.
+    fn check_grants(
+        &self,
+        workflow: &str,
+        manifest: &Option<crate::engine::Manifest>,
+    ) -> Result<(), HostError> {
+        let Some(grants) = &self.inner.grants else {
+            return Ok(());
+        };
+        let Some(grant) = grants.workflows.get(workflow) else {
+            return Err(HostError::NotGranted(format!(
+                "workflow '{workflow}' has no grant in the config: add a [workflows.{workflow}] section listing the participants and lock prefixes it may use"
+            )));
+        };
+        let Some(manifest) = manifest else {
+            return Err(HostError::NotGranted(format!(
+                "the module does not declare what it uses, so its grant cannot be checked: build it with guest-sdk's export_workflow!({}, participants = [...], locks = [...])",
+                workflow.replace('-', "_")
+            )));
+        };
+        for participant in &manifest.participants {
+            if !grant.allows_participant(participant) {
+                return Err(HostError::NotGranted(format!(
+                    "workflow '{workflow}' asks for participant '{participant}', which its grant does not include (granted: {}); add it to [workflows.{workflow}] participants",
+                    list_or_none(&grant.participants)
+                )));
+            }
+            self.inner
+                .participants
+                .exists(participant)
+                .map_err(HostError::NotGranted)?;
+        }
+        for prefix in &manifest.lock_prefixes {
+            if !grant.allows_lock(prefix) {
+                return Err(HostError::NotGranted(format!(
+                    "workflow '{workflow}' asks for locks under '{prefix}', which its grant does not include (granted prefixes: {}); add it to [workflows.{workflow}] lock_prefixes",
+                    list_or_none(&grant.lock_prefixes)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a run of the stored module `module_hash` on `input` (JSON), owned by this host.
+    /// Starting an existing run id again returns that run without starting anything. Returns
+    /// the run id and whether it was created now.
+    pub async fn start(
+        &self,
+        run_id: Option<String>,
+        workflow: &str,
+        module_hash: &str,
+        input: &str,
+    ) -> Result<(String, bool), HostError> {
+        let (run_id, started) = self.new_run(run_id, workflow, module_hash, input)?;
+        let created = self.inner.journal.create_run(&run_id, &started).await?;
+        Ok((run_id, created))
+    }
+
+    /// Checks a new run's input and id; returns the id and its `started` event.
+    fn new_run(
+        &self,
+        run_id: Option<String>,
+        workflow: &str,
+        module_hash: &str,
+        input: &str,
+    ) -> Result<(String, Event), HostError> {
+        if let Some(grants) = &self.inner.grants
+            && !grants.workflows.contains_key(workflow)
+        {
+            return Err(HostError::NotGranted(format!(
+                "workflow '{workflow}' has no grant in the config, so it may not run: add a [workflows.{workflow}] section listing the participants and lock prefixes it may use"
+            )));
+        }
+        let max = self.inner.limits.payload_bytes_max;
+        if input.len() > max {
+            return Err(HostError::Input(format!(
+                "input is {} bytes, over payload_bytes_max = {max}",
+                input.len()
+            )));
+        }
+        serde_json::from_str::<serde_json::Value>(input)
+            .map_err(|e| HostError::Input(format!("input is not valid JSON: {e}")))?;
+        let run_id = match run_id {
+            Some(id) => {
+                check_run_id(&id)?;
+                id
+            }
+            None => new_run_id(),
+        };
+        let started = Event::Started {
+            workflow: workflow.to_owned(),
+            module_hash: module_hash.to_owned(),
+            input: input.to_owned(),
+            started_at_ms: now_ms(),
+        };
+        Ok((run_id, started))
+    }
+
+    /// Starts a run of the active version of the deployed workflow `workflow`.
+    pub async fn start_deployed(
+        &self,
+        run_id: Option<String>,
+        workflow: &str,
+        input: &str,
+    ) -> Result<(String, bool), HostError> {
+        let active = self.inner.journal.active(workflow).await?;
+        self.start(run_id, workflow, &active.hash, input).await
+    }
+
+    /// Registers `run_id` as driven by this host until the guard drops.
+    fn go_live(&self, run_id: &str) -> (Arc<LiveRun>, LiveGuard) {
+        let live = Arc::new(LiveRun::default());
+        self.inner
+            .live
+            .lock()
+            .expect("live run map lock poisoned")
+            .insert(run_id.to_owned(), live.clone());
+        let guard = LiveGuard {
+            inner: self.inner.clone(),
+            run_id: run_id.to_owned(),
+        };
+        (live, guard)
+    }
+
+    /// Drives a run this host owns to its end (or to an interruption the next resume picks
+    /// up).
+    pub async fn drive(&self, run_id: &str, observer: Observer) -> Result<RunOutcome, HostError> {
+        let (live, _guard) = self.go_live(run_id);
+        let journal = &self.inner.journal;
+        let (record, events) = journal.run_with_events(run_id).await?;
+        if record.status.is_terminal() {
+            return Ok(record.into());
+        }
+        let events: Vec<Event> = events.into_iter().map(|e| e.event).collect();
+        let log = RunLog::new(journal.clone(), run_id, events.clone(), observer);
+        if record.status == RunStatus::Compensating {
+            return self.compensate(log, None, &live, None).await;
+        }
+        self.execute_run(log, &record.workflow, &events, &live)
+            .await
+    }
+
+    /// Starts a run and drives it to its end, for a caller that waits for the outcome. The
+    /// run's `started` event is journaled together with its first durable write rather than
+    /// by a commit of its own: until then nothing outside this call knows the run, so a host
+    /// that dies before it leaves nothing behind (the caller, having no answer, starts it
+    /// again). A run id that already exists is driven (or reported) as it is, like
+    /// [`Host::start`] does. Fails with [`HostError::NotStarted`] if the run could not be
+    /// started.
+    pub async fn start_and_drive(
+        &self,
+        run_id: Option<String>,
+        workflow: &str,
+        module_hash: &str,
+        input: &str,
+        observer: Observer,
+    ) -> Result<RunOutcome, HostError> {
+        let outcome = self
+            .start_first_write(run_id, workflow, module_hash, input, observer.clone(), None)
+            .await;
+        match outcome {
+            Err(HostError::RunExists(run_id)) => self.drive(&run_id, observer).await,
+            other => other,
+        }
+    }
+
+    /// [`Host::start_and_drive`], telling `created` once the run exists (its first write is
+    /// durable), and failing with [`HostError::RunExists`] if the id is taken rather than
+    /// driving that run.
+    pub async fn start_first_write(
+        &self,
+        run_id: Option<String>,
+        workflow: &str,
+        module_hash: &str,
+        input: &str,
+        observer: Observer,
+        created: Option<tokio::sync::oneshot::Sender<()>>,
+    ) -> Result<RunOutcome, HostError> {
+        let (run_id, started) = self.new_run(run_id, workflow, module_hash, input)?;
+        let (live, _guard) = self.go_live(&run_id);
+        let mut log = RunLog::unstarted(
+            self.inner.journal.clone(),
+            &run_id,
+            started.clone(),
+            observer,
+        );
+        log.created = created;
+        match self.execute_run(log, workflow, &[started], &live).await {
+            Err(HostError::NotStarted { run_id, reason }) => {
+                Err(self.whether_started(run_id, reason).await)
+            }
+            other => other,
+        }
+    }
+
+    /// The error for a run whose first write failed with `reason`: a write whose answer was
+    /// lost (the connection dropped after the database committed it) may have landed, so the
+    /// journal is asked before the caller is told that nothing took effect. A caller who
+    /// starts a run "not started" again with a new run id would otherwise pay twice.
+    async fn whether_started(&self, run_id: String, reason: String) -> HostError {
+        match self.inner.journal.run(&run_id).await {
+            Err(JournalError::UnknownRun(_)) => HostError::NotStarted { run_id, reason },
+            Ok(_) => HostError::Interrupted {
+                run_id,
+                reason: format!("{reason} (its first write did land: the run exists)"),
+            },
+            Err(e) => HostError::Interrupted {
+                run_id,
+                reason: format!(
+                    "{reason}; whether its first write landed cannot be read now ({e}); look the run up by its id before starting it again, and start it again only with the same run id"
+                ),
+            },
+        }
+    }
+
+    /// Checks what [`Host::start`] would check of a new run (its workflow's grant, the input's
+    /// size and syntax, the run id) without writing anything.
+    pub fn check_new_run(
+        &self,
+        run_id: Option<&str>,
+        workflow: &str,
+        input: &str,
+    ) -> Result<(), HostError> {
+        self.new_run(run_id.map(str::to_owned), workflow, "", input)
+            .map(|_| ())
+    }
+
+    /// Executes (or replays) a run's module from its journal `events` and drives the run to
+    /// its end.
+    async fn execute_run(
+        &self,
+        log: RunLog,
+        workflow: &str,
+        events: &[Event],
+        live: &Arc<LiveRun>,
+    ) -> Result<RunOutcome, HostError> {
+        let run_id = log.run_id.clone();
+        let run_id = run_id.as_str();
+        let mut log = log;
+
+        let Some(Event::Started {
+            module_hash: hash,
+            input,
+            started_at_ms,
+            ..
+        }) = events.first()
+        else {
+            return Err(JournalError::Corrupt {
+                run_id: run_id.to_owned(),
+                seq: 1,
+                reason: "the first event is not `started`".to_owned(),
+            }
+            .into());
+        };
+        let loaded = match self.load(hash).await {
+            Ok(loaded) => loaded,
+            Err(HostError::Journal(e @ JournalError::Database(_))) => {
+                return Err(stalled(&log, e.to_string()));
+            }
+            Err(e) => {
+                return self
+                    .compensate(
+                        log,
+                        Some(format!("module can no longer be loaded: {e}")),
+                        live,
+                        None,
+                    )
+                    .await;
+            }
+        };
+        // A resumed run takes the locks its journal holds back before replaying, so that
+        // what it does next (going on, or compensating) runs under them again.
+        let reacquired = if events.len() > 1 {
+            let locks = self.reacquire(&mut log, live).await?;
+            locks
+                .held()
+                .into_iter()
+                .map(|lease| (lease.key.clone(), lease))
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        let replay = replay_map(events);
+        let replayed_calls = replay.len();
+        let grant = self.inner.grant(workflow);
+        let (result, mut context, stdio, refused_bytes) = self
+            .execute(
+                &loaded,
+                &mut log,
+                input,
+                Execution {
+                    replay,
+                    started_at_ms: *started_at_ms,
+                    grant,
+                    live: live.clone(),
+                    reacquired,
+                },
+            )
+            .await;
+        // Captured stdout/stderr is journaled once, at the end of the execution that produced
+        // it, so a replay never duplicates it.
+        if !stdio.is_empty() {
+            context.log.buffer(Event::Log {
+                call: None,
+                message: stdio.clone(),
+            });
+        }
+        let mut log = context.log;
+        let cause = match (context.fatal.take(), result) {
+            (Some(Fatal::Exists), _) => {
+                self.release_locks(&context.acquired).await;
+                return Err(HostError::RunExists(run_id.to_owned()));
+            }
+            (Some(Fatal::Interrupted(reason)), _) => {
+                return Err(stalled(&log, reason));
+            }
+            (Some(Fatal::NotStarted(reason)), _) => {
+                self.release_locks(&context.acquired).await;
+                return Err(HostError::NotStarted {
+                    run_id: run_id.to_owned(),
+                    reason,
+                });
+            }
+            (Some(Fatal::Failure(cause)), _) => cause,
+            (None, Ok(Ok(output))) => {
+                let max = self.inner.limits.payload_bytes_max;
+                if !context.replay.is_empty() {
+                    format!(
+                        "nondeterministic: the journal has {} calls the module did not make on replay ({} were journaled)",
+                        context.replay.len(),
+                        replayed_calls
+                    )
+                } else if output.len() > max {
+                    format!(
+                        "limit exceeded: output of {} bytes is over payload_bytes_max = {max}",
+                        output.len()
+                    )
+                } else {
+                    // Replay matched every journaled call, so the leases this execution holds
+                    // and held are exactly those the journal records: no need to read it again.
+                    // Deferred releases included: the journal shows them given back now.
+                    let held: Vec<Lease> = context.locks.held();
+                    let mut acquired = std::mem::take(&mut context.acquired);
+                    acquired.extend(context.locks.held());
+                    return self.complete(log, output, &held, &acquired).await;
+                }
+            }
+            // Nothing the run did is durable yet (it is created by its first write): an error
+            // now is the module refusing its input, and leaves nothing behind.
+            (None, Ok(Err(message))) if log.unstarted.is_some() => {
+                drop(context.locks);
+                self.release_locks(&context.acquired).await;
+                return Err(HostError::Rejected {
+                    workflow: workflow.to_owned(),
+                    reason: message,
+                });
+            }
+            (None, Ok(Err(message))) => format!("workflow failed: {message}"),
+            (None, Err(trap)) => self.classify_trap(&trap, &stdio, refused_bytes),
+        };
+        // Make sure what the module did is durable before compensating it.
+        if let Err(e) = log.commit(Vec::new()).await {
+            return Err(journal_stalled(&log, e));
+        }
+        // The run's locks go on being held and renewed through its compensation.
+        self.compensate(log, Some(cause), live, Some(context.locks))
+            .await
+    }
+
+    pub async fn replay_only(&self, run_id: &str) -> Result<(Duration, Duration, u32), HostError> {
+        let events: Vec<Event> = self
+            .inner
+            .journal
+            .events(run_id)
+            .await?
+            .into_iter()
+            .map(|e| e.event)
+            .collect();
+        let Some(Event::Started {
+            module_hash,
+            input,
+            started_at_ms,
+            ..
+        }) = events.first()
+        else {
+            return Err(HostError::Input(format!(
+                "run {run_id} has no started event"
+            )));
+        };
+        let loaded = self.load(module_hash).await?;
+        let replay = replay_map(&events);
+        let calls = replay.len() as u32;
+        let mut log = RunLog::new(
+            self.inner.journal.clone(),
+            run_id,
+            events.clone(),
+            crate::store::no_observer(),
+        );
+        let _slot = self
+            .inner
+            .executions
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        let began = std::time::Instant::now();
+        let (mut store, _, _) = self.new_store(
+            &mut log,
+            replay,
+            *started_at_ms,
+            None,
+            Arc::new(LiveRun::default()),
+            HashMap::new(),
+        );
+        let workflow = loaded
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| HostError::Engine(format!("{e:#}")))?;
+        let instantiated = began.elapsed();
+        let result = workflow.call_run(&mut store, input).await;
+        let total = began.elapsed();
+        match result {
+            Ok(Ok(_)) | Ok(Err(_)) if store.data().run.fatal.is_none() => {
+                Ok((instantiated, total - instantiated, calls))
+            }
+            _ => Err(HostError::Engine(format!(
+                "replay of {run_id} did not follow its journal"
+            ))),
+        }
+    }
+
+    /// Resolves the `postgres-xa` transactions left prepared by runs that have ended (a host
+    /// died between a run's decision and its branches' end, say): committed where the journal
+    /// holds a commit decision, rolled back otherwise. A run still unfinished is left alone:
+    /// its owner, live or the one that takes it over, may still be preparing its branches and
+    /// resolves them itself when it drives the run (only the owner of a run resolves its
+    /// prepared transactions). Ids of runs this journal does not know are another journal's.
+    /// Returns how many transactions it resolved.
+    pub async fn sweep_in_doubt(&self) -> Result<usize, HostError> {
+        let mut resolved = 0;
+        for participant in self.inner.participants.xa() {
+            let stalled = |reason: String| HostError::Interrupted {
+                run_id: "(in-doubt sweep)".into(),
+                reason,
+            };
+            let xids = participant
+                .in_doubt()
+                .await
+                .map_err(|e| stalled(e.to_string()))?;
+            for xid in xids {
+                let Some((run_id, call)) = wasaga_participants::op_key::of_transaction(&xid) else {
+                    continue;
+                };
+                let (record, events) = match self.inner.journal.run_with_events(run_id).await {
+                    Ok(found) => found,
+                    Err(JournalError::UnknownRun(_)) => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                if !record.status.is_terminal() {
+                    continue;
+                }
+                let commit = events.iter().any(|e| {
+                    matches!(e.event, Event::TwoPhaseDecided { call: c, commit: true, .. } if c == call)
+                });
+                let action = if commit {
+                    "commit-prepared"
+                } else {
+                    "abort-prepared"
+                };
+                participant
+                    .call(action, &serde_json::json!({ "xid": xid }).to_string())
+                    .await
+                    .map_err(|e| stalled(e.to_string()))?;
+                resolved += 1;
+            }
+        }
+        Ok(resolved)
+    }
+
+    /// Takes a `stuck` run up again once an operator has fixed what made its compensation
+    /// fail: compensation resumes where it stopped (compensations already done are not
+    /// repeated) and the run ends `compensated`, or `stuck` again with the new reason.
+    pub async fn retry_stuck(
+        &self,
+        run_id: &str,
+        observer: Observer,
+    ) -> Result<RunOutcome, HostError> {
+        let record = self.inner.journal.run(run_id).await?;
+        if record.status != RunStatus::Stuck {
+            return Err(HostError::Input(format!(
+                "run {run_id} is {}, not stuck; only stuck runs can be retried",
+                record.status
+            )));
+        }
+        if !self.inner.journal.claim_stuck(run_id).await? {
+            return Err(HostError::Input(format!(
+                "run {run_id} is being retried by another host ({}) right now",
+                record.owner.as_deref().unwrap_or("unknown")
+            )));
+        }
+        let live = Arc::new(LiveRun::default());
+        self.inner
+            .live
+            .lock()
+            .expect("live run map lock poisoned")
+            .insert(run_id.to_owned(), live.clone());
+        let _guard = LiveGuard {
+            inner: self.inner.clone(),
+            run_id: run_id.to_owned(),
+        };
+        let events: Vec<Event> = self
+            .inner
+            .journal
+            .events(run_id)
+            .await?
+            .into_iter()
+            .map(|e| e.event)
+            .collect();
+        let cause = last_cause(&events);
+        let log = RunLog::new(self.inner.journal.clone(), run_id, events, observer);
+        self.compensate(log, Some(cause), &live, None).await
+    }
+
+    /// Takes over the unfinished runs no live host holds (or, with `takeover_all`, every
+    /// unfinished run: for a process that knows every earlier one is dead) and drives them to
+    /// their ends, one after the other. A run that cannot go on now (its lock is taken, a
+    /// database is away) stays unfinished and is reported in [`Resumed::unfinished`]; the
+    /// others are still driven.
+    pub async fn resume_unfinished(
+        &self,
+        observer: Observer,
+        takeover_all: bool,
+    ) -> Result<Resumed, HostError> {
+        let mut resumed = Resumed::default();
+        for run_id in self.inner.journal.claim(10_000, takeover_all).await? {
+            match self.drive(&run_id, observer.clone()).await {
+                Ok(outcome) => resumed.ended.push(outcome),
+                Err(e) => resumed.unfinished.push((run_id, e.to_string())),
+            }
+        }
+        Ok(resumed)
+    }
+
+    /// Claims up to `limit` unfinished runs that no live host holds, for this host to drive.
+    pub async fn claim(&self, limit: u32) -> Result<Vec<String>, HostError> {
+        Ok(self.inner.journal.claim(limit, false).await?)
+    }
+
+    /// Gives up this host's leases on unfinished runs (after [`Host::stop_runs`] and once
+    /// its runs have stopped), so they resume at once elsewhere or on the next start.
+    pub async fn release_runs(&self) -> Result<u64, HostError> {
+        Ok(self.inner.journal.release_leases().await?)
+    }
+
+    async fn load(&self, hash: &str) -> Result<Loaded, HostError> {
+        if let Some(loaded) = self.inner.engine.cached(hash) {
+            return Ok(loaded);
+        }
+        let bytes = self.inner.journal.module_bytes(hash).await?;
+        let inner = self.inner.clone();
+        let hash = hash.to_owned();
+        // Compiling a module the cache lacks is CPU work: off the async workers.
+        tokio::task::spawn_blocking(move || inner.engine.load(&hash, &bytes))
+            .await
+            .map_err(|e| HostError::Engine(format!("module compilation failed: {e}")))?
+            .map_err(HostError::from)
+    }
+
+    async fn execute(
+        &self,
+        loaded: &Loaded,
+        log: &mut RunLog,
+        input: &str,
+        run: Execution,
+    ) -> (
+        wasmtime::Result<Result<String, String>>,
+        RunContext,
+        String,
+        Option<usize>,
+    ) {
+        let _slot = self
+            .inner
+            .executions
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        let (mut store, stdout, stderr) = self.new_store(
+            log,
+            run.replay,
+            run.started_at_ms,
+            run.grant,
+            run.live,
+            run.reacquired,
+        );
+        let result = async {
+            let workflow = loaded.instantiate_async(&mut store).await?;
+            workflow.call_run(&mut store, input).await
+        }
+        .await;
+        let state = store.into_data();
+        // A module that ended while computing gives its compute slot back now, not once its
+        // compensation (which may retry for a while) is over.
+        state
+            .run
+            .compute
+            .lock()
+            .expect("compute slot lock poisoned")
+            .take();
+        let mut stdio = String::from_utf8_lossy(&stdout.contents()).into_owned();
+        stdio.push_str(&String::from_utf8_lossy(&stderr.contents()));
+        (
+            result,
+            state.run,
+            stdio.trim_end().to_owned(),
+            state.limiter.refused_bytes,
+        )
+    }
+
+    /// A store for one execution of a run: deny-everything WASI with frozen clocks and seeded
+    /// randomness, the memory limiter, the epoch deadline, and the run's context (taking over
+    /// `log`'s cursor).
+    fn new_store(
+        &self,
+        log: &mut RunLog,
+        replay: std::collections::HashMap<u32, crate::store::Replayed>,
+        started_at_ms: u64,
+        grant: Option<Arc<Grant>>,
+        live: Arc<LiveRun>,
+        reacquired: HashMap<String, Lease>,
+    ) -> (Store<RunState>, MemoryOutputPipe, MemoryOutputPipe) {
+        let limits = &self.inner.limits;
+        let stdout = MemoryOutputPipe::new(limits.payload_bytes_max);
+        let stderr = MemoryOutputPipe::new(limits.payload_bytes_max);
+        // WASI's own clocks and randomness are frozen and seeded from the journal's run data,
+        // so a module reading them behaves identically on replay. Journaled time and
+        // randomness come through the `context` interface.
+        let seed = seed_of(&log.run_id);
+        let wasi = WasiCtxBuilder::new()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .wall_clock(FrozenClock {
+                since_epoch: Duration::from_millis(started_at_ms),
+            })
+            .monotonic_clock(FrozenClock {
+                since_epoch: Duration::ZERO,
+            })
+            .secure_random(rand::rngs::StdRng::seed_from_u64(seed))
+            .insecure_random(rand::rngs::StdRng::seed_from_u64(seed ^ 1))
+            .insecure_random_seed(u128::from(seed))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let placeholder = RunLog::new(
+            log.journal.clone(),
+            &log.run_id,
+            Vec::new(),
+            log.observer.clone(),
+        );
+        let context = RunContext {
+            host: self.inner.clone(),
+            log: std::mem::replace(log, placeholder),
+            next_call: 0,
+            replay,
+            fatal: None,
+            step_names: HashSet::new(),
+            locks: RunLocks::new(self.inner.clone()),
+            deferred: HashSet::new(),
+            reacquired,
+            acquired: Vec::new(),
+            grant,
+            live,
+            calls_at_tick: 0,
+            computing_ticks: 0,
+            compute: Arc::new(std::sync::Mutex::new(None)),
+        };
+        let state = RunState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter {
+                memory_bytes_max: limits.memory_bytes_max,
+                refused_bytes: None,
+            },
+            run: context,
+        };
+        let mut store = Store::new(self.inner.engine.engine(), state);
+        store.limiter(|state| &mut state.limiter);
+        // Every epoch tick the module yields to the runtime, so a module that computes (or
+        // spins) never holds an async worker for longer than a tick: other runs, lease and
+        // lock renewals and HTTP requests go on. Once its wall-clock deadline has passed, the
+        // tick traps instead.
+        let deadline =
+            std::time::Instant::now() + Duration::from_millis(limits.run_duration_ms_max);
+        store.set_epoch_deadline(1);
+        // A module that made no host call for two ticks running is computing: it goes on
+        // only with one of the host's few compute slots, and for one tick at a time (the slots
+        // pass round the computing modules in turn, and go back at a host call), so spinning
+        // modules queue for the slots instead of sharing the workers with everything else.
+        // One tick of computing is free: a module that works in host calls never waits.
+        store.epoch_deadline_callback(move |mut ctx| {
+            if std::time::Instant::now() >= deadline {
+                return Ok(wasmtime::UpdateDeadline::Interrupt);
+            }
+            let run = &mut ctx.data_mut().run;
+            if run.next_call != run.calls_at_tick {
+                run.calls_at_tick = run.next_call;
+                run.computing_ticks = 0;
+                return Ok(wasmtime::UpdateDeadline::Yield(1));
+            }
+            run.computing_ticks += 1;
+            if run.computing_ticks < 2 {
+                return Ok(wasmtime::UpdateDeadline::Yield(1));
+            }
+            let slot = run.compute.clone();
+            // The slot this module used for the last tick goes to the next in line.
+            slot.lock().expect("compute slot lock poisoned").take();
+            let slots = run.host.compute_slots.clone();
+            let until = tokio::time::Instant::from_std(deadline);
+            Ok(wasmtime::UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(async move {
+                    if let Ok(Ok(permit)) =
+                        tokio::time::timeout_at(until, slots.acquire_owned()).await
+                    {
+                        *slot.lock().expect("compute slot lock poisoned") = Some(permit);
+                    }
+                }),
+            ))
+        });
+        (store, stdout, stderr)
+    }
+
+    fn classify_trap(
+        &self,
+        trap: &wasmtime::Error,
+        stdio: &str,
+        refused_bytes: Option<usize>,
+    ) -> String {
+        let limits = &self.inner.limits;
+        if let Some(bytes) = refused_bytes {
+            return format!(
+                "memory limit exceeded: the module tried to grow its memory to {bytes} bytes, over memory_bytes_max = {}",
+                limits.memory_bytes_max
+            );
+        }
+        if let Some(wasmtime::Trap::Interrupt) = trap.downcast_ref::<wasmtime::Trap>() {
+            return format!(
+                "deadline exceeded: the module ran longer than run_duration_ms_max = {} ms",
+                limits.run_duration_ms_max
+            );
+        }
+        if let Some((_, panic)) = stdio.split_once("panicked at ") {
+            let mut lines = panic.lines();
+            let location = lines.next().unwrap_or_default().trim_end_matches(':');
+            let message = lines.next().unwrap_or_default();
+            return format!("module panicked at {location}: {message}");
+        }
+        let trap = format!("{trap:#}");
+        format!(
+            "module trapped: {}",
+            trap.lines().next().unwrap_or("unknown trap")
+        )
+    }
+
+    async fn complete(
+        &self,
+        mut log: RunLog,
+        output: String,
+        held: &[Lease],
+        acquired: &[Lease],
+    ) -> Result<RunOutcome, HostError> {
+        let run_id = log.run_id.clone();
+        let mut events = release_events(held);
+        events.push(Event::Completed {
+            output: output.clone(),
+        });
+        if let Err(e) = log.commit(events).await {
+            if let JournalError::RunExists(_) = e {
+                self.release_locks(acquired).await;
+            }
+            return Err(journal_stalled(&log, e));
+        }
+        self.release_locks(acquired).await;
+        Ok(RunOutcome {
+            run_id,
+            status: RunStatus::Completed,
+            output: Some(output),
+            error: None,
+        })
+    }
+
+    /// Compensates a run from its journal: every completed step (and every step whose outcome
+    /// is unknown and turns out to have applied) is undone, newest first, by the host.
+    /// `cause` is given when the run starts compensating now; `None` continues a
+    /// compensation that was under way.
+    async fn compensate(
+        &self,
+        mut log: RunLog,
+        cause: Option<String>,
+        live: &LiveRun,
+        locks: Option<RunLocks>,
+    ) -> Result<RunOutcome, HostError> {
+        let run_id = log.run_id.clone();
+        let interrupted = |e: JournalError| HostError::Interrupted {
+            run_id: run_id.clone(),
+            reason: e.to_string(),
+        };
+        if let Some(cause) = cause
+            && let Err(e) = log.commit(vec![Event::Compensating { cause }]).await
+        {
+            return Err(journal_stalled(&log, e));
+        }
+        // Compensation runs under the run's locks: the execution's own, still renewed, or,
+        // for a run taken up again, the same keys taken back from the backend first.
+        let locks = match locks {
+            Some(locks) => locks,
+            None => self.reacquire(&mut log, live).await?,
+        };
+        // Transactions left in doubt end first: decided ones are finished, undecided ones
+        // aborted (presumed abort), so that no reserve stays held for a compensated run.
+        // The log holds every durable event of the run: no need to read the journal back.
+        let events: Vec<Event> = log.journaled.clone();
+        for (call, xid, calls, known) in in_doubt(&events) {
+            let _ended = crate::two_phase::drive(&self.inner, &mut log, call, &xid, &calls, known)
+                .await
+                .map_err(|reason| HostError::Interrupted {
+                    run_id: run_id.clone(),
+                    reason,
+                })?;
+        }
+        let cause = last_cause(&events);
+        let limits = &self.inner.limits;
+        // What compensation cannot undo is named in the run's outcome, never passed over:
+        // committed transactions (a commit is final) and steps without a compensation.
+        let mut not_undone = committed_transactions(&log.journaled);
+        for step in steps_of(&events).into_iter().rev() {
+            let StepState {
+                call,
+                name,
+                action,
+                compensation,
+                fencing_tokens,
+                mut outcome,
+                compensated,
+            } = step;
+            if compensated {
+                continue;
+            }
+            if let Some(reason) = self.inner.stop_reason(live) {
+                return Err(HostError::Interrupted {
+                    run_id: run_id.clone(),
+                    reason: reason.to_owned(),
+                });
+            }
+            let op_id = wasaga_participants::op_key::step(&run_id, &name);
+            if outcome == StepOutcome::Unknown {
+                if compensation.is_none() {
+                    // Nothing could undo it, so learning its outcome now would only risk
+                    // applying it: leave it, and say so in the run's outcome.
+                    not_undone.push(format!(
+                        "step '{name}' ({}.{}) may have applied (its outcome is unknown) and has no compensation",
+                        action.participant, action.action
+                    ));
+                    continue;
+                }
+                let route = self.inner.participants.route(&action);
+                if let Ok(route) = route {
+                    let request = ParticipantRequest {
+                        op_id: op_id.clone(),
+                        undoes: None,
+                        fencing_tokens,
+                        call: action.clone(),
+                    };
+                    let after: crate::store::After =
+                        Arc::new(move |o: &Result<String, CallFailure>| {
+                            Some(Event::StepResolved {
+                                call,
+                                outcome: o.clone(),
+                            })
+                        });
+                    let resolved = log
+                        .call(
+                            &self.inner,
+                            route,
+                            &request,
+                            Vec::new(),
+                            after,
+                            limits.step_retries_max,
+                            false,
+                        )
+                        .await
+                        .map_err(interrupted)?;
+                    outcome = match resolved {
+                        Ok(_) => StepOutcome::Done,
+                        Err(CallFailure::Unknown(_)) => StepOutcome::Unknown,
+                        Err(_) => StepOutcome::Failed,
+                    };
+                }
+            }
+            if outcome == StepOutcome::Failed {
+                continue;
+            }
+            let Some(compensation) = compensation else {
+                not_undone.push(format!(
+                    "step '{name}' ({}.{}) applied and has no compensation",
+                    action.participant, action.action
+                ));
+                continue;
+            };
+            let route = match self.inner.participants.route(&compensation) {
+                Ok(route) => route,
+                Err(reason) => {
+                    return self
+                        .stuck(
+                            log,
+                            format!("compensation of step '{name}' cannot run: {reason}"),
+                        )
+                        .await;
+                }
+            };
+            let request = ParticipantRequest {
+                op_id: wasaga_participants::op_key::undo(&op_id),
+                // An unknown outcome that could not be resolved is undone with tombstone
+                // semantics: the participant undoes it if it applied and fences it otherwise.
+                undoes: Some(op_id),
+                fencing_tokens: locks.fencing_tokens(),
+                call: compensation,
+            };
+            let after: crate::store::After =
+                Arc::new(move |o: &Result<String, CallFailure>| match o {
+                    Ok(output) => Some(Event::CompensationDone {
+                        call,
+                        output: output.clone(),
+                    }),
+                    Err(_) => None,
+                });
+            let result = log
+                .call(
+                    &self.inner,
+                    route,
+                    &request,
+                    Vec::new(),
+                    after,
+                    limits.compensation_retries_max,
+                    true,
+                )
+                .await
+                .map_err(interrupted)?;
+            if let Err(failure) = result {
+                return self
+                    .stuck(
+                        log,
+                        format!(
+                            "compensation of step '{name}' failed {} times, last: {failure}",
+                            limits.compensation_retries_max
+                        ),
+                    )
+                    .await;
+            }
+        }
+        let cause = if not_undone.is_empty() {
+            cause
+        } else {
+            format!("{cause}; not undone: {}", not_undone.join("; "))
+        };
+        let owner = self.inner.lock_owner(&run_id);
+        let (mut events, mut leases) = held_leases(&owner, &log.journaled);
+        events.push(Event::Compensated {
+            cause: cause.clone(),
+        });
+        log.commit(events).await.map_err(interrupted)?;
+        leases.extend(locks.held());
+        drop(locks);
+        self.release_locks(&leases).await;
+        Ok(RunOutcome {
+            run_id,
+            status: RunStatus::Compensated,
+            output: None,
+            error: Some(cause),
+        })
+    }
+
+    async fn stuck(&self, mut log: RunLog, reason: String) -> Result<RunOutcome, HostError> {
+        let run_id = log.run_id.clone();
+        log.commit(vec![Event::Stuck {
+            reason: reason.clone(),
+        }])
+        .await
+        .map_err(|e| HostError::Interrupted {
+            run_id: run_id.clone(),
+            reason: e.to_string(),
+        })?;
+        // A stuck run keeps its locks: whatever they protect is in an unknown state until an
+        // operator resolves it.
+        Ok(RunOutcome {
+            run_id,
+            status: RunStatus::Stuck,
+            output: None,
+            error: Some(reason),
+        })
+    }
+
+    /// Takes back, for a run resumed from its journal, every lock the journal says it holds
+    /// (including those whose release was deferred to the run's end), each with a new fencing
+    /// token that is journaled (`lock-reacquired`) before the run goes on. A lock another run
+    /// holds now is waited for up to `lock_wait_ms_max`; if it stays taken the run is left
+    /// unfinished, to be taken up again later, rather than go on without it.
+    async fn reacquire(&self, log: &mut RunLog, live: &LiveRun) -> Result<RunLocks, HostError> {
+        let mut locks = RunLocks::new(self.inner.clone());
+        let wanted = journal_holds(&log.journaled);
+        if wanted.is_empty() {
+            return Ok(locks);
+        }
+        let owner = self.inner.lock_owner(&log.run_id);
+        let wait_ms = self.inner.limits.lock_wait_ms_max;
+        let mut events = Vec::new();
+        for (key, ttl_ms) in wanted {
+            let acquired = tokio::select! {
+                acquired = self.inner.locks.acquire(&key, &owner, ttl_ms, wait_ms) => acquired,
+                () = self.inner.stopped() => {
+                    return Err(stalled(log, "the host is shutting down".to_owned()));
+                }
+                () = live.lost() => {
+                    return Err(stalled(log, "another host took the run over".to_owned()));
+                }
+            };
+            match acquired {
+                Ok(lease) => {
+                    events.push(Event::LockReacquired {
+                        key: lease.key.clone(),
+                        ttl_ms,
+                        fencing_token: lease.fencing_token,
+                        expires_at_ms: lease.expires_at_ms,
+                    });
+                    locks.hold(lease);
+                }
+                Err(e) => {
+                    let held = locks.held();
+                    drop(locks);
+                    self.release_locks(&held).await;
+                    return Err(stalled(
+                        log,
+                        format!("it must hold lock '{key}' again before it goes on: {e}"),
+                    ));
+                }
+            }
+        }
+        if let Err(e) = log.commit(events).await {
+            let held = locks.held();
+            drop(locks);
+            self.release_locks(&held).await;
+            return Err(journal_stalled(log, e));
+        }
+        Ok(locks)
+    }
+
+    async fn release_locks(&self, leases: &[Lease]) {
+        for lease in leases {
+            // A failed release only delays the next holder until the lease expires.
+            let _ = self.inner.locks.release(lease).await;
+        }
+    }
+}
+
+/// The error for a run that cannot go on now: resumable later once it is in the journal, not
+/// started at all before that.
+fn stalled(log: &RunLog, reason: String) -> HostError {
+    if log.unstarted.is_some() {
+        HostError::NotStarted {
+            run_id: log.run_id.clone(),
+            reason,
+        }
+    } else {
+        HostError::Interrupted {
+            run_id: log.run_id.clone(),
+            reason,
+        }
+    }
+}
+
+fn journal_stalled(log: &RunLog, error: JournalError) -> HostError {
+    match error {
+        JournalError::RunExists(run_id) => HostError::RunExists(run_id),
+        // The run is not in the journal at all: a run started with its first write whose batch
+        // never became durable. Nothing of it took effect.
+        JournalError::UnknownRun(run_id) => HostError::NotStarted {
+            run_id,
+            reason: "its first write never became durable".to_owned(),
+        },
+        error => stalled(log, error.to_string()),
+    }
+}
+
+/// Extends this host's leases on the runs it drives, every third of the lease; a run whose
+/// lease turns out to be gone (another host took it over) is told to stop. Ends with the host.
+async fn renew_run_leases(host: Weak<HostInner>) {
+    let period_ms = match host.upgrade() {
+        Some(host) => (host.limits.run_lease_ms / 3).max(10),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(Duration::from_millis(period_ms)).await;
+        let Some(host) = host.upgrade() else { return };
+        let live: Vec<(String, Arc<LiveRun>)> = host
+            .live
+            .lock()
+            .expect("live run map lock poisoned")
+            .iter()
+            .map(|(id, live)| (id.clone(), live.clone()))
+            .collect();
+        if live.is_empty() {
+            continue;
+        }
+        let ids: Vec<String> = live.iter().map(|(id, _)| id.clone()).collect();
+        // A renewal that fails (the database is briefly away) is retried next period; the
+        // lease is three periods long.
+        if let Ok(lost) = host.journal.renew(&ids).await {
+            let lost: HashSet<&str> = lost.iter().map(String::as_str).collect();
+            for (id, run) in &live {
+                if lost.contains(id.as_str()) {
+                    run.lose();
+                }
+            }
+        }
+    }
+}
+
+/// Keeps the run's leases alive while its module executes: each lease is extended once a
+/// third of its ttl is left. A lease that cannot be extended has passed to someone else; the
+/// run goes on, and participants refuse its stale fencing token.
+pub(crate) async fn renew(host: Arc<HostInner>, leases: Arc<std::sync::Mutex<Vec<Lease>>>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let due: Vec<Lease> = {
+            let leases = leases.lock().expect("lease list lock poisoned");
+            let now = now_ms();
+            leases
+                .iter()
+                .filter(|l| l.expires_at_ms.saturating_sub(now) < u64::from(l.ttl_ms) / 3)
+                .cloned()
+                .collect()
+        };
+        for lease in due {
+            if let Ok(extended) = host.locks.extend(&lease).await {
+                let mut leases = leases.lock().expect("lease list lock poisoned");
+                if let Some(held) = leases
+                    .iter_mut()
+                    .find(|l| l.key == lease.key && l.fencing_token == lease.fencing_token)
+                {
+                    held.expires_at_ms = extended.expires_at_ms;
+                }
+            }
+        }
+    }
+}
+
+/// The `lock-released` events for the leases the run still holds by its journal, and every
+/// lease it ever acquired: all of them are given back to the backend (a release only frees a
+/// grant that is still the run's own), because a release the journal records may not have
+/// reached the backend before a crash.
+fn held_leases(owner: &str, events: &[Event]) -> (Vec<Event>, Vec<Lease>) {
+    let mut acquired: Vec<Lease> = Vec::new();
+    let mut released: Vec<(String, u64)> = Vec::new();
+    for event in events {
+        match event {
+            Event::LockAcquired {
+                key,
+                fencing_token,
+                ttl_ms,
+                expires_at_ms,
+                ..
+            }
+            | Event::LockReacquired {
+                key,
+                fencing_token,
+                ttl_ms,
+                expires_at_ms,
+            } => acquired.push(Lease {
+                key: key.clone(),
+                owner: owner.to_owned(),
+                fencing_token: *fencing_token,
+                ttl_ms: *ttl_ms,
+                expires_at_ms: *expires_at_ms,
+            }),
+            // A module's release that waited for the run's end is given back (and journaled)
+            // at the end.
+            Event::LockReleased {
+                call: Some(call),
+                key,
+                ..
+            } if crate::store::guards_compensation(events, key, *call) => {}
+            Event::LockReleased {
+                key, fencing_token, ..
+            } => released.push((key.clone(), *fencing_token)),
+            _ => {}
+        }
+    }
+    let held: Vec<Lease> = acquired
+        .iter()
+        .filter(|l| {
+            !released
+                .iter()
+                .any(|(k, t)| *k == l.key && *t == l.fencing_token)
+        })
+        .cloned()
+        .collect();
+    (release_events(&held), acquired)
+}
+
+/// The journal's name in lock owners: its file (absolute), or its database and schema.
+fn journal_name(journal: &wasaga_db::Location) -> String {
+    let name = match journal {
+        wasaga_db::Location::Sqlite(path) => std::path::absolute(path)
+            .unwrap_or_else(|_| path.clone())
+            .display()
+            .to_string(),
+        other => other.describe(),
+    };
+    name.replace('|', "%7C")
+}
+
+/// How many modules may compute (run a whole epoch tick without a host call) at once: one
+/// core in two, at least one.
+pub fn compute_slots_max() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
+/// The lock keys (with their ttl) a run holds by its journal: acquired, and not released, or
+/// released by the module while a compensable step taken under the lock may still need undoing
+/// (such a release waits for the run's end, see [`crate::store::guards_compensation`]).
+fn journal_holds(events: &[Event]) -> Vec<(String, u32)> {
+    let mut held: Vec<(String, u32)> = Vec::new();
+    for event in events {
+        match event {
+            Event::LockAcquired { key, ttl_ms, .. } | Event::LockReacquired { key, ttl_ms, .. } => {
+                held.retain(|(k, _)| k != key);
+                held.push((key.clone(), *ttl_ms));
+            }
+            Event::LockReleased {
+                call: Some(call),
+                key,
+                ..
+            } if !crate::store::guards_compensation(events, key, *call) => {
+                held.retain(|(k, _)| k != key);
+            }
+            Event::LockReleased {
+                call: None, key, ..
+            } => held.retain(|(k, _)| k != key),
+            _ => {}
+        }
+    }
+    held
+}
+
+/// `lock-released` events for leases the host gives back at the run's end.
+fn release_events(held: &[Lease]) -> Vec<Event> {
+    held.iter()
+        .map(|l| Event::LockReleased {
+            call: None,
+            key: l.key.clone(),
+            fencing_token: l.fencing_token,
+        })
+        .collect()
+}
+
+/// Why the run is compensating, as its latest `compensating` event says.
+fn last_cause(events: &[Event]) -> String {
+    events
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            Event::Compensating { cause } => Some(cause.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| "compensating".to_owned())
+}
+
+/// The run's `commit-all` transactions that committed, described for its outcome: a commit is
+/// final, so compensation does not undo them.
+fn committed_transactions(events: &[Event]) -> Vec<String> {
+    let mut started: HashMap<u32, Vec<String>> = HashMap::new();
+    let mut committed = Vec::new();
+    for event in events {
+        match event {
+            Event::TwoPhaseStarted { call, calls, .. } => {
+                let mut participants: Vec<String> =
+                    calls.iter().map(|c| c.participant.clone()).collect();
+                participants.dedup();
+                started.insert(*call, participants);
+            }
+            Event::TwoPhaseFinished {
+                call,
+                outcome: Ok(_),
+            } => committed.push(format!(
+                "commit-all at call {call} ({}) committed, and a commit is final",
+                started.get(call).map(|p| p.join(", ")).unwrap_or_default()
+            )),
+            _ => {}
+        }
+    }
+    committed
+}
+
+/// Two-phase transactions the journal shows started but not finished.
+fn in_doubt(
+    events: &[Event],
+) -> Vec<(
+    u32,
+    String,
+    Vec<wasaga_core::event::CallSpec>,
+    crate::two_phase::Known,
+)> {
+    let mut open = Vec::new();
+    for event in events {
+        match event {
+            Event::TwoPhaseStarted { call, xid, calls } => open.push((
+                *call,
+                xid.clone(),
+                calls.clone(),
+                crate::two_phase::Known::Undecided,
+            )),
+            Event::TwoPhaseDecided {
+                call,
+                commit,
+                reason,
+            } => {
+                if let Some(entry) = open.iter_mut().find(|e| e.0 == *call) {
+                    entry.3 = crate::two_phase::Known::Decided {
+                        commit: *commit,
+                        reason: reason.clone(),
+                    };
+                }
+            }
+            Event::TwoPhaseFinished { call, .. } => open.retain(|e| e.0 != *call),
+            _ => {}
+        }
+    }
+    open
+}
+
+/// What the journal says about one step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StepOutcome {
+    Done,
+    Failed,
+    Unknown,
+}
+
+#[derive(Debug)]
+struct StepState {
+    call: u32,
+    name: String,
+    action: wasaga_core::event::CallSpec,
+    compensation: Option<wasaga_core::event::CallSpec>,
+    fencing_tokens: Vec<(String, u64)>,
+    outcome: StepOutcome,
+    compensated: bool,
+}
+
+/// The run's steps in journal order with what is known of each.
+fn steps_of(events: &[Event]) -> Vec<StepState> {
+    let mut steps: Vec<StepState> = Vec::new();
+    let index_of = |steps: &Vec<StepState>, call: u32| steps.iter().position(|s| s.call == call);
+    for event in events {
+        match event {
+            Event::StepIntent {
+                call,
+                name,
+                action,
+                compensation,
+                fencing_tokens,
+            } => steps.push(StepState {
+                call: *call,
+                name: name.clone(),
+                action: action.clone(),
+                compensation: compensation.clone(),
+                fencing_tokens: fencing_tokens.clone(),
+                outcome: StepOutcome::Unknown,
+                compensated: false,
+            }),
+            Event::StepDone { call, .. } => {
+                if let Some(i) = index_of(&steps, *call) {
+                    steps[i].outcome = StepOutcome::Done;
+                }
+            }
+            Event::StepFailed { call, error }
+            | Event::StepResolved {
+                call,
+                outcome: Err(error),
+            } => {
+                if let Some(i) = index_of(&steps, *call) {
+                    steps[i].outcome = if error.may_have_applied() {
+                        StepOutcome::Unknown
+                    } else {
+                        StepOutcome::Failed
+                    };
+                }
+            }
+            Event::StepResolved {
+                call,
+                outcome: Ok(_),
+            } => {
+                if let Some(i) = index_of(&steps, *call) {
+                    steps[i].outcome = StepOutcome::Done;
+                }
+            }
+            Event::CompensationDone { call, .. } => {
+                if let Some(i) = index_of(&steps, *call) {
+                    steps[i].compensated = true;
+                }
+            }
+            _ => {}
+        }
+    }
+    steps
+}
+
+/// A WASI clock that stands still, so reading it is deterministic.
+struct FrozenClock {
+    since_epoch: Duration,
+}
+
+impl wasmtime_wasi::HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_millis(1)
+    }
+    fn now(&self) -> Duration {
+        self.since_epoch
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000
+    }
+    fn now(&self) -> u64 {
+        self.since_epoch.as_nanos() as u64
+    }
+}
+
+fn seed_of(run_id: &str) -> u64 {
+    let hash = module_hash(run_id.as_bytes());
+    u64::from_str_radix(&hash[..16], 16).expect("a sha256 hex digest starts with 16 hex digits")
+}
+
+/// A new, time-ordered, unique run id.
+pub fn new_run_id() -> String {
+    format!("r-{:012x}-{:08x}", now_ms(), rand::random::<u32>())
+}
+
+fn list_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".to_owned()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// Workflow names appear in URLs, config section names and file names.
+fn check_workflow_name(name: &str) -> Result<(), HostError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(HostError::Input(format!(
+            "workflow name '{name}' must be 1 to 64 lowercase letters, digits, '-' or '_'"
+        )))
+    }
+}
+
+fn check_run_id(id: &str) -> Result<(), HostError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:/".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(HostError::Input(format!(
+            "run id '{id}' must be 1 to 128 characters of letters, digits, '-', '_', '.', ':' or '/'"
+        )))
+    }
+}

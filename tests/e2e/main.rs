@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `wasaga` binary and host library against real SQLite files,
 //! running the real guest workflows built by `tests/build.rs`.
 
+mod architecture;
 mod bad_input;
 mod bench;
 mod crash;

@@ -4,7 +4,8 @@
 //! concurrent commits together. wasaga's tables live in their own schema (`wasaga` unless the
 //! URL says `?schema=`), which every pooled connection has as its search path.
 
-use super::{Arg, DbError, Dialect, Location, OpenError, Row, Tx, Value, Work};
+use crate::location::Location;
+use crate::tx::{Arg, DbError, Dialect, OpenError, Row, Tx, Value, Work};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Column, Connection, PgConnection, Row as _, TypeInfo, ValueRef};
 use std::str::FromStr;
@@ -32,7 +33,7 @@ pub struct PostgresDatabase {
     location: Location,
     /// `location` for messages, made once: every statement's error names it.
     name: String,
-    stats: super::CommitStats,
+    stats: crate::tx::CommitStats,
     pool: PgPool,
     crash: CrashSwitch,
 }
@@ -43,7 +44,7 @@ impl PostgresDatabase {
     pub async fn open(
         url: &str,
         schema: &str,
-        pools: super::PoolSizes,
+        pools: crate::tx::PoolSizes,
         crash: CrashSwitch,
     ) -> Result<Self, OpenError> {
         let location = Location::Postgres {
@@ -78,7 +79,7 @@ impl PostgresDatabase {
         Ok(PostgresDatabase {
             name: location.describe(),
             location,
-            stats: super::CommitStats::default(),
+            stats: crate::tx::CommitStats::default(),
             pool,
             crash,
         })
@@ -88,7 +89,7 @@ impl PostgresDatabase {
         &self.location
     }
 
-    pub fn stats(&self) -> &super::CommitStats {
+    pub fn stats(&self) -> &crate::tx::CommitStats {
         &self.stats
     }
 

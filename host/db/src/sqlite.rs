@@ -22,7 +22,8 @@
 //! restarting. Every commit passes the crash switch, so crash tests can die right before it or
 //! right after it is durable.
 
-use super::{Arg, DbError, Dialect, Location, OpenError, Row, Tx, Value, Work};
+use crate::location::Location;
+use crate::tx::{Arg, DbError, Dialect, OpenError, Row, Tx, Value, Work};
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 use std::collections::HashMap;
@@ -79,7 +80,7 @@ const BUSY_TIMEOUT_MS: u64 = 30_000;
 #[derive(Debug)]
 pub struct SqliteDatabase {
     location: Location,
-    stats: Arc<super::CommitStats>,
+    stats: Arc<crate::tx::CommitStats>,
     writes: mpsc::Sender<Box<dyn ErasedJob>>,
     reads: mpsc::Sender<Box<dyn ErasedJob>>,
     /// Dropping it stops the checkpointer.
@@ -120,7 +121,7 @@ impl SqliteDatabase {
             cause: e.to_string(),
             hint: "the host could not start a database thread",
         };
-        let stats = Arc::new(super::CommitStats::default());
+        let stats = Arc::new(crate::tx::CommitStats::default());
         let durability = Arc::new(Durability::default());
         let (syncs, sync_queue) = std::sync::mpsc::channel();
         // Weak: the syncer must not keep the writer's queue open once the database is dropped.
@@ -172,7 +173,7 @@ impl SqliteDatabase {
         &self.location
     }
 
-    pub fn stats(&self) -> &super::CommitStats {
+    pub fn stats(&self) -> &crate::tx::CommitStats {
         &self.stats
     }
 
@@ -556,7 +557,7 @@ fn write_loop(
     durability: &Durability,
     crash: CrashSwitch,
     database: String,
-    stats: Arc<super::CommitStats>,
+    stats: Arc<crate::tx::CommitStats>,
 ) {
     let mut sql = SqlCache::default();
     let mut last_commit: u64 = 0;

@@ -26,12 +26,12 @@
 //! its writes are made again alone. A lone write goes straight to the server, so a quiet host
 //! adds no latency.
 
-use crate::{Encoded, JournalError, append_events, refused};
+use crate::append::refused;
+use crate::error::JournalError;
 use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use wasaga_core::BoxFuture;
-use wasaga_core::clock::now_ms;
-use wasaga_db::{Arg, Database, DbError, Tx};
+use wasaga_db::{Database, DbError, Tx};
 
 /// Batches of one kind one host writes at once (see the module's comment).
 const BATCHES_IN_FLIGHT: usize = 1;
@@ -228,129 +228,4 @@ async fn why_fenced(db: &Database, run_id: &str, owner: &str, seq: i64) -> Journ
     })
     .await
     .unwrap_or_else(|e| e)
-}
-
-/// Fails unless a batch of `writes` writes was answered with one row each.
-pub fn answered(rows: usize, writes: usize) -> Result<(), JournalError> {
-    if rows == writes {
-        return Ok(());
-    }
-    Err(JournalError::Database(DbError::Decode(format!(
-        "a batch of {writes} writes was answered with {rows} rows"
-    ))))
-}
-
-// ---- appends ----
-
-/// Events to append to a run at `next_seq`, fenced by `owner`.
-pub struct Append {
-    pub run_id: String,
-    pub owner: String,
-    pub next_seq: i64,
-    pub events: Encoded,
-}
-
-impl Batched for Append {
-    /// The run's next position.
-    type Value = i64;
-
-    fn lock_key(&self) -> &str {
-        &self.run_id
-    }
-
-    fn fence(&self) -> (&str, &str, i64) {
-        (&self.run_id, &self.owner, self.next_seq)
-    }
-
-    fn write_alone<'t>(
-        tx: &'t mut dyn Tx,
-        a: &'t Append,
-    ) -> BoxFuture<'t, Result<i64, JournalError>> {
-        Box::pin(append_events(
-            tx, &a.run_id, &a.owner, a.next_seq, &a.events,
-        ))
-    }
-
-    fn write_batch<'t>(
-        tx: &'t mut dyn Tx,
-        appends: &'t [Append],
-    ) -> BoxFuture<'t, Result<Vec<Option<Answer<Append>>>, JournalError>> {
-        Box::pin(async move {
-            let borrowed: Vec<AppendRef<'_>> = appends.iter().map(Append::borrowed).collect();
-            let appended = append_batch_pg(tx, &borrowed).await?;
-            Ok(appends
-                .iter()
-                .zip(appended)
-                .map(|(a, appended)| appended.then(|| Ok(a.next_seq + a.events.len() as i64)))
-                .collect())
-        })
-    }
-}
-
-/// An [`Append`] by reference, for appends made inside another transaction.
-pub struct AppendRef<'a> {
-    pub run_id: &'a str,
-    pub owner: &'a str,
-    pub next_seq: i64,
-    pub events: &'a Encoded,
-}
-
-impl Append {
-    fn borrowed(&self) -> AppendRef<'_> {
-        AppendRef {
-            run_id: &self.run_id,
-            owner: &self.owner,
-            next_seq: self.next_seq,
-            events: &self.events,
-        }
-    }
-}
-
-/// Appends with one call of `append_batch`: whether each run was appended, in order. Every
-/// append on PostgreSQL is made this way, a lone one as a batch of one.
-pub async fn append_batch_pg(
-    tx: &mut dyn Tx,
-    appends: &[AppendRef<'_>],
-) -> Result<Vec<bool>, JournalError> {
-    let (mut run_ids, mut owners, mut next_seqs, mut counts) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut kinds, mut bodies, mut statuses, mut outputs, mut errors) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for a in appends {
-        run_ids.push(a.run_id.to_owned());
-        owners.push(a.owner.to_owned());
-        next_seqs.push(a.next_seq);
-        counts.push(a.events.len() as i64);
-        for (kind, body) in a.events.rows() {
-            kinds.push((*kind).to_owned());
-            bodies.push(body.clone());
-        }
-        let (status, output, error) = match a.events.projection() {
-            Some((status, output, error)) => (status.to_owned(), output.clone(), error.clone()),
-            // '' is read as "the run's status does not change".
-            None => (String::new(), None, None),
-        };
-        statuses.push(status);
-        outputs.push(output);
-        errors.push(error);
-    }
-    let rows = tx
-        .fetch_all(
-            "SELECT appended FROM append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            &[
-                Arg::TextList(&run_ids),
-                Arg::TextList(&owners),
-                Arg::IntList(&next_seqs),
-                Arg::IntList(&counts),
-                Arg::TextList(&kinds),
-                Arg::TextList(&bodies),
-                Arg::TextList(&statuses),
-                Arg::OptTextList(&outputs),
-                Arg::OptTextList(&errors),
-                Arg::Int(now_ms() as i64),
-            ],
-        )
-        .await?;
-    answered(rows.len(), appends.len())?;
-    rows.iter().map(|row| Ok(row.int(0)? != 0)).collect()
 }

@@ -3,7 +3,7 @@
 //! own. On PostgreSQL, expiry is timed by the database server's clock, so hosts whose clocks
 //! disagree still agree on when a lease has expired.
 
-use super::{Lease, LockError, LockService};
+use crate::service::{Lease, LockError, LockService};
 use std::sync::Arc;
 use wasaga_core::clock::now_ms;
 use wasaga_db::args;
@@ -15,20 +15,22 @@ pub struct DatabaseLocks {
     db: Arc<Database>,
     /// On PostgreSQL, releases on other hosts, heard by `LISTEN`; SQLite has no way to tell
     /// another process, so its waiters poll.
-    wakeups: Option<super::Wakeups>,
+    wakeups: Option<crate::wakeups::Wakeups>,
 }
 
 impl DatabaseLocks {
     pub fn new(db: Arc<Database>) -> Self {
         let wakeups = match db.location() {
-            wasaga_db::Location::Postgres { url, .. } => Some(super::Wakeups::postgres(url)),
+            wasaga_db::Location::Postgres { url, .. } => {
+                Some(crate::wakeups::Wakeups::postgres(url))
+            }
             wasaga_db::Location::Sqlite(_) => None,
         };
         DatabaseLocks { db, wakeups }
     }
 
     /// Waiters ask again at least this often even when they hear no release (by default
-    /// [`super::SAFETY_NET_MS`]); without notifications (SQLite) they poll as before.
+    /// [`crate::SAFETY_NET_MS`]); without notifications (SQLite) they poll as before.
     pub fn with_safety_net(mut self, every: std::time::Duration) -> Self {
         if let Some(wakeups) = &mut self.wakeups {
             wakeups.set_safety_net(every);
@@ -159,7 +161,7 @@ impl DatabaseLocks {
                             .map(|r| r.opt_text(0))
                             .transpose()?
                             .flatten()
-                            .unwrap_or_else(|| super::FIRST_IN_LINE_ELSEWHERE.to_owned())),
+                            .unwrap_or_else(|| crate::poll::FIRST_IN_LINE_ELSEWHERE.to_owned())),
                     })
                 })
             })
@@ -256,10 +258,10 @@ impl LockService for DatabaseLocks {
         ttl_ms: u32,
         wait_ms: u32,
     ) -> wasaga_core::BoxFuture<'a, Result<Lease, LockError>> {
-        let place_ms = super::place_ms(self.wakeups.as_ref());
+        let place_ms = crate::poll::place_ms(self.wakeups.as_ref());
         Box::pin(async move {
             let waiting = (wait_ms > 0).then_some(place_ms);
-            let got = super::poll(key, wait_ms, self.wakeups.as_ref(), move || async move {
+            let got = crate::poll::poll(key, wait_ms, self.wakeups.as_ref(), move || async move {
                 self.try_acquire(key, owner, ttl_ms, waiting)
                     .await
                     .map_err(|e| self.backend_error(e))

@@ -4,7 +4,7 @@
 //!
 //! The pool connects lazily, so a database that was down serves new runs once it is back.
 
-use super::{Lease, LockError, LockService};
+use crate::service::{Lease, LockError, LockService};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use std::time::Duration;
 use tokio::sync::OnceCell;
@@ -37,7 +37,7 @@ pub struct PostgresLocks {
     pool: PgPool,
     schema: OnceCell<()>,
     /// Releases on other hosts, heard by `LISTEN`.
-    wakeups: super::Wakeups,
+    wakeups: crate::wakeups::Wakeups,
 }
 
 impl std::fmt::Debug for PostgresLocks {
@@ -64,12 +64,12 @@ impl PostgresLocks {
             shown,
             pool,
             schema: OnceCell::new(),
-            wakeups: super::Wakeups::postgres(url),
+            wakeups: crate::wakeups::Wakeups::postgres(url),
         })
     }
 
     /// Waiters ask again at least this often even when they hear no release (by default
-    /// [`super::SAFETY_NET_MS`]).
+    /// [`crate::SAFETY_NET_MS`]).
     pub fn with_safety_net(mut self, every: Duration) -> Self {
         self.wakeups.set_safety_net(every);
         self
@@ -157,7 +157,9 @@ impl PostgresLocks {
         .await
         .map_err(|e| self.unavailable(e))?
         .flatten()
-        .unwrap_or_else(|| super::FIRST_IN_LINE_ELSEWHERE.to_owned())))
+        .unwrap_or_else(|| {
+            crate::poll::FIRST_IN_LINE_ELSEWHERE.to_owned()
+        })))
     }
 }
 
@@ -173,10 +175,10 @@ impl LockService for PostgresLocks {
         ttl_ms: u32,
         wait_ms: u32,
     ) -> wasaga_core::BoxFuture<'a, Result<Lease, LockError>> {
-        let place_ms = super::place_ms(Some(&self.wakeups));
+        let place_ms = crate::poll::place_ms(Some(&self.wakeups));
         Box::pin(async move {
             let waiting = (wait_ms > 0).then_some(place_ms);
-            let got = super::poll(key, wait_ms, Some(&self.wakeups), move || {
+            let got = crate::poll::poll(key, wait_ms, Some(&self.wakeups), move || {
                 self.try_acquire(key, owner, ttl_ms, waiting)
             })
             .await;
@@ -233,7 +235,7 @@ impl LockService for PostgresLocks {
                      UPDATE wasaga_locks SET owner = NULL, expires_at_ms = 0
                      WHERE key = $1 AND owner = $2 AND token = $3 RETURNING key)
                  SELECT pg_notify('{}', key) FROM freed",
-                super::wakeups::PG_CHANNEL
+                crate::wakeups::PG_CHANNEL
             )))
             .bind(&lease.key)
             .bind(&lease.owner)

@@ -14,7 +14,7 @@
 //! run at the head of a line whose holder neither releases nor renews (its lease expired,
 //! say) asks the backend every [`SAFETY_NET_MS`].
 
-use super::{Lease, LockError, LockService};
+use crate::service::{Lease, LockError, LockService};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

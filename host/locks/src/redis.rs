@@ -5,7 +5,7 @@
 //! The connection is made lazily and remade after failures, so a Redis that was down serves
 //! new runs as soon as it is back, without restarting the host.
 
-use super::{Lease, LockError, LockService};
+use crate::service::{Lease, LockError, LockService};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::time::Duration;
 use tokio::sync::Mutex;
@@ -110,7 +110,7 @@ pub struct RedisLocks {
     hand_over: redis::Script,
     leave: redis::Script,
     /// Releases on other hosts, heard by subscription.
-    wakeups: super::Wakeups,
+    wakeups: crate::wakeups::Wakeups,
 }
 
 impl std::fmt::Debug for RedisLocks {
@@ -133,7 +133,7 @@ impl RedisLocks {
         })?;
         Ok(RedisLocks {
             url: url.to_owned(),
-            wakeups: super::Wakeups::redis(client.clone()),
+            wakeups: crate::wakeups::Wakeups::redis(client.clone()),
             client,
             connection: Mutex::new(None),
             acquire: redis::Script::new(ACQUIRE),
@@ -145,7 +145,7 @@ impl RedisLocks {
     }
 
     /// Waiters ask again at least this often even when they hear no release (by default
-    /// [`super::SAFETY_NET_MS`]).
+    /// [`crate::SAFETY_NET_MS`]).
     pub fn with_safety_net(mut self, every: Duration) -> Self {
         self.wakeups.set_safety_net(every);
         self
@@ -234,12 +234,12 @@ impl LockService for RedisLocks {
         wait_ms: u32,
     ) -> wasaga_core::BoxFuture<'a, Result<Lease, LockError>> {
         let place_ms = if wait_ms > 0 {
-            super::place_ms(Some(&self.wakeups))
+            crate::poll::place_ms(Some(&self.wakeups))
         } else {
             0
         };
         Box::pin(async move {
-            let got = super::poll(key, wait_ms, Some(&self.wakeups), move || async move {
+            let got = crate::poll::poll(key, wait_ms, Some(&self.wakeups), move || async move {
                 let (token, holder): (u64, String) = self
                     .invoke(
                         &self.acquire,
@@ -255,7 +255,7 @@ impl LockService for RedisLocks {
                 if token == 0 {
                     let holder = holder.split('|').next().unwrap_or_default();
                     return Ok(Err(if holder.is_empty() {
-                        super::FIRST_IN_LINE_ELSEWHERE.to_owned()
+                        crate::poll::FIRST_IN_LINE_ELSEWHERE.to_owned()
                     } else {
                         holder.to_owned()
                     }));

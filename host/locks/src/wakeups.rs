@@ -13,7 +13,7 @@
 //! unknown. While the listener is not connected, waiters poll with a short backoff as if
 //! there were no notifications.
 
-use super::SAFETY_NET_MS;
+use crate::queue::SAFETY_NET_MS;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -14,7 +14,7 @@
 //! The session is made lazily and remade after it expires or the server goes away, so a
 //! ZooKeeper that was down serves new runs as soon as it is back.
 
-use super::{Lease, LockError, LockService};
+use crate::service::{Lease, LockError, LockService};
 use std::time::Duration;
 use tokio::sync::Mutex;
 use wasaga_core::clock::now_ms;

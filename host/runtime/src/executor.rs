@@ -9,6 +9,7 @@
 
 use crate::config::HostConfig;
 use crate::engine::{Loaded, ModuleError, WorkflowEngine, module_hash};
+use crate::shared::{HostInner, LiveRun};
 use crate::store::{
     Fatal, MemoryLimiter, Observer, RunContext, RunLocks, RunLog, RunState, replay_map,
 };
@@ -17,11 +18,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
+use wasaga_core::clock::now_ms;
 use wasaga_core::crash::CrashSwitch;
 use wasaga_core::event::{CallFailure, Event, RunStatus};
 use wasaga_core::limits::{Grant, Limits};
 use wasaga_db::Database;
-use wasaga_journal::{Deployed, Journal, JournalError, RunRecord, now_ms};
+use wasaga_journal::{Deployed, Journal, JournalError, RunRecord};
 use wasaga_locks::{Lease, LockService};
 use wasaga_participants::{ParticipantRequest, Participants};
 use wasmtime::Store;
@@ -97,99 +99,12 @@ pub struct Resumed {
     pub unfinished: Vec<(String, String)>,
 }
 
-/// A run this host is driving right now.
-#[derive(Debug, Default)]
-pub(crate) struct LiveRun {
-    /// Set when the renewal found that another host has taken the run over.
-    pub lost: AtomicBool,
-    /// Wakes a run waiting (for a lock) when it is lost.
-    pub lost_signal: tokio::sync::Notify,
-}
-
-impl LiveRun {
-    pub(crate) fn lose(&self) {
-        self.lost.store(true, Ordering::Relaxed);
-        self.lost_signal.notify_waiters();
-    }
-
-    /// Completes once the run is lost.
-    pub(crate) async fn lost(&self) {
-        loop {
-            let notified = self.lost_signal.notified();
-            if self.lost.load(Ordering::Relaxed) {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-/// Shared by every run of a host.
-#[derive(Debug)]
-pub(crate) struct HostInner {
-    pub engine: WorkflowEngine,
-    pub journal: Journal,
-    pub ledger_db: Arc<Database>,
-    pub participants: Participants,
-    pub locks: Box<dyn LockService>,
-    pub limits: Limits,
-    pub grants: Option<wasaga_core::limits::Grants>,
-    /// One permit per instance slot of the pool: a run waits here for a slot rather than
-    /// failing when `concurrent_runs_max` modules are already executing.
-    pub executions: tokio::sync::Semaphore,
-    /// Runs being driven, whose leases the renewal task extends.
-    pub live: Mutex<HashMap<String, Arc<LiveRun>>>,
-    /// Set when the host is shutting down: runs stop at their next journal point.
-    pub stopping: AtomicBool,
-    /// Wakes runs that wait (for a lock) when the host starts shutting down.
-    pub stop_signal: tokio::sync::watch::Sender<bool>,
-    /// Names the journal in lock owners: run ids are unique only within one journal, and
-    /// hosts with journals of their own may share a lock backend.
-    pub lock_owner_prefix: String,
-    /// Slots for modules that compute through a whole epoch tick without a host call: at most
-    /// this many such modules run at once, so a crowd of spinning modules cannot starve the
-    /// runs that do their work in host calls (see `new_store`).
-    pub compute_slots: Arc<tokio::sync::Semaphore>,
-}
-
-impl HostInner {
-    /// Who owns `run_id`'s locks: the run, of this journal. Stable across restarts (a resumed
-    /// run takes back its own lease at once); never containing `|`, which the Redis backend
-    /// uses to end the owner in a grant.
-    pub(crate) fn lock_owner(&self, run_id: &str) -> String {
-        format!("{}#{run_id}", self.lock_owner_prefix)
-    }
-
-    /// Whether a run must stop at its next host call, and why.
-    pub(crate) fn stop_reason(&self, live: &LiveRun) -> Option<&'static str> {
-        if live.lost.load(Ordering::Relaxed) {
-            Some("another host took the run over after this host's lease on it expired")
-        } else if self.stopping.load(Ordering::Relaxed) {
-            Some("the host is shutting down; the run resumes when a host starts again")
-        } else {
-            None
-        }
-    }
-
-    /// Completes when the host starts shutting down.
-    pub(crate) async fn stopped(&self) {
-        let mut signal = self.stop_signal.subscribe();
-        // The sender lives as long as the host, so this only ends by the flag turning true.
-        let _ = signal.wait_for(|stopping| *stopping).await;
-    }
-
-    /// The grant of `workflow`, or `None` when no grants are configured (everything allowed).
-    pub(crate) fn grant(&self, workflow: &str) -> Option<Arc<Grant>> {
-        self.grants
-            .as_ref()
-            .map(|grants| Arc::new(grants.workflows.get(workflow).cloned().unwrap_or_default()))
-    }
-}
-
 /// A wasaga host: engine, journal, participants and locks. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Host {
     inner: Arc<HostInner>,
+    /// Kept beside what runs share: a run's store holds [`HostInner`], never the engine.
+    engine: Arc<WorkflowEngine>,
 }
 
 /// What one execution of a run's module starts from.
@@ -253,7 +168,6 @@ impl Host {
             rand::random::<u16>()
         );
         let inner = Arc::new(HostInner {
-            engine,
             journal: Journal::new(journal_db.clone(), owner, config.limits.run_lease_ms)
                 .with_early_answers(config.early_answers),
             participants: Participants::new(ledger_db.clone(), shares, xa),
@@ -271,7 +185,10 @@ impl Host {
             compute_slots: Arc::new(tokio::sync::Semaphore::new(compute_slots_max())),
         });
         tokio::spawn(renew_run_leases(Arc::downgrade(&inner)));
-        Ok(Host { inner })
+        Ok(Host {
+            inner,
+            engine: Arc::new(engine),
+        })
     }
 
     pub fn journal(&self) -> &Journal {
@@ -325,7 +242,7 @@ impl Host {
 
     /// How many modules this host is compiling right now (on blocking threads).
     pub fn modules_compiling(&self) -> usize {
-        self.inner.engine.compiling()
+        self.engine.compiling()
     }
 
     /// Whether [`Host::stop_runs`] was called.
@@ -377,9 +294,9 @@ impl Host {
         &self,
         bytes: Vec<u8>,
     ) -> Result<(String, Option<crate::engine::Manifest>), HostError> {
-        let inner = self.inner.clone();
+        let engine = self.engine.clone();
         tokio::task::spawn_blocking(move || {
-            let hash = inner.engine.validate(&bytes)?;
+            let hash = engine.validate(&bytes)?;
             Ok((hash, crate::engine::manifest(&bytes)?))
         })
         .await
@@ -940,14 +857,14 @@ impl Host {
     }
 
     async fn load(&self, hash: &str) -> Result<Loaded, HostError> {
-        if let Some(loaded) = self.inner.engine.cached(hash) {
+        if let Some(loaded) = self.engine.cached(hash) {
             return Ok(loaded);
         }
         let bytes = self.inner.journal.module_bytes(hash).await?;
-        let inner = self.inner.clone();
+        let engine = self.engine.clone();
         let hash = hash.to_owned();
         // Compiling a module the cache lacks is CPU work: off the async workers.
-        tokio::task::spawn_blocking(move || inner.engine.load(&hash, &bytes))
+        tokio::task::spawn_blocking(move || engine.load(&hash, &bytes))
             .await
             .map_err(|e| HostError::Engine(format!("module compilation failed: {e}")))?
             .map_err(HostError::from)
@@ -1070,7 +987,7 @@ impl Host {
             },
             run: context,
         };
-        let mut store = Store::new(self.inner.engine.engine(), state);
+        let mut store = Store::new(self.engine.engine(), state);
         store.limiter(|state| &mut state.limiter);
         // Every epoch tick the module yields to the runtime, so a module that computes (or
         // spins) never holds an async worker for longer than a tick: other runs, lease and
@@ -1506,35 +1423,6 @@ async fn renew_run_leases(host: Weak<HostInner>) {
             for (id, run) in &live {
                 if lost.contains(id.as_str()) {
                     run.lose();
-                }
-            }
-        }
-    }
-}
-
-/// Keeps the run's leases alive while its module executes: each lease is extended once a
-/// third of its ttl is left. A lease that cannot be extended has passed to someone else; the
-/// run goes on, and participants refuse its stale fencing token.
-pub(crate) async fn renew(host: Arc<HostInner>, leases: Arc<std::sync::Mutex<Vec<Lease>>>) {
-    loop {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let due: Vec<Lease> = {
-            let leases = leases.lock().expect("lease list lock poisoned");
-            let now = now_ms();
-            leases
-                .iter()
-                .filter(|l| l.expires_at_ms.saturating_sub(now) < u64::from(l.ttl_ms) / 3)
-                .cloned()
-                .collect()
-        };
-        for lease in due {
-            if let Ok(extended) = host.locks.extend(&lease).await {
-                let mut leases = leases.lock().expect("lease list lock poisoned");
-                if let Some(held) = leases
-                    .iter_mut()
-                    .find(|l| l.key == lease.key && l.fencing_token == lease.fencing_token)
-                {
-                    held.expires_at_ms = extended.expires_at_ms;
                 }
             }
         }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod engine;
 pub mod executor;
 mod host_api;
+mod shared;
 pub mod store;
 mod two_phase;
 

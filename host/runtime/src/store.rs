@@ -1,7 +1,7 @@
 //! What a run's wasmtime store holds: the deny-everything WASI context, the memory limiter,
 //! and the run's journal cursor (`RunLog`) plus what replay needs (`RunContext`).
 
-use crate::executor::HostInner;
+use crate::shared::HostInner;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -155,7 +155,7 @@ pub(crate) struct RunContext {
     /// What the run's workflow may use; `None` allows everything this host has.
     pub grant: Option<Arc<wasaga_core::limits::Grant>>,
     /// Tells the run to stop (lease lost, host shutting down).
-    pub live: Arc<crate::executor::LiveRun>,
+    pub live: Arc<crate::shared::LiveRun>,
     /// `next_call` at the last epoch tick: unchanged means the module is computing.
     pub calls_at_tick: u32,
     /// Epoch ticks in a row without a host call.
@@ -193,7 +193,7 @@ impl RunLocks {
             leases.push(lease);
         }
         if self.renewal.is_none() {
-            self.renewal = Some(tokio::spawn(crate::executor::renew(
+            self.renewal = Some(tokio::spawn(crate::shared::renew(
                 self.host.clone(),
                 self.leases.clone(),
             )));

@@ -4,7 +4,7 @@
 //! abort: a transaction whose decision never reached the journal is aborted when the run is
 //! resumed or compensated, and the participant fences it so a late prepare is refused.
 
-use crate::executor::HostInner;
+use crate::shared::HostInner;
 use crate::store::{After, RunLog};
 use serde_json::json;
 use std::sync::Arc;

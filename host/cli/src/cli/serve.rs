@@ -1,63 +1,15 @@
 //! `wasaga serve`, `wasaga deploy` and `wasaga versions`: the server, and the registry of
 //! deployed workflow versions, used directly on the journal or through a server's API.
 
+use super::args::{DeployArgs, Remote, ServeArgs, VersionsArgs};
+use super::failure::{EXIT_USAGE, Failure, host_failure, usage};
+use super::host::{lock_executor, open};
 use super::settings::Settings;
-use super::{EXIT_USAGE, Failure, host_failure, lock_executor, open, usage};
 use anyhow::{Context, anyhow};
-use clap::Args;
 use serde_json::{Value, json};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use wasaga_journal::{Deployed, Deployment};
-
-#[derive(Debug, Args)]
-pub struct ServeArgs {
-    /// The address to listen on (default: the config's [server] listen, or 127.0.0.1:8080).
-    #[arg(long)]
-    listen: Option<String>,
-    /// Deploy every *.wasm file in this directory, and again whenever one changes (local
-    /// development); the file name is the workflow name.
-    #[arg(long)]
-    watch: Option<PathBuf>,
-}
-
-#[derive(Debug, Args)]
-pub struct DeployArgs {
-    /// The workflow component (.wasm) to deploy.
-    #[arg(required_unless_present = "rollback", conflicts_with = "rollback")]
-    module: Option<PathBuf>,
-    /// The workflow's name (default: the file name without .wasm, '_' read as '-').
-    #[arg(long, required_if_eq("rollback", "true"))]
-    name: Option<String>,
-    /// Make the version before the active one the version new runs get (or --version N).
-    #[arg(long)]
-    rollback: bool,
-    /// With --rollback: the version to make active.
-    #[arg(long, requires = "rollback")]
-    version: Option<i64>,
-    #[command(flatten)]
-    remote: Remote,
-}
-
-#[derive(Debug, Args)]
-pub struct VersionsArgs {
-    /// The workflow.
-    name: String,
-    #[command(flatten)]
-    remote: Remote,
-}
-
-/// Talking to a running server instead of the journal.
-#[derive(Debug, Args)]
-struct Remote {
-    /// Go through a running server's API (http://host:port) instead of the journal.
-    #[arg(long, env = "WASAGA_SERVER")]
-    server: Option<String>,
-    /// The server's bearer token (default: the config's [server] token).
-    #[arg(long, env = "WASAGA_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-}
 
 /// Prints a server message with a UTC timestamp.
 fn log_line(message: &str) {
@@ -400,7 +352,7 @@ async fn remote(
             code: if status < 500 {
                 EXIT_USAGE
             } else {
-                super::EXIT_FAILURE
+                super::failure::EXIT_FAILURE
             },
             error: anyhow!("the server refused ({status}): {reason}"),
         });

@@ -3,7 +3,7 @@
 //! anything runs, so that a mistake in the config is one clear message naming the file and
 //! what to change.
 
-use super::Global;
+use super::args::{Global, parse_xa};
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -167,8 +167,7 @@ impl Settings {
         check_host_id(&host.host_id)?;
         let mut xa: Vec<(String, String)> = file.xa.into_iter().collect();
         for (name, url) in &xa {
-            super::parse_xa(&format!("{name}={url}"))
-                .map_err(|e| anyhow!("{}: {e}", in_file("[xa]")))?;
+            parse_xa(&format!("{name}={url}")).map_err(|e| anyhow!("{}: {e}", in_file("[xa]")))?;
         }
         for (name, url) in &g.xa {
             xa.retain(|(n, _)| n != name);

@@ -1,0 +1,280 @@
+//! The command line's arguments, as clap reads them.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use wasaga_core::crash::CrashPoint;
+use wasaga_db::Location;
+
+/// Run payment and transaction workflows (Wasm components) as durable sagas.
+#[derive(Debug, Parser)]
+#[command(name = "wasaga", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub(crate) global: Global,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// A config file (TOML): journal, ledger, locks, limits, server token, per-workflow grants.
+    /// Flags and environment variables override what it says.
+    #[arg(long, global = true, env = "WASAGA_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// The journal: a SQLite file (created if missing; default wasaga.db) or
+    /// postgres://user@host:port/db. The ledger lives in it too unless --ledger says otherwise.
+    #[arg(long, global = true, env = "WASAGA_DB", value_parser = Location::parse)]
+    pub(crate) db: Option<Location>,
+    /// Keep the ledger in a database of its own (a SQLite file or a postgres:// URL).
+    #[arg(long, global = true, env = "WASAGA_LEDGER", value_parser = Location::parse)]
+    pub(crate) ledger: Option<Location>,
+    /// Where locks come from: `journal` (the journal's database, the default), sqlite:<file>,
+    /// postgres://..., redis://host:port or zookeeper://host:port.
+    #[arg(long, global = true, env = "WASAGA_LOCKS")]
+    pub(crate) locks: Option<wasaga_locks::LockBackend>,
+    /// A postgres-xa participant for two-phase commits: NAME=postgres://user@host:port/db (repeatable).
+    #[arg(long = "xa", global = true, value_name = "NAME=URL", value_parser = parse_xa)]
+    pub(crate) xa: Vec<(String, String)>,
+    /// This host's name in its leases on runs (one per host sharing databases; default
+    /// `wasaga`).
+    #[arg(long, global = true, env = "WASAGA_HOST_ID")]
+    pub(crate) host_id: Option<String>,
+    /// Print one JSON document instead of text.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+    /// Wall-clock limit for one execution of a module, in milliseconds (default 30000).
+    #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) run_timeout_ms: Option<u64>,
+    /// Memory limit for a module instance, in MiB (default 64).
+    #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub(crate) memory_mib: Option<u64>,
+    /// Attempts for a compensation before the run is parked as stuck (default 8).
+    #[arg(long, global = true, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub(crate) compensation_retries: Option<u32>,
+    /// How long this host's ownership of a run lasts unless renewed, in milliseconds (default
+    /// 10000). Another host takes over a dead host's runs after this long.
+    #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(300..))]
+    pub(crate) run_lease_ms: Option<u64>,
+    /// Test hook: SIGKILL this process right before or after its N-th commit (before:N | after:N).
+    #[arg(long, global = true, hide = true)]
+    pub(crate) crash_at: Option<CrashPoint>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run a workflow module on an input; resumes unfinished runs first.
+    Run(RunArgs),
+    /// Finish every unfinished run (after a crash, say).
+    Resume,
+    /// Inspect runs.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// Open accounts and read balances of the built-in ledger.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
+    /// Measure: the transfer-saga workload through the real executor, journal and ledger.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Check that a file is a loadable workflow component, without running it.
+    Validate {
+        /// The component (.wasm).
+        module: PathBuf,
+    },
+    /// Serve the HTTP API: start runs of deployed workflows, deploy new versions, watch runs.
+    Serve(ServeArgs),
+    /// Make a module the version new runs of a workflow get (in the journal, or on a server).
+    Deploy(DeployArgs),
+    /// List the deployed versions of a workflow.
+    Versions(VersionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// The workflow component (.wasm), built with `cargo build --target wasm32-wasip2`, or the
+    /// name of a deployed workflow (its active version runs).
+    pub(crate) module: PathBuf,
+    /// The input: JSON text, or @path to read it from a file.
+    #[arg(long, short, default_value = "{}")]
+    pub(crate) input: String,
+    /// The workflow's name (default: the file name without .wasm, '_' read as '-').
+    #[arg(long)]
+    pub(crate) name: Option<String>,
+    /// Use this run id; starting an existing id again just reports that run.
+    #[arg(long)]
+    pub(crate) run_id: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BenchCommand {
+    /// Lock backend throughput: acquire+release pairs per second and their latency.
+    Locks {
+        /// journal (a scratch SQLite file), sqlite:<file> or redis://host:port.
+        #[arg(long, default_value = "journal")]
+        backend: wasaga_locks::LockBackend,
+        #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+        n: u32,
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        c: u32,
+        /// Scratch SQLite file for the journal backend: deleted and recreated.
+        #[arg(long, default_value = "target/bench/locks.db")]
+        scratch: PathBuf,
+    },
+    /// Micro figures: instantiation, host cost per replayed call, durable journal appends/s.
+    Micro {
+        /// The bench-transfer component.
+        #[arg(
+            long,
+            default_value = "target/guests/wasm32-wasip2/release/bench_transfer.wasm"
+        )]
+        module: PathBuf,
+        /// The SQLite file to measure on: deleted and recreated.
+        #[arg(long, default_value = "target/bench/micro.db", value_parser = Location::parse)]
+        journal: Location,
+    },
+    /// Closed-loop transfer sagas (debit, credit, settle; every tenth compensated), then the
+    /// workload's invariants. Uses a fresh journal; never the one given by --db.
+    Transfer {
+        /// Number of transfers.
+        #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+        n: u32,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+        c: u32,
+        /// Seed of the transfer generator.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Accounts the transfers move money between (few accounts: hot ones).
+        #[arg(long, default_value_t = crate::bench::ACCOUNTS, value_parser = clap::value_parser!(u32).range(2..=10_000_000))]
+        accounts: u32,
+        /// Each transfer first locks both its accounts (10 s lock wait), as the `transfer`
+        /// example does; the locks come from the global --locks (default: the journal).
+        #[arg(long)]
+        locked: bool,
+        /// The bench-transfer component.
+        #[arg(
+            long,
+            default_value = "target/guests/wasm32-wasip2/release/bench_transfer.wasm"
+        )]
+        module: PathBuf,
+        /// The benchmark's journal (and ledger): a SQLite file, deleted and recreated, or a
+        /// postgres:// URL, whose `wasaga_bench` schema (or the URL's ?schema=) is dropped and
+        /// recreated.
+        #[arg(long, default_value = "target/bench/transfer.db", value_parser = bench_location)]
+        journal: Location,
+        /// The benchmark's ledger, if not in the journal's database (emptied the same way).
+        #[arg(long, value_parser = bench_location)]
+        ledger: Option<Location>,
+        /// Host processes that drive the workload together on one PostgreSQL journal, each
+        /// with its own connections and its share of the clients (this one and N-1 more).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+        hosts: u32,
+    },
+    /// One of the other host processes of `bench transfer --hosts N`, which starts it.
+    #[command(hide = true)]
+    TransferPart,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RunsCommand {
+    /// List runs, newest first.
+    List {
+        /// Only runs in this state: running, compensating, completed, compensated, stuck.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Show one run's journal as a timeline.
+    Show { run_id: String },
+    /// Take up a stuck run again once the cause is fixed: its compensation resumes where it
+    /// stopped.
+    Retry { run_id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum LedgerCommand {
+    /// Open an account with an opening balance (integer minor units).
+    Open {
+        account: String,
+        #[arg(long, default_value_t = 0)]
+        balance: i64,
+    },
+    /// One account's balance.
+    Balance { account: String },
+    /// Every account, and the total.
+    List,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The address to listen on (default: the config's [server] listen, or 127.0.0.1:8080).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Deploy every *.wasm file in this directory, and again whenever one changes (local
+    /// development); the file name is the workflow name.
+    #[arg(long)]
+    pub watch: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// The workflow component (.wasm) to deploy.
+    #[arg(required_unless_present = "rollback", conflicts_with = "rollback")]
+    pub module: Option<PathBuf>,
+    /// The workflow's name (default: the file name without .wasm, '_' read as '-').
+    #[arg(long, required_if_eq("rollback", "true"))]
+    pub name: Option<String>,
+    /// Make the version before the active one the version new runs get (or --version N).
+    #[arg(long)]
+    pub rollback: bool,
+    /// With --rollback: the version to make active.
+    #[arg(long, requires = "rollback")]
+    pub version: Option<i64>,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+#[derive(Debug, Args)]
+pub struct VersionsArgs {
+    /// The workflow.
+    pub name: String,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+pub(crate) fn parse_xa(text: &str) -> Result<(String, String), String> {
+    let (name, url) = text
+        .split_once('=')
+        .ok_or_else(|| format!("'{text}' must be NAME=postgres://user@host:port/db"))?;
+    let valid_name = !name.is_empty()
+        && name != "ledger"
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !valid_name {
+        return Err(format!(
+            "participant name '{name}' must be letters, digits, '-' or '_' (and not 'ledger')"
+        ));
+    }
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(format!(
+            "participant {name}: '{url}' is not a postgres:// URL"
+        ));
+    }
+    Ok((name.to_owned(), url.to_owned()))
+}
+
+pub(crate) fn bench_location(text: &str) -> Result<Location, String> {
+    Location::parse_with_schema(text, "wasaga_bench")
+}
+
+/// Talking to a running server instead of the journal.
+#[derive(Debug, Args)]
+pub struct Remote {
+    /// Go through a running server's API (http://host:port) instead of the journal.
+    #[arg(long, env = "WASAGA_SERVER")]
+    pub server: Option<String>,
+    /// The server's bearer token (default: the config's [server] token).
+    #[arg(long, env = "WASAGA_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}

@@ -1,0 +1,248 @@
+//! `wasaga runs list | show | retry`: what the journal holds of runs.
+
+use super::failure::{Failure, host_failure, usage};
+use super::host::{lock_executor, open, open_showing_steps};
+use super::run::{printer, report};
+use super::settings::Settings;
+use anyhow::{Result, anyhow};
+use serde_json::json;
+use std::collections::HashMap;
+use wasaga_core::event::{Event, RunStatus};
+use wasaga_runtime::store::no_observer;
+
+pub(crate) async fn runs_list(
+    g: &Settings,
+    status: Option<&str>,
+    limit: u32,
+) -> Result<u8, Failure> {
+    let status = match status {
+        Some(s) => Some(RunStatus::parse(s).ok_or_else(|| {
+            usage(anyhow!(
+                "unknown status '{s}'; use running, compensating, completed, compensated or stuck"
+            ))
+        })?),
+        None => None,
+    };
+    let host = open(g).await?;
+    let runs = host
+        .journal()
+        .runs(wasaga_journal::RunFilter {
+            status,
+            workflow: None,
+            limit,
+        })
+        .await
+        .map_err(|e| anyhow!(e))?;
+    if g.json {
+        println!("{}", json!({ "runs": runs }));
+        return Ok(0);
+    }
+    if runs.is_empty() {
+        println!("no runs");
+    }
+    for run in runs {
+        println!(
+            "{:<32} {:<16} {:<12} {}",
+            run.run_id,
+            run.workflow,
+            run.status,
+            run.error
+                .as_deref()
+                .or(run.output.as_deref())
+                .unwrap_or_default()
+        );
+    }
+    Ok(0)
+}
+
+pub(crate) async fn runs_retry(g: &Settings, run_id: &str) -> Result<u8, Failure> {
+    let _lock = lock_executor(&g.host.journal, true)?;
+    let host = open_showing_steps(g).await?;
+    let observer = if g.json { no_observer() } else { printer() };
+    let outcome = host
+        .retry_stuck(run_id, observer)
+        .await
+        .map_err(host_failure)?;
+    Ok(report(g, &outcome))
+}
+
+pub(crate) async fn runs_show(g: &Settings, run_id: &str) -> Result<u8, Failure> {
+    let host = open(g).await?;
+    let run = host
+        .journal()
+        .run(run_id)
+        .await
+        .map_err(|e| usage(anyhow!(e)))?;
+    let events = host
+        .journal()
+        .events(run_id)
+        .await
+        .map_err(|e| anyhow!(e))?;
+    if g.json {
+        println!("{}", json!({ "run": run, "events": events }));
+        return Ok(0);
+    }
+    println!("run      {}", run.run_id);
+    println!("workflow {} (module {})", run.workflow, run.module_hash);
+    println!("status   {}", run.status);
+    println!("input    {}", run.input);
+    if let Some(output) = &run.output {
+        println!("output   {output}");
+    }
+    if let Some(error) = &run.error {
+        println!("reason   {error}");
+    }
+    println!();
+    let start = events.first().map_or(0, |e| e.at_ms);
+    let journaled: Vec<Event> = events.iter().map(|e| e.event.clone()).collect();
+    let mut steps: HashMap<u32, (String, String, String, u64)> = HashMap::new();
+    for stored in &events {
+        let at = format!("+{} ms", stored.at_ms.saturating_sub(start));
+        let line = match &stored.event {
+            Event::Started { .. } => "started".to_owned(),
+            Event::StepIntent {
+                call,
+                name,
+                action,
+                compensation,
+                ..
+            } => {
+                let undo = compensation.as_ref().map_or("-".to_owned(), |c| {
+                    format!("{}.{} {}", c.participant, c.action, c.payload)
+                });
+                steps.insert(
+                    *call,
+                    (
+                        name.clone(),
+                        format!("{}.{}", action.participant, action.action),
+                        undo.clone(),
+                        stored.at_ms,
+                    ),
+                );
+                format!(
+                    "step {name:<14} intent    {}.{} {}  (undo: {undo})",
+                    action.participant, action.action, action.payload
+                )
+            }
+            Event::StepDone { call, output } => {
+                let (name, action, _, began) = step_of(&steps, *call);
+                format!(
+                    "step {name:<14} done      {action} -> {output} ({} ms)",
+                    stored.at_ms.saturating_sub(began)
+                )
+            }
+            Event::StepFailed { call, error } => {
+                let (name, action, _, began) = step_of(&steps, *call);
+                format!(
+                    "step {name:<14} failed    {action}: {error} ({} ms)",
+                    stored.at_ms.saturating_sub(began)
+                )
+            }
+            Event::StepResolved { call, outcome } => {
+                let (name, action, _, _) = step_of(&steps, *call);
+                match outcome {
+                    Ok(output) => {
+                        format!("step {name:<14} resolved  {action} had applied: {output}")
+                    }
+                    Err(e) => format!("step {name:<14} resolved  {action} had not applied: {e}"),
+                }
+            }
+            Event::TwoPhaseStarted { xid, calls, .. } => {
+                let branches: Vec<String> = calls
+                    .iter()
+                    .map(|c| format!("{}.{} {}", c.participant, c.action, c.payload))
+                    .collect();
+                format!("2pc       {xid} prepare: {}", branches.join("; "))
+            }
+            Event::TwoPhaseDecided { commit, reason, .. } => match (commit, reason) {
+                (true, _) => "2pc       decision: commit".to_owned(),
+                (false, reason) => format!(
+                    "2pc       decision: abort ({})",
+                    reason.as_deref().unwrap_or("no reason")
+                ),
+            },
+            Event::TwoPhaseFinished { outcome, .. } => match outcome {
+                Ok(_) => "2pc       committed on every branch".to_owned(),
+                Err(e) => format!("2pc       aborted on every branch: {e}"),
+            },
+            Event::Read {
+                participant,
+                key,
+                outcome,
+                ..
+            } => match outcome {
+                Ok((value, version)) => {
+                    format!("read      {participant} '{key}' = {value} (version {version})")
+                }
+                Err(e) => format!("read      {participant} '{key}' failed: {e}"),
+            },
+            Event::WriteIf {
+                participant,
+                key,
+                expected_version,
+                value,
+                outcome,
+                ..
+            } => match outcome {
+                Ok(version) => format!(
+                    "write-if  {participant} '{key}' = {value} at version {expected_version} -> version {version}"
+                ),
+                Err(e) => format!(
+                    "write-if  {participant} '{key}' at version {expected_version} refused: {e}"
+                ),
+            },
+            Event::Clock { ms, .. } => format!("clock     {ms}"),
+            Event::Random { value, .. } => format!("random    {value}"),
+            Event::Log { message, .. } => format!(
+                "log       {}",
+                message.replace('\n', "\n                    ")
+            ),
+            Event::LockAcquired {
+                key,
+                fencing_token,
+                waited_ms,
+                ..
+            } => {
+                format!(
+                    "lock      {key} acquired after waiting {waited_ms} ms, fencing token {fencing_token}"
+                )
+            }
+            Event::LockFailed { key, reason, .. } => format!("lock      {key} failed: {reason}"),
+            Event::LockReacquired {
+                key, fencing_token, ..
+            } => format!("lock      {key} taken again on resume, fencing token {fencing_token}"),
+            Event::LockReleased {
+                call: Some(call),
+                key,
+                fencing_token,
+            } if wasaga_runtime::store::guards_compensation(&journaled, key, *call) => format!(
+                "lock      {key} release asked (token {fencing_token}); held until the run ends, as a step under it may need undoing"
+            ),
+            Event::LockReleased {
+                key, fencing_token, ..
+            } => {
+                format!("lock      {key} released (token {fencing_token})")
+            }
+            Event::Completed { output } => format!("completed {output}"),
+            Event::Compensating { cause } => format!("compensating: {cause}"),
+            Event::CompensationDone { call, output } => {
+                let (name, _, undo, _) = step_of(&steps, *call);
+                format!("undo {name:<14} done      {undo} -> {output}")
+            }
+            Event::Compensated { cause } => format!("compensated ({cause})"),
+            Event::Stuck { reason } => format!("STUCK: {reason}"),
+        };
+        println!("{:>4} {at:>10}  {line}", stored.seq);
+    }
+    Ok(0)
+}
+
+pub(crate) fn step_of(
+    steps: &HashMap<u32, (String, String, String, u64)>,
+    call: u32,
+) -> (String, String, String, u64) {
+    steps
+        .get(&call)
+        .cloned()
+        .unwrap_or_else(|| (format!("call {call}"), String::new(), String::new(), 0))
+}

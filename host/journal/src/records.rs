@@ -1,0 +1,133 @@
+//! What the journal gives back: a run's events and its record, deployments, and the filters
+//! runs are listed by.
+
+use crate::error::JournalError;
+use serde::Serialize;
+use wasaga_core::event::{Event, RunStatus};
+use wasaga_db::{Row, Tx};
+
+/// One stored event with its position and time.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredEvent {
+    pub seq: i64,
+    pub at_ms: u64,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// A row of the `runs` projection.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub workflow: String,
+    pub module_hash: String,
+    pub status: RunStatus,
+    pub input: String,
+    pub output: Option<String>,
+    pub error: Option<String>,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    /// The host that executes (or last executed) the run.
+    pub owner: Option<String>,
+    /// The deployed version of the workflow the run's module is, if it was deployed.
+    pub version: Option<i64>,
+}
+
+/// One deployed version of a workflow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Deployment {
+    pub workflow: String,
+    pub version: i64,
+    pub hash: String,
+    pub deployed_at_ms: u64,
+    /// Whether new runs of the workflow get this version.
+    pub active: bool,
+}
+
+/// What a deploy did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Deployed {
+    pub deployment: Deployment,
+    /// False when the module was already a version of the workflow (it is re-activated).
+    pub new_version: bool,
+    /// The version that was active before, if any.
+    pub previous: Option<i64>,
+}
+
+/// Which runs to list.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub status: Option<RunStatus>,
+    pub workflow: Option<String>,
+    pub limit: u32,
+}
+
+/// Every event of `run_id`, in order.
+pub(crate) async fn events(
+    tx: &mut dyn Tx,
+    run_id: &str,
+) -> Result<Vec<StoredEvent>, JournalError> {
+    let rows = tx
+        .fetch_all(
+            "SELECT seq, at_ms, body FROM events WHERE run_id = $1 ORDER BY seq",
+            wasaga_db::args![run_id],
+        )
+        .await?;
+    let mut events = Vec::with_capacity(rows.len());
+    for (index, row) in rows.iter().enumerate() {
+        let seq = row.int(0)?;
+        if seq != index as i64 + 1 {
+            return Err(JournalError::Corrupt {
+                run_id: run_id.to_owned(),
+                seq,
+                reason: format!("expected seq {}", index + 1),
+            });
+        }
+        let body = row.text(2)?;
+        let event = serde_json::from_str(&body).map_err(|e| JournalError::Corrupt {
+            run_id: run_id.to_owned(),
+            seq,
+            reason: e.to_string(),
+        })?;
+        events.push(StoredEvent {
+            seq,
+            at_ms: row.int(1)? as u64,
+            event,
+        });
+    }
+    if events.is_empty() {
+        let exists = tx
+            .fetch_optional(
+                "SELECT 1 FROM runs WHERE run_id = $1",
+                wasaga_db::args![run_id],
+            )
+            .await?;
+        if exists.is_none() {
+            return Err(JournalError::UnknownRun(run_id.to_owned()));
+        }
+    }
+    Ok(events)
+}
+
+pub(crate) fn run_record(row: &Row) -> Result<RunRecord, JournalError> {
+    let run_id = row.text(0)?;
+    let status = row.text(3)?;
+    let status = RunStatus::parse(&status).ok_or_else(|| JournalError::Corrupt {
+        run_id: run_id.clone(),
+        seq: 0,
+        reason: format!("unknown status {status}"),
+    })?;
+    Ok(RunRecord {
+        run_id,
+        workflow: row.text(1)?,
+        module_hash: row.text(2)?,
+        status,
+        input: row.text(4)?,
+        output: row.opt_text(5)?,
+        error: row.opt_text(6)?,
+        created_at_ms: row.int(7)? as u64,
+        updated_at_ms: row.int(8)? as u64,
+        owner: row.opt_text(9)?,
+        version: row.opt_int(10)?,
+    })
+}

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 /// The host's crates, lowest first, with their layer: a crate may depend only on crates of a
 /// lower layer (journal and locks are side by side and know nothing of each other).
 const LAYERS: &[(&str, u32)] = &[
+    // What tests share (a dev-dependency only): it knows no other wasaga crate.
+    ("testkit", 0),
     ("core", 0),
     ("db", 1),
     ("journal", 2),

@@ -8,8 +8,6 @@ mod crash;
 mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 }
-mod lock_lines;
-mod lock_wakeups;
 mod locks;
 mod nondeterminism;
 mod optimistic;
@@ -19,7 +17,7 @@ mod sandbox;
 mod scale;
 mod server;
 mod server_steps;
-mod services;
+use wasaga_testkit::services;
 mod soak;
 mod support;
 mod two_phase;

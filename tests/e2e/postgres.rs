@@ -898,7 +898,7 @@ fn a_first_write_whose_reply_is_lost_is_not_reported_as_not_started() {
             }
         }
         let resumed = host
-            .resume_unfinished(no_observer(), true)
+            .resume_unfinished(no_observer(), wasaga_journal::Takeover::Every)
             .await
             .expect("resume");
         assert!(resumed.unfinished.is_empty(), "{resumed:?}");
@@ -992,7 +992,7 @@ fn first_writes_of_a_batch_whose_reply_is_lost_are_not_told_their_runs_exist() {
             }
         }
         let resumed = host
-            .resume_unfinished(no_observer(), true)
+            .resume_unfinished(no_observer(), wasaga_journal::Takeover::Every)
             .await
             .expect("resume");
         assert!(resumed.unfinished.is_empty(), "{resumed:?}");

@@ -212,12 +212,7 @@ pub fn assert_ledger_consistent(path: &Path) {
     }
 }
 
-pub fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
+pub use wasaga_testkit::rt;
 
 /// The bearer token the test servers are configured with.
 pub const TOKEN: &str = "test-token-0123456789abcdef";

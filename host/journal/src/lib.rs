@@ -24,6 +24,7 @@ pub use batch::{Answer, Batched, Batcher, write_all};
 pub use encoded::Encoded;
 pub use error::JournalError;
 pub use journal::Journal;
+pub use ownership::Takeover;
 pub use records::{Deployed, Deployment, RunFilter, RunRecord, StoredEvent};
 
 #[cfg(test)]

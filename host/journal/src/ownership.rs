@@ -6,15 +6,25 @@ use crate::journal::Journal;
 use wasaga_core::clock::now_ms;
 use wasaga_db::{DbError, Dialect};
 
+/// Which unfinished runs a claim may take over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Takeover {
+    /// Those no live host holds: without an owner, or whose owner's lease has expired.
+    Expired,
+    /// Every one, leased or not: for a process that knows every previous owner is dead (the
+    /// one executor of a SQLite journal, which holds its file lock).
+    Every,
+}
+
 impl Journal {
     /// Takes over unfinished runs (running or compensating) that no live host holds: those
     /// without an owner or whose lease has expired (this host's own included: a run whose
-    /// lease it let lapse is one it stopped driving), or, with `takeover_all`, every one of
-    /// them (for a process that knows every previous owner is dead). Returns their ids, oldest
+    /// lease it let lapse is one it stopped driving), or, with [`Takeover::Every`], every
+    /// one of them. Returns their ids, oldest
     /// first, at most `limit`.
-    pub async fn claim(&self, limit: u32, takeover_all: bool) -> Result<Vec<String>, JournalError> {
+    pub async fn claim(&self, limit: u32, takeover: Takeover) -> Result<Vec<String>, JournalError> {
         let (owner, lease_ms) = (self.owner.clone(), self.run_lease_ms as i64);
-        let (host_now, all) = (now_ms() as i64, i64::from(takeover_all));
+        let (host_now, all) = (now_ms() as i64, i64::from(takeover == Takeover::Every));
         self.db
             .write(move |tx| {
                 Box::pin(async move {

@@ -1,6 +1,7 @@
 //! Host configuration: where the journal and ledger live, the limits every run obeys, and what
 //! each workflow is granted. Built and validated by the binary (from flags and the config
-//! file) before anything runs; the library never reads files or the environment for it.
+//! file) before anything runs; the library never reads files or the environment for it (but
+//! for the system's temporary directory, the default module cache of a PostgreSQL journal).
 
 use std::path::PathBuf;
 use wasaga_core::crash::CrashPoint;
@@ -37,7 +38,8 @@ pub struct HostConfig {
 
 impl HostConfig {
     /// A config with default limits for the journal at `journal`. Compiled modules are cached
-    /// beside a SQLite journal, or in `.wasaga-cache` for PostgreSQL.
+    /// beside a SQLite journal, or in the system's temporary directory
+    /// (`wasaga-module-cache`) for PostgreSQL.
     pub fn new(journal: Location) -> Self {
         let cache_dir = match &journal {
             Location::Sqlite(path) => {
@@ -45,7 +47,9 @@ impl HostConfig {
                 cache.push(".cache");
                 PathBuf::from(cache)
             }
-            Location::Postgres { .. } => PathBuf::from(".wasaga-cache"),
+            // Compiled modules are cached on the local machine, whatever the journal: in the
+            // system's temporary directory, never relative to where the host was started.
+            Location::Postgres { .. } => std::env::temp_dir().join("wasaga-module-cache"),
         };
         HostConfig {
             journal,

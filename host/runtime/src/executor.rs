@@ -23,13 +23,17 @@ use wasaga_core::crash::CrashSwitch;
 use wasaga_core::event::{CallFailure, Event, RunStatus};
 use wasaga_core::limits::{Grant, Limits};
 use wasaga_db::Database;
-use wasaga_journal::{Deployed, Journal, JournalError, RunRecord};
+use wasaga_journal::{Deployed, Journal, JournalError, RunRecord, Takeover};
 use wasaga_locks::{Lease, LockService};
 use wasaga_participants::{ParticipantRequest, Participants};
 use wasmtime::Store;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+
+/// Unfinished runs one [`Host::resume_unfinished`] takes over and drives, one after the other;
+/// any more are left for the next resume (or another host's claim loop).
+pub const RESUMED_AT_ONCE_MAX: u32 = 10_000;
 
 /// Why the host could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -802,16 +806,7 @@ impl Host {
                 record.owner.as_deref().unwrap_or("unknown")
             )));
         }
-        let live = Arc::new(LiveRun::default());
-        self.inner
-            .live
-            .lock()
-            .expect("live run map lock poisoned")
-            .insert(run_id.to_owned(), live.clone());
-        let _guard = LiveGuard {
-            inner: self.inner.clone(),
-            run_id: run_id.to_owned(),
-        };
+        let (live, _guard) = self.go_live(run_id);
         let events: Vec<Event> = self
             .inner
             .journal
@@ -825,18 +820,20 @@ impl Host {
         self.compensate(log, Some(cause), &live, None).await
     }
 
-    /// Takes over the unfinished runs no live host holds (or, with `takeover_all`, every
-    /// unfinished run: for a process that knows every earlier one is dead) and drives them to
+    /// Takes over the unfinished runs no live host holds (or, with [`Takeover::Every`], every
+    /// unfinished run: for a process that knows every earlier one is dead), at most
+    /// [`RESUMED_AT_ONCE_MAX`], and drives them to
     /// their ends, one after the other. A run that cannot go on now (its lock is taken, a
     /// database is away) stays unfinished and is reported in [`Resumed::unfinished`]; the
     /// others are still driven.
     pub async fn resume_unfinished(
         &self,
         observer: Observer,
-        takeover_all: bool,
+        takeover: Takeover,
     ) -> Result<Resumed, HostError> {
         let mut resumed = Resumed::default();
-        for run_id in self.inner.journal.claim(10_000, takeover_all).await? {
+        let claimed = self.inner.journal.claim(RESUMED_AT_ONCE_MAX, takeover);
+        for run_id in claimed.await? {
             match self.drive(&run_id, observer.clone()).await {
                 Ok(outcome) => resumed.ended.push(outcome),
                 Err(e) => resumed.unfinished.push((run_id, e.to_string())),
@@ -847,7 +844,7 @@ impl Host {
 
     /// Claims up to `limit` unfinished runs that no live host holds, for this host to drive.
     pub async fn claim(&self, limit: u32) -> Result<Vec<String>, HostError> {
-        Ok(self.inner.journal.claim(limit, false).await?)
+        Ok(self.inner.journal.claim(limit, Takeover::Expired).await?)
     }
 
     /// Gives up this host's leases on unfinished runs (after [`Host::stop_runs`] and once

@@ -574,76 +574,68 @@ impl RunLog {
     ) -> Result<Result<String, CallFailure>, JournalError> {
         let attempts = attempts.max(1);
         let mut backoff_ms = host.limits.retry_backoff_ms_min;
-        match route {
-            Route::LedgerInJournal => {
-                let ledger_call = request.ledger_call();
-                let mut last = String::new();
-                for attempt in 1..=attempts {
-                    let written = match &on_server {
-                        Some(step) => {
-                            self.ledger_on_server(
-                                host,
-                                request,
-                                &before,
-                                &after,
-                                step.call,
-                                &step.account,
-                                step.amount,
-                            )
-                            .await
-                        }
-                        None => self.ledger_in_journal(&ledger_call, &before, &after).await,
-                    };
-                    match written {
-                        Ok(Ok(outcome)) => {
-                            let retry = match &outcome {
-                                Err(CallFailure::Rejected(_)) => retry_rejections,
-                                Err(_) => true,
-                                Ok(_) => false,
-                            };
-                            if !retry || attempt == attempts {
-                                return Ok(outcome);
-                            }
-                            last = outcome.err().map(|e| e.to_string()).unwrap_or_default();
-                        }
-                        Ok(Err(database)) => last = database,
-                        Err(conflict) => return Err(conflict),
-                    }
-                    if attempt < attempts {
-                        tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
-                        backoff_ms = (backoff_ms * 2).min(host.limits.retry_backoff_ms_max);
-                    }
+        let mut before = before;
+        if route == Route::Separate && !before.is_empty() {
+            // A participant with its own durability is called only once what precedes the
+            // call (its intent) is durable.
+            self.commit(std::mem::take(&mut before)).await?;
+        }
+        let ledger_call = request.ledger_call();
+        // Why the last attempt at a co-located write failed before its outcome was known.
+        let mut last = String::new();
+        for attempt in 1..=attempts {
+            // `Ok(outcome)` once the participant answered; `Err(reason)` when a co-located
+            // write failed (and wrote nothing), worth trying again.
+            let attempted = match (route, &on_server) {
+                (Route::LedgerInJournal, Some(step)) => {
+                    self.ledger_on_server(
+                        host,
+                        request,
+                        &before,
+                        &after,
+                        step.call,
+                        &step.account,
+                        step.amount,
+                    )
+                    .await?
                 }
-                let failure = CallFailure::Unavailable(format!("ledger: {last}"));
-                let mut events = before;
-                events.extend(after(&Err(failure.clone())));
-                self.commit(events).await?;
-                Ok(Err(failure))
-            }
-            Route::Separate => {
-                if !before.is_empty() {
-                    self.commit(before).await?;
+                (Route::LedgerInJournal, None) => {
+                    self.ledger_in_journal(&ledger_call, &before, &after)
+                        .await?
                 }
-                let mut outcome = host.participants.call(request).await;
-                for _ in 1..attempts {
+                (Route::Separate, _) => Ok(host.participants.call(request).await),
+            };
+            match attempted {
+                Ok(outcome) => {
                     let retry = match &outcome {
                         Err(CallFailure::Rejected(_)) => retry_rejections,
                         Err(_) => true,
                         Ok(_) => false,
                     };
-                    if !retry {
-                        break;
+                    if !retry || attempt == attempts {
+                        // A co-located write journaled the outcome with the call.
+                        if route == Route::Separate
+                            && let Some(event) = after(&outcome)
+                        {
+                            self.commit(vec![event]).await?;
+                        }
+                        return Ok(outcome);
                     }
-                    tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
-                    backoff_ms = (backoff_ms * 2).min(host.limits.retry_backoff_ms_max);
-                    outcome = host.participants.call(request).await;
+                    last = outcome.err().map(|e| e.to_string()).unwrap_or_default();
                 }
-                if let Some(event) = after(&outcome) {
-                    self.commit(vec![event]).await?;
-                }
-                Ok(outcome)
+                Err(database) => last = database,
+            }
+            if attempt < attempts {
+                tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+                backoff_ms = (backoff_ms * 2).min(host.limits.retry_backoff_ms_max);
             }
         }
+        // Only a co-located write gets here: every attempt failed before its outcome.
+        let failure = CallFailure::Unavailable(format!("ledger: {last}"));
+        let mut events = before;
+        events.extend(after(&Err(failure.clone())));
+        self.commit(events).await?;
+        Ok(Err(failure))
     }
 
     /// [`RunLog::call`] for a saga step numbered `call`. On PostgreSQL, a debit or credit of the

@@ -6,6 +6,7 @@ use super::settings::Settings;
 use anyhow::{Context, Result, anyhow};
 use std::path::PathBuf;
 use wasaga_db::Location;
+use wasaga_journal::Takeover;
 use wasaga_runtime::Host;
 use wasaga_runtime::store::no_observer;
 
@@ -91,7 +92,7 @@ pub(crate) async fn resume_quietly(g: &Settings, host: &Host) -> Result<(), Fail
     sweep(g, host).await?;
     void_expired_holds(g, host).await?;
     let resumed = host
-        .resume_unfinished(no_observer(), takeover_all(g))
+        .resume_unfinished(no_observer(), takeover(g))
         .await
         .map_err(host_failure)?;
     if !g.json {
@@ -109,8 +110,11 @@ pub(crate) async fn resume_quietly(g: &Settings, host: &Host) -> Result<(), Fail
     Ok(())
 }
 
-/// Whether this process may take over every unfinished run: only on SQLite, where it holds
+/// Which unfinished runs this process may take over: every one only on SQLite, where it holds
 /// the executor lock.
-pub(crate) fn takeover_all(g: &Settings) -> bool {
-    matches!(g.host.journal, Location::Sqlite(_))
+pub(crate) fn takeover(g: &Settings) -> Takeover {
+    match g.host.journal {
+        Location::Sqlite(_) => Takeover::Every,
+        Location::Postgres { .. } => Takeover::Expired,
+    }
 }

@@ -4,7 +4,7 @@
 use super::args::RunArgs;
 use super::failure::{EXIT_FAILURE, Failure, exit_code, host_failure, usage};
 use super::host::{
-    lock_executor, open_showing_steps, resume_quietly, sweep, takeover_all, void_expired_holds,
+    lock_executor, open_showing_steps, resume_quietly, sweep, takeover, void_expired_holds,
 };
 use super::settings::Settings;
 use anyhow::{Context, Result, anyhow};
@@ -245,7 +245,7 @@ pub(crate) async fn resume(g: &Settings) -> Result<u8, Failure> {
     let host = open_showing_steps(g).await?;
     let observer = if g.json { no_observer() } else { printer() };
     let resumed = host
-        .resume_unfinished(observer, takeover_all(g))
+        .resume_unfinished(observer, takeover(g))
         .await
         .map_err(host_failure)?;
     // Once every unfinished run has resolved its own prepared transactions, what is left in

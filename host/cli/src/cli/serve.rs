@@ -80,7 +80,7 @@ pub async fn serve(g: &Settings, args: &ServeArgs) -> Result<u8, Failure> {
     if executor_lock.is_some() {
         let taken = host
             .journal()
-            .claim(u32::MAX, true)
+            .claim(u32::MAX, wasaga_journal::Takeover::Every)
             .await
             .map_err(|e| Failure::from(anyhow!(e)))?;
         // Taken over now; the claim loop does not see them again until their lease (renewed

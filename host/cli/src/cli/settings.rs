@@ -149,10 +149,6 @@ impl Settings {
             },
             (None, None) => LockBackend::Journal,
         };
-        if let Location::Postgres { .. } = host.journal {
-            // Compiled modules are cached on the local machine, whatever the journal.
-            host.cache_dir = std::env::temp_dir().join("wasaga-module-cache");
-        }
         if let Some(dir) = &file.cache_dir {
             host.cache_dir = match &base {
                 Some(base) if dir.is_relative() => base.join(dir),

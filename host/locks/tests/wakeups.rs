@@ -8,8 +8,6 @@
 //! processes have. The notifying backends are given a safety net of a minute, far beyond the
 //! waits here, so a grant within the test's bound can only have come from a notification.
 
-use crate::services::{Postgres, Redis, SlowLink, ZooKeeper};
-use crate::support::rt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasaga_db::{Database, Location};
@@ -17,6 +15,8 @@ use wasaga_locks::{
     DatabaseLocks, HANDOVERS_MAX, LockService, PostgresLocks, Queued, RedisLocks, SAFETY_NET_MS,
     ZooKeeperLocks,
 };
+use wasaga_testkit::rt;
+use wasaga_testkit::services::{Postgres, Redis, SlowLink, ZooKeeper};
 
 const KEY: &str = "account/merchant-7";
 /// Longer than any wait in these tests: a waiter that got the key did not get it by polling.

@@ -3,16 +3,16 @@
 //! wait; and a waiter whose holder went away without releasing gets the lock once the lease
 //! has expired, within the safety net's bound.
 
-use crate::services::{Postgres, Redis, ZooKeeper};
-use crate::support::{Sandbox, rt};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wasaga_db::{Database, Location};
 use wasaga_locks::{LockBackend, LockService, Queued, SAFETY_NET_MS, connect_backend};
+use wasaga_testkit::services::{Postgres, Redis, ZooKeeper};
+use wasaga_testkit::{Scratch, rt};
 
 const WAITERS: usize = 32;
 
-async fn line(s: &Sandbox, backend: &LockBackend) -> Arc<Queued> {
+async fn line(s: &Scratch, backend: &LockBackend) -> Arc<Queued> {
     let db = Arc::new(
         Database::open(
             &Location::Sqlite(s.db.clone()),
@@ -31,7 +31,7 @@ async fn line(s: &Sandbox, backend: &LockBackend) -> Arc<Queued> {
 /// is dropped). When the holder releases, every other run gets the key in the order it
 /// asked, with growing tokens.
 async fn waiters_get_the_key_in_order(backend: LockBackend) {
-    let s = Sandbox::new("lock-line");
+    let s = Scratch::new("lock-line");
     let locks = line(&s, &backend).await;
     let first = locks
         .acquire("account/hot", "holder", 10_000, 1_000)
@@ -139,7 +139,7 @@ fn waiters_get_a_hot_key_in_order_with_zookeeper_locks() {
 #[test]
 fn a_waiter_gets_the_key_of_a_holder_that_went_away_once_its_lease_expires() {
     rt().block_on(async {
-        let s = Sandbox::new("lock-line-gone");
+        let s = Scratch::new("lock-line-gone");
         let locks = line(&s, &LockBackend::Journal).await;
         const TTL_MS: u64 = 400;
         let gone = locks
@@ -173,7 +173,7 @@ fn a_waiter_gets_the_key_of_a_holder_that_went_away_once_its_lease_expires() {
 #[test]
 fn a_waiter_that_stops_waiting_leaves_the_line_to_the_next() {
     rt().block_on(async {
-        let s = Sandbox::new("lock-line-dropped");
+        let s = Scratch::new("lock-line-dropped");
         let locks = line(&s, &LockBackend::Journal).await;
         const TTL_MS: u64 = 400;
         let gone = locks

@@ -10,6 +10,7 @@
 //! the undo records a tombstone for it instead (so it can never apply later) and succeeds
 //! without moving money: compensating what never happened must not create money.
 
+use crate::branch::{Decided, Prepare};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -372,27 +373,6 @@ struct RegisterWrite {
     value: Value,
     /// Refuse the write unless the register is at this version (optimistic concurrency).
     expected_version: Option<i64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Prepare {
-    xid: String,
-    branch: i64,
-    /// `debit` or `credit`.
-    action: String,
-    account: String,
-    amount: i64,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Decided {
-    xid: String,
-    /// The branches the commit covers here (the ledger finds them in its own table).
-    #[serde(default)]
-    #[allow(dead_code)]
-    branches: Vec<i64>,
 }
 
 #[derive(Deserialize)]
@@ -805,11 +785,20 @@ async fn account(tx: &mut dyn Tx, name: &str) -> Result<Result<Account, Rejectio
         )
         .await?;
     Ok(match row {
-        Some(r) => Ok(Account {
-            account: name.to_owned(),
-            balance: r.int(0)?,
-            held: r.int(1)?,
-        }),
+        Some(r) => {
+            let (balance, held) = (r.int(0)?, r.int(1)?);
+            // The tables' CHECKs refuse a write that takes either below zero; a row read so
+            // is a database that lost them, and nothing may be moved on it.
+            assert!(
+                balance >= 0 && held >= 0,
+                "account '{name}' reads balance {balance}, held {held}: the ledger is corrupt"
+            );
+            Ok(Account {
+                account: name.to_owned(),
+                balance,
+                held,
+            })
+        }
         None => Err(format!("unknown account '{name}'")),
     })
 }

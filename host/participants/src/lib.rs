@@ -2,6 +2,7 @@
 //! either in the journal's database (so its writes commit with the journal entry) or in a
 //! database of its own.
 
+pub mod branch;
 pub mod colocated;
 pub mod ledger;
 pub mod xa;

@@ -8,7 +8,7 @@
 //! every branch is verifiably committed: its row in `wasaga_xa_log`, written inside the
 //! prepared transaction, is visible.
 
-use serde::Deserialize;
+use crate::branch::{Decided, Prepare};
 use serde_json::json;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Row};
@@ -56,25 +56,6 @@ impl std::fmt::Debug for PostgresXa {
             .field("url", &self.shown)
             .finish()
     }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Prepare {
-    xid: String,
-    branch: i64,
-    action: String,
-    account: String,
-    amount: i64,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Decided {
-    xid: String,
-    /// The branches of `xid` that this database holds; a commit checks each one landed.
-    #[serde(default)]
-    branches: Option<Vec<i64>>,
 }
 
 impl PostgresXa {

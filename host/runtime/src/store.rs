@@ -116,13 +116,21 @@ pub(crate) fn replay_map(events: &[Event]) -> HashMap<u32, Replayed> {
             }
             other => {
                 if let Some(call) = other.replayed_call() {
-                    calls.insert(
+                    let earlier = calls.insert(
                         call,
                         Replayed {
                             first: other.clone(),
                             result: None,
                             decision: None,
                         },
+                    );
+                    // Call numbers are handed out once each, in order: a journal in which a
+                    // call begins twice would replay one module call with another's answer.
+                    assert!(
+                        earlier.is_none(),
+                        "the journal begins call {call} twice ({} and then {})",
+                        earlier.map_or("", |e| e.first.kind()),
+                        other.kind()
                     );
                 }
             }
@@ -491,6 +499,12 @@ impl RunLog {
 
     /// Records what a commit made durable: the buffered events, then `events`, in order.
     fn recorded(&mut self, next_seq: i64, events: impl IntoIterator<Item = Event>) {
+        assert!(
+            next_seq >= self.next_seq,
+            "run {}: a write moved its journal position back, from {} to {next_seq}",
+            self.run_id,
+            self.next_seq
+        );
         self.next_seq = next_seq;
         self.unstarted = None;
         if let Some(created) = self.created.take() {

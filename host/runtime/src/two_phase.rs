@@ -10,6 +10,7 @@ use serde_json::json;
 use std::sync::Arc;
 use wasaga_core::event::{CallFailure, CallSpec, Event};
 use wasaga_participants::ParticipantRequest;
+use wasaga_participants::branch::{Decided, Prepare};
 
 /// Branches one transaction may have.
 pub const BRANCHES_MAX: usize = 64;
@@ -165,11 +166,14 @@ async fn prepare(
         call: CallSpec {
             participant: spec.participant.clone(),
             action: "prepare".to_owned(),
-            payload: json!({
-                "xid": xid, "branch": branch, "action": spec.action,
-                "account": entry.account, "amount": entry.amount,
+            payload: serde_json::to_string(&Prepare {
+                xid: xid.to_owned(),
+                branch: branch as i64,
+                action: spec.action.clone(),
+                account: entry.account,
+                amount: entry.amount,
             })
-            .to_string(),
+            .expect("a prepare always serializes"),
         },
     };
     let nothing: After = Arc::new(|_| None);
@@ -213,7 +217,11 @@ async fn finish(
             participant: participant.to_owned(),
             action: action.to_owned(),
             // The branches this participant must show committed for the commit to count.
-            payload: json!({ "xid": xid, "branches": branches }).to_string(),
+            payload: serde_json::to_string(&Decided {
+                xid: xid.to_owned(),
+                branches: Some(branches.iter().map(|&b| b as i64).collect()),
+            })
+            .expect("a decision always serializes"),
         },
     };
     let nothing: After = Arc::new(|_| None);

@@ -5,7 +5,10 @@
 pub mod branch;
 pub mod colocated;
 pub mod ledger;
+mod participant;
 pub mod xa;
+
+pub use participant::Participant;
 
 use colocated::ServerSteps;
 use ledger::LedgerCall;
@@ -96,8 +99,8 @@ pub struct Participants {
     ledger_shares_journal: bool,
     /// Batches of server-side steps, when the ledger shares a PostgreSQL journal.
     server_steps: ServerSteps,
-    /// `postgres-xa` participants by name.
-    xa: Vec<Arc<crate::xa::PostgresXa>>,
+    /// The participants beside the ledger (`postgres-xa` databases), by name.
+    others: Vec<Arc<dyn Participant>>,
 }
 
 /// Where a call goes.
@@ -114,13 +117,13 @@ impl Participants {
     pub fn new(
         ledger_db: Arc<Database>,
         ledger_shares_journal: bool,
-        xa: Vec<Arc<crate::xa::PostgresXa>>,
+        others: Vec<Arc<dyn Participant>>,
     ) -> Self {
         Participants {
             server_steps: ServerSteps::new(ledger_db.clone()),
             ledger_db,
             ledger_shares_journal,
-            xa,
+            others,
         }
     }
 
@@ -129,25 +132,25 @@ impl Participants {
         &self.server_steps
     }
 
-    /// The `postgres-xa` participants.
-    pub fn xa(&self) -> &[Arc<crate::xa::PostgresXa>] {
-        &self.xa
+    /// The participants beside the ledger.
+    pub fn others(&self) -> &[Arc<dyn Participant>] {
+        &self.others
     }
 
-    fn xa_named(&self, name: &str) -> Option<&Arc<crate::xa::PostgresXa>> {
-        self.xa.iter().find(|p| p.name() == name)
+    fn named(&self, name: &str) -> Option<&Arc<dyn Participant>> {
+        self.others.iter().find(|p| p.name() == name)
     }
 
     fn names(&self) -> String {
         std::iter::once("ledger")
-            .chain(self.xa.iter().map(|p| p.name()))
+            .chain(self.others.iter().map(|p| p.name()))
             .collect::<Vec<_>>()
             .join(", ")
     }
 
     /// Checks that this host has a participant called `name`.
     pub fn exists(&self, name: &str) -> Result<(), String> {
-        if name == "ledger" || self.xa_named(name).is_some() {
+        if name == "ledger" || self.named(name).is_some() {
             Ok(())
         } else {
             Err(format!(
@@ -174,13 +177,21 @@ impl Participants {
                     Route::Separate
                 })
             }
-            other if self.xa_named(other).is_some() => Err(format!(
-                "participant '{other}' takes part only in two-phase commits (saga.commit_all)"
-            )),
-            other => Err(format!(
-                "unknown participant '{other}'; this host has: {}",
-                self.names()
-            )),
+            other => match self.named(other) {
+                Some(p) if p.step_actions().contains(&call.action.as_str()) => Ok(Route::Separate),
+                Some(p) if p.step_actions().is_empty() => Err(format!(
+                    "participant '{other}' takes part only in two-phase commits (saga.commit_all)"
+                )),
+                Some(p) => Err(format!(
+                    "participant '{other}' has no action '{}'; it has: {}",
+                    call.action,
+                    p.step_actions().join(", ")
+                )),
+                None => Err(format!(
+                    "unknown participant '{other}'; this host has: {}",
+                    self.names()
+                )),
+            },
         }
     }
 
@@ -189,7 +200,7 @@ impl Participants {
         match participant {
             "ledger" if self.ledger_shares_journal => Ok(Route::LedgerInJournal),
             "ledger" => Ok(Route::Separate),
-            other if self.xa_named(other).is_some() => Ok(Route::Separate),
+            other if self.named(other).is_some_and(|p| p.prepares()) => Ok(Route::Separate),
             other => Err(format!(
                 "participant '{other}' cannot prepare; these can: {}",
                 self.names()
@@ -223,8 +234,10 @@ impl Participants {
 
     /// Performs a call on a participant with its own durability ([`Route::Separate`]).
     pub async fn call(&self, request: &ParticipantRequest) -> Result<String, CallFailure> {
-        if let Some(xa) = self.xa_named(&request.call.participant) {
-            return xa.call(&request.call.action, &request.call.payload).await;
+        if let Some(other) = self.named(&request.call.participant) {
+            return other
+                .call(&request.call.action, &request.call.payload)
+                .await;
         }
         let call = request.ledger_call();
         let outcome = self
@@ -303,5 +316,134 @@ mod tests {
         assert_ne!(op_key::step("r", "write-3"), op_key::write("r", 3));
         // The benchmark's keys read as WORKLOAD.md writes them.
         assert_eq!(op_key::step("bench-42/17", "debit"), "bench-42/17/debit");
+    }
+}
+
+#[cfg(test)]
+mod router_tests {
+    use super::*;
+    use std::sync::Mutex;
+    use wasaga_core::BoxFuture;
+    use wasaga_db::{Location, PoolSizes};
+    use wasaga_testkit::{Scratch, rt};
+
+    /// A participant that answers every call with what it was asked, and remembers it.
+    #[derive(Debug)]
+    struct Echo {
+        name: &'static str,
+        actions: &'static [&'static str],
+        prepares: bool,
+        asked: Mutex<Vec<String>>,
+    }
+
+    impl Participant for Echo {
+        fn name(&self) -> &str {
+            self.name
+        }
+        fn step_actions(&self) -> &[&str] {
+            self.actions
+        }
+        fn prepares(&self) -> bool {
+            self.prepares
+        }
+        fn call<'a>(
+            &'a self,
+            action: &'a str,
+            payload: &'a str,
+        ) -> BoxFuture<'a, Result<String, CallFailure>> {
+            let asked = format!("{action} {payload}");
+            self.asked.lock().expect("lock").push(asked.clone());
+            Box::pin(async move { Ok(asked) })
+        }
+    }
+
+    fn spec(participant: &str, action: &str) -> CallSpec {
+        CallSpec {
+            participant: participant.to_owned(),
+            action: action.to_owned(),
+            payload: "{}".to_owned(),
+        }
+    }
+
+    /// A kind of participant is added by implementing `Participant`: the router routes to it
+    /// by what it declares it can do, and refuses the rest with what it can do.
+    #[test]
+    fn calls_reach_a_participant_by_what_it_declares() {
+        rt().block_on(async {
+            let scratch = Scratch::new("router");
+            let db = Database::open(
+                &Location::Sqlite(scratch.db.clone()),
+                PoolSizes::default(),
+                Default::default(),
+            )
+            .await
+            .expect("open");
+            let service = Arc::new(Echo {
+                name: "payments-api",
+                actions: &["charge", "refund"],
+                prepares: false,
+                asked: Mutex::new(Vec::new()),
+            });
+            let bank = Arc::new(Echo {
+                name: "bank",
+                actions: &[],
+                prepares: true,
+                asked: Mutex::new(Vec::new()),
+            });
+            let others: Vec<Arc<dyn Participant>> = vec![service.clone(), bank.clone()];
+            let participants = Participants::new(Arc::new(db), true, others);
+
+            assert_eq!(
+                participants.route(&spec("payments-api", "charge")),
+                Ok(Route::Separate)
+            );
+            assert_eq!(
+                participants.route(&spec("payments-api", "capture")),
+                Err(
+                    "participant 'payments-api' has no action 'capture'; it has: charge, refund"
+                        .to_owned()
+                )
+            );
+            assert_eq!(
+                participants.route(&spec("bank", "debit")),
+                Err(
+                    "participant 'bank' takes part only in two-phase commits (saga.commit_all)"
+                        .to_owned()
+                )
+            );
+            assert_eq!(
+                participants.route(&spec("nobody", "charge")),
+                Err(
+                    "unknown participant 'nobody'; this host has: ledger, payments-api, bank"
+                        .to_owned()
+                )
+            );
+            assert_eq!(
+                participants.route(&spec("ledger", "debit")),
+                Ok(Route::LedgerInJournal)
+            );
+            assert_eq!(participants.route_two_phase("bank"), Ok(Route::Separate));
+            assert!(participants.route_two_phase("payments-api").is_err());
+            assert!(participants.exists("bank").is_ok() && participants.exists("nobody").is_err());
+
+            let request = ParticipantRequest {
+                op_id: "run-1/charge".to_owned(),
+                undoes: None,
+                fencing_tokens: Vec::new(),
+                call: CallSpec {
+                    payload: r#"{"amount":5}"#.to_owned(),
+                    ..spec("payments-api", "charge")
+                },
+            };
+            assert_eq!(
+                participants.call(&request).await,
+                Ok(r#"charge {"amount":5}"#.to_owned())
+            );
+            assert_eq!(
+                *service.asked.lock().expect("lock"),
+                [r#"charge {"amount":5}"#]
+            );
+            assert!(bank.asked.lock().expect("lock").is_empty());
+        });
     }
 }

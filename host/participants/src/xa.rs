@@ -14,6 +14,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Row};
 use std::time::Duration;
 use tokio::sync::OnceCell;
+use wasaga_core::BoxFuture;
 use wasaga_core::event::CallFailure;
 
 /// The tables the participant keeps in its database (created on first use). `wasaga_xa_log`
@@ -322,5 +323,27 @@ impl PostgresXa {
         xids.sort();
         xids.dedup();
         Ok(xids)
+    }
+}
+
+impl crate::participant::Participant for PostgresXa {
+    fn name(&self) -> &str {
+        PostgresXa::name(self)
+    }
+
+    fn prepares(&self) -> bool {
+        true
+    }
+
+    fn call<'a>(
+        &'a self,
+        action: &'a str,
+        payload: &'a str,
+    ) -> BoxFuture<'a, Result<String, CallFailure>> {
+        Box::pin(PostgresXa::call(self, action, payload))
+    }
+
+    fn in_doubt(&self) -> BoxFuture<'_, Result<Vec<String>, CallFailure>> {
+        Box::pin(PostgresXa::in_doubt(self))
     }
 }

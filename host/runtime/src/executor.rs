@@ -25,7 +25,8 @@ use wasaga_core::limits::{Grant, Limits};
 use wasaga_db::Database;
 use wasaga_journal::{Deployed, Journal, JournalError, RunRecord, Takeover};
 use wasaga_locks::{Lease, LockService};
-use wasaga_participants::{ParticipantRequest, Participants};
+use wasaga_participants::branch::Decided;
+use wasaga_participants::{Participant, ParticipantRequest, Participants};
 use wasmtime::Store;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::WasiCtxBuilder;
@@ -154,11 +155,11 @@ impl Host {
         };
         let engine = WorkflowEngine::new(&config.limits, &config.cache_dir)
             .map_err(|e| HostError::Engine(format!("{e:#}")))?;
-        let mut xa = Vec::new();
+        let mut others: Vec<Arc<dyn Participant>> = Vec::new();
         for (name, url) in &config.xa {
             let participant =
                 wasaga_participants::xa::PostgresXa::new(name, url).map_err(HostError::Input)?;
-            xa.push(Arc::new(participant));
+            others.push(Arc::new(participant));
         }
         let locks = wasaga_locks::connect(&config.locks, &journal_db)
             .await
@@ -174,7 +175,7 @@ impl Host {
         let inner = Arc::new(HostInner {
             journal: Journal::new(journal_db.clone(), owner, config.limits.run_lease_ms)
                 .with_early_answers(config.early_answers),
-            participants: Participants::new(ledger_db.clone(), shares, xa),
+            participants: Participants::new(ledger_db.clone(), shares, others),
             ledger_db,
             locks,
             limits: config.limits.clone(),
@@ -746,7 +747,7 @@ impl Host {
     /// Returns how many transactions it resolved.
     pub async fn sweep_in_doubt(&self) -> Result<usize, HostError> {
         let mut resolved = 0;
-        for participant in self.inner.participants.xa() {
+        for participant in self.inner.participants.others() {
             let stalled = |reason: String| HostError::Interrupted {
                 run_id: "(in-doubt sweep)".into(),
                 reason,
@@ -775,8 +776,14 @@ impl Host {
                 } else {
                     "abort-prepared"
                 };
+                let decided = Decided {
+                    xid: xid.clone(),
+                    branches: None,
+                };
+                let payload =
+                    serde_json::to_string(&decided).expect("a decision always serializes");
                 participant
-                    .call(action, &serde_json::json!({ "xid": xid }).to_string())
+                    .call(action, &payload)
                     .await
                     .map_err(|e| stalled(e.to_string()))?;
                 resolved += 1;

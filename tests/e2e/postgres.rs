@@ -1117,3 +1117,129 @@ fn captures_racing_the_sweep_of_expired_holds_move_each_hold_once() {
     });
     crate::postgres::assert_ledger_consistent(&url);
 }
+
+/// Calls on the co-located ledger that journal no event of their own (a commit-all's
+/// prepares, commit and abort) commit with the run's fence on PostgreSQL as on SQLite: a
+/// two-phase transfer completes or aborts, and a host killed at its commits leaves nothing
+/// prepared.
+#[test]
+fn writes_that_journal_nothing_of_their_own_hold_the_fence_on_postgres() {
+    use crate::guests::ATOMIC_TRANSFER;
+    let postgres = Postgres::start();
+    let url = database(&postgres, "silent", None);
+    let s = Sandbox::new("pg-silent").on_postgres(&url);
+    s.open("alice", 1_000);
+    s.open("bob", 1_000);
+    let transfer = |to: &str, amount: i64, extra: &[&str]| {
+        let input = json!({ "from": "alice", "to": to, "amount": amount }).to_string();
+        let mut args = vec![
+            "--run-lease-ms",
+            "300",
+            "run",
+            ATOMIC_TRANSFER,
+            "--input",
+            &input,
+        ];
+        args.extend_from_slice(extra);
+        s.wasaga(&args)
+    };
+    let in_doubt = || {
+        rt().block_on(async {
+            let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+            sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM wasaga.ledger_prepared WHERE state = 'prepared'",
+            )
+            .fetch_one(&mut conn)
+            .await
+            .expect("count prepared")
+        })
+    };
+
+    let committed = transfer("bob", 300, &[]);
+    assert_eq!(committed.status.code(), Some(0), "{}", text(&committed));
+    assert_eq!((s.balances()["alice"], s.balances()["bob"]), (700, 1_300));
+    let refused = transfer("nobody", 50, &[]);
+    assert_eq!(refused.status.code(), Some(3), "{}", text(&refused));
+    assert_eq!(
+        s.balances()["alice"],
+        700,
+        "the abort gave the reservation back"
+    );
+    assert_eq!(in_doubt(), 0);
+
+    // Killed before and after each of its first commits, the transfer ends either way once
+    // resumed, with nothing left prepared and no money created or lost.
+    let mut killed = 0;
+    for commit in 1..=8 {
+        for point in [format!("before:{commit}"), format!("after:{commit}")] {
+            let run_id = format!("crash-{}", point.replace(':', "-"));
+            let out = transfer("bob", 10, &["--run-id", &run_id, "--crash-at", &point]);
+            if out.status.signal() == Some(9) {
+                killed += 1;
+                // Nothing knows the killed process is dead: its run is taken over once its
+                // lease has expired.
+                std::thread::sleep(Duration::from_millis(400));
+                let resumed = s.wasaga(&["--run-lease-ms", "300", "resume"]);
+                assert!(
+                    matches!(resumed.status.code(), Some(0) | Some(3)),
+                    "{point}: {}",
+                    text(&resumed)
+                );
+            } else {
+                assert_eq!(out.status.code(), Some(0), "{point}: {}", text(&out));
+            }
+            assert_eq!(in_doubt(), 0, "{point}: a branch is still prepared");
+            assert_eq!(
+                s.balances().values().sum::<i64>(),
+                2_000,
+                "{point}: money created or lost"
+            );
+        }
+    }
+    let crashed = s
+        .runs()
+        .iter()
+        .filter(|(id, _, _)| id.starts_with("crash-"))
+        .count();
+    assert!(crashed >= 8, "only {crashed} crash points were reached");
+    let statuses: Vec<String> = s.runs().into_iter().map(|(_, status, _)| status).collect();
+    assert!(
+        statuses
+            .iter()
+            .all(|s| s == "completed" || s == "compensated"),
+        "every run ended: {statuses:?}"
+    );
+}
+
+/// A refused compensation journals nothing of its own either: on PostgreSQL, an undo that can
+/// never succeed parks its run as stuck, as on SQLite, rather than leaving it unfinished for
+/// ever.
+#[test]
+fn a_compensation_that_cannot_succeed_parks_the_run_as_stuck_on_postgres() {
+    use crate::guests::MISBEHAVE;
+    let postgres = Postgres::start();
+    let url = database(&postgres, "stuck", None);
+    let s = Sandbox::new("pg-stuck").on_postgres(&url);
+    s.open("alice", 1_000);
+    s.open("bob", 1_000);
+    // The module credits bob, pays all of bob's money out with no compensation and fails:
+    // the undo of the credit is refused every time, and the run is parked as stuck.
+    let drain = json!({ "mode": "drain", "from": "alice", "to": "bob", "amount": 10 }).to_string();
+    let stuck = s.wasaga(&[
+        "run",
+        MISBEHAVE,
+        "--input",
+        &drain,
+        "--compensation-retries",
+        "2",
+    ]);
+    assert_eq!(
+        stuck.status.code(),
+        Some(4),
+        "stuck exits 4: {}",
+        text(&stuck)
+    );
+    assert_eq!(s.runs()[0].1, "stuck");
+    assert_eq!(s.balances().values().sum::<i64>(), 2_000);
+    assert_eq!(assert_ledger_consistent(&url), 2_000);
+}

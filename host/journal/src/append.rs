@@ -131,6 +131,23 @@ pub async fn append_events(
     let now = now_ms() as i64;
     let after = next_seq + events.len() as i64;
     if tx.dialect() == Dialect::Postgres {
+        if events.is_empty() {
+            // Nothing to append (a co-located ledger call that journals no event of its own,
+            // such as a two-phase branch or a refused compensation): `append_batch` reports a
+            // batch without events as not appended, so the fence is held by locking the run's
+            // row at this owner and position until the transaction commits.
+            return match tx
+                .fetch_optional(
+                    "SELECT 1 FROM runs WHERE run_id = $1 AND next_seq = $2 AND owner = $3
+                     FOR UPDATE",
+                    wasaga_db::args![run_id, next_seq, owner],
+                )
+                .await?
+            {
+                Some(_) => Ok(next_seq),
+                None => Err(refused(tx, run_id, owner, next_seq).await),
+            };
+        }
         // One statement: the fenced update of the run, and its events only if it matched.
         let append = AppendRef {
             run_id,

@@ -7,6 +7,7 @@ pub mod clock;
 pub mod crash;
 pub mod event;
 pub mod limits;
+pub mod steps;
 
 /// A boxed, sendable future borrowing for `'a`.
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;

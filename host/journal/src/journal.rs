@@ -14,7 +14,6 @@ use wasaga_core::event::{Event, RunStatus};
 use wasaga_db::{Database, Dialect, Tx};
 
 /// `SELECT <the columns of RunRecord> FROM runs <rest>`, as one static string.
-/// `SELECT <the columns of RunRecord> FROM runs <rest>`, as one static string.
 macro_rules! run_select {
     ($rest:literal) => {
         concat!(

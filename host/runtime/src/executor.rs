@@ -22,6 +22,7 @@ use wasaga_core::clock::now_ms;
 use wasaga_core::crash::CrashSwitch;
 use wasaga_core::event::{CallFailure, Event, RunStatus};
 use wasaga_core::limits::{Grant, Limits};
+use wasaga_core::steps::{Step, StepOutcome, Steps};
 use wasaga_db::Database;
 use wasaga_journal::{Deployed, Journal, JournalError, RunRecord, Takeover};
 use wasaga_locks::{Lease, LockService};
@@ -1141,8 +1142,8 @@ impl Host {
         // What compensation cannot undo is named in the run's outcome, never passed over:
         // committed transactions (a commit is final) and steps without a compensation.
         let mut not_undone = committed_transactions(&log.journaled);
-        for step in steps_of(&events).into_iter().rev() {
-            let StepState {
+        for step in Steps::of(&events).into_vec().into_iter().rev() {
+            let Step {
                 call,
                 name,
                 action,
@@ -1615,83 +1616,6 @@ fn in_doubt(
         }
     }
     open
-}
-
-/// What the journal says about one step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StepOutcome {
-    Done,
-    Failed,
-    Unknown,
-}
-
-#[derive(Debug)]
-struct StepState {
-    call: u32,
-    name: String,
-    action: wasaga_core::event::CallSpec,
-    compensation: Option<wasaga_core::event::CallSpec>,
-    fencing_tokens: Vec<(String, u64)>,
-    outcome: StepOutcome,
-    compensated: bool,
-}
-
-/// The run's steps in journal order with what is known of each.
-fn steps_of(events: &[Event]) -> Vec<StepState> {
-    let mut steps: Vec<StepState> = Vec::new();
-    let index_of = |steps: &Vec<StepState>, call: u32| steps.iter().position(|s| s.call == call);
-    for event in events {
-        match event {
-            Event::StepIntent {
-                call,
-                name,
-                action,
-                compensation,
-                fencing_tokens,
-            } => steps.push(StepState {
-                call: *call,
-                name: name.clone(),
-                action: action.clone(),
-                compensation: compensation.clone(),
-                fencing_tokens: fencing_tokens.clone(),
-                outcome: StepOutcome::Unknown,
-                compensated: false,
-            }),
-            Event::StepDone { call, .. } => {
-                if let Some(i) = index_of(&steps, *call) {
-                    steps[i].outcome = StepOutcome::Done;
-                }
-            }
-            Event::StepFailed { call, error }
-            | Event::StepResolved {
-                call,
-                outcome: Err(error),
-            } => {
-                if let Some(i) = index_of(&steps, *call) {
-                    steps[i].outcome = if error.may_have_applied() {
-                        StepOutcome::Unknown
-                    } else {
-                        StepOutcome::Failed
-                    };
-                }
-            }
-            Event::StepResolved {
-                call,
-                outcome: Ok(_),
-            } => {
-                if let Some(i) = index_of(&steps, *call) {
-                    steps[i].outcome = StepOutcome::Done;
-                }
-            }
-            Event::CompensationDone { call, .. } => {
-                if let Some(i) = index_of(&steps, *call) {
-                    steps[i].compensated = true;
-                }
-            }
-            _ => {}
-        }
-    }
-    steps
 }
 
 /// A WASI clock that stands still, so reading it is deterministic.

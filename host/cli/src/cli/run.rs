@@ -9,10 +9,10 @@ use super::host::{
 use super::settings::Settings;
 use anyhow::{Context, Result, anyhow};
 use serde_json::{Value, json};
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use wasaga_core::event::{Event, RunStatus};
+use wasaga_core::steps::Steps;
 use wasaga_runtime::store::{Observer, no_observer};
 use wasaga_runtime::{HostError, RunOutcome};
 
@@ -163,81 +163,79 @@ pub(crate) fn report(g: &Settings, outcome: &RunOutcome) -> u8 {
 
 /// An observer that prints each step and compensation as it is journaled.
 pub(crate) fn printer() -> Observer {
-    let steps: Mutex<HashMap<u32, (String, String, String)>> = Mutex::new(HashMap::new());
+    let steps: Mutex<Steps> = Mutex::new(Steps::default());
     Arc::new(move |_run_id, event| {
         let mut steps = steps.lock().expect("printer lock poisoned");
-        let name = |steps: &HashMap<u32, (String, String, String)>, call: &u32| {
-            steps
-                .get(call)
-                .cloned()
-                .unwrap_or_else(|| (format!("call {call}"), String::new(), String::new()))
-        };
+        steps.apply(event);
         match event {
-            Event::StepIntent {
-                call,
-                name,
-                action,
-                compensation,
-                ..
-            } => {
-                let undo = compensation
-                    .as_ref()
-                    .map(|c| format!("{}.{}", c.participant, c.action))
-                    .unwrap_or_default();
-                steps.insert(
-                    *call,
-                    (
-                        name.clone(),
-                        format!("{}.{}", action.participant, action.action),
-                        undo,
-                    ),
-                );
-            }
             Event::StepDone { call, output } => {
-                let (name, action, _) = name(&steps, call);
+                let (name, action, _) = described(&steps, *call);
                 println!("  step  {name:<16} {action:<22} done      {output}");
             }
             Event::StepFailed { call, error } => {
-                let (name, action, _) = name(&steps, call);
+                let (name, action, _) = described(&steps, *call);
                 println!("  step  {name:<16} {action:<22} failed    {error}");
             }
             Event::StepResolved { call, outcome } => {
-                let (name, action, _) = name(&steps, call);
+                let (name, action, _) = described(&steps, *call);
                 let outcome = match outcome {
                     Ok(output) => format!("applied   {output}"),
                     Err(e) => format!("not applied ({e})"),
                 };
                 println!("  check {name:<16} {action:<22} {outcome}");
             }
-            Event::Compensating { cause } => println!("  compensating: {cause}"),
-            Event::TwoPhaseDecided { commit, reason, .. } => match (commit, reason) {
-                (true, _) => println!("  2pc   decision: commit"),
-                (false, reason) => println!(
-                    "  2pc   decision: abort ({})",
-                    reason.as_deref().unwrap_or("no reason")
-                ),
-            },
             Event::CompensationDone { call, output } => {
-                let (name, _, undo) = name(&steps, call);
+                let (name, _, undo) = described(&steps, *call);
                 println!("  undo  {name:<16} {undo:<22} done      {output}");
             }
-            Event::Log { message, .. } => {
-                for line in message.lines() {
-                    println!("  log   {line}");
-                }
-            }
-            Event::LockAcquired {
-                key,
-                fencing_token,
-                waited_ms,
-                ..
-            } => {
-                println!("  lock  {key:<16} token {fencing_token} (waited {waited_ms} ms)");
-            }
-            Event::LockFailed { key, reason, .. } => println!("  lock  {key:<16} failed: {reason}"),
-            _ => {}
+            other => print_other(other),
         }
     })
+}
+
+/// A step's name, action and compensation (`participant.action`) as the printer shows them;
+/// a step whose intent this process did not see (a resumed run's) by its call number.
+fn described(steps: &Steps, call: u32) -> (String, String, String) {
+    match steps.get(call) {
+        Some(step) => (
+            step.name.clone(),
+            step.action_name(),
+            step.compensation
+                .as_ref()
+                .map(|c| format!("{}.{}", c.participant, c.action))
+                .unwrap_or_default(),
+        ),
+        None => (format!("call {call}"), String::new(), String::new()),
+    }
+}
+
+/// Prints an event that is not about a step, if it is one a run's progress shows.
+fn print_other(event: &Event) {
+    match event {
+        Event::Compensating { cause } => println!("  compensating: {cause}"),
+        Event::TwoPhaseDecided { commit, reason, .. } => match (commit, reason) {
+            (true, _) => println!("  2pc   decision: commit"),
+            (false, reason) => println!(
+                "  2pc   decision: abort ({})",
+                reason.as_deref().unwrap_or("no reason")
+            ),
+        },
+        Event::Log { message, .. } => {
+            for line in message.lines() {
+                println!("  log   {line}");
+            }
+        }
+        Event::LockAcquired {
+            key,
+            fencing_token,
+            waited_ms,
+            ..
+        } => {
+            println!("  lock  {key:<16} token {fencing_token} (waited {waited_ms} ms)");
+        }
+        Event::LockFailed { key, reason, .. } => println!("  lock  {key:<16} failed: {reason}"),
+        _ => {}
+    }
 }
 
 pub(crate) async fn resume(g: &Settings) -> Result<u8, Failure> {

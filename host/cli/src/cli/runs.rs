@@ -7,7 +7,8 @@ use super::settings::Settings;
 use anyhow::{Result, anyhow};
 use serde_json::json;
 use std::collections::HashMap;
-use wasaga_core::event::{Event, RunStatus};
+use wasaga_core::event::{CallSpec, Event, RunStatus};
+use wasaga_core::steps::Steps;
 use wasaga_runtime::store::no_observer;
 
 pub(crate) async fn runs_list(
@@ -95,8 +96,11 @@ pub(crate) async fn runs_show(g: &Settings, run_id: &str) -> Result<u8, Failure>
     println!();
     let start = events.first().map_or(0, |e| e.at_ms);
     let journaled: Vec<Event> = events.iter().map(|e| e.event.clone()).collect();
-    let mut steps: HashMap<u32, (String, String, String, u64)> = HashMap::new();
+    let mut steps = Steps::default();
+    // When each step's intent was journaled, for its duration.
+    let mut began: HashMap<u32, u64> = HashMap::new();
     for stored in &events {
+        steps.apply(&stored.event);
         let at = format!("+{} ms", stored.at_ms.saturating_sub(start));
         let line = match &stored.event {
             Event::Started { .. } => "started".to_owned(),
@@ -107,39 +111,29 @@ pub(crate) async fn runs_show(g: &Settings, run_id: &str) -> Result<u8, Failure>
                 compensation,
                 ..
             } => {
-                let undo = compensation.as_ref().map_or("-".to_owned(), |c| {
-                    format!("{}.{} {}", c.participant, c.action, c.payload)
-                });
-                steps.insert(
-                    *call,
-                    (
-                        name.clone(),
-                        format!("{}.{}", action.participant, action.action),
-                        undo.clone(),
-                        stored.at_ms,
-                    ),
-                );
+                let undo = undo_of(compensation.as_ref());
+                began.insert(*call, stored.at_ms);
                 format!(
                     "step {name:<14} intent    {}.{} {}  (undo: {undo})",
                     action.participant, action.action, action.payload
                 )
             }
             Event::StepDone { call, output } => {
-                let (name, action, _, began) = step_of(&steps, *call);
+                let (name, action, _, began_ms) = step_of(&steps, &began, *call);
                 format!(
                     "step {name:<14} done      {action} -> {output} ({} ms)",
-                    stored.at_ms.saturating_sub(began)
+                    stored.at_ms.saturating_sub(began_ms)
                 )
             }
             Event::StepFailed { call, error } => {
-                let (name, action, _, began) = step_of(&steps, *call);
+                let (name, action, _, began_ms) = step_of(&steps, &began, *call);
                 format!(
                     "step {name:<14} failed    {action}: {error} ({} ms)",
-                    stored.at_ms.saturating_sub(began)
+                    stored.at_ms.saturating_sub(began_ms)
                 )
             }
             Event::StepResolved { call, outcome } => {
-                let (name, action, _, _) = step_of(&steps, *call);
+                let (name, action, _, _) = step_of(&steps, &began, *call);
                 match outcome {
                     Ok(output) => {
                         format!("step {name:<14} resolved  {action} had applied: {output}")
@@ -226,7 +220,7 @@ pub(crate) async fn runs_show(g: &Settings, run_id: &str) -> Result<u8, Failure>
             Event::Completed { output } => format!("completed {output}"),
             Event::Compensating { cause } => format!("compensating: {cause}"),
             Event::CompensationDone { call, output } => {
-                let (name, _, undo, _) = step_of(&steps, *call);
+                let (name, _, undo, _) = step_of(&steps, &began, *call);
                 format!("undo {name:<14} done      {undo} -> {output}")
             }
             Event::Compensated { cause } => format!("compensated ({cause})"),
@@ -237,12 +231,23 @@ pub(crate) async fn runs_show(g: &Settings, run_id: &str) -> Result<u8, Failure>
     Ok(0)
 }
 
-pub(crate) fn step_of(
-    steps: &HashMap<u32, (String, String, String, u64)>,
-    call: u32,
-) -> (String, String, String, u64) {
-    steps
-        .get(&call)
-        .cloned()
-        .unwrap_or_else(|| (format!("call {call}"), String::new(), String::new(), 0))
+/// A step's name, action, compensation and when its intent was journaled, as `runs show`
+/// prints them; a step the journal has no intent for by its call number.
+fn step_of(steps: &Steps, began: &HashMap<u32, u64>, call: u32) -> (String, String, String, u64) {
+    match steps.get(call) {
+        Some(step) => (
+            step.name.clone(),
+            step.action_name(),
+            undo_of(step.compensation.as_ref()),
+            began.get(&call).copied().unwrap_or(0),
+        ),
+        None => (format!("call {call}"), String::new(), String::new(), 0),
+    }
+}
+
+/// A compensation with its payload, or `-` for none.
+fn undo_of(compensation: Option<&CallSpec>) -> String {
+    compensation.map_or("-".to_owned(), |c| {
+        format!("{}.{} {}", c.participant, c.action, c.payload)
+    })
 }

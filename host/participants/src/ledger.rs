@@ -432,6 +432,7 @@ async fn perform_whole(tx: &mut dyn Tx, call: &LedgerCall) -> Outcome {
     Ok(outcome)
 }
 
+/// Performs one of [`ACTIONS`]: its payload parsed and checked, then the action.
 async fn perform(tx: &mut dyn Tx, call: &LedgerCall) -> Outcome {
     match call.action.as_str() {
         "debit" => {
@@ -444,19 +445,7 @@ async fn perform(tx: &mut dyn Tx, call: &LedgerCall) -> Outcome {
             check!(check_amount(e.amount));
             credit(tx, &call.op_id, &e.account, e.amount).await
         }
-        "transfer" => {
-            let t: Transfer = check!(parse(call));
-            check!(check_amount(t.amount));
-            if t.from == t.to {
-                return Ok(Err("transfer needs two different accounts".to_owned()));
-            }
-            let from = check!(debit(tx, &call.op_id, &t.from, t.amount).await?);
-            let to = check!(credit(tx, &call.op_id, &t.to, t.amount).await?);
-            Ok(Ok(json!({
-                "from": t.from, "to": t.to, "amount": t.amount,
-                "from_balance": from["balance"], "to_balance": to["balance"],
-            })))
-        }
+        "transfer" => transfer(tx, call).await,
         "balance" => {
             let a: AccountRef = check!(parse(call));
             let account = check!(account(tx, &a.account).await?);
@@ -476,87 +465,9 @@ async fn perform(tx: &mut dyn Tx, call: &LedgerCall) -> Outcome {
             let v: HoldRef = check!(parse(call));
             void(tx, &call.op_id, &v.hold_id).await
         }
-        "order-create" => {
-            let o: OrderCreate = check!(parse(call));
-            check!(check_amount(o.amount));
-            check!(account(tx, &o.customer).await?);
-            check!(account(tx, &o.merchant).await?);
-            let inserted = tx
-                .execute(
-                    "INSERT INTO ledger_orders (order_id, customer, merchant, amount, status)
-                     VALUES ($1, $2, $3, $4, 'created') ON CONFLICT (order_id) DO NOTHING",
-                    args![&o.order_id, &o.customer, &o.merchant, o.amount],
-                )
-                .await?;
-            if inserted == 0 {
-                return Ok(Err(format!("order {} already exists", o.order_id)));
-            }
-            Ok(Ok(json!({ "order_id": o.order_id, "status": "created" })))
-        }
-        "order-cancel" => {
-            let o: OrderRef = check!(parse(call));
-            tx.execute(
-                "UPDATE ledger_orders SET status = 'cancelled' WHERE order_id = $1",
-                args![&o.order_id],
-            )
-            .await?;
-            Ok(Ok(json!({ "order_id": o.order_id, "status": "cancelled" })))
-        }
-        "record" => {
-            let r: Record = check!(parse(call));
-            check!(check_amount(r.amount));
-            let order = tx
-                .fetch_optional(
-                    "SELECT customer, amount, status FROM ledger_orders WHERE order_id = $1",
-                    args![&r.order_id],
-                )
-                .await?;
-            let Some(order) = order else {
-                return Ok(Err(format!("order {} does not exist", r.order_id)));
-            };
-            let customer = order.text(0)?;
-            let status = order.text(2)?;
-            if status != "created" {
-                return Ok(Err(format!(
-                    "order {} is {status}, not payable",
-                    r.order_id
-                )));
-            }
-            if order.int(1)? != r.amount {
-                return Ok(Err(format!(
-                    "amount {} does not match order {}",
-                    r.amount, r.order_id
-                )));
-            }
-            let existing = tx
-                .fetch_optional(
-                    "SELECT order_id FROM ledger_records WHERE reference = $1",
-                    args![&r.reference],
-                )
-                .await?;
-            if let Some(other) = existing {
-                return Ok(Err(format!(
-                    "reference {} is already recorded for order {}: duplicate payment",
-                    r.reference,
-                    other.text(0)?
-                )));
-            }
-            tx.execute(
-                "INSERT INTO ledger_records (reference, order_id, amount, at_ms) VALUES ($1, $2, $3, $4)",
-                args![&r.reference, &r.order_id, r.amount, now_ms() as i64],
-            )
-            .await?;
-            tx.execute(
-                "UPDATE ledger_orders SET status = 'paid' WHERE order_id = $1",
-                args![&r.order_id],
-            )
-            .await?;
-            let customer = check!(account(tx, &customer).await?);
-            Ok(Ok(json!({
-                "reference": r.reference, "order_id": r.order_id,
-                "customer_balance": customer.balance,
-            })))
-        }
+        "order-create" => order_create(tx, call).await,
+        "order-cancel" => order_cancel(tx, call).await,
+        "record" => record_payment(tx, call).await,
         "prepare" => {
             let p: Prepare = check!(parse(call));
             check!(check_amount(p.amount));
@@ -570,42 +481,148 @@ async fn perform(tx: &mut dyn Tx, call: &LedgerCall) -> Outcome {
             let d: Decided = check!(parse(call));
             finish_prepared(tx, &call.op_id, &d.xid, false).await
         }
-        "read" => {
-            let r: RegisterRead = check!(parse(call));
-            let (value, version) = match read_register(tx, &r.key).await? {
-                Some((text, version)) => {
-                    (serde_json::from_str(&text).unwrap_or(Value::Null), version)
-                }
-                None => (Value::Null, 0),
-            };
-            Ok(Ok(
-                json!({ "key": r.key, "value": value, "version": version }),
-            ))
-        }
-        "write" => {
-            let w: RegisterWrite = check!(parse(call));
-            let version = read_register(tx, &w.key).await?.map_or(0, |(_, v)| v);
-            if let Some(expected) = w.expected_version.filter(|e| *e != version) {
-                return Ok(Err(format!(
-                    "version conflict: register '{}' is at version {version}, not {expected}",
-                    w.key
-                )));
-            }
-            tx.execute(
-                "INSERT INTO ledger_registers (key, value, version) VALUES ($1, $2, $3)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = excluded.version",
-                args![&w.key, &w.value.to_string(), version + 1],
-            )
-            .await?;
-            Ok(Ok(
-                json!({ "key": w.key, "value": w.value, "version": version + 1 }),
-            ))
-        }
+        "read" => register_read(tx, call).await,
+        "write" => register_write(tx, call).await,
         other => Ok(Err(format!(
             "the ledger has no action '{other}'; it has: {}",
             ACTIONS.join(", ")
         ))),
     }
+}
+
+/// A debit of one account and a credit of another, as one action.
+async fn transfer(tx: &mut dyn Tx, call: &LedgerCall) -> Outcome {
+    let t: Transfer = check!(parse(call));
+    check!(check_amount(t.amount));
+    if t.from == t.to {
+        return Ok(Err("transfer needs two different accounts".to_owned()));
+    }
+    let from = check!(debit(tx, &call.op_id, &t.from, t.amount).await?);
+    let to = check!(credit(tx, &call.op_id, &t.to, t.amount).await?);
+    Ok(Ok(json!({
+        "from": t.from, "to": t.to, "amount": t.amount,
+        "from_balance": from["balance"], "to_balance": to["balance"],
+    })))
+}
+
+/// Creates a payment order between a customer and a merchant, once per order id.
+async fn order_create(tx: &mut dyn Tx, call: &LedgerCall) -> Outcome {
+    let o: OrderCreate = check!(parse(call));
+    check!(check_amount(o.amount));
+    check!(account(tx, &o.customer).await?);
+    check!(account(tx, &o.merchant).await?);
+    let inserted = tx
+        .execute(
+            "INSERT INTO ledger_orders (order_id, customer, merchant, amount, status)
+             VALUES ($1, $2, $3, $4, 'created') ON CONFLICT (order_id) DO NOTHING",
+            args![&o.order_id, &o.customer, &o.merchant, o.amount],
+        )
+        .await?;
+    if inserted == 0 {
+        return Ok(Err(format!("order {} already exists", o.order_id)));
+    }
+    Ok(Ok(json!({ "order_id": o.order_id, "status": "created" })))
+}
+
+/// Cancels an order (the compensation of `order-create`).
+async fn order_cancel(tx: &mut dyn Tx, call: &LedgerCall) -> Outcome {
+    let o: OrderRef = check!(parse(call));
+    tx.execute(
+        "UPDATE ledger_orders SET status = 'cancelled' WHERE order_id = $1",
+        args![&o.order_id],
+    )
+    .await?;
+    Ok(Ok(json!({ "order_id": o.order_id, "status": "cancelled" })))
+}
+
+/// Records the payment of an order under its reference; a reference paid before is refused as a duplicate payment.
+async fn record_payment(tx: &mut dyn Tx, call: &LedgerCall) -> Outcome {
+    let r: Record = check!(parse(call));
+    check!(check_amount(r.amount));
+    let order = tx
+        .fetch_optional(
+            "SELECT customer, amount, status FROM ledger_orders WHERE order_id = $1",
+            args![&r.order_id],
+        )
+        .await?;
+    let Some(order) = order else {
+        return Ok(Err(format!("order {} does not exist", r.order_id)));
+    };
+    let customer = order.text(0)?;
+    let status = order.text(2)?;
+    if status != "created" {
+        return Ok(Err(format!(
+            "order {} is {status}, not payable",
+            r.order_id
+        )));
+    }
+    if order.int(1)? != r.amount {
+        return Ok(Err(format!(
+            "amount {} does not match order {}",
+            r.amount, r.order_id
+        )));
+    }
+    let existing = tx
+        .fetch_optional(
+            "SELECT order_id FROM ledger_records WHERE reference = $1",
+            args![&r.reference],
+        )
+        .await?;
+    if let Some(other) = existing {
+        return Ok(Err(format!(
+            "reference {} is already recorded for order {}: duplicate payment",
+            r.reference,
+            other.text(0)?
+        )));
+    }
+    tx.execute(
+        "INSERT INTO ledger_records (reference, order_id, amount, at_ms) VALUES ($1, $2, $3, $4)",
+        args![&r.reference, &r.order_id, r.amount, now_ms() as i64],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE ledger_orders SET status = 'paid' WHERE order_id = $1",
+        args![&r.order_id],
+    )
+    .await?;
+    let customer = check!(account(tx, &customer).await?);
+    Ok(Ok(json!({
+        "reference": r.reference, "order_id": r.order_id,
+        "customer_balance": customer.balance,
+    })))
+}
+
+/// A versioned register's value and version (`null` and 0 if never written).
+async fn register_read(tx: &mut dyn Tx, call: &LedgerCall) -> Outcome {
+    let r: RegisterRead = check!(parse(call));
+    let (value, version) = match read_register(tx, &r.key).await? {
+        Some((text, version)) => (serde_json::from_str(&text).unwrap_or(Value::Null), version),
+        None => (Value::Null, 0),
+    };
+    Ok(Ok(
+        json!({ "key": r.key, "value": value, "version": version }),
+    ))
+}
+
+/// Writes a versioned register, refused if `expected_version` is given and not the current one.
+async fn register_write(tx: &mut dyn Tx, call: &LedgerCall) -> Outcome {
+    let w: RegisterWrite = check!(parse(call));
+    let version = read_register(tx, &w.key).await?.map_or(0, |(_, v)| v);
+    if let Some(expected) = w.expected_version.filter(|e| *e != version) {
+        return Ok(Err(format!(
+            "version conflict: register '{}' is at version {version}, not {expected}",
+            w.key
+        )));
+    }
+    tx.execute(
+        "INSERT INTO ledger_registers (key, value, version) VALUES ($1, $2, $3)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = excluded.version",
+        args![&w.key, &w.value.to_string(), version + 1],
+    )
+    .await?;
+    Ok(Ok(
+        json!({ "key": w.key, "value": w.value, "version": version + 1 }),
+    ))
 }
 
 /// The longest a hold may last.

@@ -1138,21 +1138,11 @@ impl Host {
                 })?;
         }
         let cause = last_cause(&events);
-        let limits = &self.inner.limits;
         // What compensation cannot undo is named in the run's outcome, never passed over:
         // committed transactions (a commit is final) and steps without a compensation.
         let mut not_undone = committed_transactions(&log.journaled);
         for step in Steps::of(&events).into_vec().into_iter().rev() {
-            let Step {
-                call,
-                name,
-                action,
-                compensation,
-                fencing_tokens,
-                mut outcome,
-                compensated,
-            } = step;
-            if compensated {
+            if step.compensated {
                 continue;
             }
             if let Some(reason) = self.inner.stop_reason(live) {
@@ -1161,9 +1151,11 @@ impl Host {
                     reason: reason.to_owned(),
                 });
             }
-            let op_id = wasaga_participants::op_key::step(&run_id, &name);
+            let op_id = wasaga_participants::op_key::step(&run_id, &step.name);
+            let (name, action) = (&step.name, &step.action);
+            let mut outcome = step.outcome;
             if outcome == StepOutcome::Unknown {
-                if compensation.is_none() {
+                if step.compensation.is_none() {
                     // Nothing could undo it, so learning its outcome now would only risk
                     // applying it: leave it, and say so in the run's outcome.
                     not_undone.push(format!(
@@ -1172,99 +1164,23 @@ impl Host {
                     ));
                     continue;
                 }
-                let route = self.inner.participants.route(&action);
-                if let Ok(route) = route {
-                    let request = ParticipantRequest {
-                        op_id: op_id.clone(),
-                        undoes: None,
-                        fencing_tokens,
-                        call: action.clone(),
-                    };
-                    let after: crate::store::After =
-                        Arc::new(move |o: &Result<String, CallFailure>| {
-                            Some(Event::StepResolved {
-                                call,
-                                outcome: o.clone(),
-                            })
-                        });
-                    let resolved = log
-                        .call(
-                            &self.inner,
-                            route,
-                            &request,
-                            Vec::new(),
-                            after,
-                            limits.step_retries_max,
-                            false,
-                        )
-                        .await
-                        .map_err(interrupted)?;
-                    outcome = match resolved {
-                        Ok(_) => StepOutcome::Done,
-                        Err(CallFailure::Unknown(_)) => StepOutcome::Unknown,
-                        Err(_) => StepOutcome::Failed,
-                    };
-                }
+                outcome = self.resolve_unknown(&mut log, &step, &op_id).await?;
             }
             if outcome == StepOutcome::Failed {
                 continue;
             }
-            let Some(compensation) = compensation else {
+            let Some(compensation) = step.compensation.clone() else {
                 not_undone.push(format!(
                     "step '{name}' ({}.{}) applied and has no compensation",
                     action.participant, action.action
                 ));
                 continue;
             };
-            let route = match self.inner.participants.route(&compensation) {
-                Ok(route) => route,
-                Err(reason) => {
-                    return self
-                        .stuck(
-                            log,
-                            format!("compensation of step '{name}' cannot run: {reason}"),
-                        )
-                        .await;
-                }
-            };
-            let request = ParticipantRequest {
-                op_id: wasaga_participants::op_key::undo(&op_id),
-                // An unknown outcome that could not be resolved is undone with tombstone
-                // semantics: the participant undoes it if it applied and fences it otherwise.
-                undoes: Some(op_id),
-                fencing_tokens: locks.fencing_tokens(),
-                call: compensation,
-            };
-            let after: crate::store::After =
-                Arc::new(move |o: &Result<String, CallFailure>| match o {
-                    Ok(output) => Some(Event::CompensationDone {
-                        call,
-                        output: output.clone(),
-                    }),
-                    Err(_) => None,
-                });
-            let result = log
-                .call(
-                    &self.inner,
-                    route,
-                    &request,
-                    Vec::new(),
-                    after,
-                    limits.compensation_retries_max,
-                    true,
-                )
-                .await
-                .map_err(interrupted)?;
-            if let Err(failure) = result {
-                return self
-                    .stuck(
-                        log,
-                        format!(
-                            "compensation of step '{name}' failed {} times, last: {failure}",
-                            limits.compensation_retries_max
-                        ),
-                    )
-                    .await;
+            if let Err(reason) = self
+                .undo(&mut log, &step, compensation, op_id, &locks)
+                .await?
+            {
+                return self.stuck(log, reason).await;
             }
         }
         let cause = if not_undone.is_empty() {
@@ -1287,6 +1203,113 @@ impl Host {
             output: None,
             error: Some(cause),
         })
+    }
+
+    /// Learns whether a step whose outcome is unknown applied, by calling its action again
+    /// under the same idempotency key: the participant answers what the first call did. A
+    /// step whose participant cannot be reached now stays unknown (its undo then fences it).
+    async fn resolve_unknown(
+        &self,
+        log: &mut RunLog,
+        step: &Step,
+        op_id: &str,
+    ) -> Result<StepOutcome, HostError> {
+        let Ok(route) = self.inner.participants.route(&step.action) else {
+            return Ok(StepOutcome::Unknown);
+        };
+        let request = ParticipantRequest {
+            op_id: op_id.to_owned(),
+            undoes: None,
+            fencing_tokens: step.fencing_tokens.clone(),
+            call: step.action.clone(),
+        };
+        let call = step.call;
+        let after: crate::store::After = Arc::new(move |o: &Result<String, CallFailure>| {
+            Some(Event::StepResolved {
+                call,
+                outcome: o.clone(),
+            })
+        });
+        let run_id = log.run_id.clone();
+        let retries = self.inner.limits.step_retries_max;
+        let resolved = log
+            .call(
+                &self.inner,
+                route,
+                &request,
+                Vec::new(),
+                after,
+                retries,
+                false,
+            )
+            .await
+            .map_err(|e| HostError::Interrupted {
+                run_id,
+                reason: e.to_string(),
+            })?;
+        Ok(match resolved {
+            Ok(_) => StepOutcome::Done,
+            Err(CallFailure::Unknown(_)) => StepOutcome::Unknown,
+            Err(_) => StepOutcome::Failed,
+        })
+    }
+
+    /// Undoes a step that applied (or may have) with `compensation`, carrying the fencing
+    /// tokens of the locks the compensation runs under. `Ok(Err(reason))` when the undo
+    /// cannot run or keeps being refused: the run is then parked as stuck.
+    async fn undo(
+        &self,
+        log: &mut RunLog,
+        step: &Step,
+        compensation: wasaga_core::event::CallSpec,
+        op_id: String,
+        locks: &RunLocks,
+    ) -> Result<Result<(), String>, HostError> {
+        let name = &step.name;
+        let route = match self.inner.participants.route(&compensation) {
+            Ok(route) => route,
+            Err(reason) => {
+                return Ok(Err(format!(
+                    "compensation of step '{name}' cannot run: {reason}"
+                )));
+            }
+        };
+        let request = ParticipantRequest {
+            op_id: wasaga_participants::op_key::undo(&op_id),
+            // An unknown outcome that could not be resolved is undone with tombstone
+            // semantics: the participant undoes it if it applied and fences it otherwise.
+            undoes: Some(op_id),
+            fencing_tokens: locks.fencing_tokens(),
+            call: compensation,
+        };
+        let call = step.call;
+        let after: crate::store::After = Arc::new(move |o: &Result<String, CallFailure>| match o {
+            Ok(output) => Some(Event::CompensationDone {
+                call,
+                output: output.clone(),
+            }),
+            Err(_) => None,
+        });
+        let run_id = log.run_id.clone();
+        let retries = self.inner.limits.compensation_retries_max;
+        let result = log
+            .call(
+                &self.inner,
+                route,
+                &request,
+                Vec::new(),
+                after,
+                retries,
+                true,
+            )
+            .await
+            .map_err(|e| HostError::Interrupted {
+                run_id,
+                reason: e.to_string(),
+            })?;
+        Ok(result.map(|_| ()).map_err(|failure| {
+            format!("compensation of step '{name}' failed {retries} times, last: {failure}")
+        }))
     }
 
     async fn stuck(&self, mut log: RunLog, reason: String) -> Result<RunOutcome, HostError> {

@@ -1243,10 +1243,7 @@ impl Host {
                 false,
             )
             .await
-            .map_err(|e| HostError::Interrupted {
-                run_id,
-                reason: e.to_string(),
-            })?;
+            .map_err(interrupted(run_id))?;
         Ok(match resolved {
             Ok(_) => StepOutcome::Done,
             Err(CallFailure::Unknown(_)) => StepOutcome::Unknown,
@@ -1303,10 +1300,7 @@ impl Host {
                 true,
             )
             .await
-            .map_err(|e| HostError::Interrupted {
-                run_id,
-                reason: e.to_string(),
-            })?;
+            .map_err(interrupted(run_id))?;
         Ok(result.map(|_| ()).map_err(|failure| {
             format!("compensation of step '{name}' failed {retries} times, last: {failure}")
         }))
@@ -1639,6 +1633,14 @@ fn in_doubt(
         }
     }
     open
+}
+
+/// What stops a run whose journal write failed: it is left unfinished, and resumes later.
+fn interrupted(run_id: String) -> impl FnOnce(JournalError) -> HostError {
+    move |e| HostError::Interrupted {
+        run_id,
+        reason: e.to_string(),
+    }
 }
 
 /// A WASI clock that stands still, so reading it is deterministic.

@@ -11,7 +11,7 @@ use crate::config::HostConfig;
 use crate::engine::{Loaded, ModuleError, WorkflowEngine, module_hash};
 use crate::shared::{HostInner, LiveRun};
 use crate::store::{
-    Fatal, MemoryLimiter, Observer, RunContext, RunLocks, RunLog, RunState, replay_map,
+    Fatal, MemoryLimiter, Observer, Refusals, RunContext, RunLocks, RunLog, RunState, replay_map,
 };
 use rand::SeedableRng;
 use std::collections::{HashMap, HashSet};
@@ -1240,7 +1240,7 @@ impl Host {
                 Vec::new(),
                 after,
                 retries,
-                false,
+                Refusals::Final,
             )
             .await
             .map_err(interrupted(run_id))?;
@@ -1297,7 +1297,7 @@ impl Host {
                 Vec::new(),
                 after,
                 retries,
-                true,
+                Refusals::Retried,
             )
             .await
             .map_err(interrupted(run_id))?;

@@ -547,7 +547,7 @@ impl RunLog {
     /// Performs `request` on its participant, journaling `before` durably first and
     /// `after(outcome)` once the outcome is known. A co-located ledger commits `before`, its
     /// write and `after` in one transaction. Transient failures (and, with
-    /// `retry_rejections`, refusals) are retried with backoff up to `attempts` times.
+    /// [`Refusals::Retried`], refusals) are retried with backoff up to `attempts` times.
     #[allow(clippy::too_many_arguments)]
     pub async fn call(
         &mut self,
@@ -557,17 +557,10 @@ impl RunLog {
         before: Vec<Event>,
         after: After,
         attempts: u32,
-        retry_rejections: bool,
+        refusals: Refusals,
     ) -> Result<Result<String, CallFailure>, JournalError> {
         self.call_on(
-            host,
-            route,
-            request,
-            before,
-            after,
-            attempts,
-            retry_rejections,
-            None,
+            host, route, request, before, after, attempts, refusals, None,
         )
         .await
     }
@@ -583,7 +576,7 @@ impl RunLog {
         before: Vec<Event>,
         after: After,
         attempts: u32,
-        retry_rejections: bool,
+        refusals: Refusals,
         on_server: Option<OnServer>,
     ) -> Result<Result<String, CallFailure>, JournalError> {
         let attempts = attempts.max(1);
@@ -622,7 +615,7 @@ impl RunLog {
             match attempted {
                 Ok(outcome) => {
                     let retry = match &outcome {
-                        Err(CallFailure::Rejected(_)) => retry_rejections,
+                        Err(CallFailure::Rejected(_)) => refusals == Refusals::Retried,
                         Err(_) => true,
                         Ok(_) => false,
                     };
@@ -683,7 +676,14 @@ impl RunLog {
                 amount,
             });
         self.call_on(
-            host, route, request, before, after, attempts, false, on_server,
+            host,
+            route,
+            request,
+            before,
+            after,
+            attempts,
+            Refusals::Final,
+            on_server,
         )
         .await
     }
@@ -776,6 +776,17 @@ impl RunLog {
         self.recorded(next_seq, before.iter().cloned().chain(last));
         Ok(Ok(outcome))
     }
+}
+
+/// What a participant's refusal means for a call's retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusals {
+    /// A refusal is the call's outcome: a step's action, a prepare, a check of an unknown
+    /// outcome.
+    Final,
+    /// A refusal is retried like a transient failure, up to the attempts given: a
+    /// compensation or a phase-two decision, which must succeed once its cause is fixed.
+    Retried,
 }
 
 /// A debit or credit step done by the server-side function: its call number, account and

@@ -5,7 +5,7 @@
 //! resumed or compensated, and the participant fences it so a late prepare is refused.
 
 use crate::shared::HostInner;
-use crate::store::{After, RunLog};
+use crate::store::{After, Refusals, RunLog};
 use serde_json::json;
 use std::sync::Arc;
 use wasaga_core::event::{CallFailure, CallSpec, Event};
@@ -184,7 +184,7 @@ async fn prepare(
         Vec::new(),
         nothing,
         host.limits.step_retries_max,
-        false,
+        Refusals::Final,
     )
     .await
     .map_err(|e| e.to_string())
@@ -233,7 +233,7 @@ async fn finish(
             Vec::new(),
             nothing,
             host.limits.compensation_retries_max,
-            true,
+            Refusals::Retried,
         )
         .await
         .map_err(|e| e.to_string())?

@@ -3,7 +3,7 @@
 
 use crate::bindings::wasaga::workflow::participant::Host;
 use crate::bindings::wasaga::workflow::types::{Call, CallError};
-use crate::store::RunState;
+use crate::store::{Refusals, RunState};
 use wasaga_core::event::{CallFailure, CallSpec, Event};
 use wasaga_participants::ParticipantRequest;
 
@@ -375,7 +375,7 @@ impl Host for RunState {
                 Vec::new(),
                 after,
                 host.limits.step_retries_max,
-                false,
+                Refusals::Final,
             )
             .await
             .map_err(|e| run.interrupted(e))?;

@@ -9,6 +9,7 @@ use serde_json::json;
 use std::collections::HashMap;
 use wasaga_core::event::{CallSpec, Event, RunStatus};
 use wasaga_core::steps::Steps;
+use wasaga_journal::StoredEvent;
 use wasaga_runtime::store::no_observer;
 
 pub(crate) async fn runs_list(
@@ -102,133 +103,143 @@ pub(crate) async fn runs_show(g: &Settings, run_id: &str) -> Result<u8, Failure>
     for stored in &events {
         steps.apply(&stored.event);
         let at = format!("+{} ms", stored.at_ms.saturating_sub(start));
-        let line = match &stored.event {
-            Event::Started { .. } => "started".to_owned(),
-            Event::StepIntent {
-                call,
-                name,
-                action,
-                compensation,
-                ..
-            } => {
-                let undo = undo_of(compensation.as_ref());
-                began.insert(*call, stored.at_ms);
-                format!(
-                    "step {name:<14} intent    {}.{} {}  (undo: {undo})",
-                    action.participant, action.action, action.payload
-                )
-            }
-            Event::StepDone { call, output } => {
-                let (name, action, _, began_ms) = step_of(&steps, &began, *call);
-                format!(
-                    "step {name:<14} done      {action} -> {output} ({} ms)",
-                    stored.at_ms.saturating_sub(began_ms)
-                )
-            }
-            Event::StepFailed { call, error } => {
-                let (name, action, _, began_ms) = step_of(&steps, &began, *call);
-                format!(
-                    "step {name:<14} failed    {action}: {error} ({} ms)",
-                    stored.at_ms.saturating_sub(began_ms)
-                )
-            }
-            Event::StepResolved { call, outcome } => {
-                let (name, action, _, _) = step_of(&steps, &began, *call);
-                match outcome {
-                    Ok(output) => {
-                        format!("step {name:<14} resolved  {action} had applied: {output}")
-                    }
-                    Err(e) => format!("step {name:<14} resolved  {action} had not applied: {e}"),
-                }
-            }
-            Event::TwoPhaseStarted { xid, calls, .. } => {
-                let branches: Vec<String> = calls
-                    .iter()
-                    .map(|c| format!("{}.{} {}", c.participant, c.action, c.payload))
-                    .collect();
-                format!("2pc       {xid} prepare: {}", branches.join("; "))
-            }
-            Event::TwoPhaseDecided { commit, reason, .. } => match (commit, reason) {
-                (true, _) => "2pc       decision: commit".to_owned(),
-                (false, reason) => format!(
-                    "2pc       decision: abort ({})",
-                    reason.as_deref().unwrap_or("no reason")
-                ),
-            },
-            Event::TwoPhaseFinished { outcome, .. } => match outcome {
-                Ok(_) => "2pc       committed on every branch".to_owned(),
-                Err(e) => format!("2pc       aborted on every branch: {e}"),
-            },
-            Event::Read {
-                participant,
-                key,
-                outcome,
-                ..
-            } => match outcome {
-                Ok((value, version)) => {
-                    format!("read      {participant} '{key}' = {value} (version {version})")
-                }
-                Err(e) => format!("read      {participant} '{key}' failed: {e}"),
-            },
-            Event::WriteIf {
-                participant,
-                key,
-                expected_version,
-                value,
-                outcome,
-                ..
-            } => match outcome {
-                Ok(version) => format!(
-                    "write-if  {participant} '{key}' = {value} at version {expected_version} -> version {version}"
-                ),
-                Err(e) => format!(
-                    "write-if  {participant} '{key}' at version {expected_version} refused: {e}"
-                ),
-            },
-            Event::Clock { ms, .. } => format!("clock     {ms}"),
-            Event::Random { value, .. } => format!("random    {value}"),
-            Event::Log { message, .. } => format!(
-                "log       {}",
-                message.replace('\n', "\n                    ")
-            ),
-            Event::LockAcquired {
-                key,
-                fencing_token,
-                waited_ms,
-                ..
-            } => {
-                format!(
-                    "lock      {key} acquired after waiting {waited_ms} ms, fencing token {fencing_token}"
-                )
-            }
-            Event::LockFailed { key, reason, .. } => format!("lock      {key} failed: {reason}"),
-            Event::LockReacquired {
-                key, fencing_token, ..
-            } => format!("lock      {key} taken again on resume, fencing token {fencing_token}"),
-            Event::LockReleased {
-                call: Some(call),
-                key,
-                fencing_token,
-            } if wasaga_runtime::store::guards_compensation(&journaled, key, *call) => format!(
-                "lock      {key} release asked (token {fencing_token}); held until the run ends, as a step under it may need undoing"
-            ),
-            Event::LockReleased {
-                key, fencing_token, ..
-            } => {
-                format!("lock      {key} released (token {fencing_token})")
-            }
-            Event::Completed { output } => format!("completed {output}"),
-            Event::Compensating { cause } => format!("compensating: {cause}"),
-            Event::CompensationDone { call, output } => {
-                let (name, _, undo, _) = step_of(&steps, &began, *call);
-                format!("undo {name:<14} done      {undo} -> {output}")
-            }
-            Event::Compensated { cause } => format!("compensated ({cause})"),
-            Event::Stuck { reason } => format!("STUCK: {reason}"),
-        };
+        let line = event_line(stored, &steps, &mut began, &journaled);
         println!("{:>4} {at:>10}  {line}", stored.seq);
     }
     Ok(0)
+}
+
+/// One line of `runs show` for a journaled event: what happened, with the step it concerns.
+fn event_line(
+    stored: &StoredEvent,
+    steps: &Steps,
+    began: &mut HashMap<u32, u64>,
+    journaled: &[Event],
+) -> String {
+    match &stored.event {
+        Event::Started { .. } => "started".to_owned(),
+        Event::StepIntent {
+            call,
+            name,
+            action,
+            compensation,
+            ..
+        } => {
+            let undo = undo_of(compensation.as_ref());
+            began.insert(*call, stored.at_ms);
+            format!(
+                "step {name:<14} intent    {}.{} {}  (undo: {undo})",
+                action.participant, action.action, action.payload
+            )
+        }
+        Event::StepDone { call, output } => {
+            let (name, action, _, began_ms) = step_of(steps, began, *call);
+            format!(
+                "step {name:<14} done      {action} -> {output} ({} ms)",
+                stored.at_ms.saturating_sub(began_ms)
+            )
+        }
+        Event::StepFailed { call, error } => {
+            let (name, action, _, began_ms) = step_of(steps, began, *call);
+            format!(
+                "step {name:<14} failed    {action}: {error} ({} ms)",
+                stored.at_ms.saturating_sub(began_ms)
+            )
+        }
+        Event::StepResolved { call, outcome } => {
+            let (name, action, _, _) = step_of(steps, began, *call);
+            match outcome {
+                Ok(output) => {
+                    format!("step {name:<14} resolved  {action} had applied: {output}")
+                }
+                Err(e) => format!("step {name:<14} resolved  {action} had not applied: {e}"),
+            }
+        }
+        Event::TwoPhaseStarted { xid, calls, .. } => {
+            let branches: Vec<String> = calls
+                .iter()
+                .map(|c| format!("{}.{} {}", c.participant, c.action, c.payload))
+                .collect();
+            format!("2pc       {xid} prepare: {}", branches.join("; "))
+        }
+        Event::TwoPhaseDecided { commit, reason, .. } => match (commit, reason) {
+            (true, _) => "2pc       decision: commit".to_owned(),
+            (false, reason) => format!(
+                "2pc       decision: abort ({})",
+                reason.as_deref().unwrap_or("no reason")
+            ),
+        },
+        Event::TwoPhaseFinished { outcome, .. } => match outcome {
+            Ok(_) => "2pc       committed on every branch".to_owned(),
+            Err(e) => format!("2pc       aborted on every branch: {e}"),
+        },
+        Event::Read {
+            participant,
+            key,
+            outcome,
+            ..
+        } => match outcome {
+            Ok((value, version)) => {
+                format!("read      {participant} '{key}' = {value} (version {version})")
+            }
+            Err(e) => format!("read      {participant} '{key}' failed: {e}"),
+        },
+        Event::WriteIf {
+            participant,
+            key,
+            expected_version,
+            value,
+            outcome,
+            ..
+        } => match outcome {
+            Ok(version) => format!(
+                "write-if  {participant} '{key}' = {value} at version {expected_version} -> version {version}"
+            ),
+            Err(e) => format!(
+                "write-if  {participant} '{key}' at version {expected_version} refused: {e}"
+            ),
+        },
+        Event::Clock { ms, .. } => format!("clock     {ms}"),
+        Event::Random { value, .. } => format!("random    {value}"),
+        Event::Log { message, .. } => format!(
+            "log       {}",
+            message.replace('\n', "\n                    ")
+        ),
+        Event::LockAcquired {
+            key,
+            fencing_token,
+            waited_ms,
+            ..
+        } => {
+            format!(
+                "lock      {key} acquired after waiting {waited_ms} ms, fencing token {fencing_token}"
+            )
+        }
+        Event::LockFailed { key, reason, .. } => format!("lock      {key} failed: {reason}"),
+        Event::LockReacquired {
+            key, fencing_token, ..
+        } => format!("lock      {key} taken again on resume, fencing token {fencing_token}"),
+        Event::LockReleased {
+            call: Some(call),
+            key,
+            fencing_token,
+        } if wasaga_runtime::store::guards_compensation(journaled, key, *call) => format!(
+            "lock      {key} release asked (token {fencing_token}); held until the run ends, as a step under it may need undoing"
+        ),
+        Event::LockReleased {
+            key, fencing_token, ..
+        } => {
+            format!("lock      {key} released (token {fencing_token})")
+        }
+        Event::Completed { output } => format!("completed {output}"),
+        Event::Compensating { cause } => format!("compensating: {cause}"),
+        Event::CompensationDone { call, output } => {
+            let (name, _, undo, _) = step_of(steps, began, *call);
+            format!("undo {name:<14} done      {undo} -> {output}")
+        }
+        Event::Compensated { cause } => format!("compensated ({cause})"),
+        Event::Stuck { reason } => format!("STUCK: {reason}"),
+    }
 }
 
 /// A step's name, action, compensation and when its intent was journaled, as `runs show`

@@ -27,7 +27,7 @@ use wasaga_db::Database;
 use wasaga_journal::{Deployed, Journal, JournalError, RunRecord, Takeover};
 use wasaga_locks::{Lease, LockService};
 use wasaga_participants::branch::Decided;
-use wasaga_participants::{Participant, ParticipantRequest, Participants};
+use wasaga_participants::{Participant, ParticipantRequest, Participants, Route};
 use wasmtime::Store;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::WasiCtxBuilder;
@@ -1230,25 +1230,40 @@ impl Host {
                 outcome: o.clone(),
             })
         });
-        let run_id = log.run_id.clone();
         let retries = self.inner.limits.step_retries_max;
-        let resolved = log
-            .call(
-                &self.inner,
-                route,
-                &request,
-                Vec::new(),
-                after,
-                retries,
-                Refusals::Final,
-            )
-            .await
-            .map_err(interrupted(run_id))?;
+        let resolved = self
+            .compensation_call(log, route, &request, after, retries, Refusals::Final)
+            .await?;
         Ok(match resolved {
             Ok(_) => StepOutcome::Done,
             Err(CallFailure::Unknown(_)) => StepOutcome::Unknown,
             Err(_) => StepOutcome::Failed,
         })
+    }
+
+    /// A participant call compensation makes, with nothing journaled before it; a journal
+    /// write that fails stops the run here, to be resumed.
+    async fn compensation_call(
+        &self,
+        log: &mut RunLog,
+        route: Route,
+        request: &ParticipantRequest,
+        after: crate::store::After,
+        retries: u32,
+        refusals: Refusals,
+    ) -> Result<Result<String, CallFailure>, HostError> {
+        let run_id = log.run_id.clone();
+        log.call(
+            &self.inner,
+            route,
+            request,
+            Vec::new(),
+            after,
+            retries,
+            refusals,
+        )
+        .await
+        .map_err(interrupted(run_id))
     }
 
     /// Undoes a step that applied (or may have) with `compensation`, carrying the fencing
@@ -1287,20 +1302,10 @@ impl Host {
             }),
             Err(_) => None,
         });
-        let run_id = log.run_id.clone();
         let retries = self.inner.limits.compensation_retries_max;
-        let result = log
-            .call(
-                &self.inner,
-                route,
-                &request,
-                Vec::new(),
-                after,
-                retries,
-                Refusals::Retried,
-            )
-            .await
-            .map_err(interrupted(run_id))?;
+        let result = self
+            .compensation_call(log, route, &request, after, retries, Refusals::Retried)
+            .await?;
         Ok(result.map(|_| ()).map_err(|failure| {
             format!("compensation of step '{name}' failed {retries} times, last: {failure}")
         }))

@@ -587,7 +587,6 @@ impl RunLog {
             // call (its intent) is durable.
             self.commit(std::mem::take(&mut before)).await?;
         }
-        let ledger_call = request.ledger_call();
         // Why the last attempt at a co-located write failed before its outcome was known.
         let mut last = String::new();
         for attempt in 1..=attempts {
@@ -607,7 +606,7 @@ impl RunLog {
                     .await?
                 }
                 (Route::LedgerInJournal, None) => {
-                    self.ledger_in_journal(&ledger_call, &before, &after)
+                    self.ledger_in_journal(request.ledger_call(), &before, &after)
                         .await?
                 }
                 (Route::Separate, _) => Ok(host.participants.call(request).await),
@@ -735,7 +734,7 @@ impl RunLog {
     /// retrying; the outer one a journal conflict that is not.
     async fn ledger_in_journal(
         &mut self,
-        call: &wasaga_participants::ledger::LedgerCall,
+        call: wasaga_participants::ledger::LedgerCall,
         before: &[Event],
         after: &After,
     ) -> Result<Result<Result<String, CallFailure>, String>, JournalError> {
@@ -757,7 +756,7 @@ impl RunLog {
         // told outside the host, so it waits for the write to be durable.
         let durable =
             !self.journal.early_answers() || (at.unstarted.is_some() && self.created.is_some());
-        let (call, after) = (call.clone(), after.clone());
+        let after = after.clone();
         let work = wasaga_db::work(move |tx| {
             Box::pin(
                 async move { colocated::in_one_transaction(tx, &at, &call, encoded, &after).await },

@@ -21,6 +21,7 @@ const GUESTS: &[&str] = &[
     "gated",
     "gated-v2",
     "locked-undo",
+    "card-payment",
 ];
 
 fn main() {

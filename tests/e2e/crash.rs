@@ -24,7 +24,7 @@ fn order(order_id: &str, reference: &str) -> String {
 }
 
 /// Copies the template's database files (and compiled-module cache) into a fresh sandbox.
-fn copy_of(template: &Sandbox, separate_ledger: bool) -> Sandbox {
+pub(crate) fn copy_of(template: &Sandbox, separate_ledger: bool) -> Sandbox {
     let mut s = Sandbox::new("crash");
     if separate_ledger {
         s = s.with_separate_ledger();

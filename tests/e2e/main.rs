@@ -4,7 +4,9 @@
 mod architecture;
 mod bad_input;
 mod bench;
+mod card_payment;
 mod crash;
+mod http_two_phase;
 mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 }

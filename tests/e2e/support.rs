@@ -461,7 +461,7 @@ pub fn agent() -> ureq::Agent {
         .into()
 }
 
-fn request(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u16, Value) {
+pub fn request(response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u16, Value) {
     let mut response = response.expect("the server answers");
     let status = response.status().as_u16();
     let text = response.body_mut().read_to_string().expect("a body");

@@ -65,15 +65,36 @@ impl Default for Limits {
 /// What one workflow may use. Everything else is denied.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Grant {
-    /// Participants its steps, reads and writes may call (`ledger`, a `postgres-xa` name).
+    /// Participants its steps, reads and writes may call (`ledger`, a `postgres-xa` or `http`
+    /// name), or single actions of one (`psp.authorize`: steps may call that action only).
     pub participants: Vec<String>,
     /// Prefixes of the lock keys it may take; an empty prefix allows every key.
     pub lock_prefixes: Vec<String>,
 }
 
 impl Grant {
+    /// Whether everything of `participant` is granted.
     pub fn allows_participant(&self, participant: &str) -> bool {
         self.participants.iter().any(|p| p == participant)
+    }
+
+    /// Whether some of `participant` is granted: all of it, or one of its actions at least.
+    pub fn allows_some_of(&self, participant: &str) -> bool {
+        self.participants.iter().any(|p| {
+            p == participant
+                || p.split_once('.')
+                    .is_some_and(|(granted, _)| granted == participant)
+        })
+    }
+
+    /// Whether a step may call `action` on `participant`: all of it is granted, or that action.
+    pub fn allows_action(&self, participant: &str, action: &str) -> bool {
+        self.participants.iter().any(|p| {
+            p == participant
+                || p.split_once('.').is_some_and(|(granted, granted_action)| {
+                    granted == participant && granted_action == action
+                })
+        })
     }
 
     pub fn allows_lock(&self, key: &str) -> bool {

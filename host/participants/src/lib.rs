@@ -1,17 +1,17 @@
-//! Participants a workflow can call, and how a call reaches them. Today: the built-in ledger,
-//! either in the journal's database (so its writes commit with the journal entry) or in a
-//! database of its own.
+//! Participants a workflow can call, and how a call reaches them: the built-in ledger, either
+//! in the journal's database (so its writes commit with the journal entry) or in a database of
+//! its own, and beside it every [`Participant`]: `postgres-xa` databases and `http` services.
 
 pub mod branch;
 pub mod colocated;
+pub mod http;
 pub mod ledger;
 mod participant;
 pub mod xa;
 
-pub use participant::Participant;
+pub use participant::{Participant, ParticipantRequest};
 
 use colocated::ServerSteps;
-use ledger::LedgerCall;
 use std::sync::Arc;
 use wasaga_core::event::{CallFailure, CallSpec};
 use wasaga_db::Database;
@@ -68,30 +68,6 @@ pub mod op_key {
     }
 }
 
-/// One call as delivered to a participant.
-#[derive(Debug, Clone)]
-pub struct ParticipantRequest {
-    /// The operation's idempotency key ([`op_key`]).
-    pub op_id: String,
-    /// For a compensation: the key of the action it undoes.
-    pub undoes: Option<String>,
-    /// Fencing tokens of the locks the run holds, `(key, token)`.
-    pub fencing_tokens: Vec<(String, u64)>,
-    pub call: CallSpec,
-}
-
-impl ParticipantRequest {
-    pub fn ledger_call(&self) -> LedgerCall {
-        LedgerCall {
-            op_id: self.op_id.clone(),
-            undoes: self.undoes.clone(),
-            action: self.call.action.clone(),
-            payload: self.call.payload.clone(),
-            fencing_tokens: self.fencing_tokens.clone(),
-        }
-    }
-}
-
 /// The participants configured in this host.
 #[derive(Debug)]
 pub struct Participants {
@@ -99,7 +75,7 @@ pub struct Participants {
     ledger_shares_journal: bool,
     /// Batches of server-side steps, when the ledger shares a PostgreSQL journal.
     server_steps: ServerSteps,
-    /// The participants beside the ledger (`postgres-xa` databases), by name.
+    /// The participants beside the ledger (`postgres-xa` databases, `http` services).
     others: Vec<Arc<dyn Participant>>,
 }
 
@@ -178,15 +154,7 @@ impl Participants {
                 })
             }
             other => match self.named(other) {
-                Some(p) if p.step_actions().contains(&call.action.as_str()) => Ok(Route::Separate),
-                Some(p) if p.step_actions().is_empty() => Err(format!(
-                    "participant '{other}' takes part only in two-phase commits (saga.commit_all)"
-                )),
-                Some(p) => Err(format!(
-                    "participant '{other}' has no action '{}'; it has: {}",
-                    call.action,
-                    p.step_actions().join(", ")
-                )),
+                Some(p) => p.check_step(&call.action).map(|()| Route::Separate),
                 None => Err(format!(
                     "unknown participant '{other}'; this host has: {}",
                     self.names()
@@ -235,9 +203,7 @@ impl Participants {
     /// Performs a call on a participant with its own durability ([`Route::Separate`]).
     pub async fn call(&self, request: &ParticipantRequest) -> Result<String, CallFailure> {
         if let Some(other) = self.named(&request.call.participant) {
-            return other
-                .call(&request.call.action, &request.call.payload)
-                .await;
+            return other.call(request).await;
         }
         let call = request.ledger_call();
         let outcome = self
@@ -340,18 +306,28 @@ mod router_tests {
         fn name(&self) -> &str {
             self.name
         }
-        fn step_actions(&self) -> &[&str] {
-            self.actions
+        fn check_step(&self, action: &str) -> Result<(), String> {
+            match self.actions {
+                [] => Err(format!(
+                    "participant '{}' takes part only in two-phase commits (saga.commit_all)",
+                    self.name
+                )),
+                actions if actions.contains(&action) => Ok(()),
+                actions => Err(format!(
+                    "participant '{}' has no action '{action}'; it has: {}",
+                    self.name,
+                    actions.join(", ")
+                )),
+            }
         }
         fn prepares(&self) -> bool {
             self.prepares
         }
         fn call<'a>(
             &'a self,
-            action: &'a str,
-            payload: &'a str,
+            request: &'a ParticipantRequest,
         ) -> BoxFuture<'a, Result<String, CallFailure>> {
-            let asked = format!("{action} {payload}");
+            let asked = format!("{} {}", request.call.action, request.call.payload);
             self.asked.lock().expect("lock").push(asked.clone());
             Box::pin(async move { Ok(asked) })
         }
@@ -427,6 +403,7 @@ mod router_tests {
             assert!(participants.exists("bank").is_ok() && participants.exists("nobody").is_err());
 
             let request = ParticipantRequest {
+                run_id: "run-1".to_owned(),
                 op_id: "run-1/charge".to_owned(),
                 undoes: None,
                 fencing_tokens: Vec::new(),

@@ -337,10 +337,13 @@ impl crate::participant::Participant for PostgresXa {
 
     fn call<'a>(
         &'a self,
-        action: &'a str,
-        payload: &'a str,
+        request: &'a crate::participant::ParticipantRequest,
     ) -> BoxFuture<'a, Result<String, CallFailure>> {
-        Box::pin(PostgresXa::call(self, action, payload))
+        Box::pin(PostgresXa::call(
+            self,
+            &request.call.action,
+            &request.call.payload,
+        ))
     }
 
     fn in_doubt(&self) -> BoxFuture<'_, Result<Vec<String>, CallFailure>> {

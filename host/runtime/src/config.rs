@@ -23,6 +23,8 @@ pub struct HostConfig {
     pub locks: LockBackend,
     /// `postgres-xa` participants: name and database URL.
     pub xa: Vec<(String, String)>,
+    /// `http` participants.
+    pub http: Vec<wasaga_participants::http::HttpConfig>,
     /// Names this host in the leases it holds on runs (with its process). Prepared
     /// transactions' global ids derive from their run, not from this.
     pub host_id: String,
@@ -58,6 +60,7 @@ impl HostConfig {
             limits: Limits::default(),
             locks: LockBackend::Journal,
             xa: Vec::new(),
+            http: Vec::new(),
             host_id: "wasaga".to_owned(),
             grants: None,
             pools: PoolSizes::default(),

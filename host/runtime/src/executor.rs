@@ -162,6 +162,11 @@ impl Host {
                 wasaga_participants::xa::PostgresXa::new(name, url).map_err(HostError::Input)?;
             others.push(Arc::new(participant));
         }
+        for service in &config.http {
+            let participant = wasaga_participants::http::HttpParticipant::new(service.clone())
+                .map_err(HostError::Input)?;
+            others.push(Arc::new(participant));
+        }
         let locks = wasaga_locks::connect(&config.locks, &journal_db)
             .await
             .map_err(|e| HostError::Input(e.to_string()))?;
@@ -330,7 +335,7 @@ impl Host {
             )));
         };
         for participant in &manifest.participants {
-            if !grant.allows_participant(participant) {
+            if !grant.allows_some_of(participant) {
                 return Err(HostError::NotGranted(format!(
                     "workflow '{workflow}' asks for participant '{participant}', which its grant does not include (granted: {}); add it to [workflows.{workflow}] participants",
                     list_or_none(&grant.participants)
@@ -781,10 +786,26 @@ impl Host {
                     xid: xid.clone(),
                     branches: None,
                 };
-                let payload =
-                    serde_json::to_string(&decided).expect("a decision always serializes");
+                let request = ParticipantRequest {
+                    run_id: run_id.to_owned(),
+                    // The key the run's own decision uses: a service that already finished
+                    // it answers as before.
+                    op_id: format!(
+                        "{xid}/{}/{}",
+                        participant.name(),
+                        if commit { "commit" } else { "abort" }
+                    ),
+                    undoes: None,
+                    fencing_tokens: Vec::new(),
+                    call: wasaga_core::event::CallSpec {
+                        participant: participant.name().to_owned(),
+                        action: action.to_owned(),
+                        payload: serde_json::to_string(&decided)
+                            .expect("a decision always serializes"),
+                    },
+                };
                 participant
-                    .call(action, &payload)
+                    .call(&request)
                     .await
                     .map_err(|e| stalled(e.to_string()))?;
                 resolved += 1;
@@ -1218,6 +1239,7 @@ impl Host {
             return Ok(StepOutcome::Unknown);
         };
         let request = ParticipantRequest {
+            run_id: log.run_id.clone(),
             op_id: op_id.to_owned(),
             undoes: None,
             fencing_tokens: step.fencing_tokens.clone(),
@@ -1287,6 +1309,7 @@ impl Host {
             }
         };
         let request = ParticipantRequest {
+            run_id: log.run_id.clone(),
             op_id: wasaga_participants::op_key::undo(&op_id),
             // An unknown outcome that could not be resolved is undone with tombstone
             // semantics: the participant undoes it if it applied and fences it otherwise.

@@ -5,7 +5,7 @@ use crate::shared::HostInner;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
-use wasaga_core::event::{CallFailure, Event};
+use wasaga_core::event::{CallFailure, CallSpec, Event};
 use wasaga_journal::{Journal, JournalError};
 use wasaga_locks::Lease;
 use wasaga_participants::colocated::{self, RunAt};
@@ -295,6 +295,24 @@ impl RunContext {
                     grant.participants.join(", ")
                 }
             )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks that a step may call `call` under the run's grant.
+    pub fn check_granted_action(&self, call: &CallSpec) -> Result<(), String> {
+        match &self.grant {
+            Some(grant) if !grant.allows_action(&call.participant, &call.action) => {
+                let (participant, action) = (&call.participant, &call.action);
+                Err(format!(
+                    "workflow is not granted {participant}.{action} (granted: {}); grant it in the config's [workflows.<name>] participants, as '{participant}' or '{participant}.{action}'",
+                    if grant.participants.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        grant.participants.join(", ")
+                    }
+                ))
+            }
             _ => Ok(()),
         }
     }

@@ -160,6 +160,7 @@ async fn prepare(
         .map_err(|e| e.to_string())?;
     let entry: Entry = serde_json::from_str(&spec.payload).map_err(|e| e.to_string())?;
     let request = ParticipantRequest {
+        run_id: log.run_id.clone(),
         op_id: format!("{xid}/b{branch}"),
         undoes: None,
         fencing_tokens: Vec::new(),
@@ -210,6 +211,7 @@ async fn finish(
         ("abort", "abort-prepared")
     };
     let request = ParticipantRequest {
+        run_id: log.run_id.clone(),
         op_id: format!("{xid}/{participant}/{suffix}"),
         undoes: None,
         fencing_tokens: Vec::new(),

@@ -242,10 +242,8 @@ pub struct VersionsArgs {
     pub remote: Remote,
 }
 
-pub(crate) fn parse_xa(text: &str) -> Result<(String, String), String> {
-    let (name, url) = text
-        .split_once('=')
-        .ok_or_else(|| format!("'{text}' must be NAME=postgres://user@host:port/db"))?;
+/// A participant's name: what grants and workflows call it by.
+pub(crate) fn check_participant_name(name: &str) -> Result<(), String> {
     let valid_name = !name.is_empty()
         && name != "ledger"
         && name
@@ -256,6 +254,14 @@ pub(crate) fn parse_xa(text: &str) -> Result<(String, String), String> {
             "participant name '{name}' must be letters, digits, '-' or '_' (and not 'ledger')"
         ));
     }
+    Ok(())
+}
+
+pub(crate) fn parse_xa(text: &str) -> Result<(String, String), String> {
+    let (name, url) = text
+        .split_once('=')
+        .ok_or_else(|| format!("'{text}' must be NAME=postgres://user@host:port/db"))?;
+    check_participant_name(name)?;
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         return Err(format!(
             "participant {name}: '{url}' is not a postgres:// URL"

@@ -7,6 +7,7 @@ use anyhow::{Context, Result, anyhow};
 use std::path::PathBuf;
 use wasaga_db::Location;
 use wasaga_journal::Takeover;
+use wasaga_participants::http::HttpParticipant;
 use wasaga_runtime::Host;
 use wasaga_runtime::store::no_observer;
 
@@ -67,8 +68,26 @@ pub(crate) fn lock_executor(
     Ok(Some(file))
 }
 
+/// Warnings for the `http` participants that take no connection now: runs that call them
+/// would wait and retry, then fail and compensate, so the operator hears of it at start.
+pub(crate) async fn unreachable_services(g: &Settings) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for service in &g.host.http {
+        // The settings checked each config already.
+        if let Ok(participant) = HttpParticipant::new(service.clone())
+            && let Err(warning) = participant.reachable().await
+        {
+            warnings.push(format!("warning: {warning}"));
+        }
+    }
+    warnings
+}
+
 /// Resolves in-doubt prepared transactions from the journal.
 pub(crate) async fn sweep(g: &Settings, host: &Host) -> Result<(), Failure> {
+    for warning in unreachable_services(g).await {
+        eprintln!("{warning}");
+    }
     let resolved = host.sweep_in_doubt().await.map_err(host_failure)?;
     if resolved > 0 && !g.json {
         println!("resolved {resolved} in-doubt prepared transaction(s) from the journal");

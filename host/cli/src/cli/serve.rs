@@ -61,6 +61,9 @@ pub async fn serve(g: &Settings, args: &ServeArgs) -> Result<u8, Failure> {
     let host = wasaga_runtime::Host::open(&host_config)
         .await
         .map_err(|e| Failure::from(anyhow!(e)))?;
+    for warning in super::host::unreachable_services(g).await {
+        log_line(&warning);
+    }
     let resolved = host.sweep_in_doubt().await.map_err(host_failure)?;
     if resolved > 0 {
         log_line(&format!(

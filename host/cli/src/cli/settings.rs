@@ -3,7 +3,7 @@
 //! anything runs, so that a mistake in the config is one clear message naming the file and
 //! what to change.
 
-use super::args::{Global, parse_xa};
+use super::args::{Global, check_participant_name, parse_xa};
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use wasaga_core::limits::{Grant, Grants};
 use wasaga_db::Location;
 use wasaga_locks::LockBackend;
+use wasaga_participants::http::{HttpConfig, HttpParticipant};
 use wasaga_runtime::HostConfig;
 
 /// Where a server listens unless told otherwise.
@@ -31,12 +32,50 @@ struct ConfigFile {
     /// `postgres-xa` participants: name = URL.
     #[serde(default)]
     xa: BTreeMap<String, String>,
+    /// Participants by name: `[participants.<name>]` with a `kind`.
+    #[serde(default)]
+    participants: BTreeMap<String, ParticipantFile>,
     #[serde(default)]
     limits: LimitsFile,
     #[serde(default)]
     server: ServerFile,
     /// Grants by workflow name; with this table present, everything not granted is denied.
     workflows: Option<BTreeMap<String, GrantFile>>,
+}
+
+/// One `[participants.<name>]` table.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", deny_unknown_fields)]
+enum ParticipantFile {
+    #[serde(rename = "http")]
+    Http(HttpFile),
+    #[serde(rename = "postgres-xa")]
+    PostgresXa { url: String },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpFile {
+    url: String,
+    timeout_ms: Option<u64>,
+    #[serde(default)]
+    headers: BTreeMap<String, HeaderFile>,
+    concurrency_max: Option<u32>,
+    rate_per_s: Option<f64>,
+    /// PEM certificates to trust (relative to the config file).
+    ca_file: Option<PathBuf>,
+    body_bytes_max: Option<usize>,
+    #[serde(default)]
+    two_phase: bool,
+    actions: Option<Vec<String>>,
+}
+
+/// A header's value, or the environment variable holding it (a secret stays out of the file).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum HeaderFile {
+    Value(String),
+    Env { env: String },
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -165,11 +204,40 @@ impl Settings {
         for (name, url) in &xa {
             parse_xa(&format!("{name}={url}")).map_err(|e| anyhow!("{}: {e}", in_file("[xa]")))?;
         }
+        let section = |name: &str| in_file(&format!("[participants.{name}]"));
+        let mut http = Vec::new();
+        for (name, participant) in file.participants {
+            if xa.iter().any(|(n, _)| *n == name) {
+                bail!(
+                    "{}: participant '{name}' is also in [xa]; name it once",
+                    section(&name)
+                );
+            }
+            match participant {
+                ParticipantFile::PostgresXa { url } => {
+                    let (name, url) = parse_xa(&format!("{name}={url}"))
+                        .map_err(|e| anyhow!("{}: {e}", section(&name)))?;
+                    xa.push((name, url));
+                }
+                ParticipantFile::Http(service) => {
+                    http.push(http_config(
+                        &name,
+                        service,
+                        base.as_deref(),
+                        &section(&name),
+                    )?);
+                }
+            }
+        }
         for (name, url) in &g.xa {
+            if http.iter().any(|h| h.name == *name) {
+                bail!("--xa {name}: an http participant of that name is configured");
+            }
             xa.retain(|(n, _)| n != name);
             xa.push((name.clone(), url.clone()));
         }
         host.xa = xa;
+        host.http = http;
 
         let limits = &mut host.limits;
         let l = &file.limits;
@@ -205,14 +273,33 @@ impl Settings {
             let mut grants = Grants::default();
             let have: Vec<&str> = std::iter::once("ledger")
                 .chain(host.xa.iter().map(|(n, _)| n.as_str()))
+                .chain(host.http.iter().map(|h| h.name.as_str()))
                 .collect();
             for (name, grant) in workflows {
-                for participant in &grant.participants {
-                    if !have.contains(&participant.as_str()) {
+                for entry in &grant.participants {
+                    let (participant, action) = match entry.split_once('.') {
+                        Some((participant, action)) => (participant, Some(action)),
+                        None => (entry.as_str(), None),
+                    };
+                    if !have.contains(&participant) {
                         bail!(
                             "{}: workflow '{name}' is granted participant '{participant}', which is not configured (configured: {})",
                             in_file("[workflows]"),
                             have.join(", ")
+                        );
+                    }
+                    let declared = host
+                        .http
+                        .iter()
+                        .find(|h| h.name == participant)
+                        .and_then(|h| h.actions.as_ref());
+                    if let (Some(action), Some(declared)) = (action, declared)
+                        && !declared.iter().any(|a| a == action)
+                    {
+                        bail!(
+                            "{}: workflow '{name}' is granted '{entry}', but participant '{participant}' has no action '{action}' (its actions: {})",
+                            in_file("[workflows]"),
+                            declared.join(", ")
                         );
                     }
                 }
@@ -263,6 +350,47 @@ impl Settings {
             },
         })
     }
+}
+
+/// Checks one `[participants.<name>]` table of kind `http` and resolves its secrets.
+fn http_config(
+    name: &str,
+    file: HttpFile,
+    base: Option<&Path>,
+    section: &str,
+) -> Result<HttpConfig> {
+    check_participant_name(name).map_err(|e| anyhow!("{section}: {e}"))?;
+    let mut config = HttpConfig::new(name, &file.url);
+    set(&mut config.timeout_ms, file.timeout_ms);
+    set(&mut config.concurrency_max, file.concurrency_max);
+    set(&mut config.body_bytes_max, file.body_bytes_max);
+    config.rate_per_s = file.rate_per_s;
+    config.two_phase = file.two_phase;
+    config.actions = file.actions;
+    for (header, value) in file.headers {
+        let value = match value {
+            HeaderFile::Value(value) => value,
+            HeaderFile::Env { env } => std::env::var(&env).map_err(|_| {
+                anyhow!(
+                    "{section}: header {header} comes from the environment variable {env}, which is not set; export {env} before starting wasaga"
+                )
+            })?,
+        };
+        config.headers.push((header, value));
+    }
+    if let Some(ca_file) = file.ca_file {
+        let path = match base {
+            Some(base) if ca_file.is_relative() => base.join(ca_file),
+            _ => ca_file,
+        };
+        config.ca_pem = Some(
+            std::fs::read(&path)
+                .with_context(|| format!("{section}: cannot read ca_file {}", path.display()))?,
+        );
+    }
+    // Checked now, so that a mistake is reported before anything runs.
+    HttpParticipant::new(config.clone()).map_err(|e| anyhow!("{section}: {e}"))?;
+    Ok(config)
 }
 
 fn set<T>(slot: &mut T, value: Option<T>) {

@@ -90,6 +90,7 @@ impl Host for RunState {
             }
         };
         let request = ParticipantRequest {
+            run_id: run.log.run_id.clone(),
             op_id: wasaga_participants::op_key::step(&run.log.run_id, &name),
             undoes: None,
             fencing_tokens,
@@ -348,6 +349,7 @@ impl Host for RunState {
             .route(&action)
             .map_err(wasmtime::Error::msg)?;
         let request = ParticipantRequest {
+            run_id: run.log.run_id.clone(),
             op_id: wasaga_participants::op_key::write(&run.log.run_id, call),
             undoes: None,
             fencing_tokens: run.fencing_tokens(),
@@ -419,7 +421,7 @@ fn check_step(
             ));
         }
         run.host.participants.route(call)?;
-        run.check_granted(&call.participant)?;
+        run.check_granted_action(call)?;
     }
     Ok(())
 }

@@ -15,7 +15,7 @@
 //! applying), decline with 402, answer 429 with `Retry-After`, apply and then hang, close the connection or answer HTML, or answer
 //! slowly.
 //! `GET /admin/state` shows the cards, every applied operation, the calls' arrival times and
-//! the most calls ever in flight at once.
+//! the most calls ever in flight at once; `GET /admin/report` the same for a person.
 //!
 //! `card-processor [--listen 127.0.0.1:0] [--card NAME=LIMIT]...` prints
 //! `listening on http://ADDR` once it accepts connections.
@@ -560,6 +560,27 @@ async fn state(State(app): State<App>) -> Response {
     .into_response()
 }
 
+/// What was applied and the cards, as text for a person.
+async fn report(State(app): State<App>) -> String {
+    let ledger = app.ledger.lock().expect("lock");
+    let mut text = String::new();
+    for op in &ledger.applied {
+        text.push_str(&format!(
+            "  {:<10} {:>6}  key {}\n",
+            op["action"].as_str().unwrap_or_default(),
+            op["amount"].as_i64().unwrap_or_default(),
+            op["key"].as_str().unwrap_or_default()
+        ));
+    }
+    for (name, card) in &ledger.cards {
+        text.push_str(&format!(
+            "  card {name}: limit {}, held {}, captured {}\n",
+            card.limit, card.held, card.captured
+        ));
+    }
+    text
+}
+
 async fn faults(State(app): State<App>, body: Bytes) -> Response {
     match serde_json::from_slice::<Faults>(&body) {
         Ok(faults) => {
@@ -643,6 +664,7 @@ async fn main() {
         .route("/v1/prepared", get(prepared))
         .route("/v1/{action}", post(call))
         .route("/admin/state", get(state))
+        .route("/admin/report", get(report))
         .route("/admin/faults", post(faults))
         .route("/admin/cards", post(open_card))
         .with_state(app);

@@ -25,8 +25,13 @@ pub struct Processor {
 
 impl Processor {
     pub fn start(cards: &[(&str, i64)]) -> Processor {
+        Processor::start_with(cards, &[])
+    }
+
+    /// [`Processor::start`] with more arguments (`--webhook-secret`).
+    pub fn start_with(cards: &[(&str, i64)], extra: &[&str]) -> Processor {
         let mut command = Command::new(env!("CARGO_BIN_EXE_card-processor"));
-        command.args(["--listen", "127.0.0.1:0"]);
+        command.args(["--listen", "127.0.0.1:0"]).args(extra);
         for (card, limit) in cards {
             command.arg("--card").arg(format!("{card}={limit}"));
         }

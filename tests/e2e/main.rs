@@ -13,6 +13,7 @@ mod guests {
 mod locks;
 mod nondeterminism;
 mod optimistic;
+mod outbox;
 mod postgres;
 mod sagas;
 mod sandbox;

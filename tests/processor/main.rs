@@ -17,7 +17,10 @@
 //! `GET /admin/state` shows the cards, every applied operation, the calls' arrival times and
 //! the most calls ever in flight at once; `GET /admin/report` the same for a person.
 //!
-//! `card-processor [--listen 127.0.0.1:0] [--card NAME=LIMIT]...` prints
+//! It is also a webhook receiver for the outbox (`POST /hooks/{sink}`): it checks each
+//! delivery's signature against `--webhook-secret` and keeps every delivery it gets.
+//!
+//! `card-processor [--listen 127.0.0.1:0] [--card NAME=LIMIT]... [--webhook-secret S]` prints
 //! `listening on http://ADDR` once it accepts connections.
 
 use axum::Router;
@@ -26,7 +29,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
+use sha2::Sha256;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -99,11 +104,15 @@ struct Ledger {
     faults: Faults,
     /// Arrival of each `/v1` call, in ms since start, with its action.
     arrivals: Vec<(u64, String)>,
+    /// Webhook deliveries received, in order, duplicates included.
+    hooks: Vec<Value>,
+    bad_signatures: u64,
 }
 
 #[derive(Debug)]
 struct Shared {
     ledger: Mutex<Ledger>,
+    webhook_secret: Option<String>,
     started: Instant,
     in_flight: AtomicU64,
     in_flight_max: AtomicU64,
@@ -540,6 +549,62 @@ fn decide(ledger: &mut Ledger, key: &str, commit: bool, request: &Value) -> (u16
     answer(200, json!({ "xid": xid, "committed": commit }))
 }
 
+/// `POST /hooks/{sink}`: a webhook receiver for the outbox. Checks the signature with the
+/// secret given by `--webhook-secret` and keeps every delivery, duplicates included. The
+/// `hook` action's faults apply (`fail_500`, `slow_ms`).
+async fn hook(
+    State(app): State<App>,
+    Path(sink): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let _counted = InFlight::new(&app);
+    let (slow, fail) = {
+        let mut ledger = app.ledger.lock().expect("lock");
+        let faults = &mut ledger.faults;
+        let applies = faults.action.as_deref() == Some("hook");
+        let slow = if applies { faults.slow_ms } else { 0 };
+        (slow, take(&mut faults.fail_500, applies))
+    };
+    if slow > 0 {
+        tokio::time::sleep(Duration::from_millis(slow)).await;
+    }
+    if fail {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "receiver down").into_response();
+    }
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let signed = match (
+        &app.webhook_secret,
+        header(&headers, "wasaga-timestamp"),
+        header(&headers, "wasaga-signature"),
+    ) {
+        (Some(secret), Some(timestamp), Some(signature)) => {
+            let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key");
+            mac.update(format!("{timestamp}.{text}").as_bytes());
+            let hex: String = mac
+                .finalize()
+                .into_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            signature == format!("sha256={hex}")
+        }
+        _ => false,
+    };
+    let mut ledger = app.ledger.lock().expect("lock");
+    if !signed {
+        ledger.bad_signatures += 1;
+        return (StatusCode::UNAUTHORIZED, "bad signature").into_response();
+    }
+    let record: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    ledger.hooks.push(json!({
+        "sink": sink,
+        "event_id": header(&headers, "wasaga-event-id"),
+        "record": record,
+    }));
+    StatusCode::NO_CONTENT.into_response()
+}
+
 async fn prepared(State(app): State<App>) -> Response {
     let ledger = app.ledger.lock().expect("lock");
     let mut xids: Vec<&String> = ledger.prepared.keys().map(|(x, _)| x).collect();
@@ -554,6 +619,8 @@ async fn state(State(app): State<App>) -> Response {
         "applied": ledger.applied,
         "arrivals": ledger.arrivals,
         "in_flight_max": app.in_flight_max.load(Ordering::SeqCst),
+        "hooks": ledger.hooks,
+        "bad_signatures": ledger.bad_signatures,
         "aborted": ledger.aborted.iter().collect::<std::collections::BTreeSet<_>>(),
         "authorizations": ledger.authorizations.iter().collect::<BTreeMap<_, _>>(),
     }))
@@ -613,7 +680,7 @@ async fn open_card(State(app): State<App>, body: Bytes) -> Response {
 
 fn usage(message: &str) -> ! {
     eprintln!(
-        "card-processor: {message}\nusage: card-processor [--listen 127.0.0.1:0] [--card NAME=LIMIT]..."
+        "card-processor: {message}\nusage: card-processor [--listen 127.0.0.1:0] [--card NAME=LIMIT]... [--webhook-secret S]"
     );
     std::process::exit(2);
 }
@@ -622,6 +689,7 @@ fn usage(message: &str) -> ! {
 async fn main() {
     let mut listen = "127.0.0.1:0".to_owned();
     let mut cards = BTreeMap::new();
+    let mut webhook_secret = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -648,6 +716,12 @@ async fn main() {
                     },
                 );
             }
+            "--webhook-secret" => {
+                webhook_secret = Some(
+                    args.next()
+                        .unwrap_or_else(|| usage("--webhook-secret needs a value")),
+                );
+            }
             other => usage(&format!("unknown argument {other}")),
         }
     }
@@ -656,6 +730,7 @@ async fn main() {
             cards,
             ..Ledger::default()
         }),
+        webhook_secret,
         started: Instant::now(),
         in_flight: AtomicU64::new(0),
         in_flight_max: AtomicU64::new(0),
@@ -663,6 +738,7 @@ async fn main() {
     let router = Router::new()
         .route("/v1/prepared", get(prepared))
         .route("/v1/{action}", post(call))
+        .route("/hooks/{sink}", post(hook))
         .route("/admin/state", get(state))
         .route("/admin/report", get(report))
         .route("/admin/faults", post(faults))

@@ -22,6 +22,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../schema/postgres/0005_set_wise_batches.sql"),
     include_str!("../schema/postgres/0006_hold_expiry.sql"),
     include_str!("../schema/postgres/0007_lock_waiters.sql"),
+    include_str!("../schema/postgres/0008_outbox.sql"),
 ];
 
 /// How long a caller waits for a pooled connection before the database counts as unavailable.

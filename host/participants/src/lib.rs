@@ -6,6 +6,7 @@ pub mod branch;
 pub mod colocated;
 pub mod http;
 pub mod ledger;
+pub mod outbox;
 mod participant;
 pub mod xa;
 

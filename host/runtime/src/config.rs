@@ -25,6 +25,8 @@ pub struct HostConfig {
     pub xa: Vec<(String, String)>,
     /// `http` participants.
     pub http: Vec<wasaga_participants::http::HttpConfig>,
+    /// Where the ledger's transaction records are delivered (`serve` runs the delivery).
+    pub outbox: wasaga_participants::outbox::OutboxConfig,
     /// Names this host in the leases it holds on runs (with its process). Prepared
     /// transactions' global ids derive from their run, not from this.
     pub host_id: String,
@@ -61,6 +63,7 @@ impl HostConfig {
             locks: LockBackend::Journal,
             xa: Vec::new(),
             http: Vec::new(),
+            outbox: Default::default(),
             host_id: "wasaga".to_owned(),
             grants: None,
             pools: PoolSizes::default(),

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 use wasaga_core::event::RunStatus;
 use wasaga_journal::{JournalError, RunFilter, RunRecord};
+use wasaga_participants::outbox::{self, Outbox};
 use wasaga_runtime::engine::MODULE_BYTES_MAX;
 use wasaga_runtime::executor::{Host, HostError};
 use wasaga_runtime::store::no_observer;
@@ -68,6 +69,8 @@ pub struct ServerSettings {
     pub shutdown_grace_ms: u64,
     /// Redeploy `*.wasm` files in this directory when they change (local development).
     pub watch: Option<PathBuf>,
+    /// The ledger's transaction records to deliver while serving.
+    pub outbox: Option<Arc<Outbox>>,
     pub log: Log,
 }
 
@@ -164,6 +167,10 @@ pub async fn serve(
         settings.claim_interval_ms,
         stopped.clone(),
     ));
+    let delivery = settings
+        .outbox
+        .clone()
+        .map(|outbox| tokio::spawn(outbox.run(stopped.clone())));
     let watcher = settings.watch.clone().map(|dir| {
         tokio::spawn(watch_modules(
             host.clone(),
@@ -187,6 +194,11 @@ pub async fn serve(
     claims.abort();
     if let Some(watcher) = watcher {
         watcher.abort();
+    }
+    if let Some(delivery) = delivery {
+        // Stopped at its pause; a pass cut short leaves leases that lapse, and its records
+        // are delivered again under their ids.
+        delivery.abort();
     }
     let log = &settings.log;
     let deadline = Instant::now() + Duration::from_millis(settings.shutdown_grace_ms);
@@ -236,6 +248,8 @@ fn router(state: AppState) -> Router {
         .route("/runs", get(list_runs))
         .route("/runs/{id}", get(get_run))
         .route("/runs/{id}/journal", get(get_journal))
+        .route("/outbox", get(list_outbox))
+        .route("/outbox/retry", post(retry_outbox))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize,
@@ -720,6 +734,54 @@ async fn list_runs(State(state): State<AppState>, Query(query): Query<ListQuery>
             Json(json!({ "runs": runs.iter().map(run_json).collect::<Vec<_>>() })).into_response()
         }
         Err(e) => journal_error(&e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutboxQuery {
+    status: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /v1/outbox?status=pending|failing|delivered&limit=N`: the ledger's transaction records
+/// on their way to the sinks, with how many are pending and failing.
+async fn list_outbox(State(state): State<AppState>, Query(query): Query<OutboxQuery>) -> Response {
+    let status = match query.status.as_deref().unwrap_or("pending") {
+        "pending" => outbox::Status::Pending,
+        "failing" => outbox::Status::Failing,
+        "delivered" => outbox::Status::Delivered,
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "status must be pending, failing or delivered".to_owned(),
+            );
+        }
+    };
+    let limit = query.limit.unwrap_or(100).clamp(1, LIST_LIMIT_MAX as i64);
+    let db = state.host.ledger_db();
+    let listed = outbox::list(db, status, limit).await;
+    let counts = outbox::counts(db).await;
+    match (listed, counts) {
+        (Ok(records), Ok((pending, failing))) => {
+            Json(json!({ "records": records, "pending": pending, "failing": failing }))
+                .into_response()
+        }
+        (Err(e), _) | (_, Err(e)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the ledger's database: {e}"),
+        ),
+    }
+}
+
+/// `POST /v1/outbox/retry`: every undelivered record is due now.
+async fn retry_outbox(State(state): State<AppState>) -> Response {
+    match outbox::retry(state.host.ledger_db()).await {
+        Ok(due) => Json(json!({ "due": due })).into_response(),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the ledger's database: {e}"),
+        ),
     }
 }
 

@@ -72,6 +72,9 @@ pub(crate) enum Command {
     /// Open accounts and read balances of the built-in ledger.
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// The ledger's transaction records and their delivery to the configured sinks.
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
     /// Measure: the transfer-saga workload through the real executor, journal and ledger.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -189,6 +192,28 @@ pub(crate) enum RunsCommand {
     /// Take up a stuck run again once the cause is fixed: its compensation resumes where it
     /// stopped.
     Retry { run_id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum OutboxCommand {
+    /// Records not delivered yet (or failing, or the latest delivered), oldest first.
+    List {
+        #[arg(long, value_enum, default_value_t = OutboxStatus::Pending)]
+        status: OutboxStatus,
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+        limit: i64,
+    },
+    /// Make every undelivered record due now, after a receiver was fixed.
+    Retry,
+    /// Deliver what is due now, until nothing is (what `serve` does all along).
+    Deliver,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum OutboxStatus {
+    Pending,
+    Failing,
+    Delivered,
 }
 
 #[derive(Debug, Subcommand)]

@@ -7,6 +7,7 @@ mod benchmarks;
 mod failure;
 mod host;
 mod ledger;
+mod outbox;
 mod run;
 mod runs;
 mod serve;
@@ -80,6 +81,7 @@ async fn dispatch(g: &Settings, command: &Command) -> Result<u8, Failure> {
         Command::Runs(RunsCommand::Show { run_id }) => runs::runs_show(g, run_id).await,
         Command::Runs(RunsCommand::Retry { run_id }) => runs::runs_retry(g, run_id).await,
         Command::Ledger(command) => ledger::ledger(g, command).await,
+        Command::Outbox(command) => outbox::outbox(g, command).await,
         Command::Validate { module } => run::validate(g, module).await,
         Command::Serve(args) => serve::serve(g, args).await,
         Command::Deploy(args) => serve::deploy(g, args).await,

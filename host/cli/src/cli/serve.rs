@@ -106,8 +106,21 @@ pub async fn serve(g: &Settings, args: &ServeArgs) -> Result<u8, Failure> {
         g.host.journal.describe(),
         host.journal().owner()
     ));
+    let outbox = wasaga_participants::outbox::Outbox::new(
+        host.ledger_db().clone(),
+        &g.host.outbox,
+        host.journal().owner(),
+    )
+    .map_err(|e| usage(anyhow!(e)))?;
+    if executor_lock.is_some() {
+        outbox
+            .take_over()
+            .await
+            .map_err(|e| Failure::from(anyhow!(e)))?;
+    }
     let settings = wasaga_server::ServerSettings {
         token,
+        outbox: Some(Arc::new(outbox)),
         claim_interval_ms: (host_config.limits.run_lease_ms / 3).clamp(100, 1_000),
         shutdown_grace_ms: g.server.shutdown_grace_ms,
         watch: args.watch.clone(),

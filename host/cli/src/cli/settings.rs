@@ -12,6 +12,7 @@ use wasaga_core::limits::{Grant, Grants};
 use wasaga_db::Location;
 use wasaga_locks::LockBackend;
 use wasaga_participants::http::{HttpConfig, HttpParticipant};
+use wasaga_participants::outbox::{OutboxConfig, SinkConfig};
 use wasaga_runtime::HostConfig;
 
 /// Where a server listens unless told otherwise.
@@ -35,6 +36,9 @@ struct ConfigFile {
     /// Participants by name: `[participants.<name>]` with a `kind`.
     #[serde(default)]
     participants: BTreeMap<String, ParticipantFile>,
+    /// Where the ledger's transaction records go.
+    #[serde(default)]
+    outbox: OutboxFile,
     #[serde(default)]
     limits: LimitsFile,
     #[serde(default)]
@@ -68,6 +72,35 @@ struct HttpFile {
     #[serde(default)]
     two_phase: bool,
     actions: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutboxFile {
+    /// Delivered records are kept this long, then pruned (default 168: a week).
+    retention_hours: Option<u64>,
+    #[serde(default)]
+    sinks: Vec<SinkFile>,
+}
+
+/// One `[[outbox.sinks]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", deny_unknown_fields)]
+enum SinkFile {
+    #[serde(rename = "webhook")]
+    Webhook {
+        name: String,
+        url: String,
+        /// The HMAC-SHA256 key the receiver checks signatures with.
+        secret: HeaderFile,
+        timeout_ms: Option<u64>,
+    },
+    #[serde(rename = "redis")]
+    Redis {
+        name: String,
+        url: String,
+        stream: String,
+    },
 }
 
 /// A header's value, or the environment variable holding it (a secret stays out of the file).
@@ -238,6 +271,7 @@ impl Settings {
         }
         host.xa = xa;
         host.http = http;
+        host.outbox = outbox_config(file.outbox, &in_file("[[outbox.sinks]]"))?;
 
         let limits = &mut host.limits;
         let l = &file.limits;
@@ -352,6 +386,71 @@ impl Settings {
     }
 }
 
+/// Checks the `[outbox]` table and resolves its secrets.
+fn outbox_config(file: OutboxFile, section: &str) -> Result<OutboxConfig> {
+    let mut config = OutboxConfig::default();
+    if let Some(hours) = file.retention_hours {
+        if hours == 0 {
+            bail!("{section}: retention_hours must be at least 1");
+        }
+        config.retention_ms = hours.saturating_mul(3_600_000);
+    }
+    for sink in file.sinks {
+        let sink = match sink {
+            SinkFile::Webhook {
+                name,
+                url,
+                secret,
+                timeout_ms,
+            } => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    bail!("{section}: sink {name}: url '{url}' must be http:// or https://");
+                }
+                let secret = resolve(secret, &format!("{section}: sink {name}: secret"))?;
+                if secret.len() < 16 {
+                    bail!(
+                        "{section}: sink {name}: the secret must be at least 16 characters (e.g. `openssl rand -hex 32`)"
+                    );
+                }
+                SinkConfig::Webhook {
+                    name,
+                    url,
+                    secret,
+                    timeout_ms: timeout_ms.unwrap_or(5_000).max(1),
+                }
+            }
+            SinkFile::Redis { name, url, stream } => {
+                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                    bail!("{section}: sink {name}: url must be redis://host:port");
+                }
+                if stream.is_empty() {
+                    bail!("{section}: sink {name}: stream must not be empty");
+                }
+                SinkConfig::Redis { name, url, stream }
+            }
+        };
+        check_participant_name(sink.name())
+            .map_err(|e| anyhow!("{section}: {}", e.replace("participant", "sink")))?;
+        if config.sinks.iter().any(|s| s.name() == sink.name()) {
+            bail!("{section}: two sinks are named '{}'", sink.name());
+        }
+        config.sinks.push(sink);
+    }
+    Ok(config)
+}
+
+/// A value from the file, or from the environment variable it names.
+fn resolve(value: HeaderFile, what: &str) -> Result<String> {
+    match value {
+        HeaderFile::Value(value) => Ok(value),
+        HeaderFile::Env { env } => std::env::var(&env).map_err(|_| {
+            anyhow!(
+                "{what} comes from the environment variable {env}, which is not set; export {env} before starting wasaga"
+            )
+        }),
+    }
+}
+
 /// Checks one `[participants.<name>]` table of kind `http` and resolves its secrets.
 fn http_config(
     name: &str,
@@ -368,14 +467,7 @@ fn http_config(
     config.two_phase = file.two_phase;
     config.actions = file.actions;
     for (header, value) in file.headers {
-        let value = match value {
-            HeaderFile::Value(value) => value,
-            HeaderFile::Env { env } => std::env::var(&env).map_err(|_| {
-                anyhow!(
-                    "{section}: header {header} comes from the environment variable {env}, which is not set; export {env} before starting wasaga"
-                )
-            })?,
-        };
+        let value = resolve(value, &format!("{section}: header {header}"))?;
         config.headers.push((header, value));
     }
     if let Some(ca_file) = file.ca_file {

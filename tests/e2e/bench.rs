@@ -248,3 +248,47 @@ fn the_locked_benchmark_runs_on_three_host_processes_sharing_postgres() {
     assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
     assert!(text(&refused).contains("postgres://"), "{}", text(&refused));
 }
+
+/// `--ledger-http`: the ledger is a separate `wasaga ledger serve` process reached as an
+/// `http` participant; the workload's invariants, read from that process's database, hold.
+#[test]
+fn the_transfer_benchmark_with_the_ledger_over_http_keeps_its_invariants() {
+    let s = Sandbox::new("bench-http-ledger");
+    let journal = s.dir.join("bench.db");
+    let ledger = s.dir.join("ledger.db");
+    let out = s.wasaga(&[
+        "bench",
+        "transfer",
+        "--n",
+        "120",
+        "--c",
+        "8",
+        "--seed",
+        "7",
+        "--module",
+        BENCH_TRANSFER,
+        "--journal",
+        &journal.display().to_string(),
+        "--ledger",
+        &ledger.display().to_string(),
+        "--ledger-http",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    assert_eq!(report["ledger"], "http", "{report}");
+    assert_eq!(report["invariants_ok"], true, "{report}");
+    assert_eq!(report["succeeded"], 108, "{report}");
+    assert_eq!(report["compensated"], 12, "{report}");
+    // The journal's own database holds no ledger operation: every one went over HTTP.
+    let local: i64 = crate::support::scalar(&journal, "SELECT COUNT(*) FROM ledger_ops");
+    assert_eq!(local, 0);
+    let remote: i64 = crate::support::scalar(
+        &ledger,
+        "SELECT COUNT(*) FROM ledger_ops WHERE op_id LIKE 'bench-7/%'",
+    );
+    assert!(
+        remote >= 240,
+        "{remote} operations reached the served ledger"
+    );
+}

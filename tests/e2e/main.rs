@@ -10,6 +10,7 @@ mod http_two_phase;
 mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 }
+mod ledger_service;
 mod locks;
 mod nondeterminism;
 mod optimistic;

@@ -42,7 +42,9 @@ pub struct TransferBench {
     /// lines and share of the clients: this one and `hosts - 1` more of `exe` (needs a
     /// PostgreSQL journal, which they share).
     pub hosts: u32,
-    /// The `wasaga` binary the other host processes run.
+    /// The ledger is reached over HTTP: `exe ledger serve` on `ledger`, a separate process.
+    pub ledger_http: bool,
+    /// The `wasaga` binary the other host processes (and the ledger service) run.
     pub exe: Option<PathBuf>,
     /// The bench-transfer workflow component.
     pub module: Vec<u8>,
@@ -62,6 +64,7 @@ impl std::fmt::Debug for TransferBench {
             .field("hosts", &self.hosts)
             .field("journal", &self.journal)
             .field("ledger", &self.ledger)
+            .field("ledger_http", &self.ledger_http)
             .finish()
     }
 }
@@ -192,13 +195,35 @@ pub async fn transfer(bench: TransferBench) -> Result<TransferReport, HostError>
     if let Some(ledger) = &bench.ledger {
         Database::destroy(ledger).await?;
     }
-    let config = bench_config(
+    let mut config = bench_config(
         &bench.journal,
         bench.ledger.as_ref(),
         &bench.locks,
         &bench.cache_dir,
         clients_of(bench.c, hosts, 0),
     );
+    let service = match (bench.ledger_http, &bench.ledger) {
+        (false, _) => None,
+        (true, _) if hosts > 1 => {
+            return Err(HostError::Input(
+                "--ledger-http drives one host: leave out --hosts".to_owned(),
+            ));
+        }
+        (true, None) => {
+            return Err(HostError::Input(
+                "--ledger-http needs the ledger's database (--ledger)".to_owned(),
+            ));
+        }
+        (true, Some(ledger)) => {
+            let db = Database::open(ledger, Default::default(), Default::default()).await?;
+            open_accounts(&db, bench.accounts).await?;
+            drop(db);
+            let service = LedgerService::start(&bench, ledger).await?;
+            config.ledger = None;
+            config.ledger_http = Some(service.participant(config.limits.concurrent_runs_max));
+            Some(service)
+        }
+    };
     let host = Host::open(&config).await?;
     if bench.locked {
         // A lock backend that is down would compensate every transfer: say so instead.
@@ -209,19 +234,9 @@ pub async fn transfer(bench: TransferBench) -> Result<TransferReport, HostError>
             .map_err(|e| HostError::Input(format!("--locked: {e}")))?;
         let _ = host.locks().release(&probe).await;
     }
-    let db = host.ledger_db().clone();
-    let accounts = bench.accounts;
-    db.write(move |tx| {
-        Box::pin(async move {
-            for id in 1..=accounts {
-                wasaga_participants::ledger::open_account(tx, &id.to_string(), OPENING_BALANCE)
-                    .await?;
-            }
-            Ok::<_, wasaga_participants::ledger::OpenError>(())
-        })
-    })
-    .await
-    .map_err(|e| HostError::Input(format!("cannot open the benchmark accounts: {e}")))?;
+    if service.is_none() {
+        open_accounts(host.ledger_db(), bench.accounts).await?;
+    }
     let hash = host.add_module("bench-transfer", &bench.module).await?;
 
     let transfers = Arc::new(workload(bench.n, bench.seed, bench.accounts));
@@ -300,7 +315,24 @@ pub async fn transfer(bench: TransferBench) -> Result<TransferReport, HostError>
     }
     latencies.sort();
     let percentile = |p: f64| percentile_ms(&latencies, p);
-    let invariants = check(&host, &prefix, bench.accounts, &transfers, &outcomes).await?;
+    let invariants = match (service, &bench.ledger) {
+        (Some(service), Some(ledger)) => {
+            // The service's database, read once the service is gone.
+            service.stop().await;
+            let db = Database::open(ledger, Default::default(), Default::default()).await?;
+            check(&db, &prefix, bench.accounts, &transfers, &outcomes).await?
+        }
+        _ => {
+            check(
+                host.ledger_db(),
+                &prefix,
+                bench.accounts,
+                &transfers,
+                &outcomes,
+            )
+            .await?
+        }
+    };
     let count = |o: Outcome| outcomes.iter().filter(|x| **x == o).count() as u32;
     let mut waits = lock_waits(&host).await?;
     waits.sort();
@@ -330,7 +362,11 @@ pub async fn transfer(bench: TransferBench) -> Result<TransferReport, HostError>
         lock_wait_p99_ms: percentile_ms(&waits, 99.0),
         lock_wait_max_ms: waits.last().map_or(0.0, |d| d.as_secs_f64() * 1_000.0),
         journal: kind(&bench.journal),
-        ledger: kind(bench.ledger.as_ref().unwrap_or(&bench.journal)),
+        ledger: if bench.ledger_http {
+            "http"
+        } else {
+            kind(bench.ledger.as_ref().unwrap_or(&bench.journal))
+        },
         commits,
         jobs_per_commit,
         invariants,
@@ -679,15 +715,89 @@ async fn lock_waits(host: &Host) -> Result<Vec<Duration>, HostError> {
         .collect())
 }
 
+/// Opens the benchmark's accounts, ids `1..=accounts`, in the ledger in `db`.
+async fn open_accounts(db: &Database, accounts: u32) -> Result<(), HostError> {
+    db.write(move |tx| {
+        Box::pin(async move {
+            for id in 1..=accounts {
+                wasaga_participants::ledger::open_account(tx, &id.to_string(), OPENING_BALANCE)
+                    .await?;
+            }
+            Ok::<_, wasaga_participants::ledger::OpenError>(())
+        })
+    })
+    .await
+    .map_err(|e| HostError::Input(format!("cannot open the benchmark accounts: {e}")))
+}
+
+/// `wasaga ledger serve` on the benchmark's ledger, as a child process on a free port.
+struct LedgerService {
+    child: tokio::process::Child,
+    url: String,
+    token: String,
+}
+
+impl LedgerService {
+    async fn start(bench: &TransferBench, ledger: &Location) -> Result<LedgerService, HostError> {
+        use tokio::io::AsyncBufReadExt;
+        let exe = bench
+            .exe
+            .clone()
+            .ok_or_else(|| HostError::Input("cannot find the wasaga binary to run".to_owned()))?;
+        let token: String = (0..24)
+            .map(|_| format!("{:02x}", rand::random::<u8>()))
+            .collect();
+        let db = match ledger {
+            Location::Sqlite(path) => path.display().to_string(),
+            Location::Postgres { url, schema } => {
+                let join = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{join}schema={schema}")
+            }
+        };
+        let mut child = tokio::process::Command::new(exe)
+            .args(["--db", &db, "ledger", "serve", "--listen", "127.0.0.1:0"])
+            .env("WASAGA_LEDGER_TOKEN", &token)
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| HostError::Input(format!("cannot start the ledger service: {e}")))?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut line = String::new();
+        tokio::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .await
+            .map_err(|e| HostError::Input(format!("the ledger service: {e}")))?;
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .ok_or_else(|| HostError::Input(format!("the ledger service did not start: {line:?}")))?
+            .to_owned();
+        Ok(LedgerService { child, url, token })
+    }
+
+    /// The `http` participant that reaches it, with as many calls in flight as runs.
+    fn participant(&self, runs: u32) -> wasaga_participants::http::HttpConfig {
+        let mut config = wasaga_participants::http::HttpConfig::new("ledger", &self.url);
+        config.two_phase = true;
+        config.concurrency_max = runs.max(1);
+        config.timeout_ms = 30_000;
+        config.headers = vec![("Authorization".to_owned(), format!("Bearer {}", self.token))];
+        config
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
 /// The workload's five invariants, from the ledger's own records.
 async fn check(
-    host: &Host,
+    db: &Database,
     prefix: &str,
     account_count: u32,
     transfers: &[Transfer],
     outcomes: &[Outcome],
 ) -> Result<Vec<Invariant>, HostError> {
-    let db = host.ledger_db();
     let pattern = format!("{prefix}/%");
     let (accounts, entries, applied) = db
         .read(move |tx| {

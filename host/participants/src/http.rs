@@ -138,6 +138,36 @@ fn header_text(text: &str) -> String {
     out
 }
 
+/// What [`header_text`] encoded; `None` if `text` is not such an encoding.
+pub fn from_header_text(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The `(lock, token)` pairs of a `Wasaga-Fencing-Tokens` header.
+pub fn fencing_tokens_of(header: &str) -> Option<Vec<(String, u64)>> {
+    header
+        .split(',')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, token) = pair.split_once('=')?;
+            Some((from_header_text(key)?, token.parse().ok()?))
+        })
+        .collect()
+}
+
 /// The first characters of `body`, for a message.
 fn quoted(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
@@ -610,6 +640,30 @@ mod tests {
         assert_eq!(header_text("r/café"), "r/caf%C3%A9");
         assert_eq!(header_text("a=b,c d"), "a%3Db%2Cc%20d");
         assert_ne!(header_text("r/a%25C3"), header_text("r/aé"));
+    }
+
+    #[test]
+    fn headers_decode_to_what_was_sent() {
+        for text in [
+            "run-1/authorize",
+            "r/café",
+            "a=b,c d",
+            "orders/42",
+            "r/a%25C3",
+        ] {
+            assert_eq!(from_header_text(&header_text(text)).as_deref(), Some(text));
+        }
+        assert_eq!(from_header_text("%zz"), None);
+        assert_eq!(from_header_text("%C3"), None, "not UTF-8");
+        let tokens = vec![("orders/42".to_owned(), 7), ("a,b=c".to_owned(), 9)];
+        let header = tokens
+            .iter()
+            .map(|(k, t)| format!("{}={t}", header_text(k)))
+            .collect::<Vec<_>>()
+            .join(",");
+        assert_eq!(fencing_tokens_of(&header), Some(tokens));
+        assert_eq!(fencing_tokens_of(""), Some(Vec::new()));
+        assert_eq!(fencing_tokens_of("x=notanumber"), None);
     }
 
     #[test]

@@ -168,6 +168,18 @@ pub async fn accounts(tx: &mut dyn Tx) -> Result<Vec<Account>, DbError> {
 /// Performs `call` inside `tx`. The outer `Result` is a database failure (nothing was
 /// recorded; the caller rolls back); the inner one is the business outcome, which is recorded
 /// under the call's key.
+/// The two-phase transactions with branches still prepared here (for `GET /prepared` of the
+/// ledger served over HTTP, and so for another host's in-doubt sweep).
+pub async fn prepared_xids(tx: &mut dyn Tx) -> Result<Vec<String>, DbError> {
+    let rows = tx
+        .fetch_all(
+            "SELECT DISTINCT xid FROM ledger_prepared WHERE state = 'prepared' ORDER BY xid",
+            args![],
+        )
+        .await?;
+    rows.iter().map(|row| row.text(0)).collect()
+}
+
 pub async fn apply(
     tx: &mut dyn Tx,
     call: &LedgerCall,

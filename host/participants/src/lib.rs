@@ -118,9 +118,19 @@ impl Participants {
         self.others.iter().find(|p| p.name() == name)
     }
 
+    /// The ledger reached over HTTP, when this host has no ledger database of its own.
+    fn remote_ledger(&self) -> Option<&Arc<dyn Participant>> {
+        self.named("ledger")
+    }
+
     fn names(&self) -> String {
         std::iter::once("ledger")
-            .chain(self.others.iter().map(|p| p.name()))
+            .chain(
+                self.others
+                    .iter()
+                    .map(|p| p.name())
+                    .filter(|n| *n != "ledger"),
+            )
             .collect::<Vec<_>>()
             .join(", ")
     }
@@ -148,11 +158,13 @@ impl Participants {
                         ledger::ACTIONS.join(", ")
                     ));
                 }
-                Ok(if self.ledger_shares_journal {
-                    Route::LedgerInJournal
-                } else {
-                    Route::Separate
-                })
+                Ok(
+                    if self.ledger_shares_journal && self.remote_ledger().is_none() {
+                        Route::LedgerInJournal
+                    } else {
+                        Route::Separate
+                    },
+                )
             }
             other => match self.named(other) {
                 Some(p) => p.check_step(&call.action).map(|()| Route::Separate),
@@ -167,7 +179,9 @@ impl Participants {
     /// Where the two-phase commit actions of `participant` go, if it can prepare.
     pub fn route_two_phase(&self, participant: &str) -> Result<Route, String> {
         match participant {
-            "ledger" if self.ledger_shares_journal => Ok(Route::LedgerInJournal),
+            "ledger" if self.ledger_shares_journal && self.remote_ledger().is_none() => {
+                Ok(Route::LedgerInJournal)
+            }
             "ledger" => Ok(Route::Separate),
             other if self.named(other).is_some_and(|p| p.prepares()) => Ok(Route::Separate),
             other => Err(format!(
@@ -180,6 +194,10 @@ impl Participants {
     /// Checks that `participant` keeps versioned values (for `read` / `write-if`).
     pub fn route_versioned(&self, participant: &str) -> Result<(), String> {
         match participant {
+            "ledger" if self.remote_ledger().is_some() => Err(
+                "read and write-if need the ledger in a database; this host reaches it over HTTP"
+                    .to_owned(),
+            ),
             "ledger" => Ok(()),
             other => Err(format!(
                 "participant '{other}' has no versioned values; this host has: ledger"

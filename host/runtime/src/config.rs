@@ -16,6 +16,9 @@ pub struct HostConfig {
     pub journal: Location,
     /// The ledger's database; `None` shares the journal's (and its transactions).
     pub ledger: Option<Location>,
+    /// The ledger reached over HTTP (`wasaga ledger serve`) instead of a database: every
+    /// ledger call is then an `http` participant's, and `ledger` is ignored.
+    pub ledger_http: Option<wasaga_participants::http::HttpConfig>,
     /// Where precompiled modules are cached, by content hash.
     pub cache_dir: PathBuf,
     pub limits: Limits,
@@ -58,6 +61,7 @@ impl HostConfig {
         HostConfig {
             journal,
             ledger: None,
+            ledger_http: None,
             cache_dir,
             limits: Limits::default(),
             locks: LockBackend::Journal,

@@ -148,6 +148,7 @@ impl Host {
         let journal_db =
             Arc::new(Database::open(&config.journal, config.pools, crash.clone()).await?);
         let (ledger_db, shares) = match &config.ledger {
+            _ if config.ledger_http.is_some() => (journal_db.clone(), false),
             Some(location) if location != &config.journal => (
                 Arc::new(Database::open(location, config.pools, crash).await?),
                 false,
@@ -162,7 +163,7 @@ impl Host {
                 wasaga_participants::xa::PostgresXa::new(name, url).map_err(HostError::Input)?;
             others.push(Arc::new(participant));
         }
-        for service in &config.http {
+        for service in config.http.iter().chain(&config.ledger_http) {
             let participant = wasaga_participants::http::HttpParticipant::new(service.clone())
                 .map_err(HostError::Input)?;
             others.push(Arc::new(participant));
@@ -750,18 +751,22 @@ impl Host {
     /// its owner, live or the one that takes it over, may still be preparing its branches and
     /// resolves them itself when it drives the run (only the owner of a run resolves its
     /// prepared transactions). Ids of runs this journal does not know are another journal's.
-    /// Returns how many transactions it resolved.
-    pub async fn sweep_in_doubt(&self) -> Result<usize, HostError> {
+    /// Returns how many transactions it resolved, and why it could not look at or resolve
+    /// some (a participant that is down: they wait for the next sweep, which loses nothing).
+    pub async fn sweep_in_doubt(&self) -> Result<(usize, Vec<String>), HostError> {
         let mut resolved = 0;
+        let mut skipped = Vec::new();
         for participant in self.inner.participants.others() {
-            let stalled = |reason: String| HostError::Interrupted {
-                run_id: "(in-doubt sweep)".into(),
-                reason,
+            let xids = match participant.in_doubt().await {
+                Ok(xids) => xids,
+                Err(e) => {
+                    skipped.push(format!(
+                        "participant {}: cannot list its prepared transactions ({e}); those of ended runs are resolved at the next start",
+                        participant.name()
+                    ));
+                    continue;
+                }
             };
-            let xids = participant
-                .in_doubt()
-                .await
-                .map_err(|e| stalled(e.to_string()))?;
             for xid in xids {
                 let Some((run_id, call)) = wasaga_participants::op_key::of_transaction(&xid) else {
                     continue;
@@ -804,14 +809,16 @@ impl Host {
                             .expect("a decision always serializes"),
                     },
                 };
-                participant
-                    .call(&request)
-                    .await
-                    .map_err(|e| stalled(e.to_string()))?;
-                resolved += 1;
+                match participant.call(&request).await {
+                    Ok(_) => resolved += 1,
+                    Err(e) => skipped.push(format!(
+                        "participant {}: cannot finish transaction {xid} ({e}); it is resolved at the next start",
+                        participant.name()
+                    )),
+                }
             }
         }
-        Ok(resolved)
+        Ok((resolved, skipped))
     }
 
     /// Takes a `stuck` run up again once an operator has fixed what made its compensation

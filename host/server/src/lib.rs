@@ -9,6 +9,8 @@
 //!
 //! Every `/v1` endpoint needs `Authorization: Bearer <token>`; `/healthz` and `/readyz` do not.
 
+pub mod ledger_service;
+
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;

@@ -171,6 +171,11 @@ pub(crate) enum BenchCommand {
         /// with its own connections and its share of the clients (this one and N-1 more).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
         hosts: u32,
+        /// Reach the ledger over HTTP: a separate `wasaga ledger serve` process on the ledger's
+        /// database (--ledger, default target/bench/ledger.db), called as an `http`
+        /// participant, as engines whose ledger is a service do.
+        #[arg(long)]
+        ledger_http: bool,
     },
     /// One of the other host processes of `bench transfer --hosts N`, which starts it.
     #[command(hide = true)]
@@ -228,6 +233,13 @@ pub(crate) enum LedgerCommand {
     Balance { account: String },
     /// Every account, and the total.
     List,
+    /// Serve this ledger over HTTP, as the `http` participant's protocol has it, to hosts
+    /// given `--ledger http://ADDR` (and `bench transfer --ledger-http`). The bearer token
+    /// comes from WASAGA_LEDGER_TOKEN.
+    Serve {
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: String,
+    },
 }
 
 #[derive(Debug, Args)]

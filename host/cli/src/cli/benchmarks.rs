@@ -128,6 +128,8 @@ pub(crate) struct Shape {
     pub(crate) locked: bool,
     pub(crate) locks: wasaga_locks::LockBackend,
     pub(crate) hosts: u32,
+    /// The ledger as a separate process over HTTP.
+    pub(crate) ledger_http: bool,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -167,7 +169,11 @@ pub(crate) async fn bench_transfer(
             },
             journal.describe(),
             ledger
-                .map(|l| format!(" ledger={}", l.describe()))
+                .map(|l| format!(
+                    " ledger={}{}",
+                    if shape.ledger_http { "http -> " } else { "" },
+                    l.describe()
+                ))
                 .unwrap_or_default()
         );
         Some(Arc::new(move |done| {
@@ -192,6 +198,7 @@ pub(crate) async fn bench_transfer(
         cache_dir: HostConfig::new(journal.clone()).cache_dir,
         module: bytes,
         hosts: shape.hosts,
+        ledger_http: shape.ledger_http,
         exe: std::env::current_exe().ok(),
         progress,
     })

@@ -88,7 +88,10 @@ pub(crate) async fn sweep(g: &Settings, host: &Host) -> Result<(), Failure> {
     for warning in unreachable_services(g).await {
         eprintln!("{warning}");
     }
-    let resolved = host.sweep_in_doubt().await.map_err(host_failure)?;
+    let (resolved, skipped) = host.sweep_in_doubt().await.map_err(host_failure)?;
+    for reason in skipped {
+        eprintln!("warning: {reason}");
+    }
     if resolved > 0 && !g.json {
         println!("resolved {resolved} in-doubt prepared transaction(s) from the journal");
     }

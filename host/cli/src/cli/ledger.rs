@@ -44,6 +44,34 @@ pub(crate) async fn ledger(g: &Settings, command: &LedgerCommand) -> Result<u8, 
                 );
             }
         }
+        LedgerCommand::Serve { listen } => {
+            let token = std::env::var("WASAGA_LEDGER_TOKEN").map_err(|_| {
+                usage(anyhow!(
+                    "ledger serve needs a bearer token in WASAGA_LEDGER_TOKEN (at least 16 characters, e.g. `openssl rand -hex 24`); the hosts send it as a header of their --ledger"
+                ))
+            })?;
+            if token.len() < super::settings::TOKEN_CHARS_MIN {
+                return Err(usage(anyhow!(
+                    "WASAGA_LEDGER_TOKEN must be at least {} characters",
+                    super::settings::TOKEN_CHARS_MIN
+                )));
+            }
+            let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+                usage(anyhow!(
+                    "cannot listen on {listen}: {e}; --listen picks another address"
+                ))
+            })?;
+            let address = listener.local_addr().map_err(|e| anyhow!(e))?;
+            println!("listening on http://{address}");
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            let stop = async {
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            wasaga_server::ledger_service::serve(db, token, listener, stop)
+                .await
+                .map_err(|e| anyhow!(e))?;
+        }
         LedgerCommand::List => {
             let accounts = list_accounts(&db).await?;
             let total: i64 = accounts.iter().map(|a| a.balance + a.held).sum();

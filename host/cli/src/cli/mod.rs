@@ -111,12 +111,21 @@ async fn dispatch(g: &Settings, command: &Command) -> Result<u8, Failure> {
             journal,
             ledger,
             hosts,
+            ledger_http,
         }) => {
             let shape = benchmarks::Shape {
                 accounts: *accounts,
                 locked: *locked,
                 locks: g.host.locks.clone(),
                 hosts: *hosts,
+                ledger_http: *ledger_http,
+            };
+            // The ledger served over HTTP keeps its accounts in a database of its own.
+            let ledger = match (ledger, ledger_http) {
+                (None, true) => Some(Location::Sqlite(std::path::PathBuf::from(
+                    "target/bench/ledger.db",
+                ))),
+                (ledger, _) => ledger.clone(),
             };
             benchmarks::bench_transfer(g, *n, *c, *seed, shape, module, journal, ledger.as_ref())
                 .await

@@ -64,7 +64,10 @@ pub async fn serve(g: &Settings, args: &ServeArgs) -> Result<u8, Failure> {
     for warning in super::host::unreachable_services(g).await {
         log_line(&warning);
     }
-    let resolved = host.sweep_in_doubt().await.map_err(host_failure)?;
+    let (resolved, skipped) = host.sweep_in_doubt().await.map_err(host_failure)?;
+    for reason in skipped {
+        log_line(&format!("warning: {reason}"));
+    }
     if resolved > 0 {
         log_line(&format!(
             "resolved {resolved} in-doubt prepared transactions from the journal"

@@ -205,6 +205,10 @@ impl Settings {
         let mut host = HostConfig::new(journal);
         host.ledger = match (&g.ledger, &file.ledger) {
             (Some(ledger), _) => Some(ledger.clone()),
+            (None, Some(text)) if text.starts_with("http://") || text.starts_with("https://") => {
+                host.ledger_http = Some(ledger_service(text, &in_file("ledger"))?);
+                None
+            }
             (None, Some(text)) => Some(relative(
                 Location::parse(text).map_err(|e| anyhow!("{}: {e}", in_file("ledger")))?,
             )),
@@ -384,6 +388,20 @@ impl Settings {
             },
         })
     }
+}
+
+/// The ledger served over HTTP at `url` (`wasaga ledger serve`), with the token of
+/// WASAGA_LEDGER_TOKEN.
+pub(crate) fn ledger_service(url: &str, what: &str) -> Result<HttpConfig> {
+    let token = std::env::var("WASAGA_LEDGER_TOKEN").map_err(|_| {
+        anyhow!("{what}: a ledger at {url} needs its bearer token in WASAGA_LEDGER_TOKEN")
+    })?;
+    let mut config = HttpConfig::new("ledger", url);
+    config.two_phase = true;
+    config.concurrency_max = 64;
+    config.headers = vec![("Authorization".to_owned(), format!("Bearer {token}"))];
+    HttpParticipant::new(config.clone()).map_err(|e| anyhow!("{what}: {e}"))?;
+    Ok(config)
 }
 
 /// Checks the `[outbox]` table and resolves its secrets.

@@ -8,7 +8,8 @@
 //! | `Wasaga-Undoes` | for a compensation, the key of the action it undoes |
 //! | `Wasaga-Fencing-Tokens` | `key=token` for each lock the run holds, comma-separated |
 //!
-//! Keys and lock names are sent percent-encoded where they hold anything but visible ASCII.
+//! Keys and lock names are sent percent-encoded where they hold `%`, `,`, `=` or anything but
+//! visible ASCII (so `run-1/authorize` goes as it is, step `50%` of run `r` as `r/50%2525`).
 //! The configured headers (secrets from the environment) are sent too, and never journaled.
 //!
 //! What the answer means:
@@ -124,12 +125,12 @@ fn is_path(action: &str) -> bool {
         })
 }
 
-/// `text` with every byte outside visible ASCII percent-encoded, fit for a header value.
-/// Keys never hold a bare `%` ([`crate::op_key`] escapes it), so this is one-to-one.
+/// `text` with `%`, `,`, `=` and every byte outside visible ASCII percent-encoded, fit for a
+/// header value (and for a list of `key=token` pairs); [`from_header_text`] undoes it.
 fn header_text(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for b in text.bytes() {
-        if b.is_ascii_graphic() && b != b',' && b != b'=' {
+        if b.is_ascii_graphic() && !matches!(b, b',' | b'=' | b'%') {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));
@@ -179,7 +180,7 @@ fn quoted(body: &[u8]) -> String {
 }
 
 /// `e` and its sources, which is where reqwest says what went wrong.
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
@@ -639,6 +640,7 @@ mod tests {
         assert_eq!(header_text("run-1/authorize"), "run-1/authorize");
         assert_eq!(header_text("r/café"), "r/caf%C3%A9");
         assert_eq!(header_text("a=b,c d"), "a%3Db%2Cc%20d");
+        assert_eq!(header_text("r/50%25"), "r/50%2525");
         assert_ne!(header_text("r/a%25C3"), header_text("r/aé"));
     }
 

@@ -20,6 +20,7 @@
 //! `<timestamp>.<body>` under the sink's secret; a 2xx answer acknowledges. A Redis sink
 //! `XADD`s the record to its stream with the fields `event_id`, `account` and `record`.
 
+use crate::http::chain;
 use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -255,17 +256,6 @@ impl Sink {
             }
         }
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// What one pass did.

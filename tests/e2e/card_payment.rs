@@ -240,6 +240,11 @@ fn every_fault_switch_ends_in_exactly_once() {
         ),
         ("html", json!({ "action": "capture", "garbage": 1 })),
         ("slow", json!({ "slow_ms": 300 })),
+        // A Retry-After of days is cut short (to 5 s): the payment still goes through.
+        (
+            "retry-after-days",
+            json!({ "action": "capture", "throttle_429": 1, "retry_after_s": 900_000 }),
+        ),
         (
             "throttled",
             json!({ "action": "authorize", "throttle_429": 1, "retry_after_s": 1 }),
@@ -517,6 +522,25 @@ fn bad_configs_name_the_participant_and_what_to_do() {
     assert!(unknown.contains("unknown field `retries`"), "{unknown}");
     let ca = run_with("ca_file = \"no-such.pem\"");
     assert!(ca.contains("cannot read ca_file"), "{ca}");
+    // Credentials in a URL would be kept in the journal's messages: refused, and not echoed.
+    let config = s.dir.join("password.toml");
+    std::fs::write(
+        &config,
+        "[participants.psp]\nkind = \"http\"\nurl = \"http://admin:TOPSECRET@127.0.0.1:9/v1\"\n\n\
+         [[outbox.sinks]]\nname = \"books\"\nkind = \"webhook\"\nurl = \"http://u:PWLEAK@127.0.0.1:9/h\"\nsecret = \"0123456789abcdef\"\n",
+    )
+    .expect("config");
+    let out = pay(&s, &config, "bad-2", &payment("o-bad", "hal", 10));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("must not hold a user or password"), "{said}");
+    assert!(!said.contains("TOPSECRET"), "{said}");
+    let config_text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, config_text.replace("admin:TOPSECRET@", "")).expect("config");
+    let out = pay(&s, &config, "bad-3", &payment("o-bad", "hal", 10));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(last_error_line(&out).contains("sink books: url must not hold a user or password"));
+    assert!(!text(&out).contains("PWLEAK"));
     assert!(
         processor.state()["arrivals"]
             .as_array()

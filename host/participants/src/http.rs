@@ -18,7 +18,7 @@
 //! |---|---|
 //! | 2xx | done; the body (JSON, empty for `null`) is the step's result |
 //! | 4xx but 408 and 429 | rejected; the body is the reason |
-//! | 408, 429, 503, a refused connection | unavailable: retried with backoff, after `Retry-After` if given |
+//! | 408, 429, 503, a refused connection | unavailable: retried with backoff, after `Retry-After` (at most 5 s) if given |
 //! | any other 5xx | unknown: a server error may come after the work was applied; retried with the same key |
 //! | no answer in `timeout_ms`, a connection lost after sending | unknown, retried with the same key |
 //! | a 2xx body that is not JSON or is over `body_bytes_max` | unknown (the service answered something else than it should) |
@@ -42,8 +42,10 @@ use tokio::time::Instant;
 use wasaga_core::BoxFuture;
 use wasaga_core::event::CallFailure;
 
-/// The longest `Retry-After` honoured before a retry; a longer one is cut to this.
-const RETRY_AFTER_MAX: Duration = Duration::from_secs(30);
+/// The longest `Retry-After` honoured before a retry; a longer one is cut to this, so that a
+/// step waits at most this long per attempt (and `step_retries_max` attempts in all) before
+/// it counts as unavailable and its run compensates.
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(5);
 /// How much of an unexpected body a message quotes.
 const QUOTED_CHARS_MAX: usize = 300;
 /// The actions a two-phase service answers itself, which no step may be named.
@@ -258,6 +260,18 @@ impl HttpParticipant {
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
             return Err(format!(
                 "{who}: url '{}' must be http:// or https:// with a host",
+                config.url
+            ));
+        }
+        // A URL is journaled in messages; credentials belong in headers, from the environment.
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(format!(
+                "{who}: url must not hold a user or password; send credentials as a header from the environment (headers = {{ Authorization = {{ env = \"...\" }} }})"
+            ));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(format!(
+                "{who}: url '{}' must not have a query or fragment: an action is a path below it",
                 config.url
             ));
         }
@@ -691,6 +705,14 @@ mod tests {
         };
         assert!(bad(|c| c.url = "ftp://x".into()).contains("must be http:// or https://"));
         assert!(bad(|c| c.url = "not a url".into()).contains("is not a URL"));
+        let with_password = bad(|c| c.url = "https://admin:s3cret@psp.example/v1".into());
+        assert!(
+            with_password.contains("must not hold a user or password")
+                && !with_password.contains("s3cret"),
+            "{with_password}"
+        );
+        assert!(bad(|c| c.url = "https://psp.example/v1?x=1".into()).contains("query or fragment"));
+        assert!(bad(|c| c.url = "https://psp.example/v1#f".into()).contains("query or fragment"));
         assert!(bad(|c| c.concurrency_max = 0).contains("at least 1"));
         assert!(bad(|c| c.rate_per_s = Some(0.0)).contains("rate_per_s"));
         assert!(

@@ -828,6 +828,119 @@ mod tests {
         );
     }
 
+    async fn ledger(name: &str) -> (wasaga_testkit::Scratch, Arc<Database>) {
+        let scratch = wasaga_testkit::Scratch::new(name);
+        let db = Database::open(
+            &wasaga_db::Location::Sqlite(scratch.db.clone()),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .expect("open");
+        (scratch, Arc::new(db))
+    }
+
+    async fn apply(db: &Database, op_id: &str, action: &str, payload: serde_json::Value) {
+        let call = crate::ledger::LedgerCall {
+            op_id: op_id.to_owned(),
+            undoes: None,
+            action: action.to_owned(),
+            payload: payload.to_string(),
+            fencing_tokens: Vec::new(),
+        };
+        let _ = db
+            .write(move |tx| Box::pin(async move { crate::ledger::apply(tx, &call).await }))
+            .await
+            .expect("the database answers");
+    }
+
+    /// A committed change has its record, a refused one none; delivered records are pruned
+    /// after the retention period, undelivered ones never, and `retry` makes them due.
+    #[test]
+    fn records_follow_commits_and_only_delivered_ones_are_pruned() {
+        wasaga_testkit::rt().block_on(async {
+            let (_scratch, db) = ledger("outbox-records").await;
+            crate::ledger::open(&db, "alice", 100).await.expect("alice");
+            crate::ledger::open(&db, "bob", 0).await.expect("bob");
+            let t =
+                |amount: i64| serde_json::json!({ "from": "alice", "to": "bob", "amount": amount });
+            apply(&db, "r1/pay", "transfer", t(30)).await;
+            // Refused (alice has 70): nothing changes, so there is nothing to record.
+            apply(&db, "r2/pay", "transfer", t(500)).await;
+            let pending = list(&db, Status::Pending, 100).await.expect("list");
+            let seen: Vec<(&str, &str, i64)> = pending
+                .iter()
+                .map(|r| (r.op_id.as_str(), r.account.as_str(), r.delta))
+                .collect();
+            assert_eq!(
+                seen,
+                [
+                    ("#open/alice", "alice", 100),
+                    ("#open/bob", "bob", 0),
+                    ("r1/pay", "alice", -30),
+                    ("r1/pay", "bob", 30)
+                ]
+            );
+
+            // A sink that is down: every record stays, failing, with the reason.
+            let down = OutboxConfig {
+                sinks: vec![SinkConfig::Webhook {
+                    name: "books".into(),
+                    url: "http://127.0.0.1:9/hook".into(),
+                    secret: "0123456789abcdef".into(),
+                    timeout_ms: 1_000,
+                }],
+                retention_ms: 0,
+            };
+            let outbox = Outbox::new(db.clone(), &down, "test").expect("outbox");
+            let pass = outbox.deliver_once().await.expect("pass");
+            // Each account's oldest record is tried; the later one of alice waits behind it.
+            assert_eq!(
+                pass,
+                Pass {
+                    delivered: 0,
+                    failed: 2
+                }
+            );
+            let failing = list(&db, Status::Failing, 100).await.expect("list");
+            assert_eq!(failing.len(), 2);
+            assert!(
+                failing[0]
+                    .last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("sink books")),
+                "{failing:?}"
+            );
+            assert_eq!(
+                outbox.deliver_once().await.expect("pass"),
+                Pass::default(),
+                "backing off"
+            );
+            assert_eq!(outbox.prune().await.expect("prune"), 0);
+            assert_eq!(counts(&db).await.expect("counts"), (4, 2));
+            assert_eq!(retry(&db).await.expect("retry"), 4);
+            assert_eq!(
+                outbox.deliver_once().await.expect("pass").failed,
+                2,
+                "due again"
+            );
+
+            // With no sink every record counts as delivered, and the retention of 0 prunes it.
+            let none = OutboxConfig {
+                sinks: Vec::new(),
+                retention_ms: 0,
+            };
+            let outbox = Outbox::new(db.clone(), &none, "test").expect("outbox");
+            assert_eq!(outbox.deliver_once().await.expect("pass").delivered, 4);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            assert_eq!(outbox.prune().await.expect("prune"), 4);
+            assert_eq!(counts(&db).await.expect("counts"), (0, 0));
+            // A later change is recorded again.
+            apply(&db, "r3/pay", "transfer", t(5)).await;
+            assert_eq!(counts(&db).await.expect("counts"), (2, 0));
+        });
+    }
+
     #[test]
     fn secrets_stay_out_of_debug_output() {
         let sink = SinkConfig::Webhook {

@@ -424,6 +424,15 @@ fn outbox_config(file: OutboxFile, section: &str) -> Result<OutboxConfig> {
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
                     bail!("{section}: sink {name}: url '{url}' must be http:// or https://");
                 }
+                let authority = url
+                    .split_once("://")
+                    .map(|(_, rest)| rest.split('/').next().unwrap_or_default())
+                    .unwrap_or_default();
+                if authority.contains('@') {
+                    bail!(
+                        "{section}: sink {name}: url must not hold a user or password (it would be kept in the outbox's errors); the receiver checks the signature made with the sink's secret"
+                    );
+                }
                 let secret = resolve(secret, &format!("{section}: sink {name}: secret"))?;
                 if secret.len() < 16 {
                     bail!(

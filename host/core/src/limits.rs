@@ -73,6 +73,15 @@ pub struct Grant {
 }
 
 impl Grant {
+    /// The granted participants and actions, for a message: `ledger, psp.authorize` or `none`.
+    pub fn participants_shown(&self) -> String {
+        if self.participants.is_empty() {
+            "none".to_owned()
+        } else {
+            self.participants.join(", ")
+        }
+    }
+
     /// Whether everything of `participant` is granted.
     pub fn allows_participant(&self, participant: &str) -> bool {
         self.participants.iter().any(|p| p == participant)

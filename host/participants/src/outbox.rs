@@ -138,16 +138,18 @@ pub struct Record {
     pub created_ms: i64,
 }
 
+/// `bytes` as lowercase hex.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The event id of the change of `account` by operation `op_id`: stable, and one-to-one.
 pub fn event_id(op_id: &str, account: &str) -> String {
     let mut hash = Sha256::new();
     hash.update(op_id.as_bytes());
     hash.update([0]);
     hash.update(account.as_bytes());
-    hash.finalize()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&hash.finalize()[..16])
 }
 
 /// The signature header's value for `body` sent at `timestamp_ms`.
@@ -156,9 +158,7 @@ pub fn signature(secret: &str, timestamp_ms: i64, body: &str) -> String {
     mac.update(timestamp_ms.to_string().as_bytes());
     mac.update(b".");
     mac.update(body.as_bytes());
-    let digest = mac.finalize().into_bytes();
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256={hex}")
+    format!("sha256={}", hex(&mac.finalize().into_bytes()))
 }
 
 /// A sink, connected on first use.
@@ -816,14 +816,8 @@ mod tests {
         // RFC 4231 test case 2, to know it is HMAC-SHA256 and not something like it.
         let mut mac = Hmac::<Sha256>::new_from_slice(b"Jefe").expect("key");
         mac.update(b"what do ya want for nothing?");
-        let hex: String = mac
-            .finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
         assert_eq!(
-            hex,
+            hex(&mac.finalize().into_bytes()),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
     }

@@ -289,11 +289,7 @@ impl RunContext {
         match &self.grant {
             Some(grant) if !grant.allows_participant(participant) => Err(format!(
                 "workflow is not granted participant '{participant}' (granted: {}); grant it in the config's [workflows.<name>] participants",
-                if grant.participants.is_empty() {
-                    "none".to_owned()
-                } else {
-                    grant.participants.join(", ")
-                }
+                grant.participants_shown()
             )),
             _ => Ok(()),
         }
@@ -306,11 +302,7 @@ impl RunContext {
                 let (participant, action) = (&call.participant, &call.action);
                 Err(format!(
                     "workflow is not granted {participant}.{action} (granted: {}); grant it in the config's [workflows.<name>] participants, as '{participant}' or '{participant}.{action}'",
-                    if grant.participants.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        grant.participants.join(", ")
-                    }
+                    grant.participants_shown()
                 ))
             }
             _ => Ok(()),

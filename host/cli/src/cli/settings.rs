@@ -447,8 +447,10 @@ fn outbox_config(file: OutboxFile, section: &str) -> Result<OutboxConfig> {
                 }
             }
             SinkFile::Redis { name, url, stream } => {
-                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                    bail!("{section}: sink {name}: url must be redis://host:port");
+                if !url.starts_with("redis://") {
+                    bail!(
+                        "{section}: sink {name}: url must be redis://host:port (TLS to Redis is not built in: reach it through a local TLS tunnel)"
+                    );
                 }
                 if stream.is_empty() {
                     bail!("{section}: sink {name}: stream must not be empty");

@@ -160,6 +160,28 @@ fn a_card_payment_authorizes_captures_and_credits_once() {
     assert_eq!(processor.card("alice"), (0, 250));
 }
 
+/// Two hosts with journals of their own share the processor and happen to use one run id:
+/// with the same keys the second would be answered with the first's outcome (and credit its
+/// merchant for a capture it never made); each journal's `key_prefix` keeps them apart.
+#[test]
+fn journals_sharing_a_service_keep_their_keys_apart_by_prefix() {
+    let processor = Processor::start(&[("ivy", 1_000)]);
+    for (journal, prefix) in [("eu", "eu-1/"), ("us", "us-1/")] {
+        let s = Sandbox::new(&format!("card-prefix-{journal}"));
+        s.open("shop", 0);
+        let config = config(&s, &processor, &format!("key_prefix = \"{prefix}\""));
+        let out = pay(&s, &config, "same-run", &payment("o-p", "ivy", 100));
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let applied = processor.applied("same-run");
+        assert!(
+            applied.contains(&("capture".to_owned(), format!("{prefix}same-run/capture"))),
+            "{applied:?}"
+        );
+    }
+    // Two payments, two captures: the card was charged for each merchant credit.
+    assert_eq!(processor.card("ivy"), (0, 200));
+}
+
 /// A declined card fails the payment with the processor's own words; nothing is held.
 #[test]
 fn a_declined_card_compensates_with_the_processors_reason() {

@@ -3,7 +3,7 @@
 //!
 //! | header | value |
 //! |---|---|
-//! | `Idempotency-Key` | the operation's key ([`crate::op_key`]): the same on every retry and after a crash, another for its compensation |
+//! | `Idempotency-Key` | the operation's key ([`crate::op_key`]), after the participant's `key_prefix`: the same on every retry and after a crash, another for its compensation |
 //! | `Wasaga-Run-Id` | the run |
 //! | `Wasaga-Undoes` | for a compensation, the key of the action it undoes |
 //! | `Wasaga-Fencing-Tokens` | `key=token` for each lock the run holds, comma-separated |
@@ -73,6 +73,9 @@ pub struct HttpConfig {
     pub two_phase: bool,
     /// The actions steps may call; `None` for any path of letters, digits, `-`, `_` and `.`.
     pub actions: Option<Vec<String>>,
+    /// Put before every key this service sees (`Idempotency-Key`, `Wasaga-Undoes`), so that
+    /// hosts with journals of their own, whose run ids may meet, share one service apart.
+    pub key_prefix: String,
 }
 
 impl HttpConfig {
@@ -89,6 +92,7 @@ impl HttpConfig {
             body_bytes_max: 1 << 20,
             two_phase: false,
             actions: None,
+            key_prefix: String::new(),
         }
     }
 }
@@ -109,6 +113,7 @@ impl std::fmt::Debug for HttpConfig {
             .field("body_bytes_max", &self.body_bytes_max)
             .field("two_phase", &self.two_phase)
             .field("actions", &self.actions)
+            .field("key_prefix", &self.key_prefix)
             .finish()
     }
 }
@@ -377,10 +382,14 @@ impl HttpParticipant {
             Ok::<_, CallFailure>(())
         };
         put("content-type", "application/json".to_owned())?;
-        put("idempotency-key", header_text(&request.op_id))?;
+        let prefix = &self.config.key_prefix;
+        put(
+            "idempotency-key",
+            header_text(&format!("{prefix}{}", request.op_id)),
+        )?;
         put("wasaga-run-id", header_text(&request.run_id))?;
         if let Some(undoes) = &request.undoes {
-            put("wasaga-undoes", header_text(undoes))?;
+            put("wasaga-undoes", header_text(&format!("{prefix}{undoes}")))?;
         }
         if !request.fencing_tokens.is_empty() {
             let tokens: Vec<String> = request

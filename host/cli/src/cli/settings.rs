@@ -72,6 +72,8 @@ struct HttpFile {
     #[serde(default)]
     two_phase: bool,
     actions: Option<Vec<String>>,
+    /// Before every key the service sees: one per journal, when journals share the service.
+    key_prefix: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -495,6 +497,12 @@ fn http_config(
     config.rate_per_s = file.rate_per_s;
     config.two_phase = file.two_phase;
     config.actions = file.actions;
+    if let Some(prefix) = file.key_prefix {
+        if prefix.len() > 64 || prefix.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            bail!("{section}: key_prefix must be at most 64 characters, without spaces");
+        }
+        config.key_prefix = prefix;
+    }
     for (header, value) in file.headers {
         let value = resolve(value, &format!("{section}: header {header}"))?;
         config.headers.push((header, value));

@@ -6,7 +6,7 @@
 
 use crate::crash::copy_of;
 use crate::guests::CARD_PAYMENT;
-use crate::support::{Sandbox, agent, last_error_line, request, text};
+use crate::support::{Sandbox, agent, at_every_crash_point, last_error_line, request, text};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
@@ -363,77 +363,70 @@ fn kill_the_host_at_every_journal_point_of_a_card_payment() {
         }
         let config_text =
             std::fs::read_to_string(config(&template, &processor, "")).expect("config");
-        let mut exercised = 0;
-        for commit in 1..=60 {
-            let mut reached = false;
-            for point in [format!("before:{commit}"), format!("after:{commit}")] {
-                let s = copy_of(&template, false);
-                let config = s.dir.join("wasaga.toml");
-                std::fs::write(&config, &config_text).expect("config");
-                let run_id = format!("crash-{completing}-{point}").replace(':', "-");
-                let input = payment(&run_id, "frank", 100);
-                let config_arg = config.display().to_string();
-                let out = s.wasaga(&[
-                    "--config",
-                    &config_arg,
-                    "run",
-                    CARD_PAYMENT,
-                    "--input",
-                    &input,
-                    "--run-id",
-                    &run_id,
-                    "--crash-at",
-                    &point,
-                ]);
-                if out.status.signal() != Some(9) {
-                    let code = if completing { 0 } else { 3 };
-                    assert_eq!(out.status.code(), Some(code), "{point}: {}", text(&out));
-                } else {
-                    reached = true;
-                    exercised += 1;
-                    let resumed = s.wasaga(&["--config", &config_arg, "resume"]);
-                    assert!(
-                        matches!(resumed.status.code(), Some(0) | Some(3)),
-                        "{point}: {}",
-                        text(&resumed)
-                    );
-                }
-                let runs = s.runs();
-                let applied = processor.applied(&run_id);
-                let Some((_, status, error)) = runs.iter().find(|(id, _, _)| *id == run_id) else {
-                    assert!(applied.is_empty(), "{point}: no run, yet {applied:?}");
-                    continue;
-                };
-                let mut keys: Vec<&String> = applied.iter().map(|(_, k)| k).collect();
-                keys.sort();
-                keys.dedup();
-                assert_eq!(
-                    keys.len(),
-                    applied.len(),
-                    "{point}: applied twice: {applied:?}"
+        let exercised = at_every_crash_point(60, |point| {
+            let s = copy_of(&template, false);
+            let config = s.dir.join("wasaga.toml");
+            std::fs::write(&config, &config_text).expect("config");
+            let run_id = format!("crash-{completing}-{point}").replace(':', "-");
+            let input = payment(&run_id, "frank", 100);
+            let config_arg = config.display().to_string();
+            let out = s.wasaga(&[
+                "--config",
+                &config_arg,
+                "run",
+                CARD_PAYMENT,
+                "--input",
+                &input,
+                "--run-id",
+                &run_id,
+                "--crash-at",
+                point,
+            ]);
+            let killed = out.status.signal() == Some(9);
+            if killed {
+                let resumed = s.wasaga(&["--config", &config_arg, "resume"]);
+                assert!(
+                    matches!(resumed.status.code(), Some(0) | Some(3)),
+                    "{point}: {}",
+                    text(&resumed)
                 );
-                if completing {
-                    assert_eq!(status, "completed", "{point}: {error:?}");
-                    assert_eq!(actions(&applied), ["authorize", "capture"], "{point}");
-                    assert_eq!(s.balances()["shop"], 100, "{point}");
-                } else {
-                    assert_eq!(status, "compensated", "{point}: {error:?}");
-                    // Authorized and captured, then refunded; or stopped before the capture
-                    // applied, then voided; or nothing reached the processor.
-                    let done = actions(&applied);
-                    assert!(
-                        matches!(
-                            done.as_slice(),
-                            ["authorize", "capture", "refund"] | ["authorize", "void"] | []
-                        ),
-                        "{point}: {done:?}"
-                    );
-                }
+            } else {
+                let code = if completing { 0 } else { 3 };
+                assert_eq!(out.status.code(), Some(code), "{point}: {}", text(&out));
             }
-            if !reached {
-                break;
+            let runs = s.runs();
+            let applied = processor.applied(&run_id);
+            let Some((_, status, error)) = runs.iter().find(|(id, _, _)| *id == run_id) else {
+                assert!(applied.is_empty(), "{point}: no run, yet {applied:?}");
+                return killed;
+            };
+            let mut keys: Vec<&String> = applied.iter().map(|(_, k)| k).collect();
+            keys.sort();
+            keys.dedup();
+            assert_eq!(
+                keys.len(),
+                applied.len(),
+                "{point}: applied twice: {applied:?}"
+            );
+            if completing {
+                assert_eq!(status, "completed", "{point}: {error:?}");
+                assert_eq!(actions(&applied), ["authorize", "capture"], "{point}");
+                assert_eq!(s.balances()["shop"], 100, "{point}");
+            } else {
+                assert_eq!(status, "compensated", "{point}: {error:?}");
+                // Authorized and captured, then refunded; or stopped before the capture
+                // applied, then voided; or nothing reached the processor.
+                let done = actions(&applied);
+                assert!(
+                    matches!(
+                        done.as_slice(),
+                        ["authorize", "capture", "refund"] | ["authorize", "void"] | []
+                    ),
+                    "{point}: {done:?}"
+                );
             }
-        }
+            killed
+        });
         assert!(exercised >= 10, "only {exercised} crash points exercised");
     }
     // Whatever each run did, the card owes exactly what the completed runs captured.

@@ -5,7 +5,7 @@
 use crate::card_payment::Processor;
 use crate::crash::copy_of;
 use crate::guests::XA_TRANSFER;
-use crate::support::{Sandbox, agent, request, text};
+use crate::support::{Sandbox, agent, at_every_crash_point, request, text};
 use serde_json::{Value, json};
 use std::os::unix::process::ExitStatusExt;
 
@@ -106,54 +106,47 @@ fn a_crash_at_any_commit_leaves_both_banks_agreeing() {
     let template = Sandbox::new("http-2pc-crash");
     config(&template, &a, &b);
     let mut moved = 0;
-    let mut exercised = 0;
-    for commit in 1..=40 {
-        let mut reached = false;
-        for point in [format!("before:{commit}"), format!("after:{commit}")] {
-            let s = copy_of(&template, false);
-            let config = s.dir.join("wasaga.toml").display().to_string();
-            let run_id = format!("t-{point}").replace(':', "-");
-            let out = s.wasaga(&[
-                "--config",
-                &config,
-                "run",
-                XA_TRANSFER,
-                "--input",
-                &transfer(10),
-                "--run-id",
-                &run_id,
-                "--crash-at",
-                &point,
-            ]);
-            if out.status.signal() == Some(9) {
-                reached = true;
-                exercised += 1;
-                let resumed = s.wasaga(&["--config", &config, "resume"]);
-                assert!(
-                    matches!(resumed.status.code(), Some(0) | Some(3)),
-                    "{point}: {}",
-                    text(&resumed)
-                );
-            } else {
-                assert_eq!(out.status.code(), Some(0), "{point}: {}", text(&out));
-            }
-            let runs = s.runs();
-            match runs.iter().find(|(id, _, _)| *id == run_id) {
-                Some((_, status, _)) if status == "completed" => moved += 10,
-                Some((_, status, error)) => {
-                    assert_eq!(status, "compensated", "{point}: {error:?}")
-                }
-                None => {}
-            }
-            assert_eq!(account(&a, "alice"), (1_000_000 - moved, 0), "{point}");
-            assert_eq!(account(&b, "bob"), (moved, 0), "{point}");
-            for bank in [&a, &b] {
-                assert_eq!(prepared(bank), json!([]), "{point}: left prepared");
-            }
+    let exercised = at_every_crash_point(40, |point| {
+        let s = copy_of(&template, false);
+        let config = s.dir.join("wasaga.toml").display().to_string();
+        let run_id = format!("t-{point}").replace(':', "-");
+        let out = s.wasaga(&[
+            "--config",
+            &config,
+            "run",
+            XA_TRANSFER,
+            "--input",
+            &transfer(10),
+            "--run-id",
+            &run_id,
+            "--crash-at",
+            point,
+        ]);
+        let killed = out.status.signal() == Some(9);
+        if killed {
+            let resumed = s.wasaga(&["--config", &config, "resume"]);
+            assert!(
+                matches!(resumed.status.code(), Some(0) | Some(3)),
+                "{point}: {}",
+                text(&resumed)
+            );
+        } else {
+            assert_eq!(out.status.code(), Some(0), "{point}: {}", text(&out));
         }
-        if !reached {
-            break;
+        let runs = s.runs();
+        match runs.iter().find(|(id, _, _)| *id == run_id) {
+            Some((_, status, _)) if status == "completed" => moved += 10,
+            Some((_, status, error)) => {
+                assert_eq!(status, "compensated", "{point}: {error:?}")
+            }
+            None => {}
         }
-    }
+        assert_eq!(account(&a, "alice"), (1_000_000 - moved, 0), "{point}");
+        assert_eq!(account(&b, "bob"), (moved, 0), "{point}");
+        for bank in [&a, &b] {
+            assert_eq!(prepared(bank), json!([]), "{point}: left prepared");
+        }
+        killed
+    });
     assert!(exercised >= 6, "only {exercised} crash points exercised");
 }

@@ -3,7 +3,7 @@
 //! crashes the host; a wrong or missing token is refused with what to do.
 
 use crate::guests::TRANSFER;
-use crate::support::{Sandbox, text};
+use crate::support::{Sandbox, at_every_crash_point, text};
 use serde_json::json;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
@@ -132,55 +132,48 @@ fn a_killed_host_moves_money_at_the_ledger_service_exactly_once() {
     let service = Service::start(&ledger, TOKEN);
     let config = config(&s, &service);
     let mut moved = 0;
-    let mut exercised = 0;
-    for commit in 1..=30 {
-        let mut reached = false;
-        for point in [format!("before:{commit}"), format!("after:{commit}")] {
-            let run_id = format!("t-{point}").replace(':', "-");
-            let mut command = s.command(&[
-                "--config",
-                &config,
-                "run",
-                TRANSFER,
-                "--input",
-                &transfer(10),
-                "--run-id",
-                &run_id,
-                "--crash-at",
-                &point,
-            ]);
-            let out = command
+    let exercised = at_every_crash_point(30, |point| {
+        let run_id = format!("t-{point}").replace(':', "-");
+        let mut command = s.command(&[
+            "--config",
+            &config,
+            "run",
+            TRANSFER,
+            "--input",
+            &transfer(10),
+            "--run-id",
+            &run_id,
+            "--crash-at",
+            point,
+        ]);
+        let out = command
+            .env("WASAGA_LEDGER_TOKEN", TOKEN)
+            .output()
+            .expect("runs");
+        let killed = out.status.signal() == Some(9);
+        if killed {
+            let mut resume = s.command(&["--config", &config, "resume"]);
+            let resumed = resume
                 .env("WASAGA_LEDGER_TOKEN", TOKEN)
                 .output()
-                .expect("runs");
-            if out.status.signal() == Some(9) {
-                reached = true;
-                exercised += 1;
-                let mut resume = s.command(&["--config", &config, "resume"]);
-                let resumed = resume
-                    .env("WASAGA_LEDGER_TOKEN", TOKEN)
-                    .output()
-                    .expect("resumes");
-                assert_eq!(
-                    resumed.status.code(),
-                    Some(0),
-                    "{point}: {}",
-                    text(&resumed)
-                );
-            } else {
-                assert_eq!(out.status.code(), Some(0), "{point}: {}", text(&out));
-            }
-            if s.runs()
-                .iter()
-                .any(|(id, status, _)| *id == run_id && status == "completed")
-            {
-                moved += 10;
-            }
+                .expect("resumes");
+            assert_eq!(
+                resumed.status.code(),
+                Some(0),
+                "{point}: {}",
+                text(&resumed)
+            );
+        } else {
+            assert_eq!(out.status.code(), Some(0), "{point}: {}", text(&out));
         }
-        if !reached {
-            break;
+        if s.runs()
+            .iter()
+            .any(|(id, status, _)| *id == run_id && status == "completed")
+        {
+            moved += 10;
         }
-    }
+        killed
+    });
     assert!(exercised >= 4, "only {exercised} crash points exercised");
     drop(service);
     assert_eq!(balances(&s, &ledger), (1_000 - moved, moved));

@@ -156,6 +156,27 @@ impl Drop for Sandbox {
     }
 }
 
+/// Calls `at` with each crash point in turn, `before:N` then `after:N` for N = 1, 2, …, up to
+/// `commits_max`, and stops after a commit number at which `at` reached neither (the run made
+/// fewer commits). `at` returns whether the process died at its point; the answer is how many
+/// points were reached.
+pub fn at_every_crash_point(commits_max: u32, mut at: impl FnMut(&str) -> bool) -> u32 {
+    let mut reached_points = 0;
+    for commit in 1..=commits_max {
+        let mut reached = false;
+        for point in [format!("before:{commit}"), format!("after:{commit}")] {
+            if at(&point) {
+                reached = true;
+                reached_points += 1;
+            }
+        }
+        if !reached {
+            break;
+        }
+    }
+    reached_points
+}
+
 /// stdout and stderr of a finished command, for assertion messages.
 pub fn text(out: &Output) -> String {
     format!(

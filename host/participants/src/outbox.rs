@@ -511,22 +511,33 @@ impl Outbox {
                             }
                             continue;
                         }
-                        claimed.push((account, first, last));
+                        claimed.push(account);
                     }
-                    let mut accounts = Vec::new();
-                    for (account, first, last) in claimed {
-                        let rows = tx
-                            .fetch_all(
-                                "SELECT o.seq, o.op_id, o.account, o.delta, o.created_ms, o.acked, o.attempts,
-                                        p.action, p.request
-                                 FROM ledger_outbox o LEFT JOIN ledger_ops p ON p.op_id = o.op_id
-                                 WHERE o.account = $1 AND o.seq >= $2 AND o.seq <= $3
-                                   AND o.lease_owner = $4 AND o.delivered_ms IS NULL
-                                 ORDER BY o.seq",
-                                args![&account, first, last, &owner],
-                            )
-                            .await?;
-                        accounts.push(rows.iter().map(claimed_of).collect::<Result<_, _>>()?);
+                    if claimed.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    // Every row this claim leased (its lease ends at `until`), in one read.
+                    let rows = tx
+                        .fetch_all(
+                            "SELECT o.seq, o.op_id, o.account, o.delta, o.created_ms, o.acked, o.attempts,
+                                    p.action, p.request
+                             FROM ledger_outbox o LEFT JOIN ledger_ops p ON p.op_id = o.op_id
+                             WHERE o.lease_owner = $1 AND o.lease_until_ms = $2 AND o.delivered_ms IS NULL
+                             ORDER BY o.seq",
+                            args![&owner, until],
+                        )
+                        .await?;
+                    let index: std::collections::HashMap<&str, usize> = claimed
+                        .iter()
+                        .enumerate()
+                        .map(|(i, account)| (account.as_str(), i))
+                        .collect();
+                    let mut accounts: Vec<Vec<Claimed>> = claimed.iter().map(|_| Vec::new()).collect();
+                    for row in &rows {
+                        let record = claimed_of(row)?;
+                        if let Some(&i) = index.get(record.record.account.as_str()) {
+                            accounts[i].push(record);
+                        }
                     }
                     Ok(accounts)
                 })

@@ -22,6 +22,9 @@ const GUESTS: &[&str] = &[
     "gated-v2",
     "locked-undo",
     "card-payment",
+    "waiter",
+    "card-payment-3ds",
+    "settlement",
 ];
 
 fn main() {

@@ -36,7 +36,7 @@ pub mod bindings {
     });
 }
 
-use bindings::wasaga::workflow::{context, lock, participant, types};
+use bindings::wasaga::workflow::{context, lock, participant, types, wait};
 
 /// The workflow's view of its run: steps, locks, clock, randomness and log.
 ///
@@ -162,6 +162,93 @@ impl Saga {
     /// Appends `message` to the run's log (shown by `wasaga runs show`).
     pub fn log(&mut self, message: &str) {
         context::log(message)
+    }
+
+    /// Sleeps durably for `duration`: the host journals the wait, drops the run's instance and
+    /// resumes the run by replay once the time has passed, on whichever host claims it, across
+    /// restarts. The run holds no memory while it sleeps.
+    pub fn sleep(&mut self, duration: std::time::Duration) {
+        wait::sleep(duration.as_millis().min(u128::from(u64::MAX)) as u64)
+    }
+
+    /// Sleeps durably until `at_ms` (milliseconds since the Unix epoch, the host's clock).
+    pub fn sleep_until(&mut self, at_ms: u64) {
+        wait::sleep_until(at_ms)
+    }
+
+    /// Waits durably for the external signal `name` for at most `timeout`, and decodes its
+    /// JSON payload: `Ok(None)` on timeout. A signal sent before the wait is delivered at once;
+    /// each signal is delivered once.
+    pub fn wait_for<T: DeserializeOwned>(
+        &mut self,
+        name: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Option<T>, Error> {
+        let timeout_ms = timeout.as_millis().min(u128::from(u64::MAX)) as u64;
+        match wait::signal(name, timeout_ms) {
+            None => Ok(None),
+            Some(payload) => serde_json::from_str(&payload).map(Some).map_err(|e| {
+                Error::Invalid(format!(
+                    "signal '{name}' payload ({payload}) does not decode: {e}"
+                ))
+            }),
+        }
+    }
+
+    /// Runs the deployed workflow `workflow` as a child on `input` and waits for its end: its
+    /// output, or [`Error::Child`] if it was compensated.
+    pub fn child<T: Serialize, R: DeserializeOwned>(
+        &mut self,
+        workflow: &str,
+        input: &T,
+    ) -> Result<R, Error> {
+        let child = self.start_child(workflow, input)?;
+        child.join(self)
+    }
+
+    /// Starts the deployed workflow `workflow` as a child run on `input`, without waiting: the
+    /// child runs on its own (its own journal, its own compensation) while this run goes on.
+    /// Its run id derives from this run's id, so a replay finds the same child.
+    pub fn start_child<T: Serialize>(&mut self, workflow: &str, input: &T) -> Result<Child, Error> {
+        let input = serde_json::to_string(input).map_err(|e| {
+            Error::Invalid(format!("input for child '{workflow}' does not encode: {e}"))
+        })?;
+        wait::start_child(workflow, &input)
+            .map(|run_id| Child { run_id })
+            .map_err(|reason| Error::Child {
+                workflow: workflow.to_owned(),
+                reason,
+            })
+    }
+}
+
+/// A child run started with [`Saga::start_child`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Child {
+    run_id: String,
+}
+
+impl Child {
+    /// The child's run id.
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    /// Waits durably for the child to end: its output, decoded, or [`Error::Child`] with the
+    /// reason it was compensated.
+    pub fn join<R: DeserializeOwned>(self, _saga: &mut Saga) -> Result<R, Error> {
+        match wait::await_child(&self.run_id) {
+            Ok(output) => serde_json::from_str(&output).map_err(|e| {
+                Error::Invalid(format!(
+                    "output of child {} ({output}) does not decode: {e}",
+                    self.run_id
+                ))
+            }),
+            Err(reason) => Err(Error::Child {
+                workflow: self.run_id,
+                reason,
+            }),
+        }
     }
 }
 
@@ -353,6 +440,13 @@ pub enum Error {
     Invalid(String),
     /// A business rule of the workflow itself refused to go on.
     Failed(String),
+    /// A child run could not start, or was compensated.
+    Child {
+        /// The child's workflow (when it could not start) or run id (when it ended).
+        workflow: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -396,6 +490,7 @@ impl fmt::Display for Error {
                 )
             }
             Error::Invalid(m) => write!(f, "invalid: {m}"),
+            Error::Child { workflow, reason } => write!(f, "child {workflow}: {reason}"),
             Error::Failed(m) => f.write_str(m),
         }
     }

@@ -25,4 +25,5 @@ use wasaga_testkit::services;
 mod soak;
 mod support;
 mod two_phase;
+mod waits;
 mod xa;

@@ -1176,3 +1176,157 @@ pub async fn locks(
         p99_ms: percentile(99.0),
     })
 }
+
+/// What `wasaga bench waits` measured.
+#[derive(Debug, Serialize)]
+pub struct WaitsReport {
+    pub runs: u32,
+    /// Runs started (each up to its sleep, journaled, instance dropped) per second.
+    pub started_per_s: f64,
+    /// Runs that came due before every run had started (they woke early: a slow start).
+    pub due_before_all_started: u64,
+    /// Module instances alive while every run waited.
+    pub instances_while_waiting: usize,
+    pub rss_before_mib: f64,
+    pub rss_waiting_mib: f64,
+    /// Resident memory per waiting run, in bytes.
+    pub rss_per_waiting_run_bytes: f64,
+    /// The journal's files (database and WAL) per run while they wait, in bytes.
+    pub journal_bytes_per_waiting_run: f64,
+    /// Runs woken (claimed, replayed to their sleep, ended) per second once due.
+    pub wakeups_per_s: f64,
+    /// How long after the timers came due the last run completed.
+    pub last_woke_after_due_ms: u64,
+}
+
+/// The resident set of this process, in bytes (0 where /proc is missing).
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+fn journal_bytes(journal: &Location) -> u64 {
+    match journal {
+        Location::Sqlite(path) => ["", "-wal"]
+            .iter()
+            .filter_map(|suffix| {
+                let mut p = path.clone().into_os_string();
+                p.push(suffix);
+                std::fs::metadata(p).ok().map(|m| m.len())
+            })
+            .sum(),
+        _ => 0,
+    }
+}
+
+/// `n` runs of the `waiter` workflow each sleep until one moment (far enough ahead for all of
+/// them to start first), holding no instance meanwhile; then this host's own claim loop wakes
+/// them as a server's does: claim what is due, replay each to its sleep, end it.
+pub async fn waits(
+    journal: Location,
+    cache_dir: PathBuf,
+    module: Vec<u8>,
+    n: u32,
+    c: u32,
+) -> Result<WaitsReport, HostError> {
+    Database::destroy(&journal).await?;
+    let mut config = HostConfig::new(journal.clone());
+    config.cache_dir = cache_dir;
+    config.limits.concurrent_runs_max = c.max(1);
+    let host = Host::open(&config).await?;
+    let hash = host.add_module("waiter", &module).await?;
+    let (rss_before, bytes_before) = (rss_bytes(), journal_bytes(&journal));
+    // Far enough ahead that starting every run (a few thousand a second) ends before.
+    let lead_ms = 5_000 + u64::from(n) / 2;
+    let due = wasaga_core::clock::now_ms() + lead_ms;
+    let input = format!(r#"{{"waits":[{{"sleep_until":{{"at_ms":{due}}}}}]}}"#);
+    let began = Instant::now();
+    let next = Arc::new(AtomicU32::new(0));
+    let mut starters = tokio::task::JoinSet::new();
+    for _ in 0..c.max(1) {
+        let (host, hash, input, next) = (host.clone(), hash.clone(), input.clone(), next.clone());
+        starters.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return Ok::<_, HostError>(());
+                }
+                host.start_and_drive(
+                    Some(format!("wait/{i}")),
+                    "waiter",
+                    &hash,
+                    &input,
+                    no_observer(),
+                )
+                .await?;
+            }
+        });
+    }
+    while let Some(started) = starters.join_next().await {
+        started.map_err(|e| HostError::Engine(format!("a starter panicked: {e}")))??;
+    }
+    let start_s = began.elapsed().as_secs_f64();
+    let instances_while_waiting = host.live_instances();
+    let (rss_waiting, bytes_waiting) = (rss_bytes(), journal_bytes(&journal));
+    let now = wasaga_core::clock::now_ms();
+    let due_before_all_started = if now >= due {
+        let (waiting, _) = host.journal().waiting().await?;
+        u64::from(n).saturating_sub(waiting)
+    } else {
+        tokio::time::sleep(Duration::from_millis(due - now)).await;
+        0
+    };
+    let woke_from = Instant::now();
+    let driving = Arc::new(tokio::sync::Semaphore::new(c.max(1) as usize));
+    let mut drives = tokio::task::JoinSet::new();
+    let mut claimed_all = 0u32;
+    while claimed_all < n {
+        let claimed = host.claim(CLAIM_BATCH).await?;
+        if claimed.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        claimed_all += claimed.len() as u32;
+        for run_id in claimed {
+            let permit = driving.clone().acquire_owned().await.expect("never closed");
+            let host = host.clone();
+            drives.spawn(async move {
+                let _permit = permit;
+                host.drive(&run_id, no_observer()).await
+            });
+        }
+    }
+    let mut completed = 0u32;
+    while let Some(outcome) = drives.join_next().await {
+        let outcome =
+            outcome.map_err(|e| HostError::Engine(format!("a drive panicked: {e}")))??;
+        if outcome.status == RunStatus::Completed {
+            completed += 1;
+        }
+    }
+    if completed != n {
+        return Err(HostError::Input(format!(
+            "{completed} of {n} sleeping runs completed"
+        )));
+    }
+    let wake_s = woke_from.elapsed().as_secs_f64();
+    let mib = |b: u64| b as f64 / f64::from(1 << 20);
+    Ok(WaitsReport {
+        runs: n,
+        started_per_s: f64::from(n) / start_s,
+        due_before_all_started,
+        instances_while_waiting,
+        rss_before_mib: mib(rss_before),
+        rss_waiting_mib: mib(rss_waiting),
+        rss_per_waiting_run_bytes: rss_waiting.saturating_sub(rss_before) as f64 / f64::from(n),
+        journal_bytes_per_waiting_run: bytes_waiting.saturating_sub(bytes_before) as f64
+            / f64::from(n),
+        wakeups_per_s: f64::from(n) / wake_s,
+        last_woke_after_due_ms: (wasaga_core::clock::now_ms()).saturating_sub(due),
+    })
+}
+
+/// Due runs one claim of `bench waits` takes.
+const CLAIM_BATCH: u32 = 256;

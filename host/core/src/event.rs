@@ -148,6 +148,24 @@ pub enum Event {
         fencing_token: u64,
         expires_at_ms: u64,
     },
+    /// A durable wait began (`wait.sleep`, `wait.signal`, `wait.await-child`): the host drops
+    /// the run's instance until it ends, and the run resumes by replay. `due_ms` is when a
+    /// timer ends it (a sleep's end, a wait's timeout), on the host's clock.
+    WaitStarted {
+        call: u32,
+        wait: Wait,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        due_ms: Option<u64>,
+    },
+    /// The wait of `call` ended this way: what the module's call returns, on every replay.
+    WaitEnded { call: u32, outcome: WaitOutcome },
+    /// `wait.start-child` started (or found, on a repeat) the child run `run_id`.
+    ChildStarted {
+        call: u32,
+        run_id: String,
+        workflow: String,
+        outcome: Result<(), String>,
+    },
     /// The module returned `ok`: the run is applied.
     Completed { output: String },
     /// The run failed; the host now compensates the completed steps.
@@ -191,6 +209,9 @@ impl Event {
             Event::CompensationDone { .. } => "compensation-done",
             Event::Compensated { .. } => "compensated",
             Event::Stuck { .. } => "stuck",
+            Event::WaitStarted { .. } => "wait-started",
+            Event::WaitEnded { .. } => "wait-ended",
+            Event::ChildStarted { .. } => "child-started",
         }
     }
 
@@ -204,11 +225,50 @@ impl Event {
             | Event::Clock { call, .. }
             | Event::Random { call, .. }
             | Event::LockAcquired { call, .. }
-            | Event::LockFailed { call, .. } => Some(*call),
+            | Event::LockFailed { call, .. }
+            | Event::WaitStarted { call, .. }
+            | Event::ChildStarted { call, .. } => Some(*call),
             Event::Log { call, .. } | Event::LockReleased { call, .. } => *call,
             _ => None,
         }
     }
+}
+
+/// What a durable wait waits for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "for", rename_all = "kebab-case")]
+pub enum Wait {
+    /// Only the timer (`due_ms`).
+    Timer,
+    /// The external signal `name` (or the timeout, `due_ms`).
+    Signal { name: String },
+    /// The end of the child run `run_id`.
+    Child { run_id: String },
+}
+
+impl Wait {
+    /// What the run's row says it waits for (`runs.waiting_for`): a signal's arrival and a
+    /// child's end wake only the run waiting for exactly that.
+    pub fn waiting_for(&self) -> String {
+        match self {
+            Wait::Timer => "timer".to_owned(),
+            Wait::Signal { name } => format!("signal:{name}"),
+            Wait::Child { run_id } => format!("child:{run_id}"),
+        }
+    }
+}
+
+/// How a durable wait ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "ended", rename_all = "kebab-case")]
+pub enum WaitOutcome {
+    /// The timer came due (a sleep's end) or passed (a signal's timeout); `at_ms` is when the
+    /// host saw it.
+    Due { at_ms: u64 },
+    /// The signal arrived with this payload (JSON).
+    Signal { signal_id: String, payload: String },
+    /// The child ended: its output, or why it was compensated.
+    Child { outcome: Result<String, String> },
 }
 
 /// Where a run is in its life.

@@ -38,6 +38,10 @@ pub struct Limits {
     pub key_bytes_max: usize,
     /// Calls in one `commit-all`.
     pub branches_max: usize,
+    /// The longest durable wait (a sleep, a signal's timeout) a run may ask for.
+    pub wait_ms_max: u64,
+    /// Signals kept for one run (delivered or waiting to be); more are refused.
+    pub signals_per_run_max: u32,
 }
 
 impl Default for Limits {
@@ -58,6 +62,8 @@ impl Default for Limits {
             name_bytes_max: 128,
             key_bytes_max: 256,
             branches_max: 32,
+            wait_ms_max: 400 * 24 * 3_600 * 1_000,
+            signals_per_run_max: 1_000,
         }
     }
 }
@@ -70,6 +76,8 @@ pub struct Grant {
     pub participants: Vec<String>,
     /// Prefixes of the lock keys it may take; an empty prefix allows every key.
     pub lock_prefixes: Vec<String>,
+    /// Workflows it may start as child runs (each runs under its own grant).
+    pub children: Vec<String>,
 }
 
 impl Grant {
@@ -104,6 +112,10 @@ impl Grant {
                     granted == participant && granted_action == action
                 })
         })
+    }
+
+    pub fn allows_child(&self, workflow: &str) -> bool {
+        self.children.iter().any(|c| c == workflow)
     }
 
     pub fn allows_lock(&self, key: &str) -> bool {

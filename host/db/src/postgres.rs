@@ -23,6 +23,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../schema/postgres/0006_hold_expiry.sql"),
     include_str!("../schema/postgres/0007_lock_waiters.sql"),
     include_str!("../schema/postgres/0008_outbox.sql"),
+    include_str!("../schema/postgres/0009_waits.sql"),
 ];
 
 /// How long a caller waits for a pooled connection before the database counts as unavailable.

@@ -50,6 +50,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../schema/sqlite/0007_hold_expiry.sql"),
     include_str!("../schema/sqlite/0008_lock_waiters.sql"),
     include_str!("../schema/sqlite/0009_outbox.sql"),
+    include_str!("../schema/sqlite/0010_waits.sql"),
 ];
 
 /// Jobs waiting for the writer; senders wait when it is full.

@@ -18,7 +18,8 @@ macro_rules! run_select {
     ($rest:literal) => {
         concat!(
             "SELECT r.run_id, r.workflow, r.module_hash, r.status, r.input, r.output, r.error, ",
-            "r.created_at_ms, r.updated_at_ms, r.owner, d.version FROM runs r ",
+            "r.created_at_ms, r.updated_at_ms, r.owner, d.version, r.wake_at_ms, r.waiting_for, ",
+            "r.parent_run_id, r.cancel_reason FROM runs r ",
             "LEFT JOIN deployments d ON d.workflow = r.workflow AND d.hash = r.module_hash ",
             $rest
         )

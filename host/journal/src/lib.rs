@@ -15,6 +15,7 @@ mod journal;
 mod ownership;
 mod records;
 mod registry;
+mod waits;
 
 pub use append::{
     answered, append_created, append_events, check_fence, create_run, first_next_seq, insert_run,
@@ -25,7 +26,8 @@ pub use encoded::Encoded;
 pub use error::JournalError;
 pub use journal::Journal;
 pub use ownership::Takeover;
-pub use records::{Deployed, Deployment, RunFilter, RunRecord, StoredEvent};
+pub use records::{Deployed, Deployment, RunFilter, RunRecord, StoredEvent, Waiting};
+pub use waits::{Cancelled, Signalled, WakeCheck};
 
 #[cfg(test)]
 mod tests {

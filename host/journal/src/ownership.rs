@@ -18,7 +18,9 @@ pub enum Takeover {
 
 impl Journal {
     /// Takes over unfinished runs (running or compensating) that no live host holds: those
-    /// without an owner or whose lease has expired (this host's own included: a run whose
+    /// without an owner or whose lease has expired, and waiting runs that are due (their
+    /// timer passed, or a signal, a child's end or a cancellation woke them; timed by this
+    /// host's clock, as waits are) (this host's own included: a run whose
     /// lease it let lapse is one it stopped driving), or, with [`Takeover::Every`], every
     /// one of them. Returns their ids, oldest
     /// first, at most `limit`.
@@ -30,24 +32,35 @@ impl Journal {
                 Box::pin(async move {
                     let sql = match tx.dialect() {
                         Dialect::Sqlite => {
-                            "UPDATE runs SET owner = $1, lease_expires_at_ms = $2 + $3
+                            "UPDATE runs SET owner = $1, lease_expires_at_ms = $2 + $3,
+                                 wake_at_ms = NULL, waiting_for = NULL
                              WHERE run_id IN (
                                  SELECT run_id FROM runs
-                                 WHERE status IN ('running', 'compensating')
+                                 WHERE status IN ('running', 'compensating') AND wake_at_ms IS NULL
                                    AND (owner IS NULL OR lease_expires_at_ms < $2 OR $4 = 1)
                                  ORDER BY created_at_ms, run_id LIMIT $5)
+                                OR run_id IN (
+                                 SELECT run_id FROM runs
+                                 WHERE wake_at_ms IS NOT NULL AND wake_at_ms <= $2
+                                 ORDER BY wake_at_ms, run_id LIMIT $5)
                              RETURNING run_id, created_at_ms"
                         }
                         Dialect::Postgres => {
                             "UPDATE runs SET owner = $1,
-                                 lease_expires_at_ms = CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) + $3
+                                 lease_expires_at_ms = CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) + $3,
+                                 wake_at_ms = NULL, waiting_for = NULL
                              WHERE run_id IN (
                                  SELECT run_id FROM runs
-                                 WHERE status IN ('running', 'compensating')
+                                 WHERE status IN ('running', 'compensating') AND wake_at_ms IS NULL
                                    AND (owner IS NULL
                                         OR lease_expires_at_ms < CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)
                                         OR $2 = 1)
                                  ORDER BY created_at_ms, run_id LIMIT $4
+                                 FOR UPDATE SKIP LOCKED)
+                                OR run_id IN (
+                                 SELECT run_id FROM runs
+                                 WHERE wake_at_ms IS NOT NULL AND wake_at_ms <= $5
+                                 ORDER BY wake_at_ms, run_id LIMIT $4
                                  FOR UPDATE SKIP LOCKED)
                              RETURNING run_id, created_at_ms"
                         }
@@ -59,7 +72,7 @@ impl Journal {
                                 .await?
                         }
                         Dialect::Postgres => {
-                            tx.fetch_all(sql, wasaga_db::args![&*owner, all, lease_ms, limit])
+                            tx.fetch_all(sql, wasaga_db::args![&*owner, all, lease_ms, limit, host_now])
                                 .await?
                         }
                     };

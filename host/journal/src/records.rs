@@ -31,6 +31,25 @@ pub struct RunRecord {
     pub owner: Option<String>,
     /// The deployed version of the workflow the run's module is, if it was deployed.
     pub version: Option<i64>,
+    /// Set while the run waits (it has no owner then): what for, and when its timer is due
+    /// (0 once something woke it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<Waiting>,
+    /// The run that started this one as its child.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_run_id: Option<String>,
+    /// Who asked for the run to be cancelled, and why, once someone did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancel_reason: Option<String>,
+}
+
+/// What a waiting run waits for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Waiting {
+    /// `timer`, `signal:<name>` or `child:<run id>`.
+    pub waiting_for: String,
+    /// When a host may take it up again (its timer; 0: woken, due now).
+    pub wake_at_ms: u64,
 }
 
 /// One deployed version of a workflow.
@@ -129,5 +148,14 @@ pub(crate) fn run_record(row: &Row) -> Result<RunRecord, JournalError> {
         updated_at_ms: row.int(8)? as u64,
         owner: row.opt_text(9)?,
         version: row.opt_int(10)?,
+        waiting: match row.opt_int(11)? {
+            Some(wake_at_ms) => Some(Waiting {
+                waiting_for: row.opt_text(12)?.unwrap_or_default(),
+                wake_at_ms: wake_at_ms.max(0) as u64,
+            }),
+            None => None,
+        },
+        parent_run_id: row.opt_text(13)?,
+        cancel_reason: row.opt_text(14)?,
     })
 }

@@ -24,7 +24,7 @@ use wasaga_core::event::{CallFailure, Event, RunStatus};
 use wasaga_core::limits::{Grant, Limits};
 use wasaga_core::steps::{Step, StepOutcome, Steps};
 use wasaga_db::Database;
-use wasaga_journal::{Deployed, Journal, JournalError, RunRecord, Takeover};
+use wasaga_journal::{Deployed, Journal, JournalError, RunRecord, Takeover, Waiting, WakeCheck};
 use wasaga_locks::{Lease, LockService};
 use wasaga_participants::branch::Decided;
 use wasaga_participants::{Participant, ParticipantRequest, Participants, Route};
@@ -83,6 +83,10 @@ pub struct RunOutcome {
     pub status: RunStatus,
     pub output: Option<String>,
     pub error: Option<String>,
+    /// Set when the run has not ended but waits (durably, holding no instance): what for and
+    /// until when. A host that claims it when it is due drives it on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<Waiting>,
 }
 
 impl From<RunRecord> for RunOutcome {
@@ -92,6 +96,7 @@ impl From<RunRecord> for RunOutcome {
             status: record.status,
             output: record.output,
             error: record.error,
+            waiting: record.waiting,
         }
     }
 }
@@ -191,6 +196,7 @@ impl Host {
                 config.limits.concurrent_runs_max.max(1) as usize
             ),
             live: Mutex::new(HashMap::new()),
+            instances: std::sync::atomic::AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             stop_signal: tokio::sync::watch::channel(false).0,
             lock_owner_prefix: journal_name(&config.journal),
@@ -453,6 +459,13 @@ impl Host {
         if record.status == RunStatus::Compensating {
             return self.compensate(log, None, &live, None).await;
         }
+        // A cancelled run that is not executing (it waited, or its host died) compensates
+        // from its journal, without its module.
+        if let Some(reason) = record.cancel_reason {
+            return self
+                .compensate(log, Some(format!("cancelled {reason}")), &live, None)
+                .await;
+        }
         self.execute_run(log, &record.workflow, &events, &live)
             .await
     }
@@ -639,6 +652,22 @@ impl Host {
                 });
             }
             (Some(Fatal::Failure(cause)), _) => cause,
+            (Some(Fatal::Cancelled(reason)), _) => format!("cancelled {reason}"),
+            (
+                Some(Fatal::Suspended {
+                    wake_at_ms,
+                    waiting_for,
+                    check,
+                }),
+                _,
+            ) => {
+                let mut acquired = std::mem::take(&mut context.acquired);
+                acquired.extend(context.locks.held());
+                drop(context.locks);
+                return self
+                    .suspend(log, wake_at_ms, waiting_for, check, &acquired)
+                    .await;
+            }
             (None, Ok(Ok(output))) => {
                 let max = self.inner.limits.payload_bytes_max;
                 if !context.replay.is_empty() {
@@ -929,12 +958,14 @@ impl Host {
             run.live,
             run.reacquired,
         );
+        self.inner.instances.fetch_add(1, Ordering::Relaxed);
         let result = async {
             let workflow = loaded.instantiate_async(&mut store).await?;
             workflow.call_run(&mut store, input).await
         }
         .await;
         let state = store.into_data();
+        self.inner.instances.fetch_sub(1, Ordering::Relaxed);
         // A module that ended while computing gives its compute slot back now, not once its
         // compensation (which may retry for a while) is over.
         state
@@ -1039,6 +1070,11 @@ impl Host {
                 return Ok(wasmtime::UpdateDeadline::Interrupt);
             }
             let run = &mut ctx.data_mut().run;
+            // A cancelled run stops computing at once.
+            if let Some(reason) = run.live.cancellation() {
+                run.fatal = Some(Fatal::Cancelled(reason));
+                return Ok(wasmtime::UpdateDeadline::Interrupt);
+            }
             if run.next_call != run.calls_at_tick {
                 run.calls_at_tick = run.next_call;
                 run.computing_ticks = 0;
@@ -1123,6 +1159,7 @@ impl Host {
             status: RunStatus::Completed,
             output: Some(output),
             error: None,
+            waiting: None,
         })
     }
 
@@ -1230,6 +1267,7 @@ impl Host {
             status: RunStatus::Compensated,
             output: None,
             error: Some(cause),
+            waiting: None,
         })
     }
 
@@ -1358,6 +1396,7 @@ impl Host {
             status: RunStatus::Stuck,
             output: None,
             error: Some(reason),
+            waiting: None,
         })
     }
 
@@ -1413,6 +1452,132 @@ impl Host {
             return Err(journal_stalled(log, e));
         }
         Ok(locks)
+    }
+
+    /// Puts a run whose module began a wait to sleep: its buffered events (the wait among
+    /// them) become durable, its leases go back to the backend without a journal entry (as
+    /// after a crash: the journal still holds them, and the run takes them back when it
+    /// resumes), and it gives up its lease on the run until it is due.
+    async fn suspend(
+        &self,
+        mut log: RunLog,
+        wake_at_ms: u64,
+        waiting_for: String,
+        check: WakeCheck,
+        leases: &[Lease],
+    ) -> Result<RunOutcome, HostError> {
+        if let Err(e) = log.commit(Vec::new()).await {
+            self.release_locks(leases).await;
+            return Err(journal_stalled(&log, e));
+        }
+        self.release_locks(leases).await;
+        let journal = &self.inner.journal;
+        let sleeping = journal
+            .suspend(
+                &log.run_id,
+                log.next_seq,
+                wake_at_ms,
+                waiting_for.clone(),
+                check,
+            )
+            .await
+            .map_err(|e| stalled(&log, e.to_string()))?;
+        Ok(RunOutcome {
+            run_id: log.run_id.clone(),
+            status: RunStatus::Running,
+            output: None,
+            error: None,
+            waiting: Some(Waiting {
+                waiting_for,
+                wake_at_ms: if sleeping { wake_at_ms } else { 0 },
+            }),
+        })
+    }
+
+    /// Asks `run_id` (and its unfinished children) to stop and compensate: a run executing
+    /// here stops at once, one executing elsewhere when that host next renews its lease, a
+    /// waiting one is woken for it. `by` and `reason` end up in the run's outcome.
+    pub async fn cancel(
+        &self,
+        run_id: &str,
+        by: &str,
+        reason: &str,
+    ) -> Result<wasaga_journal::Cancelled, HostError> {
+        let text = if reason.is_empty() {
+            format!("by {by}")
+        } else {
+            format!("by {by}: {reason}")
+        };
+        let cancelled = self.inner.journal.cancel(run_id, &text).await?;
+        if let wasaga_journal::Cancelled::Requested { children } = &cancelled {
+            let live = self.inner.live.lock().expect("live run map lock poisoned");
+            for id in std::iter::once(run_id).chain(children.iter().map(String::as_str)) {
+                if let Some(run) = live.get(id) {
+                    run.cancel(&text);
+                }
+            }
+        }
+        Ok(cancelled)
+    }
+
+    /// Keeps a signal for `run_id` (see [`Journal::signal`]), refusing a payload that is not
+    /// JSON or over `payload_bytes_max`, and a name over `name_bytes_max`.
+    pub async fn signal(
+        &self,
+        run_id: &str,
+        name: &str,
+        signal_id: Option<&str>,
+        payload: &str,
+        sent_by: &str,
+    ) -> Result<wasaga_journal::Signalled, HostError> {
+        let limits = &self.inner.limits;
+        if name.is_empty() || name.len() > limits.name_bytes_max {
+            return Err(HostError::Input(format!(
+                "a signal name must be 1 to {} bytes",
+                limits.name_bytes_max
+            )));
+        }
+        if payload.len() > limits.payload_bytes_max {
+            return Err(HostError::Input(format!(
+                "the signal's payload is {} bytes, over payload_bytes_max = {}",
+                payload.len(),
+                limits.payload_bytes_max
+            )));
+        }
+        serde_json::from_str::<serde_json::Value>(payload).map_err(|e| {
+            HostError::Input(format!("the signal's payload is not valid JSON: {e}"))
+        })?;
+        let signal_id = match signal_id {
+            Some(id) if id.is_empty() || id.len() > limits.key_bytes_max => {
+                return Err(HostError::Input(format!(
+                    "a signal_id must be 1 to {} bytes",
+                    limits.key_bytes_max
+                )));
+            }
+            Some(id) => id.to_owned(),
+            None => format!(
+                "{:016x}{:016x}",
+                rand::random::<u64>(),
+                rand::random::<u64>()
+            ),
+        };
+        Ok(self
+            .inner
+            .journal
+            .signal(
+                run_id,
+                name,
+                &signal_id,
+                payload,
+                sent_by,
+                limits.signals_per_run_max,
+            )
+            .await?)
+    }
+
+    /// Module instances alive in this host now. A waiting run holds none.
+    pub fn live_instances(&self) -> usize {
+        self.inner.instances.load(Ordering::Relaxed)
     }
 
     async fn release_locks(&self, leases: &[Lease]) {
@@ -1480,6 +1645,14 @@ async fn renew_run_leases(host: Weak<HostInner>) {
             for (id, run) in &live {
                 if lost.contains(id.as_str()) {
                     run.lose();
+                }
+            }
+        }
+        // A cancellation asked for on another host reaches this host's run here.
+        if let Ok(cancelled) = host.journal.cancellations(&ids).await {
+            for (id, reason) in cancelled {
+                if let Some((_, run)) = live.iter().find(|(i, _)| *i == id) {
+                    run.cancel(&reason);
                 }
             }
         }

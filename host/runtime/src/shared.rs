@@ -18,14 +18,43 @@ use wasaga_participants::Participants;
 pub(crate) struct LiveRun {
     /// Set when the renewal found that another host has taken the run over.
     pub lost: AtomicBool,
-    /// Wakes a run waiting (for a lock) when it is lost.
+    /// Wakes a run waiting (for a lock) when it is lost or cancelled.
     pub lost_signal: tokio::sync::Notify,
+    /// Set when someone asked for the run to be cancelled: who, and why.
+    pub cancelled: Mutex<Option<String>>,
 }
 
 impl LiveRun {
     pub(crate) fn lose(&self) {
         self.lost.store(true, Ordering::Relaxed);
         self.lost_signal.notify_waiters();
+    }
+
+    /// Tells the run to stop and compensate at its next journal point (a lock wait ends at
+    /// once, a computing module at its next epoch tick).
+    pub(crate) fn cancel(&self, reason: &str) {
+        let mut cancelled = self.cancelled.lock().expect("cancel lock poisoned");
+        if cancelled.is_none() {
+            *cancelled = Some(reason.to_owned());
+        }
+        drop(cancelled);
+        self.lost_signal.notify_waiters();
+    }
+
+    /// Why the run was cancelled, if it was.
+    pub(crate) fn cancellation(&self) -> Option<String> {
+        self.cancelled.lock().expect("cancel lock poisoned").clone()
+    }
+
+    /// Completes once the run is cancelled.
+    pub(crate) async fn cancelled(&self) -> String {
+        loop {
+            let notified = self.lost_signal.notified();
+            if let Some(reason) = self.cancellation() {
+                return reason;
+            }
+            notified.await;
+        }
     }
 
     /// Completes once the run is lost.
@@ -54,6 +83,8 @@ pub(crate) struct HostInner {
     pub executions: tokio::sync::Semaphore,
     /// Runs being driven, whose leases the renewal task extends.
     pub live: Mutex<HashMap<String, Arc<LiveRun>>>,
+    /// Module instances alive now (a store exists): a waiting run has none.
+    pub instances: std::sync::atomic::AtomicUsize,
     /// Set when the host is shutting down: runs stop at their next journal point.
     pub stopping: AtomicBool,
     /// Wakes runs that wait (for a lock) when the host starts shutting down.

@@ -84,6 +84,15 @@ pub(crate) enum Fatal {
     Exists,
     /// The run is not in the journal: its first write never became durable.
     NotStarted(String),
+    /// Someone cancelled the run (who and why): it compensates.
+    Cancelled(String),
+    /// The run waits: its wait is journaled (or buffered, to be committed now), the instance
+    /// goes, and the run sleeps until `wake_at_ms` or what `check` names wakes it.
+    Suspended {
+        wake_at_ms: u64,
+        waiting_for: String,
+        check: wasaga_journal::WakeCheck,
+    },
 }
 
 /// A journaled call found at a call index during replay.
@@ -102,7 +111,8 @@ pub(crate) fn replay_map(events: &[Event]) -> HashMap<u32, Replayed> {
         match event {
             Event::StepDone { call, .. }
             | Event::StepFailed { call, .. }
-            | Event::TwoPhaseFinished { call, .. } => {
+            | Event::TwoPhaseFinished { call, .. }
+            | Event::WaitEnded { call, .. } => {
                 if let Some(replayed) = calls.get_mut(call) {
                     let replayed: &mut Replayed = replayed;
                     replayed.result = Some(event.clone());
@@ -271,6 +281,9 @@ impl RunContext {
             self.fatal = Some(Fatal::Interrupted(reason.to_owned()));
             return Err(wasmtime::Error::msg(reason));
         }
+        if let Some(reason) = self.live.cancellation() {
+            return Err(self.cancelled(reason));
+        }
         // A host call ends a stretch of computing: the slot goes back. Only a module that
         // computed through two ticks can hold one, so the usual call skips the lock.
         if self.computing_ticks >= 2 {
@@ -328,6 +341,29 @@ impl RunContext {
             _ => Fatal::Interrupted(message.clone()),
         });
         wasmtime::Error::msg(message)
+    }
+
+    /// Stops the module because the run was cancelled.
+    pub fn cancelled(&mut self, reason: String) -> wasmtime::Error {
+        let message = format!("cancelled {reason}");
+        self.fatal = Some(Fatal::Cancelled(reason));
+        wasmtime::Error::msg(message)
+    }
+
+    /// Stops the module here because the run waits: the executor journals the wait, drops
+    /// the instance and puts the run to sleep.
+    pub fn suspend(
+        &mut self,
+        wake_at_ms: u64,
+        wait: &wasaga_core::event::Wait,
+        check: wasaga_journal::WakeCheck,
+    ) -> wasmtime::Error {
+        self.fatal = Some(Fatal::Suspended {
+            wake_at_ms,
+            waiting_for: wait.waiting_for(),
+            check,
+        });
+        wasmtime::Error::msg("the run waits")
     }
 
     /// Stops the module for exceeding a limit.

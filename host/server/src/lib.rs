@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 use wasaga_core::event::RunStatus;
-use wasaga_journal::{JournalError, RunFilter, RunRecord};
+use wasaga_journal::{Cancelled, JournalError, RunFilter, RunRecord, Signalled};
 use wasaga_participants::outbox::{self, Outbox};
 use wasaga_runtime::engine::MODULE_BYTES_MAX;
 use wasaga_runtime::executor::{Host, HostError};
@@ -46,6 +46,8 @@ pub const REQUESTS_CONCURRENT_MAX: usize = 512;
 pub const UPLOADS_CONCURRENT_MAX: usize = 2;
 /// A start request's body beyond the run input it carries (`run_id`, the JSON around it).
 const START_ENVELOPE_BYTES_MAX: usize = 4 << 10;
+/// The body of a cancel request (`{"reason": "...", "by": "..."}`).
+const CANCEL_BYTES_MAX: usize = 4 << 10;
 /// The body of a rollback request (`{"version": N}`).
 const ROLLBACK_BYTES_MAX: usize = 1 << 10;
 /// How much of an unauthenticated request's body is read (and dropped as it arrives, so it
@@ -125,6 +127,8 @@ struct AppState {
     uploads: Arc<tokio::sync::Semaphore>,
     /// When `/readyz` last reached the journal, and what it found.
     ready: Arc<tokio::sync::Mutex<Option<ReadyCheck>>>,
+    /// Tells the claim loop to look now: a signal or a cancellation woke a waiting run.
+    wake: Arc<Notify>,
 }
 
 impl AppState {
@@ -162,6 +166,7 @@ pub async fn serve(
         requests: Arc::new(tokio::sync::Semaphore::new(REQUESTS_CONCURRENT_MAX)),
         uploads: Arc::new(tokio::sync::Semaphore::new(UPLOADS_CONCURRENT_MAX)),
         ready: Arc::new(tokio::sync::Mutex::new(None)),
+        wake: Arc::new(Notify::new()),
     };
     let (stop, stopped) = watch::channel(false);
     let claims = tokio::spawn(claim_loop(
@@ -250,6 +255,14 @@ fn router(state: AppState) -> Router {
         .route("/runs", get(list_runs))
         .route("/runs/{id}", get(get_run))
         .route("/runs/{id}/journal", get(get_journal))
+        .route(
+            "/runs/{id}/signals/{name}",
+            post(send_signal).layer(DefaultBodyLimit::max(input_bytes_max)),
+        )
+        .route(
+            "/runs/{id}/cancel",
+            post(cancel_run).layer(DefaultBodyLimit::max(CANCEL_BYTES_MAX)),
+        )
         .route("/outbox", get(list_outbox))
         .route("/outbox/retry", post(retry_outbox))
         .layer(axum::middleware::from_fn_with_state(
@@ -681,7 +694,16 @@ async fn wait_for_end(
 ) -> Result<RunRecord, JournalError> {
     let deadline = Instant::now() + Duration::from_millis(wait_ms);
     let mut pause_ms = 5;
-    while !record.status.is_terminal() && Instant::now() < deadline && !host.is_stopping() {
+    let sleeping = |r: &RunRecord| {
+        r.waiting
+            .as_ref()
+            .is_some_and(|w| w.wake_at_ms > wasaga_core::clock::now_ms())
+    };
+    while !record.status.is_terminal()
+        && !sleeping(&record)
+        && Instant::now() < deadline
+        && !host.is_stopping()
+    {
         tokio::time::sleep(Duration::from_millis(pause_ms)).await;
         pause_ms = (pause_ms * 2).min(100);
         record = host.journal().run(&record.run_id).await?;
@@ -704,7 +726,121 @@ fn run_json(record: &RunRecord) -> Value {
         "created_at_ms": record.created_at_ms,
         "updated_at_ms": record.updated_at_ms,
         "owner": record.owner,
+        "waiting": record.waiting,
+        "parent_run_id": record.parent_run_id,
+        "cancel_reason": record.cancel_reason,
     })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignalRequest {
+    #[serde(default)]
+    payload: Value,
+    signal_id: Option<String>,
+}
+
+/// `POST /v1/runs/{id}/signals/{name}` with `{"payload": <json>, "signal_id": "..."}`: keeps
+/// the signal for the run, which gets it at its wait for `name` (at once if it waits now).
+/// 202 when accepted, 200 for a `signal_id` accepted before, 404 for an unknown run, 409 for
+/// a run that has ended or has too many signals.
+async fn send_signal(
+    State(state): State<AppState>,
+    Path((id, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let request: SignalRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "the body must be {{\"payload\": <json>, \"signal_id\": \"optional id, for idempotency\"}}: {e}"
+                ),
+            );
+        }
+    };
+    let payload = request.payload.to_string();
+    let sent = state
+        .host
+        .signal(&id, &name, request.signal_id.as_deref(), &payload, "api")
+        .await;
+    match sent {
+        Ok(Signalled::Accepted) => {
+            state.wake.notify_one();
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({ "run_id": id, "signal": name, "duplicate": false })),
+            )
+                .into_response()
+        }
+        Ok(Signalled::Duplicate) => {
+            Json(json!({ "run_id": id, "signal": name, "duplicate": true })).into_response()
+        }
+        Ok(Signalled::Finished(status)) => error(
+            StatusCode::CONFLICT,
+            format!("run {id} has ended ({status}): nothing will receive signal '{name}'"),
+        ),
+        Ok(Signalled::TooMany(max)) => error(
+            StatusCode::CONFLICT,
+            format!(
+                "run {id} has {max} signals already (signals_per_run_max): it is not waiting for them"
+            ),
+        ),
+        Err(e) => host_error(e),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CancelRequest {
+    #[serde(default)]
+    reason: String,
+    by: Option<String>,
+}
+
+/// `POST /v1/runs/{id}/cancel` with `{"reason": "...", "by": "..."}` (both optional): the run
+/// and its unfinished children stop and compensate. 202 when asked now, 200 if asked before,
+/// 404 for an unknown run, 409 for one that has ended or compensates already.
+async fn cancel_run(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let request: CancelRequest = if body.is_empty() {
+        CancelRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(request) => request,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "the body must be {{\"reason\": \"...\", \"by\": \"...\"}} (both optional): {e}"
+                    ),
+                );
+            }
+        }
+    };
+    let by = request.by.unwrap_or_else(|| "api".to_owned());
+    match state.host.cancel(&id, &by, &request.reason).await {
+        Ok(Cancelled::Requested { children }) => {
+            state.wake.notify_one();
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({ "run_id": id, "cancelled": true, "children": children })),
+            )
+                .into_response()
+        }
+        Ok(Cancelled::AlreadyRequested(reason)) => {
+            Json(json!({ "run_id": id, "cancelled": true, "already": reason })).into_response()
+        }
+        Ok(Cancelled::Finished(status)) => error(
+            StatusCode::CONFLICT,
+            format!("run {id} is {status}: there is nothing to cancel"),
+        ),
+        Err(e) => host_error(e),
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -813,14 +949,19 @@ async fn claim_loop(state: AppState, interval_ms: u64, mut stopped: watch::Recei
         }
         let busy = state.in_flight.count.load(Ordering::SeqCst);
         let room = capacity.saturating_sub(busy).min(CLAIM_BATCH_MAX as usize) as u32;
+        let mut full = false;
         if room > 0 {
             match state.host.claim(room).await {
                 Ok(claimed) => {
+                    // A full batch: more may be due (many timers at once); look again now.
+                    full = claimed.len() >= room as usize;
                     if !claimed.is_empty() {
+                        let shown = claimed.len().min(5);
                         (state.log)(&format!(
-                            "took over {} unfinished runs: {}",
+                            "took up {} runs (due waits, or leases that lapsed): {}{}",
                             claimed.len(),
-                            claimed.join(", ")
+                            claimed[..shown].join(", "),
+                            if claimed.len() > shown { ", ..." } else { "" }
                         ));
                     }
                     for run_id in claimed {
@@ -840,8 +981,13 @@ async fn claim_loop(state: AppState, interval_ms: u64, mut stopped: watch::Recei
             Ok(voided) => (state.log)(&format!("voided {voided} expired holds")),
             Err(e) => (state.log)(&format!("cannot void expired holds: {e}")),
         }
+        if full {
+            tokio::task::yield_now().await;
+            continue;
+        }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(interval_ms)) => {}
+            _ = state.wake.notified() => {}
             _ = stopped.changed() => return,
         }
     }

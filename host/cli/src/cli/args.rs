@@ -89,6 +89,25 @@ pub(crate) enum Command {
     Deploy(DeployArgs),
     /// List the deployed versions of a workflow.
     Versions(VersionsArgs),
+    /// Send a signal to a run: it gets the payload at its wait for that name (at once if it
+    /// waits now, else when it gets there).
+    Signal(SignalArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SignalArgs {
+    /// The run to signal.
+    pub run_id: String,
+    /// The signal's name, as the workflow waits for it (`saga.wait_for("3ds", ..)`).
+    pub name: String,
+    /// The payload: JSON text, or @path to read it from a file.
+    #[arg(long, short, default_value = "null")]
+    pub payload: String,
+    /// An id for the signal: sending the same id again delivers it once (default: a new one).
+    #[arg(long)]
+    pub signal_id: Option<String>,
+    #[command(flatten)]
+    pub remote: Remote,
 }
 
 #[derive(Debug, Args)]
@@ -177,6 +196,25 @@ pub(crate) enum BenchCommand {
         #[arg(long)]
         ledger_http: bool,
     },
+    /// Durable waits at scale: N runs sleep at once (holding no instance), then all wake;
+    /// prints the host's memory and journal size per waiting run and wake-ups per second.
+    Waits {
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+        n: u32,
+        /// Runs started, and woken, at once.
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+        c: u32,
+        /// The waiter component.
+        #[arg(
+            long,
+            default_value = "target/guests/wasm32-wasip2/release/waiter.wasm"
+        )]
+        module: PathBuf,
+        /// The benchmark's journal: a SQLite file, deleted and recreated, or a postgres:// URL
+        /// (its `wasaga_bench` schema is dropped and recreated).
+        #[arg(long, default_value = "target/bench/waits.db", value_parser = bench_location)]
+        journal: Location,
+    },
     /// One of the other host processes of `bench transfer --hosts N`, which starts it.
     #[command(hide = true)]
     TransferPart,
@@ -197,6 +235,19 @@ pub(crate) enum RunsCommand {
     /// Take up a stuck run again once the cause is fixed: its compensation resumes where it
     /// stopped.
     Retry { run_id: String },
+    /// Stop a run and compensate it (and its unfinished child runs): a waiting run at once, an
+    /// executing one at its next journal point.
+    Cancel {
+        run_id: String,
+        /// Why, kept in the run's outcome.
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Who asks (default: the user running the command).
+        #[arg(long)]
+        by: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Debug, Subcommand)]

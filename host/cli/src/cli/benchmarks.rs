@@ -122,6 +122,59 @@ pub(crate) async fn bench_micro(
     Ok(0)
 }
 
+pub(crate) async fn bench_waits(
+    g: &Settings,
+    n: u32,
+    c: u32,
+    module: &Path,
+    journal: &Location,
+) -> Result<u8, Failure> {
+    let bytes = bench_files(g, module, journal)?;
+    if !g.json {
+        println!(
+            "bench waits: {n} runs sleep at once on {}, then wake",
+            journal.describe()
+        );
+    }
+    let cache = HostConfig::new(journal.clone()).cache_dir;
+    let r = crate::bench::waits(journal.clone(), cache, bytes, n, c)
+        .await
+        .map_err(host_failure)?;
+    if g.json {
+        println!("{}", serde_json::to_string(&r).map_err(|e| anyhow!(e))?);
+        return Ok(0);
+    }
+    println!(
+        "started                {:.0} runs/s, each up to its sleep (journaled, instance dropped)",
+        r.started_per_s
+    );
+    println!(
+        "while all {} wait      {} instances, RSS {:.1} MiB (was {:.1}): {:.0} bytes per waiting run",
+        r.runs,
+        r.instances_while_waiting,
+        r.rss_waiting_mib,
+        r.rss_before_mib,
+        r.rss_per_waiting_run_bytes
+    );
+    if r.journal_bytes_per_waiting_run > 0.0 {
+        println!(
+            "journal                {:.0} bytes per waiting run",
+            r.journal_bytes_per_waiting_run
+        );
+    }
+    println!(
+        "woken                  {:.0} runs/s once due; the last {} ms after its time",
+        r.wakeups_per_s, r.last_woke_after_due_ms
+    );
+    if r.due_before_all_started > 0 {
+        println!(
+            "note                   {} runs came due before all had started (a slow start)",
+            r.due_before_all_started
+        );
+    }
+    Ok(0)
+}
+
 /// The transfer benchmark's accounts and locks.
 pub(crate) struct Shape {
     pub(crate) accounts: u32,

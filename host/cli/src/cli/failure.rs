@@ -10,6 +10,8 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_COMPENSATED: u8 = 3;
 
 pub const EXIT_STUCK: u8 = 4;
+/// The run waits (a sleep, a signal, a child): `wasaga serve` takes it up when it is due.
+pub const EXIT_WAITING: u8 = 5;
 
 /// A failure with the exit code it maps to.
 pub(crate) struct Failure {

@@ -12,6 +12,7 @@ mod run;
 mod runs;
 mod serve;
 mod settings;
+mod waits;
 
 use anyhow::anyhow;
 pub use args::Cli;
@@ -58,7 +59,8 @@ fn runtime(g: &Settings, command: &Command) -> std::io::Result<tokio::runtime::R
     builder.enable_all();
     let journal = match command {
         Command::Bench(BenchCommand::Transfer { journal, .. })
-        | Command::Bench(BenchCommand::Micro { journal, .. }) => journal,
+        | Command::Bench(BenchCommand::Micro { journal, .. })
+        | Command::Bench(BenchCommand::Waits { journal, .. }) => journal,
         // A host of a benchmark with several: they share a PostgreSQL journal.
         Command::Bench(BenchCommand::TransferPart) => return builder.build(),
         _ => &g.host.journal,
@@ -80,6 +82,13 @@ async fn dispatch(g: &Settings, command: &Command) -> Result<u8, Failure> {
         }
         Command::Runs(RunsCommand::Show { run_id }) => runs::runs_show(g, run_id).await,
         Command::Runs(RunsCommand::Retry { run_id }) => runs::runs_retry(g, run_id).await,
+        Command::Runs(RunsCommand::Cancel {
+            run_id,
+            reason,
+            by,
+            remote,
+        }) => waits::cancel(g, run_id, reason, by.as_deref(), remote).await,
+        Command::Signal(args) => waits::signal(g, args).await,
         Command::Ledger(command) => ledger::ledger(g, command).await,
         Command::Outbox(command) => outbox::outbox(g, command).await,
         Command::Validate { module } => run::validate(g, module).await,
@@ -95,6 +104,12 @@ async fn dispatch(g: &Settings, command: &Command) -> Result<u8, Failure> {
         Command::Bench(BenchCommand::Micro { module, journal }) => {
             benchmarks::bench_micro(g, module, journal).await
         }
+        Command::Bench(BenchCommand::Waits {
+            n,
+            c,
+            module,
+            journal,
+        }) => benchmarks::bench_waits(g, *n, *c, module, journal).await,
         Command::Bench(BenchCommand::TransferPart) => {
             crate::bench::transfer_part()
                 .await

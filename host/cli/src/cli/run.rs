@@ -143,7 +143,20 @@ pub(crate) fn report(g: &Settings, outcome: &RunOutcome) -> u8 {
                 "status": outcome.status,
                 "output": outcome.output.as_deref().map(parse_or_string),
                 "error": outcome.error,
+                "waiting": outcome.waiting,
             })
+        );
+    } else if let Some(waiting) = &outcome.waiting {
+        let when = if waiting.wake_at_ms >= i64::MAX as u64 {
+            String::new()
+        } else if waiting.wake_at_ms == 0 {
+            ", due now".to_owned()
+        } else {
+            format!(" until {}", super::serve::timestamp(waiting.wake_at_ms))
+        };
+        eprintln!(
+            "run {} waits ({}{when}); it holds no instance meanwhile: `wasaga serve` takes it up when it is due, `wasaga signal` sends it a signal",
+            outcome.run_id, waiting.waiting_for
         );
     } else {
         match outcome.status {
@@ -157,6 +170,9 @@ pub(crate) fn report(g: &Settings, outcome: &RunOutcome) -> u8 {
                 outcome.error.as_deref().unwrap_or("no reason recorded")
             ),
         }
+    }
+    if outcome.waiting.is_some() {
+        return super::failure::EXIT_WAITING;
     }
     exit_code(outcome.status)
 }

@@ -7,7 +7,7 @@ use super::settings::Settings;
 use anyhow::{Result, anyhow};
 use serde_json::json;
 use std::collections::HashMap;
-use wasaga_core::event::{CallSpec, Event, RunStatus};
+use wasaga_core::event::{CallSpec, Event, RunStatus, Wait, WaitOutcome};
 use wasaga_core::steps::Steps;
 use wasaga_journal::StoredEvent;
 use wasaga_runtime::store::no_observer;
@@ -239,6 +239,43 @@ fn event_line(
         }
         Event::Compensated { cause } => format!("compensated ({cause})"),
         Event::Stuck { reason } => format!("STUCK: {reason}"),
+        Event::WaitStarted { wait, due_ms, .. } => {
+            let until = due_ms.map_or(String::new(), |due| {
+                format!(
+                    " until {} (in {} ms)",
+                    due,
+                    due.saturating_sub(stored.at_ms)
+                )
+            });
+            match wait {
+                Wait::Timer => format!("wait      sleep{until}"),
+                Wait::Signal { name } => format!("wait      for signal '{name}'{until}"),
+                Wait::Child { run_id } => format!("wait      for child {run_id}"),
+            }
+        }
+        Event::WaitEnded { outcome, .. } => match outcome {
+            WaitOutcome::Due { at_ms } => format!("wait      over: due at {at_ms}"),
+            WaitOutcome::Signal { signal_id, payload } => {
+                format!("wait      signal {signal_id} arrived: {payload}")
+            }
+            WaitOutcome::Child {
+                outcome: Ok(output),
+            } => {
+                format!("wait      child completed: {output}")
+            }
+            WaitOutcome::Child { outcome: Err(e) } => {
+                format!("wait      child compensated: {e}")
+            }
+        },
+        Event::ChildStarted {
+            run_id,
+            workflow,
+            outcome,
+            ..
+        } => match outcome {
+            Ok(()) => format!("child     {run_id} started ({workflow})"),
+            Err(e) => format!("child     {workflow} not started: {e}"),
+        },
     }
 }
 

@@ -17,7 +17,7 @@ fn log_line(message: &str) {
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` for milliseconds since the Unix epoch.
-fn timestamp(ms: u64) -> String {
+pub(crate) fn timestamp(ms: u64) -> String {
     let (secs, millis) = (ms / 1000, ms % 1000);
     let (days, rest) = (secs / 86_400, secs % 86_400);
     // Civil date from days since 1970-01-01 (the proleptic Gregorian calendar).
@@ -312,7 +312,7 @@ pub async fn versions(g: &Settings, args: &VersionsArgs) -> Result<u8, Failure> 
 }
 
 /// One request to a server; the reply's JSON, or a failure carrying the server's reason.
-async fn remote(
+pub(crate) async fn remote(
     g: &Settings,
     remote: &Remote,
     method: &'static str,

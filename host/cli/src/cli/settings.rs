@@ -147,6 +147,8 @@ struct GrantFile {
     participants: Vec<String>,
     #[serde(default)]
     lock_prefixes: Vec<String>,
+    #[serde(default)]
+    children: Vec<String>,
 }
 
 /// The server's part of the settings.
@@ -348,6 +350,7 @@ impl Settings {
                     Grant {
                         participants: grant.participants,
                         lock_prefixes: grant.lock_prefixes,
+                        children: grant.children,
                     },
                 );
             }

@@ -114,6 +114,10 @@ impl Host for RunState {
                     run.fatal = Some(crate::store::Fatal::Interrupted(reason.to_owned()));
                     return Err(wasmtime::Error::msg(reason));
                 }
+                // A cancelled run stops waiting and compensates.
+                reason = run.live.cancelled() => {
+                    return Err(run.cancelled(reason));
+                }
                 // Nor does a run another host has taken over: that host drives it now.
                 () = run.live.lost() => {
                     let reason = "another host took the run over after this host's lease on it expired";

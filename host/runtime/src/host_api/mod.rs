@@ -4,6 +4,7 @@
 mod context;
 mod lock;
 mod participant;
+mod wait;
 
 use crate::bindings::wasaga::workflow::types;
 use crate::store::RunState;

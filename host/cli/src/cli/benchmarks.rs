@@ -149,8 +149,8 @@ pub(crate) async fn bench_waits(
         r.started_per_s
     );
     println!(
-        "while all {} wait      {} instances, RSS {:.1} MiB (was {:.1}): {:.0} bytes per waiting run",
-        r.runs,
+        "{:<23}{} instances, RSS {:.1} MiB (was {:.1}): {:.0} bytes per waiting run",
+        format!("while all {} wait", r.runs),
         r.instances_while_waiting,
         r.rss_waiting_mib,
         r.rss_before_mib,

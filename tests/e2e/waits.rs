@@ -634,3 +634,166 @@ fn a_module_built_against_wit_0_1_0_still_runs() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(balance(&s, "bob"), 30);
 }
+
+/// Where a crash-point run of the 3-D Secure payment kills a process: the run up to its wait,
+/// the signal sent on the journal, or the resumption that takes the signal and captures.
+#[derive(Clone, Copy, Debug)]
+enum WaitPhase {
+    Run,
+    Signal,
+    Resume,
+}
+
+/// A 3-D Secure payment of 100 from `card` to `shop`, answered yes, with the process of
+/// `phase` killed at `point`; then everything is done again without a crash, as an operator
+/// would. Returns whether the kill happened.
+fn three_ds_killed_at(template: &Sandbox, phase: WaitPhase, point: &str) -> bool {
+    let s = crate::crash::copy_of(template, false);
+    let run_id = format!("3ds-{phase:?}-{point}").replace(':', "-");
+    let input =
+        json!({ "payment_id": run_id, "card_account": "card", "merchant": "shop", "amount": 100 })
+            .to_string();
+    let crash = |at: WaitPhase| -> Vec<&str> {
+        if matches!(
+            (at, phase),
+            (WaitPhase::Run, WaitPhase::Run)
+                | (WaitPhase::Signal, WaitPhase::Signal)
+                | (WaitPhase::Resume, WaitPhase::Resume)
+        ) {
+            vec!["--crash-at", point]
+        } else {
+            Vec::new()
+        }
+    };
+    let killed = |out: &std::process::Output| {
+        use std::os::unix::process::ExitStatusExt;
+        out.status.signal() == Some(9)
+    };
+    let mut was_killed = false;
+
+    let mut args = vec![
+        "run",
+        CARD_PAYMENT_3DS,
+        "--input",
+        &input,
+        "--run-id",
+        &run_id,
+    ];
+    args.extend(crash(WaitPhase::Run));
+    let out = s.wasaga(&args);
+    if killed(&out) {
+        was_killed = true;
+        // Whatever the kill left is taken up again: the run reaches its wait, or never began.
+        let resumed = s.wasaga(&["resume"]);
+        assert!(
+            resumed.status.code().is_some(),
+            "{point}: {}",
+            text(&resumed)
+        );
+        if !s.runs().iter().any(|(id, _, _)| *id == run_id) {
+            let out = s.wasaga(&[
+                "run",
+                CARD_PAYMENT_3DS,
+                "--input",
+                &input,
+                "--run-id",
+                &run_id,
+            ]);
+            assert_eq!(out.status.code(), Some(5), "{point}: {}", text(&out));
+        }
+    } else {
+        assert_eq!(out.status.code(), Some(5), "{point}: waits: {}", text(&out));
+    }
+    assert_eq!(balance(&s, "card"), 1_000, "{point}: held, not moved");
+
+    let mut args = vec![
+        "signal",
+        &run_id,
+        "3ds",
+        "--payload",
+        r#"{"ok":true}"#,
+        "--signal-id",
+        "acs-1",
+    ];
+    args.extend(crash(WaitPhase::Signal));
+    let out = s.wasaga(&args);
+    if killed(&out) {
+        was_killed = true;
+        // The sender does not know whether it arrived: it sends again under the same id.
+        let out = s.wasaga(&[
+            "signal",
+            &run_id,
+            "3ds",
+            "--payload",
+            r#"{"ok":true}"#,
+            "--signal-id",
+            "acs-1",
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{point}: {}", text(&out));
+    } else {
+        assert_eq!(out.status.code(), Some(0), "{point}: {}", text(&out));
+    }
+
+    let mut args = vec!["resume"];
+    args.extend(crash(WaitPhase::Resume));
+    let out = s.wasaga(&args);
+    if killed(&out) {
+        was_killed = true;
+        let out = s.wasaga(&["resume"]);
+        assert!(out.status.code().is_some(), "{point}: {}", text(&out));
+    }
+
+    let runs = s.runs();
+    let (_, status, error) = runs
+        .iter()
+        .find(|(id, _, _)| *id == run_id)
+        .unwrap_or_else(|| panic!("{phase:?} {point}: the run is lost: {runs:?}"));
+    assert_eq!(status, "completed", "{phase:?} {point}: {error:?}");
+    let journal = s.events(&run_id);
+    let count = |kind: &str| journal.iter().filter(|e| e["kind"] == kind).count();
+    assert_eq!(
+        (count("wait-started"), count("wait-ended")),
+        (1, 1),
+        "{phase:?} {point}: one wait, ended once: {journal:?}"
+    );
+    let ended = journal
+        .iter()
+        .find(|e| e["kind"] == "wait-ended")
+        .expect("wait-ended");
+    assert_eq!(
+        ended["outcome"]["signal_id"], "acs-1",
+        "{phase:?} {point}: the wait took the signal: {ended}"
+    );
+    assert_eq!(
+        (balance(&s, "card"), balance(&s, "shop")),
+        (900, 100),
+        "{phase:?} {point}: captured once"
+    );
+    assert_ledger_consistent(&s.ledger_db());
+    was_killed
+}
+
+#[test]
+fn a_3ds_payment_killed_at_every_commit_of_its_wait_signal_and_wake_captures_once() {
+    let template = Sandbox::new("3ds-crash-template");
+    template.open("card", 1_000);
+    template.open("shop", 0);
+    // The module compiled once into the template's cache, so each copy starts warm.
+    let out = template.wasaga(&["validate", CARD_PAYMENT_3DS]);
+    assert!(out.status.success(), "{}", text(&out));
+    // At least the commits seen when this was written: the run's start, hold, log and wait
+    // (with the executor's own); the signal's one; the wake's claim, capture and end.
+    for (phase, points_min) in [
+        (WaitPhase::Run, 10),
+        (WaitPhase::Signal, 2),
+        (WaitPhase::Resume, 6),
+    ] {
+        let exercised = crate::support::at_every_crash_point(40, |point| {
+            three_ds_killed_at(&template, phase, point)
+        });
+        assert!(
+            exercised >= points_min,
+            "{phase:?}: only {exercised} crash points were reached"
+        );
+    }
+}

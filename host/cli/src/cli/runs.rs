@@ -43,15 +43,24 @@ pub(crate) async fn runs_list(
         println!("no runs");
     }
     for run in runs {
+        // A waiting run is still `running` (it has not ended); what it waits for is its news.
+        let (status, detail) = match &run.waiting {
+            Some(waiting) if !run.status.is_terminal() => (
+                "waiting".to_owned(),
+                format!("for {}", waiting.waiting_for),
+            ),
+            _ => (
+                run.status.to_string(),
+                run.error
+                    .as_deref()
+                    .or(run.output.as_deref())
+                    .unwrap_or_default()
+                    .to_owned(),
+            ),
+        };
         println!(
-            "{:<32} {:<16} {:<12} {}",
-            run.run_id,
-            run.workflow,
-            run.status,
-            run.error
-                .as_deref()
-                .or(run.output.as_deref())
-                .unwrap_or_default()
+            "{:<32} {:<16} {:<12} {detail}",
+            run.run_id, run.workflow, status
         );
     }
     Ok(0)

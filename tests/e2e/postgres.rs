@@ -964,7 +964,7 @@ fn first_writes_of_a_batch_whose_reply_is_lost_are_not_told_their_runs_exist() {
                         &hash,
                         &input,
                         no_observer(),
-                        None,
+                        wasaga_runtime::NewRun::default(),
                     )
                     .await
                 })

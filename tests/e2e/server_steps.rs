@@ -86,6 +86,7 @@ async fn server_step(
         module_hash: "parity".to_owned(),
         input: "{}".to_owned(),
         started_at_ms: 0,
+        traceparent: None,
     };
     Ok(Some(ServerStep {
         run_id: run_id.to_owned(),

@@ -60,6 +60,10 @@ pub enum Event {
         module_hash: String,
         input: String,
         started_at_ms: u64,
+        /// The W3C `traceparent` of the request that started the run: the run's spans, on
+        /// whichever host drives it, belong to that trace.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        traceparent: Option<String>,
     },
     /// A step is about to run: its action and its compensation, durable before the action.
     StepIntent {

@@ -62,6 +62,14 @@ impl Database {
         }
     }
 
+    /// Registers this database's commit metrics into `registry`.
+    pub fn register_metrics(&self, registry: &mut wasaga_core::metrics::Registry) {
+        match self {
+            Database::Sqlite(db) => db.stats().register(registry),
+            Database::Postgres(db) => db.stats().register(registry),
+        }
+    }
+
     /// The database's name for messages.
     pub fn describe(&self) -> String {
         self.location().describe()

@@ -24,6 +24,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../schema/postgres/0007_lock_waiters.sql"),
     include_str!("../schema/postgres/0008_outbox.sql"),
     include_str!("../schema/postgres/0009_waits.sql"),
+    include_str!("../schema/postgres/0010_stuck_runs.sql"),
 ];
 
 /// How long a caller waits for a pooled connection before the database counts as unavailable.
@@ -107,6 +108,7 @@ impl PostgresDatabase {
         T: Send + 'static,
         E: From<DbError> + Send + 'static,
     {
+        let began = std::time::Instant::now();
         // sqlx's transaction rolls back if this future is dropped half-way, so a cancelled
         // caller never leaves a pooled connection inside a transaction.
         let mut tx = self
@@ -133,6 +135,7 @@ impl PostgresDatabase {
                     })
                 })?;
                 self.crash.after_commit(ticket);
+                self.stats.durable(began);
                 Ok(value)
             }
             Err(error) => {
@@ -149,6 +152,7 @@ impl PostgresDatabase {
         T: Send + 'static,
         E: From<DbError> + Send + 'static,
     {
+        let began = std::time::Instant::now();
         let mut conn = self
             .pool
             .acquire()
@@ -167,6 +171,7 @@ impl PostgresDatabase {
         if result.is_ok() {
             self.stats.record(jobs);
             self.crash.after_commit(ticket);
+            self.stats.durable(began);
         }
         result
     }

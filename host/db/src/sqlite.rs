@@ -51,6 +51,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../schema/sqlite/0008_lock_waiters.sql"),
     include_str!("../schema/sqlite/0009_outbox.sql"),
     include_str!("../schema/sqlite/0010_waits.sql"),
+    include_str!("../schema/sqlite/0011_stuck_runs.sql"),
 ];
 
 /// Jobs waiting for the writer; senders wait when it is full.
@@ -124,7 +125,10 @@ impl SqliteDatabase {
             hint: "the host could not start a database thread",
         };
         let stats = Arc::new(crate::tx::CommitStats::default());
-        let durability = Arc::new(Durability::default());
+        let durability = Arc::new(Durability {
+            stats: stats.clone(),
+            ..Durability::default()
+        });
         let (syncs, sync_queue) = std::sync::mpsc::channel();
         // Weak: the syncer must not keep the writer's queue open once the database is dropped.
         let wake = writes.downgrade();
@@ -502,6 +506,8 @@ struct Durability {
     /// Set once a sync fails: what the WAL holds is then not known to be on disk, so nothing
     /// more is written or answered until the process restarts and recovery reads the WAL.
     failed: Mutex<Option<String>>,
+    /// The database's commit metrics: the syncer times each commit until it is durable.
+    stats: Arc<crate::tx::CommitStats>,
 }
 
 impl Durability {
@@ -532,6 +538,8 @@ enum ToSync {
         number: u64,
         crash_ticket: u32,
         delivers: Vec<Deliver>,
+        /// When the writer began the transaction.
+        began: std::time::Instant,
     },
     /// A read's answer. The read may have seen commits that are not durable yet, this
     /// process's or another's on the same file, so it waits for a sync begun after it.
@@ -571,6 +579,7 @@ fn write_loop(
             first.fail(sync_failed(&database, &reason));
             continue;
         }
+        let began = std::time::Instant::now();
         let mut batch = match Batch::begin(&mut conn, &mut sql, &database) {
             Ok(batch) => batch,
             Err(error) => {
@@ -622,6 +631,7 @@ fn write_loop(
             number,
             crash_ticket,
             delivers,
+            began,
         };
         if let Err(std::sync::mpsc::SendError(ToSync::Committed { delivers, .. })) =
             syncs.send(committed)
@@ -744,7 +754,7 @@ fn sync_loop(
     database: String,
 ) {
     let mut reads: Vec<Deliver> = Vec::new();
-    let mut committed: Vec<(u32, Vec<Deliver>)> = Vec::new();
+    let mut committed: Vec<(u32, Vec<Deliver>, std::time::Instant)> = Vec::new();
     while let Ok(first) = queue.recv() {
         let mut newest = 0;
         let mut take = |message: ToSync| match message {
@@ -752,9 +762,10 @@ fn sync_loop(
                 number,
                 crash_ticket,
                 delivers,
+                began,
             } => {
                 newest = newest.max(number);
-                committed.push((crash_ticket, delivers));
+                committed.push((crash_ticket, delivers, began));
             }
             ToSync::Read(deliver) => reads.push(deliver),
         };
@@ -775,8 +786,9 @@ fn sync_loop(
         match synced {
             Ok(()) => {
                 durability.durable.fetch_max(newest, Ordering::SeqCst);
-                for (ticket, delivers) in committed.drain(..) {
+                for (ticket, delivers, began) in committed.drain(..) {
                     crash.after_commit(ticket);
+                    durability.stats.durable(began);
                     for deliver in delivers {
                         deliver(Ok(()));
                     }
@@ -786,7 +798,7 @@ fn sync_loop(
                 }
             }
             Err(reason) => {
-                let delivers = committed.drain(..).flat_map(|(_, delivers)| delivers);
+                let delivers = committed.drain(..).flat_map(|(_, delivers, _)| delivers);
                 for deliver in delivers.chain(reads.drain(..)) {
                     deliver(Err(sync_failed(&database, &reason)));
                 }

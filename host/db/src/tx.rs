@@ -205,11 +205,28 @@ pub struct OpenError {
     pub hint: &'static str,
 }
 
-/// How many write transactions were committed, and how many writers' jobs they carried.
-#[derive(Debug, Default)]
+/// How many write transactions were committed, how many writers' jobs they carried, and how
+/// long each took to become durable: the `wasaga_db_commit_*` metrics.
+#[derive(Debug)]
 pub struct CommitStats {
     commits: std::sync::atomic::AtomicU64,
     jobs: std::sync::atomic::AtomicU64,
+    /// From a transaction's start to the answer that it is durable (on SQLite, a group
+    /// commit's first job to its `fdatasync`).
+    commit_seconds: wasaga_core::metrics::Histogram,
+    /// Writers' jobs per commit: how much group commit shares.
+    jobs_per_commit: wasaga_core::metrics::Histogram,
+}
+
+impl Default for CommitStats {
+    fn default() -> Self {
+        CommitStats {
+            commits: Default::default(),
+            jobs: Default::default(),
+            commit_seconds: wasaga_core::metrics::latency_histogram(),
+            jobs_per_commit: wasaga_core::metrics::size_histogram(),
+        }
+    }
 }
 
 impl CommitStats {
@@ -217,12 +234,34 @@ impl CommitStats {
         use std::sync::atomic::Ordering::Relaxed;
         self.commits.fetch_add(1, Relaxed);
         self.jobs.fetch_add(jobs as u64, Relaxed);
+        self.jobs_per_commit.observe(jobs as f64);
+    }
+
+    /// A commit that began at `began` is durable now.
+    pub(crate) fn durable(&self, began: std::time::Instant) {
+        self.commit_seconds
+            .observe(wasaga_core::metrics::seconds_since(began));
     }
 
     /// `(commits, jobs)` so far.
     pub fn read(&self) -> (u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
         (self.commits.load(Relaxed), self.jobs.load(Relaxed))
+    }
+
+    /// Registers the commit metrics into `registry` (a sub-registry labelled with which
+    /// database this is).
+    pub fn register(&self, registry: &mut wasaga_core::metrics::Registry) {
+        registry.register(
+            "db_commit_duration_seconds",
+            "Time from a write transaction's start to its being durable",
+            self.commit_seconds.clone(),
+        );
+        registry.register(
+            "db_commit_jobs",
+            "Writers' jobs committed together in one transaction (group commit)",
+            self.jobs_per_commit.clone(),
+        );
     }
 }
 

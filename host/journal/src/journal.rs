@@ -7,7 +7,9 @@ use crate::append::{
 use crate::batch::{Answer, Batched, Batcher};
 use crate::encoded::Encoded;
 use crate::error::JournalError;
-use crate::records::{RunFilter, RunRecord, StoredEvent, events, run_record};
+use crate::records::{
+    COUNTED_RUNS_MAX, RunCounts, RunFilter, RunRecord, StoredEvent, events, run_record,
+};
 use std::sync::{Arc, OnceLock};
 use wasaga_core::BoxFuture;
 use wasaga_core::event::{Event, RunStatus};
@@ -36,6 +38,20 @@ pub struct Journal {
     pub(crate) appends: Arc<OnceLock<Batcher<Append>>>,
     /// Whether a step's outcome may be answered before its write is durable.
     pub(crate) early_answers: bool,
+    /// Counts of what happened to this host's leases on runs.
+    pub(crate) leases: Arc<LeaseCounts>,
+}
+
+/// What happened to a host's leases on runs: `wasaga_run_*_total`.
+#[derive(Debug, Default)]
+pub(crate) struct LeaseCounts {
+    /// Leases renewed, one per run per renewal.
+    pub renewed: wasaga_core::metrics::Counter,
+    /// Renewals that found the run owned by another host (or by none).
+    pub lost: wasaga_core::metrics::Counter,
+    /// Runs this host took up: leases that lapsed, waits that came due, and at a SQLite
+    /// host's start every unfinished run.
+    pub claimed: wasaga_core::metrics::Counter,
 }
 
 impl Journal {
@@ -48,7 +64,29 @@ impl Journal {
             run_lease_ms,
             appends: Arc::default(),
             early_answers: true,
+            leases: Arc::default(),
         }
+    }
+
+    /// Registers the journal's metrics into `registry`: its database's commits, and this
+    /// host's leases on runs.
+    pub fn register_metrics(&self, registry: &mut wasaga_core::metrics::Registry) {
+        self.db.register_metrics(registry);
+        registry.register(
+            "run_lease_renewals",
+            "Leases on runs this host renewed (one per run per renewal)",
+            self.leases.renewed.clone(),
+        );
+        registry.register(
+            "run_leases_lost",
+            "Renewals that found the run owned by another host: it was taken over",
+            self.leases.lost.clone(),
+        );
+        registry.register(
+            "run_claims",
+            "Runs this host took up: leases that lapsed, waits that came due, unfinished runs at start",
+            self.leases.claimed.clone(),
+        );
     }
 
     /// This journal, answering steps only once durable unless `early` (see
@@ -207,16 +245,86 @@ impl Journal {
             .read(move |tx| {
                 Box::pin(async move {
                     let status = filter.status.map(RunStatus::as_str);
+                    let waiting = filter.waiting_only.then_some(1_i64);
+                    let (before_ms, before_id) = match &filter.before {
+                        Some((ms, id)) => (Some(*ms as i64), Some(id.as_str())),
+                        None => (None, None),
+                    };
                     let rows = tx
                         .fetch_all(
                             run_select!(
                                 "WHERE ($1 IS NULL OR r.status = $1) AND ($2 IS NULL OR r.workflow = $2)
-                                 ORDER BY r.created_at_ms DESC, r.run_id DESC LIMIT $3"
+                                 AND ($3 IS NULL OR r.wake_at_ms IS NOT NULL)
+                                 AND ($4 IS NULL OR r.created_at_ms >= $4) AND ($5 IS NULL OR r.created_at_ms < $5)
+                                 AND ($6 IS NULL OR r.created_at_ms < $6 OR (r.created_at_ms = $6 AND r.run_id < $7))
+                                 ORDER BY r.created_at_ms DESC, r.run_id DESC LIMIT $8"
                             ),
-                            wasaga_db::args![status, filter.workflow.as_deref(), i64::from(filter.limit)],
+                            wasaga_db::args![
+                                status,
+                                filter.workflow.as_deref(),
+                                waiting,
+                                filter.since_ms.map(|ms| ms as i64),
+                                filter.until_ms.map(|ms| ms as i64),
+                                before_ms,
+                                before_id,
+                                i64::from(filter.limit)
+                            ],
                         )
                         .await?;
                     rows.iter().map(run_record).collect()
+                })
+            })
+            .await
+    }
+
+    /// How many runs of `workflow` (all if `None`) created in `[since_ms, until_ms)` there are
+    /// of each status, over the newest `COUNTED_RUNS_MAX` of them.
+    pub async fn run_counts(
+        &self,
+        workflow: Option<String>,
+        since_ms: Option<u64>,
+        until_ms: Option<u64>,
+    ) -> Result<RunCounts, JournalError> {
+        self.db
+            .read(move |tx| {
+                Box::pin(async move {
+                    let rows = tx
+                        .fetch_all(
+                            "SELECT status, CASE WHEN wake_at_ms IS NULL THEN 0 ELSE 1 END FROM runs
+                             WHERE ($1 IS NULL OR workflow = $1)
+                             AND ($2 IS NULL OR created_at_ms >= $2) AND ($3 IS NULL OR created_at_ms < $3)
+                             ORDER BY created_at_ms DESC, run_id DESC LIMIT $4",
+                            wasaga_db::args![
+                                workflow.as_deref(),
+                                since_ms.map(|ms| ms as i64),
+                                until_ms.map(|ms| ms as i64),
+                                i64::from(COUNTED_RUNS_MAX) + 1
+                            ],
+                        )
+                        .await?;
+                    let mut counts = RunCounts {
+                        capped: rows.len() > COUNTED_RUNS_MAX as usize,
+                        ..RunCounts::default()
+                    };
+                    for row in rows.iter().take(COUNTED_RUNS_MAX as usize) {
+                        let status = row.text(0)?;
+                        match RunStatus::parse(&status) {
+                            Some(RunStatus::Running) if row.int(1)? == 1 => counts.waiting += 1,
+                            Some(RunStatus::Running) => counts.running += 1,
+                            Some(RunStatus::Compensating) => counts.compensating += 1,
+                            Some(RunStatus::Completed) => counts.completed += 1,
+                            Some(RunStatus::Compensated) => counts.compensated += 1,
+                            Some(RunStatus::Stuck) => counts.stuck += 1,
+                            None => {
+                                return Err(JournalError::Corrupt {
+                                    run_id: String::new(),
+                                    seq: 0,
+                                    reason: format!("unknown status {status}"),
+                                });
+                            }
+                        }
+                    }
+                    Ok(counts)
                 })
             })
             .await

@@ -26,7 +26,10 @@ pub use encoded::Encoded;
 pub use error::JournalError;
 pub use journal::Journal;
 pub use ownership::Takeover;
-pub use records::{Deployed, Deployment, RunFilter, RunRecord, StoredEvent, Waiting};
+pub use records::{
+    COUNTED_RUNS_MAX, Deployed, Deployment, RunCounts, RunFilter, RunRecord, STATUS_NAMES,
+    StoredEvent, Waiting,
+};
 pub use waits::{Cancelled, Signalled, WakeCheck};
 
 #[cfg(test)]
@@ -55,6 +58,7 @@ mod tests {
             module_hash: "h".into(),
             input: "{}".into(),
             started_at_ms: 1,
+            traceparent: None,
         };
         let encoded = Encoded::new(std::slice::from_ref(&started));
         let reserved = first_next_seq(db.dialect(), encoded.len());

@@ -81,10 +81,13 @@ impl Journal {
                         .map(|r| Ok((r.int(1)?, r.text(0)?)))
                         .collect::<Result<Vec<_>, DbError>>()?;
                     claimed.sort();
-                    Ok::<_, JournalError>(claimed.into_iter().map(|(_, id)| id).collect())
+                    Ok::<_, JournalError>(claimed.into_iter().map(|(_, id)| id).collect::<Vec<_>>())
                 })
             })
             .await
+            .inspect(|claimed| {
+                self.leases.claimed.inc_by(claimed.len() as u64);
+            })
     }
 
     /// Takes a stuck run for this host, so that `runs retry` can compensate it again. A stuck
@@ -191,6 +194,12 @@ impl Journal {
                 })
             })
             .await
+            .inspect(|lost: &Vec<String>| {
+                self.leases
+                    .renewed
+                    .inc_by(run_ids.len().saturating_sub(lost.len()) as u64);
+                self.leases.lost.inc_by(lost.len() as u64);
+            })
     }
 
     /// Gives up this host's leases on its unfinished runs, so another host (or this one's next

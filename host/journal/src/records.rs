@@ -73,13 +73,57 @@ pub struct Deployed {
     pub previous: Option<i64>,
 }
 
-/// Which runs to list.
+/// Which runs to list, newest first.
 #[derive(Debug, Clone, Default)]
 pub struct RunFilter {
     pub status: Option<RunStatus>,
+    /// Only runs that wait now (a waiting run's status is `running`).
+    pub waiting_only: bool,
     pub workflow: Option<String>,
+    /// Only runs created at or after this time.
+    pub since_ms: Option<u64>,
+    /// Only runs created before this time.
+    pub until_ms: Option<u64>,
+    /// The page after this run: runs older than `(created_at_ms, run_id)`.
+    pub before: Option<(u64, String)>,
     pub limit: u32,
 }
+
+impl RunFilter {
+    /// Sets the status to list by its name: a run status, or `waiting` (running runs that
+    /// wait now). `None` for any other name.
+    pub fn with_status(mut self, name: &str) -> Option<Self> {
+        if name == "waiting" {
+            self.status = Some(RunStatus::Running);
+            self.waiting_only = true;
+        } else {
+            self.status = Some(RunStatus::parse(name)?);
+        }
+        Some(self)
+    }
+}
+
+/// The statuses runs are listed by, for messages.
+pub const STATUS_NAMES: &str = "running, waiting, compensating, completed, compensated or stuck";
+
+/// How many runs there are of each status (over at most `COUNTED_RUNS_MAX` of the newest).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RunCounts {
+    /// Every status but waiting: unfinished runs that execute or wait for a host.
+    pub running: u64,
+    /// Runs that wait (timer, signal or child); their status is `running`.
+    pub waiting: u64,
+    pub compensating: u64,
+    pub completed: u64,
+    pub compensated: u64,
+    pub stuck: u64,
+    /// Whether there were more runs than were counted.
+    pub capped: bool,
+}
+
+/// The newest runs counted by [`crate::Journal::run_counts`]: a console refreshing every few
+/// seconds must not scan a journal of millions of runs.
+pub const COUNTED_RUNS_MAX: u32 = 100_000;
 
 /// Every event of `run_id`, in order.
 pub(crate) async fn events(

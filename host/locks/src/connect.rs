@@ -22,6 +22,19 @@ pub enum LockBackend {
     Postgres(String),
 }
 
+impl LockBackend {
+    /// The backend's kind, as metrics label it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LockBackend::Journal => "journal",
+            LockBackend::Sqlite(_) => "sqlite",
+            LockBackend::Redis(_) => "redis",
+            LockBackend::ZooKeeper(_) => "zookeeper",
+            LockBackend::Postgres(_) => "postgres",
+        }
+    }
+}
+
 impl std::str::FromStr for LockBackend {
     type Err = String;
 
@@ -47,9 +60,9 @@ pub async fn connect(
     backend: &LockBackend,
     journal: &std::sync::Arc<wasaga_db::Database>,
 ) -> Result<Box<dyn LockService>, LockError> {
-    Ok(Box::new(Queued::new(
-        connect_backend(backend, journal).await?,
-    )))
+    Ok(Box::new(
+        Queued::new(connect_backend(backend, journal).await?).with_backend_name(backend.kind()),
+    ))
 }
 
 /// Builds the bare lock service for `backend`, without a line per key.

@@ -19,6 +19,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
+use wasaga_core::metrics::{Family, Histogram};
 
 /// Hand-overs in a row within this host before the lock goes back to the backend.
 pub const HANDOVERS_MAX: u32 = 16;
@@ -31,6 +32,31 @@ pub const SAFETY_NET_MS: u64 = 250;
 pub struct Queued {
     backend: Arc<dyn LockService>,
     lines: Arc<Mutex<HashMap<String, Line>>>,
+    /// How long acquires waited, by how they ended (`wasaga_lock_acquire_wait_seconds`).
+    waits: LockWaits,
+}
+
+/// The lock-wait histograms of one host's lock service, labelled with its backend's kind.
+#[derive(Clone)]
+struct LockWaits {
+    backend: String,
+    seconds: Family<Vec<(&'static str, String)>, Histogram>,
+}
+
+impl LockWaits {
+    fn observe(&self, started: Instant, outcome: &Result<Lease, LockError>) {
+        let ended = match outcome {
+            Ok(_) => "granted",
+            Err(LockError::Timeout { .. }) => "timed-out",
+            Err(_) => "failed",
+        };
+        self.seconds
+            .get_or_create(&vec![
+                ("backend", self.backend.clone()),
+                ("outcome", ended.to_owned()),
+            ])
+            .observe(wasaga_core::metrics::seconds_since(started));
+    }
 }
 
 impl std::fmt::Debug for Queued {
@@ -77,7 +103,17 @@ impl Queued {
         Queued {
             backend: Arc::from(backend),
             lines: Arc::new(Mutex::new(HashMap::new())),
+            waits: LockWaits {
+                backend: "unnamed".to_owned(),
+                seconds: Family::new_with_constructor(wasaga_core::metrics::latency_histogram),
+            },
         }
+    }
+
+    /// Names the backend's kind in this service's metrics (`journal`, `redis`, ...).
+    pub fn with_backend_name(mut self, kind: &str) -> Queued {
+        self.waits.backend = kind.to_owned();
+        self
     }
 
     fn lines(&self) -> std::sync::MutexGuard<'_, HashMap<String, Line>> {
@@ -480,7 +516,20 @@ impl LockService for Queued {
         ttl_ms: u32,
         wait_ms: u32,
     ) -> wasaga_core::BoxFuture<'a, Result<Lease, LockError>> {
-        Box::pin(self.acquire_in_line(key, owner, ttl_ms, wait_ms))
+        Box::pin(async move {
+            let started = Instant::now();
+            let outcome = self.acquire_in_line(key, owner, ttl_ms, wait_ms).await;
+            self.waits.observe(started, &outcome);
+            outcome
+        })
+    }
+
+    fn register_metrics(&self, registry: &mut wasaga_core::metrics::Registry) {
+        registry.register(
+            "lock_acquire_wait_seconds",
+            "Time from a run asking for a lock to its grant or refusal, by backend and outcome",
+            self.waits.seconds.clone(),
+        );
     }
 
     fn extend<'a>(

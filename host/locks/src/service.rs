@@ -82,6 +82,12 @@ pub trait LockService: Send + Sync + std::fmt::Debug {
         Box::pin(async move { self.release(lease).await.map(|()| None) })
     }
 
+    /// Registers this service's metrics (lock waits) into `registry`; the bare backends have
+    /// none, their [`crate::Queued`] line measures the waits.
+    fn register_metrics(&self, registry: &mut wasaga_core::metrics::Registry) {
+        let _ = registry;
+    }
+
     /// Waits for a key that ended because a release on another host (or process) was heard,
     /// rather than by asking again after a pause: for tests and metrics.
     fn woken(&self) -> u64 {

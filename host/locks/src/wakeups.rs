@@ -232,8 +232,8 @@ async fn listen(source: Source, shared: Arc<Shared>) {
                 .as_ref()
                 .is_some_and(|(before, at)| *before == reason && at.elapsed() < SAY_AGAIN_AFTER);
             if !repeat {
-                eprintln!(
-                    "wasaga: not hearing lock releases from other hosts ({reason}); waiters poll until it connects again"
+                tracing::warn!(
+                    "not hearing lock releases from other hosts ({reason}); waiters poll until it connects again"
                 );
                 said = Some((reason, std::time::Instant::now()));
             }

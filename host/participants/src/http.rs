@@ -7,6 +7,7 @@
 //! | `Wasaga-Run-Id` | the run |
 //! | `Wasaga-Undoes` | for a compensation, the key of the action it undoes |
 //! | `Wasaga-Fencing-Tokens` | `key=token` for each lock the run holds, comma-separated |
+//! | `traceparent` | the W3C trace context of the call's span (when the run's spans are exported, or the run was started with one) |
 //!
 //! Keys and lock names are sent percent-encoded where they hold `%`, `,`, `=` or anything but
 //! visible ASCII (so `run-1/authorize` goes as it is, step `50%` of run `r` as `r/50%2525`).
@@ -398,6 +399,9 @@ impl HttpParticipant {
                 .map(|(key, token)| format!("{}={token}", header_text(key)))
                 .collect();
             put("wasaga-fencing-tokens", tokens.join(","))?;
+        }
+        if let Some(traceparent) = &request.traceparent {
+            put("traceparent", traceparent.clone())?;
         }
         Ok(headers)
     }

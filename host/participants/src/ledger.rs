@@ -146,6 +146,45 @@ pub async fn open_account(
     })
 }
 
+/// Accounts a page of [`accounts_page`] holds at most.
+pub const ACCOUNTS_PAGE_MAX: u32 = 1_000;
+
+/// Up to `limit` accounts (at most `ACCOUNTS_PAGE_MAX`) whose names start with `prefix`, by
+/// name, after `after`: a page of a ledger too large to list at once.
+pub async fn accounts_page(
+    db: &Database,
+    prefix: Option<String>,
+    after: Option<String>,
+    limit: u32,
+) -> Result<Vec<Account>, DbError> {
+    let limit = i64::from(limit.clamp(1, ACCOUNTS_PAGE_MAX));
+    db.read(move |tx| {
+        Box::pin(async move {
+            // Compared as text, not matched as a pattern: `%` and `_` in a prefix mean
+            // themselves.
+            let rows = tx
+                .fetch_all(
+                    "SELECT account, balance, held FROM ledger_accounts
+                     WHERE ($1 IS NULL OR substr(account, 1, length($1)) = $1)
+                     AND ($2 IS NULL OR account > $2)
+                     ORDER BY account LIMIT $3",
+                    wasaga_db::args![prefix.as_deref(), after.as_deref(), limit],
+                )
+                .await?;
+            rows.iter().map(account_of).collect()
+        })
+    })
+    .await
+}
+
+fn account_of(row: &wasaga_db::Row) -> Result<Account, DbError> {
+    Ok(Account {
+        account: row.text(0)?,
+        balance: row.int(1)?,
+        held: row.int(2)?,
+    })
+}
+
 /// Every account, by name.
 pub async fn accounts(tx: &mut dyn Tx) -> Result<Vec<Account>, DbError> {
     let rows = tx
@@ -154,15 +193,7 @@ pub async fn accounts(tx: &mut dyn Tx) -> Result<Vec<Account>, DbError> {
             &[],
         )
         .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(Account {
-                account: r.text(0)?,
-                balance: r.int(1)?,
-                held: r.int(2)?,
-            })
-        })
-        .collect()
+    rows.iter().map(account_of).collect()
 }
 
 /// Performs `call` inside `tx`. The outer `Result` is a database failure (nothing was

@@ -430,6 +430,7 @@ mod router_tests {
                     payload: r#"{"amount":5}"#.to_owned(),
                     ..spec("payments-api", "charge")
                 },
+                traceparent: None,
             };
             assert_eq!(
                 participants.call(&request).await,

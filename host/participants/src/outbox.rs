@@ -361,7 +361,7 @@ impl Outbox {
             let idle = match &pass {
                 Ok(pass) => {
                     if pass.failed > 0 && !failing {
-                        eprintln!(
+                        tracing::warn!(
                             "outbox: {} record(s) could not be delivered; `wasaga outbox list --status failing` says why",
                             pass.failed
                         );
@@ -370,14 +370,14 @@ impl Outbox {
                     pass.delivered == 0
                 }
                 Err(e) => {
-                    eprintln!("outbox: {e}");
+                    tracing::warn!("outbox: {e}");
                     true
                 }
             };
             if now_ms() > pruned_at + 60_000 {
                 pruned_at = now_ms();
                 if let Err(e) = self.prune().await {
-                    eprintln!("outbox: pruning: {e}");
+                    tracing::warn!("outbox: pruning: {e}");
                 }
             }
             if idle {

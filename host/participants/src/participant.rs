@@ -18,6 +18,9 @@ pub struct ParticipantRequest {
     /// Fencing tokens of the locks the run holds, `(key, token)`.
     pub fencing_tokens: Vec<(String, u64)>,
     pub call: CallSpec,
+    /// The W3C `traceparent` of the span the call is made in, for participants that pass
+    /// trace context on (an `http` participant sends it as the `traceparent` header).
+    pub traceparent: Option<String>,
 }
 
 impl ParticipantRequest {

@@ -18,6 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
+use tracing::Instrument;
 use wasaga_core::clock::now_ms;
 use wasaga_core::crash::CrashSwitch;
 use wasaga_core::event::{CallFailure, Event, RunStatus};
@@ -74,6 +75,16 @@ pub enum HostError {
         "run {run_id} is unfinished: {reason}; it resumes with `wasaga resume` once the cause is fixed"
     )]
     Interrupted { run_id: String, reason: String },
+}
+
+/// What a caller may add to a new run beside its workflow and input.
+#[derive(Debug, Default)]
+pub struct NewRun {
+    /// Told once the run exists (its first write is durable).
+    pub created: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The W3C `traceparent` of the request that starts it (kept in its `started` event; an
+    /// ill-formed one is dropped).
+    pub traceparent: Option<String>,
 }
 
 /// How a run ended.
@@ -201,6 +212,7 @@ impl Host {
             stop_signal: tokio::sync::watch::channel(false).0,
             lock_owner_prefix: journal_name(&config.journal),
             compute_slots: Arc::new(tokio::sync::Semaphore::new(compute_slots_max())),
+            metrics: crate::metrics::RunMetrics::default(),
         });
         tokio::spawn(renew_run_leases(Arc::downgrade(&inner)));
         Ok(Host {
@@ -374,8 +386,11 @@ impl Host {
         module_hash: &str,
         input: &str,
     ) -> Result<(String, bool), HostError> {
-        let (run_id, started) = self.new_run(run_id, workflow, module_hash, input)?;
+        let (run_id, started) = self.new_run(run_id, workflow, module_hash, input, None)?;
         let created = self.inner.journal.create_run(&run_id, &started).await?;
+        if created {
+            self.inner.metrics.journaled(workflow, &started);
+        }
         Ok((run_id, created))
     }
 
@@ -386,6 +401,7 @@ impl Host {
         workflow: &str,
         module_hash: &str,
         input: &str,
+        traceparent: Option<String>,
     ) -> Result<(String, Event), HostError> {
         if let Some(grants) = &self.inner.grants
             && !grants.workflows.contains_key(workflow)
@@ -415,6 +431,7 @@ impl Host {
             module_hash: module_hash.to_owned(),
             input: input.to_owned(),
             started_at_ms: now_ms(),
+            traceparent: traceparent.filter(|t| crate::trace::is_traceparent(t)),
         };
         Ok((run_id, started))
     }
@@ -455,19 +472,40 @@ impl Host {
             return Ok(record.into());
         }
         let events: Vec<Event> = events.into_iter().map(|e| e.event).collect();
+        let span = match events.first() {
+            Some(started) => crate::trace::run_span(run_id, started, record.version),
+            None => tracing::Span::none(),
+        };
+        let observer = self.counted(&record.workflow, observer);
+        let outcome = self
+            .drive_from(record, events, observer, &live)
+            .instrument(span.clone())
+            .await;
+        crate::trace::ended(&span, &outcome);
+        outcome
+    }
+
+    /// Drives the unfinished run `record` on from its journal `events`.
+    async fn drive_from(
+        &self,
+        record: RunRecord,
+        events: Vec<Event>,
+        observer: Observer,
+        live: &Arc<LiveRun>,
+    ) -> Result<RunOutcome, HostError> {
+        let (journal, run_id) = (&self.inner.journal, record.run_id.as_str());
         let log = RunLog::new(journal.clone(), run_id, events.clone(), observer);
         if record.status == RunStatus::Compensating {
-            return self.compensate(log, None, &live, None).await;
+            return self.compensate(log, None, live, None).await;
         }
         // A cancelled run that is not executing (it waited, or its host died) compensates
         // from its journal, without its module.
         if let Some(reason) = record.cancel_reason {
             return self
-                .compensate(log, Some(format!("cancelled {reason}")), &live, None)
+                .compensate(log, Some(format!("cancelled {reason}")), live, None)
                 .await;
         }
-        self.execute_run(log, &record.workflow, &events, &live)
-            .await
+        self.execute_run(log, &record.workflow, &events, live).await
     }
 
     /// Starts a run and drives it to its end, for a caller that waits for the outcome. The
@@ -486,7 +524,14 @@ impl Host {
         observer: Observer,
     ) -> Result<RunOutcome, HostError> {
         let outcome = self
-            .start_first_write(run_id, workflow, module_hash, input, observer.clone(), None)
+            .start_first_write(
+                run_id,
+                workflow,
+                module_hash,
+                input,
+                observer.clone(),
+                NewRun::default(),
+            )
             .await;
         match outcome {
             Err(HostError::RunExists(run_id)) => self.drive(&run_id, observer).await,
@@ -494,8 +539,8 @@ impl Host {
         }
     }
 
-    /// [`Host::start_and_drive`], telling `created` once the run exists (its first write is
-    /// durable), and failing with [`HostError::RunExists`] if the id is taken rather than
+    /// [`Host::start_and_drive`], telling `new.created` once the run exists (its first write
+    /// is durable), and failing with [`HostError::RunExists`] if the id is taken rather than
     /// driving that run.
     pub async fn start_first_write(
         &self,
@@ -504,23 +549,62 @@ impl Host {
         module_hash: &str,
         input: &str,
         observer: Observer,
-        created: Option<tokio::sync::oneshot::Sender<()>>,
+        new: NewRun,
     ) -> Result<RunOutcome, HostError> {
-        let (run_id, started) = self.new_run(run_id, workflow, module_hash, input)?;
-        let (live, _guard) = self.go_live(&run_id);
-        let mut log = RunLog::unstarted(
-            self.inner.journal.clone(),
-            &run_id,
-            started.clone(),
-            observer,
-        );
-        log.created = created;
-        match self.execute_run(log, workflow, &[started], &live).await {
-            Err(HostError::NotStarted { run_id, reason }) => {
-                Err(self.whether_started(run_id, reason).await)
+        let (run_id, started) =
+            self.new_run(run_id, workflow, module_hash, input, new.traceparent)?;
+        let span = crate::trace::run_span(&run_id, &started, None);
+        let driven = async {
+            let (live, _guard) = self.go_live(&run_id);
+            let mut log = RunLog::unstarted(
+                self.inner.journal.clone(),
+                &run_id,
+                started.clone(),
+                self.counted(workflow, observer),
+            );
+            log.created = new.created;
+            match self.execute_run(log, workflow, &[started], &live).await {
+                Err(HostError::NotStarted { run_id, reason }) => {
+                    Err(self.whether_started(run_id, reason).await)
+                }
+                other => other,
             }
-            other => other,
+        };
+        let outcome = driven.instrument(span.clone()).await;
+        crate::trace::ended(&span, &outcome);
+        outcome
+    }
+
+    /// `observer`, and this host's metrics counting what the runs of `workflow` journal.
+    fn counted(&self, workflow: &str, observer: Observer) -> Observer {
+        let (inner, workflow) = (Arc::downgrade(&self.inner), workflow.to_owned());
+        Arc::new(move |run_id: &str, event: &Event| {
+            if let Some(inner) = inner.upgrade() {
+                inner.metrics.journaled(&workflow, event);
+            }
+            observer(run_id, event);
+        })
+    }
+
+    /// Registers this host's metrics into `registry`: its runs, the journal (commits, leases),
+    /// the ledger's database if it is another, and the locks.
+    pub fn register_metrics(&self, registry: &mut wasaga_core::metrics::Registry) {
+        self.inner.metrics.register(registry);
+        self.inner
+            .journal
+            .register_metrics(registry.sub_registry_with_label((
+                std::borrow::Cow::Borrowed("database"),
+                std::borrow::Cow::Borrowed("journal"),
+            )));
+        if !Arc::ptr_eq(&self.inner.ledger_db, self.inner.journal.database()) {
+            self.inner
+                .ledger_db
+                .register_metrics(registry.sub_registry_with_label((
+                    std::borrow::Cow::Borrowed("database"),
+                    std::borrow::Cow::Borrowed("ledger"),
+                )));
         }
+        self.inner.locks.register_metrics(registry);
     }
 
     /// The error for a run whose first write failed with `reason`: a write whose answer was
@@ -551,7 +635,7 @@ impl Host {
         workflow: &str,
         input: &str,
     ) -> Result<(), HostError> {
-        self.new_run(run_id.map(str::to_owned), workflow, "", input)
+        self.new_run(run_id.map(str::to_owned), workflow, "", input, None)
             .map(|_| ())
     }
 
@@ -837,6 +921,7 @@ impl Host {
                         payload: serde_json::to_string(&decided)
                             .expect("a decision always serializes"),
                     },
+                    traceparent: None,
                 };
                 match participant.call(&request).await {
                     Ok(_) => resolved += 1,
@@ -881,8 +966,18 @@ impl Host {
             .map(|e| e.event)
             .collect();
         let cause = last_cause(&events);
+        let span = match events.first() {
+            Some(started) => crate::trace::run_span(run_id, started, record.version),
+            None => tracing::Span::none(),
+        };
+        let observer = self.counted(&record.workflow, observer);
         let log = RunLog::new(self.inner.journal.clone(), run_id, events, observer);
-        self.compensate(log, Some(cause), &live, None).await
+        let outcome = self
+            .compensate(log, Some(cause), &live, None)
+            .instrument(span.clone())
+            .await;
+        crate::trace::ended(&span, &outcome);
+        outcome
     }
 
     /// Takes over the unfinished runs no live host holds (or, with [`Takeover::Every`], every
@@ -1283,12 +1378,19 @@ impl Host {
         let Ok(route) = self.inner.participants.route(&step.action) else {
             return Ok(StepOutcome::Unknown);
         };
+        let span = crate::trace::call_span(
+            crate::trace::CallKind::Resolve,
+            &step.name,
+            &step.action,
+            step.call,
+        );
         let request = ParticipantRequest {
             run_id: log.run_id.clone(),
             op_id: op_id.to_owned(),
             undoes: None,
             fencing_tokens: step.fencing_tokens.clone(),
             call: step.action.clone(),
+            traceparent: span.in_scope(|| crate::trace::current_traceparent(log.journaled.first())),
         };
         let call = step.call;
         let after: crate::store::After = Arc::new(move |o: &Result<String, CallFailure>| {
@@ -1300,7 +1402,9 @@ impl Host {
         let retries = self.inner.limits.step_retries_max;
         let resolved = self
             .compensation_call(log, route, &request, after, retries, Refusals::Final)
+            .instrument(span.clone())
             .await?;
+        crate::trace::call_ended(&span, &resolved);
         Ok(match resolved {
             Ok(_) => StepOutcome::Done,
             Err(CallFailure::Unknown(_)) => StepOutcome::Unknown,
@@ -1353,6 +1457,12 @@ impl Host {
                 )));
             }
         };
+        let span = crate::trace::call_span(
+            crate::trace::CallKind::Compensation,
+            name,
+            &compensation,
+            step.call,
+        );
         let request = ParticipantRequest {
             run_id: log.run_id.clone(),
             op_id: wasaga_participants::op_key::undo(&op_id),
@@ -1360,6 +1470,7 @@ impl Host {
             // semantics: the participant undoes it if it applied and fences it otherwise.
             undoes: Some(op_id),
             fencing_tokens: locks.fencing_tokens(),
+            traceparent: span.in_scope(|| crate::trace::current_traceparent(log.journaled.first())),
             call: compensation,
         };
         let call = step.call;
@@ -1373,7 +1484,9 @@ impl Host {
         let retries = self.inner.limits.compensation_retries_max;
         let result = self
             .compensation_call(log, route, &request, after, retries, Refusals::Retried)
+            .instrument(span.clone())
             .await?;
+        crate::trace::call_ended(&span, &result);
         Ok(result.map(|_| ()).map_err(|failure| {
             format!("compensation of step '{name}' failed {retries} times, last: {failure}")
         }))

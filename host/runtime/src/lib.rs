@@ -7,9 +7,11 @@ pub mod config;
 pub mod engine;
 pub mod executor;
 mod host_api;
+mod metrics;
 mod shared;
 pub mod store;
+pub mod trace;
 mod two_phase;
 
 pub use config::HostConfig;
-pub use executor::{Host, HostError, RunOutcome};
+pub use executor::{Host, HostError, NewRun, RunOutcome};

@@ -96,6 +96,8 @@ pub(crate) struct HostInner {
     /// this many such modules run at once, so a crowd of spinning modules cannot starve the
     /// runs that do their work in host calls (see `new_store`).
     pub compute_slots: Arc<tokio::sync::Semaphore>,
+    /// What this host counts of its runs (`/metrics`).
+    pub metrics: crate::metrics::RunMetrics,
 }
 
 impl HostInner {

@@ -552,7 +552,10 @@ impl RunLog {
             self.next_seq
         );
         self.next_seq = next_seq;
-        self.unstarted = None;
+        if let Some(started) = self.unstarted.take() {
+            // The run exists from this write on.
+            (self.observer)(&self.run_id, &started);
+        }
         if let Some(created) = self.created.take() {
             let _ = created.send(());
         }
@@ -615,6 +618,35 @@ impl RunLog {
     /// server-side step (see [`RunLog::call_step`]).
     #[allow(clippy::too_many_arguments)]
     async fn call_on(
+        &mut self,
+        host: &HostInner,
+        route: Route,
+        request: &ParticipantRequest,
+        before: Vec<Event>,
+        after: After,
+        attempts: u32,
+        refusals: Refusals,
+        on_server: Option<OnServer>,
+    ) -> Result<Result<String, CallFailure>, JournalError> {
+        let began = std::time::Instant::now();
+        let outcome = self
+            .attempts(
+                host, route, request, before, after, attempts, refusals, on_server,
+            )
+            .await?;
+        host.metrics.called(
+            &request.call.participant,
+            &request.call.action,
+            request.undoes.is_some(),
+            began,
+            &outcome,
+        );
+        Ok(outcome)
+    }
+
+    /// The attempts of [`RunLog::call_on`], with backoff between them.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempts(
         &mut self,
         host: &HostInner,
         route: Route,

@@ -176,6 +176,7 @@ async fn prepare(
             })
             .expect("a prepare always serializes"),
         },
+        traceparent: crate::trace::current_traceparent(log.journaled.first()),
     };
     let nothing: After = Arc::new(|_| None);
     log.call(
@@ -225,6 +226,7 @@ async fn finish(
             })
             .expect("a decision always serializes"),
         },
+        traceparent: crate::trace::current_traceparent(log.journaled.first()),
     };
     let nothing: After = Arc::new(|_| None);
     match log

@@ -9,7 +9,10 @@
 //!
 //! Every `/v1` endpoint needs `Authorization: Bearer <token>`; `/healthz` and `/readyz` do not.
 
+mod console;
 pub mod ledger_service;
+mod metrics;
+mod operations;
 
 use axum::Json;
 use axum::Router;
@@ -31,7 +34,7 @@ use wasaga_core::event::RunStatus;
 use wasaga_journal::{Cancelled, JournalError, RunFilter, RunRecord, Signalled};
 use wasaga_participants::outbox::{self, Outbox};
 use wasaga_runtime::engine::MODULE_BYTES_MAX;
-use wasaga_runtime::executor::{Host, HostError};
+use wasaga_runtime::executor::{Host, HostError, NewRun};
 use wasaga_runtime::store::no_observer;
 
 /// How long a start request may wait for its run's outcome (`?wait_ms=`).
@@ -59,11 +62,7 @@ const UNAUTHORIZED_DRAIN_MS_MAX: u64 = 2_000;
 /// How long `/readyz` answers from its last journal check.
 const READY_CHECK_MS: u64 = 1_000;
 
-/// Where server messages go (the binary prints them).
-pub type Log = Arc<dyn Fn(&str) + Send + Sync>;
-
 /// What `serve` needs besides the host.
-#[derive(Clone)]
 pub struct ServerSettings {
     /// The bearer token every `/v1` request must carry.
     pub token: String,
@@ -75,7 +74,9 @@ pub struct ServerSettings {
     pub watch: Option<PathBuf>,
     /// The ledger's transaction records to deliver while serving.
     pub outbox: Option<Arc<Outbox>>,
-    pub log: Log,
+    /// A second listener that serves `/metrics` without the token (for a Prometheus on a
+    /// private network); on the main listener `/metrics` needs the token like `/v1`.
+    pub metrics_listener: Option<tokio::net::TcpListener>,
 }
 
 impl std::fmt::Debug for ServerSettings {
@@ -120,7 +121,6 @@ struct AppState {
     host: Host,
     token: Arc<str>,
     in_flight: Arc<InFlight>,
-    log: Log,
     /// Bounds the requests served at once (`REQUESTS_CONCURRENT_MAX`).
     requests: Arc<tokio::sync::Semaphore>,
     /// Bounds the module uploads read at once (`UPLOADS_CONCURRENT_MAX`).
@@ -129,6 +129,8 @@ struct AppState {
     ready: Arc<tokio::sync::Mutex<Option<ReadyCheck>>>,
     /// Tells the claim loop to look now: a signal or a cancellation woke a waiting run.
     wake: Arc<Notify>,
+    /// What `/metrics` encodes.
+    scrapes: Arc<metrics::Scrapes>,
 }
 
 impl AppState {
@@ -136,16 +138,16 @@ impl AppState {
     fn spawn_drive(&self, run_id: String) {
         self.in_flight.count.fetch_add(1, Ordering::SeqCst);
         let guard = InFlightGuard(self.in_flight.clone());
-        let (host, log) = (self.host.clone(), self.log.clone());
+        let host = self.host.clone();
         tokio::spawn(async move {
             let _guard = guard;
             match host.drive(&run_id, no_observer()).await {
-                Ok(outcome) if outcome.status == RunStatus::Stuck => log(&format!(
+                Ok(outcome) if outcome.status == RunStatus::Stuck => tracing::warn!(
                     "run {run_id} is stuck: {}",
                     outcome.error.unwrap_or_default()
-                )),
+                ),
                 Ok(_) => {}
-                Err(e) => log(&format!("run {run_id} stopped: {e}")),
+                Err(e) => tracing::warn!("run {run_id} stopped: {e}"),
             }
         });
     }
@@ -162,11 +164,11 @@ pub async fn serve(
         host: host.clone(),
         token: settings.token.clone().into(),
         in_flight: Arc::new(InFlight::default()),
-        log: settings.log.clone(),
         requests: Arc::new(tokio::sync::Semaphore::new(REQUESTS_CONCURRENT_MAX)),
         uploads: Arc::new(tokio::sync::Semaphore::new(UPLOADS_CONCURRENT_MAX)),
         ready: Arc::new(tokio::sync::Mutex::new(None)),
         wake: Arc::new(Notify::new()),
+        scrapes: Arc::new(metrics::Scrapes::new(&host)),
     };
     let (stop, stopped) = watch::channel(false);
     let claims = tokio::spawn(claim_loop(
@@ -178,14 +180,27 @@ pub async fn serve(
         .outbox
         .clone()
         .map(|outbox| tokio::spawn(outbox.run(stopped.clone())));
-    let watcher = settings.watch.clone().map(|dir| {
-        tokio::spawn(watch_modules(
-            host.clone(),
-            dir,
-            settings.log.clone(),
-            stopped.clone(),
-        ))
+    let metrics_server = settings.metrics_listener.map(|listener| {
+        let router = Router::new()
+            .route("/metrics", get(scrape))
+            .with_state(state.clone());
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            let stop = async move {
+                let _ = stopped.changed().await;
+            };
+            if let Err(e) = axum::serve(listener, router)
+                .with_graceful_shutdown(stop)
+                .await
+            {
+                tracing::warn!("the metrics listener failed: {e}");
+            }
+        })
     });
+    let watcher = settings
+        .watch
+        .clone()
+        .map(|dir| tokio::spawn(watch_modules(host.clone(), dir, stopped.clone())));
     let signal = {
         let host = host.clone();
         async move {
@@ -199,6 +214,9 @@ pub async fn serve(
         .with_graceful_shutdown(signal)
         .await;
     claims.abort();
+    if let Some(metrics_server) = metrics_server {
+        metrics_server.abort();
+    }
     if let Some(watcher) = watcher {
         watcher.abort();
     }
@@ -207,7 +225,6 @@ pub async fn serve(
         // are delivered again under their ids.
         delivery.abort();
     }
-    let log = &settings.log;
     let deadline = Instant::now() + Duration::from_millis(settings.shutdown_grace_ms);
     while state.in_flight.count.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
         let idle = state.in_flight.idle.notified();
@@ -215,19 +232,19 @@ pub async fn serve(
     }
     let still = state.in_flight.count.load(Ordering::SeqCst);
     if still > 0 {
-        log(&format!(
+        tracing::warn!(
             "{still} runs did not reach a journal point within {} ms; they resume once their leases expire",
             settings.shutdown_grace_ms
-        ));
+        );
     }
     match host.release_runs().await {
-        Ok(released) if released > 0 => log(&format!(
+        Ok(released) if released > 0 => tracing::info!(
             "released {released} unfinished runs; the next host to start resumes them"
-        )),
+        ),
         Ok(_) => {}
-        Err(e) => log(&format!(
+        Err(e) => tracing::warn!(
             "could not release this host's leases ({e}); its runs resume once the leases expire"
-        )),
+        ),
     }
     served.map_err(ServerError::Http)
 }
@@ -265,6 +282,20 @@ fn router(state: AppState) -> Router {
         )
         .route("/outbox", get(list_outbox))
         .route("/outbox/retry", post(retry_outbox))
+        .route("/run-counts", get(operations::run_counts))
+        .route(
+            "/runs/{id}/retry",
+            post(operations::retry_run).layer(DefaultBodyLimit::max(ROLLBACK_BYTES_MAX)),
+        )
+        .route("/ledger/accounts", get(operations::list_accounts))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authorize,
+        ));
+    // Behind the token (or the console's session) like `/v1`.
+    let guarded = Router::new()
+        .route("/metrics", get(scrape))
+        .route("/ui/logout", post(sign_out))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize,
@@ -272,6 +303,17 @@ fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route("/ui", get(|| async { console::asset("") }))
+        .route("/ui/", get(|| async { console::asset("") }))
+        .route(
+            "/ui/{file}",
+            get(|Path(file): Path<String>| async move { console::asset(&file) }),
+        )
+        .route(
+            "/ui/login",
+            post(sign_in).layer(DefaultBodyLimit::max(ROLLBACK_BYTES_MAX)),
+        )
+        .merge(guarded)
         .nest("/v1", v1)
         .fallback(|| async {
             error(
@@ -367,24 +409,98 @@ async fn authorize(State(state): State<AppState>, request: Request, next: Next) 
         Some(token) if same_secret(token.as_bytes(), state.token.as_bytes()) => {
             next.run(request).await
         }
-        _ => {
-            // A small body is read (and dropped) first, so its sender gets this answer rather
-            // than a broken pipe; a large one is not read: an unauthenticated client gets no
-            // more of the server's memory or time than this.
-            let _ = tokio::time::timeout(
-                Duration::from_millis(UNAUTHORIZED_DRAIN_MS_MAX),
-                drain(request.into_body(), UNAUTHORIZED_DRAIN_BYTES_MAX),
-            )
-            .await;
-            let mut response = error(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong bearer token: send `Authorization: Bearer <token>` with the token from the server's config".to_owned(),
+        // No bearer header: the console's session cookie may stand for it.
+        None if request.headers().get(header::AUTHORIZATION).is_none() => {
+            let checked = console::check_session(
+                &state.token,
+                request.method(),
+                request.headers(),
+                wasaga_core::clock::now_ms(),
             );
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            closing(response)
+            match checked {
+                Ok(_) => next.run(request).await,
+                Err(console::Refused::Forgery(why)) => error(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "refused: {why}; a request made with the console's session must come from the console's own page"
+                    ),
+                ),
+                Err(console::Refused::NoSession) => unauthorized(request).await,
+            }
         }
+        _ => unauthorized(request).await,
+    }
+}
+
+/// 401, once a small body has been read and dropped.
+async fn unauthorized(request: Request) -> Response {
+    // A small body is read (and dropped) first, so its sender gets this answer rather than a
+    // broken pipe; a large one is not read: an unauthenticated client gets no more of the
+    // server's memory or time than this.
+    let _ = tokio::time::timeout(
+        Duration::from_millis(UNAUTHORIZED_DRAIN_MS_MAX),
+        drain(request.into_body(), UNAUTHORIZED_DRAIN_BYTES_MAX),
+    )
+    .await;
+    let mut response = error(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong bearer token: send `Authorization: Bearer <token>` with the token from the server's config (the console signs in at /ui)".to_owned(),
+    );
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    closing(response)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignIn {
+    token: String,
+}
+
+/// `POST /ui/login` with `{"token": "..."}`: the console's session cookies for the server's
+/// token; 401 (slowly) for any other.
+async fn sign_in(State(state): State<AppState>, body: Bytes) -> Response {
+    let presented = serde_json::from_slice::<SignIn>(&body).map(|s| s.token);
+    match presented {
+        Ok(token) if same_secret(token.as_bytes(), state.token.as_bytes()) => {
+            console::signed_in(&state.token, wasaga_core::clock::now_ms())
+        }
+        Ok(_) => {
+            tokio::time::sleep(Duration::from_millis(console::REFUSED_SIGN_IN_MS)).await;
+            error(
+                StatusCode::UNAUTHORIZED,
+                "wrong token: sign in with the token of the server's config ([server] token or token_env)".to_owned(),
+            )
+        }
+        Err(e) => error(
+            StatusCode::BAD_REQUEST,
+            format!("the body must be {{\"token\": \"...\"}}: {e}"),
+        ),
+    }
+}
+
+/// `POST /ui/logout`: the console's cookies cleared.
+async fn sign_out() -> Response {
+    console::signed_out()
+}
+
+/// `GET /metrics`: OpenMetrics if the scraper asks for it, else the Prometheus text format.
+async fn scrape(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    match state.scrapes.encode(&state.host).await {
+        Ok(text) if metrics::wants_openmetrics(accept) => {
+            ([(header::CONTENT_TYPE, metrics::OPENMETRICS)], text).into_response()
+        }
+        Ok(text) => (
+            [(header::CONTENT_TYPE, metrics::PROMETHEUS_TEXT)],
+            metrics::prometheus_text(&text),
+        )
+            .into_response(),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the metrics could not be read: {e}"),
+        ),
     }
 }
 
@@ -470,12 +586,12 @@ async fn deploy(
             } else {
                 "made active again"
             };
-            (state.log)(&format!(
+            tracing::info!(
                 "{} version {} (module {}) {what}",
                 d.workflow,
                 d.version,
                 &d.hash[..12]
-            ));
+            );
             let status = if deployed.new_version {
                 StatusCode::CREATED
             } else {
@@ -514,11 +630,11 @@ async fn rollback(
     };
     match state.host.journal().activate(&name, request.version).await {
         Ok(deployment) => {
-            (state.log)(&format!(
+            tracing::info!(
                 "rolled {name} back: version {} (module {}) is active",
                 deployment.version,
                 &deployment.hash[..12]
-            ));
+            );
             Json(json!(deployment)).into_response()
         }
         Err(e) => journal_error(&e),
@@ -545,6 +661,7 @@ async fn start_run(
     State(state): State<AppState>,
     Path(name): Path<String>,
     Query(wait): Query<WaitQuery>,
+    headers: axum::http::HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
     let body = match body {
@@ -576,10 +693,16 @@ async fn start_run(
         }
     };
     let input = request.input.to_string();
-    let (record, created) = match start_or_find(&state, &name, request.run_id, &input).await {
-        Ok(started) => started,
-        Err(response) => return response,
-    };
+    // The caller's trace: the run's spans join it (an ill-formed header is ignored).
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let (record, created) =
+        match start_or_find(&state, &name, request.run_id, &input, traceparent).await {
+            Ok(started) => started,
+            Err(response) => return response,
+        };
     if !created && (record.workflow != name || !same_json(&record.input, &request.input)) {
         return error(
             StatusCode::CONFLICT,
@@ -613,6 +736,7 @@ async fn start_or_find(
     workflow: &str,
     run_id: Option<String>,
     input: &str,
+    traceparent: Option<String>,
 ) -> Result<(RunRecord, bool), Response> {
     let journal = state.host.journal();
     if let Some(id) = &run_id {
@@ -636,7 +760,7 @@ async fn start_or_find(
     let (ended_tx, ended) = tokio::sync::oneshot::channel();
     state.in_flight.count.fetch_add(1, Ordering::SeqCst);
     let guard = InFlightGuard(state.in_flight.clone());
-    let (host, log) = (state.host.clone(), state.log.clone());
+    let host = state.host.clone();
     let (id, workflow_name, input_text) = (run_id.clone(), workflow.to_owned(), input.to_owned());
     tokio::spawn(async move {
         let _guard = guard;
@@ -647,16 +771,19 @@ async fn start_or_find(
                 &hash,
                 &input_text,
                 no_observer(),
-                Some(created_tx),
+                NewRun {
+                    created: Some(created_tx),
+                    traceparent,
+                },
             )
             .await;
         match &outcome {
-            Ok(outcome) if outcome.status == RunStatus::Stuck => log(&format!(
+            Ok(outcome) if outcome.status == RunStatus::Stuck => tracing::warn!(
                 "run {id} is stuck: {}",
                 outcome.error.clone().unwrap_or_default()
-            )),
+            ),
             Ok(_) | Err(HostError::Rejected { .. } | HostError::RunExists(_)) => {}
-            Err(e) => log(&format!("run {id} stopped: {e}")),
+            Err(e) => tracing::warn!("run {id} stopped: {e}"),
         }
         let _ = ended_tx.send(outcome);
     });
@@ -848,28 +975,59 @@ async fn cancel_run(
 struct ListQuery {
     status: Option<String>,
     workflow: Option<String>,
+    since_ms: Option<u64>,
+    until_ms: Option<u64>,
+    /// The page after the run `(before_ms, before_id)`: the `next` of the page before.
+    before_ms: Option<u64>,
+    before_id: Option<String>,
     limit: Option<u32>,
 }
 
+/// `GET /v1/runs`: runs, newest first, filtered, a page at a time (`next` names the page after).
 async fn list_runs(State(state): State<AppState>, Query(query): Query<ListQuery>) -> Response {
-    let status = match query.status.as_deref().map(RunStatus::parse) {
-        Some(None) => {
+    let limit = query.limit.unwrap_or(100).clamp(1, LIST_LIMIT_MAX);
+    let before = match (query.before_ms, query.before_id) {
+        (Some(ms), Some(id)) => Some((ms, id)),
+        (None, None) => None,
+        _ => {
             return error(
                 StatusCode::BAD_REQUEST,
-                "status must be running, compensating, completed, compensated or stuck".to_owned(),
+                "before_ms and before_id go together: pass both from the `next` of the page before"
+                    .to_owned(),
             );
         }
-        Some(status) => status,
-        None => None,
     };
     let filter = RunFilter {
-        status,
         workflow: query.workflow,
-        limit: query.limit.unwrap_or(100).min(LIST_LIMIT_MAX),
+        since_ms: query.since_ms,
+        until_ms: query.until_ms,
+        before,
+        limit,
+        ..RunFilter::default()
+    };
+    let filter = match query.status.as_deref() {
+        Some(name) => match filter.with_status(name) {
+            Some(filter) => filter,
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("status must be {}", wasaga_journal::STATUS_NAMES),
+                );
+            }
+        },
+        None => filter,
     };
     match state.host.journal().runs(filter).await {
         Ok(runs) => {
-            Json(json!({ "runs": runs.iter().map(run_json).collect::<Vec<_>>() })).into_response()
+            let next = (runs.len() == limit as usize)
+                .then(|| runs.last())
+                .flatten()
+                .map(|last| json!({ "before_ms": last.created_at_ms, "before_id": last.run_id }));
+            Json(json!({
+                "runs": runs.iter().map(run_json).collect::<Vec<_>>(),
+                "next": next,
+            }))
+            .into_response()
         }
         Err(e) => journal_error(&e),
     }
@@ -957,12 +1115,12 @@ async fn claim_loop(state: AppState, interval_ms: u64, mut stopped: watch::Recei
                     full = claimed.len() >= room as usize;
                     if !claimed.is_empty() {
                         let shown = claimed.len().min(5);
-                        (state.log)(&format!(
+                        tracing::info!(
                             "took up {} runs (due waits, or leases that lapsed): {}{}",
                             claimed.len(),
                             claimed[..shown].join(", "),
                             if claimed.len() > shown { ", ..." } else { "" }
-                        ));
+                        );
                     }
                     for run_id in claimed {
                         // A run whose lease lapsed while this host still drives it (its
@@ -972,14 +1130,14 @@ async fn claim_loop(state: AppState, interval_ms: u64, mut stopped: watch::Recei
                         }
                     }
                 }
-                Err(e) => (state.log)(&format!("cannot look for unfinished runs: {e}")),
+                Err(e) => tracing::warn!("cannot look for unfinished runs: {e}"),
             }
         }
         // Holds past their expiry go back to their accounts.
         match wasaga_participants::ledger::void_expired(state.host.ledger_db()).await {
             Ok(0) => {}
-            Ok(voided) => (state.log)(&format!("voided {voided} expired holds")),
-            Err(e) => (state.log)(&format!("cannot void expired holds: {e}")),
+            Ok(voided) => tracing::info!("voided {voided} expired holds"),
+            Err(e) => tracing::warn!("cannot void expired holds: {e}"),
         }
         if full {
             tokio::task::yield_now().await;
@@ -1001,10 +1159,10 @@ pub fn workflow_name_of(path: &std::path::Path) -> Option<String> {
 
 /// Deploys every `*.wasm` file in `dir` now and again whenever it changes; a module that does
 /// not validate is reported and the previous version keeps serving.
-async fn watch_modules(host: Host, dir: PathBuf, log: Log, mut stopped: watch::Receiver<bool>) {
+async fn watch_modules(host: Host, dir: PathBuf, mut stopped: watch::Receiver<bool>) {
     let mut seen: std::collections::HashMap<PathBuf, (std::time::SystemTime, u64)> =
         std::collections::HashMap::new();
-    log(&format!("watching {} for *.wasm changes", dir.display()));
+    tracing::info!("watching {} for *.wasm changes", dir.display());
     loop {
         match std::fs::read_dir(&dir) {
             Ok(entries) => {
@@ -1031,22 +1189,22 @@ async fn watch_modules(host: Host, dir: PathBuf, log: Log, mut stopped: watch::R
                     };
                     match deployed {
                         Ok(d) if d.new_version || d.previous != Some(d.deployment.version) => {
-                            log(&format!(
+                            tracing::info!(
                                 "watch: deployed {} version {} from {}",
                                 name,
                                 d.deployment.version,
                                 path.display()
-                            ))
+                            )
                         }
                         Ok(_) => {}
-                        Err(e) => log(&format!(
+                        Err(e) => tracing::warn!(
                             "watch: {} was not deployed, the previous version keeps serving: {e}",
                             path.display()
-                        )),
+                        ),
                     }
                 }
             }
-            Err(e) => log(&format!("watch: cannot read {}: {e}", dir.display())),
+            Err(e) => tracing::warn!("watch: cannot read {}: {e}", dir.display()),
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}

@@ -42,6 +42,16 @@ pub struct Global {
     /// Print one JSON document instead of text.
     #[arg(long, global = true)]
     pub(crate) json: bool,
+    /// How log lines are written: text, or one JSON object per line (`serve` logs on stdout;
+    /// other commands only warn, on stderr). `WASAGA_LOG=debug` shows more.
+    #[arg(
+        long,
+        global = true,
+        env = "WASAGA_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub(crate) log_format: super::telemetry::LogFormat,
     /// Wall-clock limit for one execution of a module, in milliseconds (default 30000).
     #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) run_timeout_ms: Option<u64>,

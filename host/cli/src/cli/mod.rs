@@ -12,6 +12,7 @@ mod run;
 mod runs;
 mod serve;
 mod settings;
+mod telemetry;
 mod waits;
 
 use anyhow::anyhow;
@@ -27,15 +28,33 @@ use wasaga_db::Location;
 /// what happened onto a message and an exit code.
 pub fn main(cli: Cli) -> ExitCode {
     let json = cli.global.json;
+    // Dropped after the runtime, so that the spans of the command's last moments are sent.
+    let mut telemetry = None;
     let outcome = match Settings::load(&cli.global) {
-        Ok(settings) => match runtime(&settings, &cli.command) {
-            Ok(runtime) => runtime.block_on(dispatch(&settings, &cli.command)),
-            Err(e) => Err(Failure::from(anyhow!(
-                "cannot start the async runtime: {e}"
-            ))),
-        },
+        Ok(settings) => {
+            let logging = telemetry::Logging {
+                format: cli.global.log_format,
+                serving: matches!(
+                    cli.command,
+                    Command::Serve(_) | Command::Ledger(args::LedgerCommand::Serve { .. })
+                ),
+            };
+            match telemetry::init(logging, settings.otlp.as_ref()) {
+                Ok(installed) => {
+                    telemetry = Some(installed);
+                    match runtime(&settings, &cli.command) {
+                        Ok(runtime) => runtime.block_on(dispatch(&settings, &cli.command)),
+                        Err(e) => Err(Failure::from(anyhow!(
+                            "cannot start the async runtime: {e}"
+                        ))),
+                    }
+                }
+                Err(e) => Err(usage(e)),
+            }
+        }
         Err(error) => Err(usage(error)),
     };
+    drop(telemetry);
     match outcome {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {

@@ -109,7 +109,7 @@ pub(crate) async fn run(g: &Settings, args: &RunArgs) -> Result<u8, Failure> {
                 &hash,
                 &input,
                 observer.clone(),
-                None,
+                wasaga_runtime::NewRun::default(),
             )
             .await
         {

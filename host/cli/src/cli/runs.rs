@@ -7,7 +7,7 @@ use super::settings::Settings;
 use anyhow::{Result, anyhow};
 use serde_json::json;
 use std::collections::HashMap;
-use wasaga_core::event::{CallSpec, Event, RunStatus, Wait, WaitOutcome};
+use wasaga_core::event::{CallSpec, Event, Wait, WaitOutcome};
 use wasaga_core::steps::Steps;
 use wasaga_journal::StoredEvent;
 use wasaga_runtime::store::no_observer;
@@ -17,24 +17,21 @@ pub(crate) async fn runs_list(
     status: Option<&str>,
     limit: u32,
 ) -> Result<u8, Failure> {
-    let status = match status {
-        Some(s) => Some(RunStatus::parse(s).ok_or_else(|| {
+    let filter = wasaga_journal::RunFilter {
+        limit,
+        ..Default::default()
+    };
+    let filter = match status {
+        Some(s) => filter.with_status(s).ok_or_else(|| {
             usage(anyhow!(
-                "unknown status '{s}'; use running, compensating, completed, compensated or stuck"
+                "unknown status '{s}'; use {}",
+                wasaga_journal::STATUS_NAMES
             ))
-        })?),
-        None => None,
+        })?,
+        None => filter,
     };
     let host = open(g).await?;
-    let runs = host
-        .journal()
-        .runs(wasaga_journal::RunFilter {
-            status,
-            workflow: None,
-            limit,
-        })
-        .await
-        .map_err(|e| anyhow!(e))?;
+    let runs = host.journal().runs(filter).await.map_err(|e| anyhow!(e))?;
     if g.json {
         println!("{}", json!({ "runs": runs }));
         return Ok(0);
@@ -45,10 +42,9 @@ pub(crate) async fn runs_list(
     for run in runs {
         // A waiting run is still `running` (it has not ended); what it waits for is its news.
         let (status, detail) = match &run.waiting {
-            Some(waiting) if !run.status.is_terminal() => (
-                "waiting".to_owned(),
-                format!("for {}", waiting.waiting_for),
-            ),
+            Some(waiting) if !run.status.is_terminal() => {
+                ("waiting".to_owned(), format!("for {}", waiting.waiting_for))
+            }
             _ => (
                 run.status.to_string(),
                 run.error

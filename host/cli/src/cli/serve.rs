@@ -11,11 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use wasaga_journal::{Deployed, Deployment};
 
-/// Prints a server message with a UTC timestamp.
-fn log_line(message: &str) {
-    println!("{} {message}", timestamp(wasaga_core::clock::now_ms()));
-}
-
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` for milliseconds since the Unix epoch.
 pub(crate) fn timestamp(ms: u64) -> String {
     let (secs, millis) = (ms / 1000, ms % 1000);
@@ -62,16 +57,14 @@ pub async fn serve(g: &Settings, args: &ServeArgs) -> Result<u8, Failure> {
         .await
         .map_err(|e| Failure::from(anyhow!(e)))?;
     for warning in super::host::unreachable_services(g).await {
-        log_line(&warning);
+        tracing::warn!("{warning}");
     }
     let (resolved, skipped) = host.sweep_in_doubt().await.map_err(host_failure)?;
     for reason in skipped {
-        log_line(&format!("warning: {reason}"));
+        tracing::warn!("warning: {reason}");
     }
     if resolved > 0 {
-        log_line(&format!(
-            "resolved {resolved} in-doubt prepared transactions from the journal"
-        ));
+        tracing::info!("resolved {resolved} in-doubt prepared transactions from the journal");
     }
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
@@ -79,6 +72,17 @@ pub async fn serve(g: &Settings, args: &ServeArgs) -> Result<u8, Failure> {
             format!("cannot listen on {listen}; is another server running there? (--listen picks another address)")
         })
         .map_err(usage)?;
+    let metrics_listener = match &g.server.metrics_listen {
+        Some(address) => Some(
+            tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| {
+                    format!("cannot listen on {address} for /metrics ([server] metrics_listen); is something else there?")
+                })
+                .map_err(usage)?,
+        ),
+        None => None,
+    };
     let address = listener
         .local_addr()
         .map(|a| a.to_string())
@@ -92,23 +96,23 @@ pub async fn serve(g: &Settings, args: &ServeArgs) -> Result<u8, Failure> {
         // Taken over now; the claim loop does not see them again until their lease (renewed
         // by nobody) expires, so drive them here.
         for run_id in taken {
-            log_line(&format!("resuming unfinished run {run_id}"));
+            tracing::info!("resuming unfinished run {run_id}");
             let host = host.clone();
             tokio::spawn(async move {
                 if let Err(e) = host
                     .drive(&run_id, wasaga_runtime::store::no_observer())
                     .await
                 {
-                    log_line(&format!("run {run_id} stopped: {e}"));
+                    tracing::warn!("run {run_id} stopped: {e}");
                 }
             });
         }
     }
-    log_line(&format!(
+    tracing::info!(
         "wasaga serving on http://{address} (journal {}, host {}); Ctrl-C or SIGTERM stops it gracefully",
         g.host.journal.describe(),
         host.journal().owner()
-    ));
+    );
     let outbox = wasaga_participants::outbox::Outbox::new(
         host.ledger_db().clone(),
         &g.host.outbox,
@@ -127,12 +131,12 @@ pub async fn serve(g: &Settings, args: &ServeArgs) -> Result<u8, Failure> {
         claim_interval_ms: (host_config.limits.run_lease_ms / 3).clamp(100, 1_000),
         shutdown_grace_ms: g.server.shutdown_grace_ms,
         watch: args.watch.clone(),
-        log: Arc::new(log_line),
+        metrics_listener,
     };
     wasaga_server::serve(host, listener, settings, shutdown_signal())
         .await
         .map_err(|e| Failure::from(anyhow!(e)))?;
-    log_line("stopped");
+    tracing::info!("stopped");
     drop(executor_lock);
     Ok(0)
 }
@@ -151,7 +155,7 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate => {}
     }
-    log_line("shutting down: no new work; live runs stop at their next journal point");
+    tracing::info!("shutting down: no new work; live runs stop at their next journal point");
 }
 
 pub async fn deploy(g: &Settings, args: &DeployArgs) -> Result<u8, Failure> {

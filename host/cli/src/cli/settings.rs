@@ -43,6 +43,9 @@ struct ConfigFile {
     limits: LimitsFile,
     #[serde(default)]
     server: ServerFile,
+    /// Where spans are exported.
+    #[serde(default)]
+    tracing: TracingFile,
     /// Grants by workflow name; with this table present, everything not granted is denied.
     workflows: Option<BTreeMap<String, GrantFile>>,
 }
@@ -138,6 +141,17 @@ struct ServerFile {
     /// the environment variable holding it (keeps the secret out of the file).
     token_env: Option<String>,
     shutdown_grace_ms: Option<u64>,
+    /// A second address serving `/metrics` without the token.
+    metrics_listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TracingFile {
+    /// An OTLP/HTTP collector (`http://host:4318`): spans are exported there.
+    otlp_endpoint: Option<String>,
+    /// The `service.name` of the spans (default `wasaga`).
+    service_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -158,6 +172,8 @@ pub struct Server {
     /// `None` when no token is configured: `serve` refuses to start then.
     pub token: Option<String>,
     pub shutdown_grace_ms: u64,
+    /// Where `/metrics` is also served, without the token.
+    pub metrics_listen: Option<String>,
 }
 
 /// Everything a command needs, resolved.
@@ -169,6 +185,8 @@ pub struct Settings {
     pub concurrent_runs_configured: bool,
     pub host: HostConfig,
     pub server: Server,
+    /// Where spans are exported, if anywhere.
+    pub otlp: Option<super::telemetry::OtlpSettings>,
 }
 
 impl Settings {
@@ -358,6 +376,7 @@ impl Settings {
         }
         host.crash_at = g.crash_at;
 
+        let otlp = otlp_settings(file.tracing, &in_file("[tracing]"))?;
         let token = match (&file.server.token, &file.server.token_env) {
             (Some(_), Some(_)) => {
                 bail!("{}: give token or token_env, not both", in_file("[server]"))
@@ -390,9 +409,44 @@ impl Settings {
                     .unwrap_or_else(|| DEFAULT_LISTEN.to_owned()),
                 token,
                 shutdown_grace_ms: file.server.shutdown_grace_ms.unwrap_or(30_000),
+                metrics_listen: file.server.metrics_listen,
             },
+            otlp,
         })
     }
+}
+
+/// Where spans go: the config's `otlp_endpoint`, else the standard
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`, else nowhere.
+fn otlp_settings(
+    file: TracingFile,
+    section: &str,
+) -> Result<Option<super::telemetry::OtlpSettings>> {
+    let endpoint = match file.otlp_endpoint {
+        Some(endpoint) => Some(endpoint),
+        None => std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .ok()
+            .filter(|e| !e.is_empty()),
+    };
+    let Some(endpoint) = endpoint else {
+        if file.service_name.is_some() {
+            bail!("{section}: service_name needs otlp_endpoint (where to send the spans)");
+        }
+        return Ok(None);
+    };
+    let well_formed = endpoint
+        .strip_prefix("http://")
+        .or_else(|| endpoint.strip_prefix("https://"))
+        .is_some_and(|rest| !rest.is_empty() && !rest.contains(['?', '#', ' ']));
+    if !well_formed {
+        bail!(
+            "{section}: otlp_endpoint '{endpoint}' must be an http:// or https:// URL of an OTLP/HTTP collector, e.g. http://127.0.0.1:4318"
+        );
+    }
+    Ok(Some(super::telemetry::OtlpSettings {
+        endpoint,
+        service_name: file.service_name.unwrap_or_else(|| "wasaga".to_owned()),
+    }))
 }
 
 /// The ledger served over HTTP at `url` (`wasaga ledger serve`), with the token of

@@ -4,6 +4,7 @@
 use crate::bindings::wasaga::workflow::participant::Host;
 use crate::bindings::wasaga::workflow::types::{Call, CallError};
 use crate::store::{Refusals, RunState};
+use tracing::Instrument;
 use wasaga_core::event::{CallFailure, CallSpec, Event};
 use wasaga_participants::ParticipantRequest;
 
@@ -72,6 +73,7 @@ impl Host for RunState {
             }
         };
         run.step_names.insert(name.clone());
+        let span = crate::trace::call_span(crate::trace::CallKind::Step, &name, &action, call);
         let route = match run.host.participants.route(&action) {
             Ok(route) => route,
             Err(reason) => {
@@ -94,6 +96,8 @@ impl Host for RunState {
             op_id: wasaga_participants::op_key::step(&run.log.run_id, &name),
             undoes: None,
             fencing_tokens,
+            traceparent: span
+                .in_scope(|| crate::trace::current_traceparent(run.log.journaled.first())),
             call: action,
         };
         let host = run.host.clone();
@@ -129,8 +133,10 @@ impl Host for RunState {
                 call,
                 host.limits.step_retries_max,
             )
+            .instrument(span.clone())
             .await
             .map_err(|e| run.interrupted(e))?;
+        crate::trace::call_ended(&span, &outcome);
         Ok(match outcome {
             Ok(output) if output.len() > payload_bytes_max => Err(CallError::Unknown(format!(
                 "reply of {} bytes exceeds payload_bytes_max = {payload_bytes_max}",
@@ -354,6 +360,7 @@ impl Host for RunState {
             undoes: None,
             fencing_tokens: run.fencing_tokens(),
             call: action,
+            traceparent: crate::trace::current_traceparent(run.log.journaled.first()),
         };
         let (p, k, v) = (participant.clone(), key.clone(), value.clone());
         let after: crate::store::After =

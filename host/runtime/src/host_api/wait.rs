@@ -369,6 +369,8 @@ impl RunContext {
             module_hash: active.hash,
             input: input.to_owned(),
             started_at_ms: now_ms(),
+            // The child's spans belong to its parent's trace.
+            traceparent: crate::trace::current_traceparent(self.log.journaled.first()),
         };
         match journal
             .create_child(child_id, &self.log.run_id, &started)

@@ -1,0 +1,150 @@
+//! What an operator asks of the server beside starting runs: how many runs there are of each
+//! status, taking a stuck run up again once its cause is fixed, and the ledger's accounts. The
+//! console uses these, through the same token-protected `/v1` API as any client.
+
+use crate::{AppState, InFlightGuard, WAIT_MS_MAX, error, host_error, journal_error, run_json};
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use wasaga_core::event::RunStatus;
+use wasaga_runtime::executor::HostError;
+use wasaga_runtime::store::no_observer;
+
+/// How long a retry request waits for the run's end unless told (`?wait_ms=`).
+const RETRY_WAIT_MS: u64 = 5_000;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CountsQuery {
+    workflow: Option<String>,
+    since_ms: Option<u64>,
+    until_ms: Option<u64>,
+}
+
+/// `GET /v1/run-counts?workflow=&since_ms=&until_ms=`: runs of each status, over at most the
+/// newest [`wasaga_journal::COUNTED_RUNS_MAX`] (`capped` says whether there were more).
+pub(crate) async fn run_counts(
+    State(state): State<AppState>,
+    Query(query): Query<CountsQuery>,
+) -> Response {
+    let counted = state
+        .host
+        .journal()
+        .run_counts(query.workflow, query.since_ms, query.until_ms)
+        .await;
+    match counted {
+        Ok(counts) => Json(json!(counts)).into_response(),
+        Err(e) => journal_error(&e),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RetryQuery {
+    wait_ms: Option<u64>,
+}
+
+/// `POST /v1/runs/{id}/retry`: takes a stuck run up again where its compensation stopped (after
+/// its cause was fixed), on this host. Answers with the run once it ends, or 202 with the run
+/// as it is if that takes longer than `wait_ms` (it goes on in the background); 409 if the run
+/// is not stuck or another host is retrying it.
+pub(crate) async fn retry_run(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<RetryQuery>,
+) -> Response {
+    if state.host.is_stopping() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down; retry the run on another host".to_owned(),
+        );
+    }
+    let record = match state.host.journal().run(&id).await {
+        Ok(record) => record,
+        Err(e) => return journal_error(&e),
+    };
+    if record.status != RunStatus::Stuck {
+        return error(
+            StatusCode::CONFLICT,
+            format!(
+                "run {id} is {}, not stuck: only a stuck run can be retried",
+                record.status
+            ),
+        );
+    }
+    // Driven in a task of its own, so that a client that stops waiting does not stop the
+    // compensation half-way.
+    state.in_flight.count.fetch_add(1, Ordering::SeqCst);
+    let guard = InFlightGuard(state.in_flight.clone());
+    let (host, run_id) = (state.host.clone(), id.clone());
+    let mut retried = tokio::spawn(async move {
+        let _guard = guard;
+        let outcome = host.retry_stuck(&run_id, no_observer()).await;
+        match &outcome {
+            Ok(outcome) => tracing::info!(run_id, status = %outcome.status, "retried a stuck run"),
+            Err(e) => tracing::warn!(run_id, "retrying a stuck run stopped: {e}"),
+        }
+        outcome
+    });
+    let wait = Duration::from_millis(query.wait_ms.unwrap_or(RETRY_WAIT_MS).min(WAIT_MS_MAX));
+    let status = match tokio::time::timeout(wait, &mut retried).await {
+        Ok(Ok(Ok(_))) => StatusCode::OK,
+        Ok(Ok(Err(HostError::Input(reason)))) => return error(StatusCode::CONFLICT, reason),
+        Ok(Ok(Err(e))) => return host_error(e),
+        Ok(Err(panicked)) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the retry failed: {panicked}"),
+            );
+        }
+        Err(_) => StatusCode::ACCEPTED,
+    };
+    match state.host.journal().run(&id).await {
+        Ok(record) => (status, Json(run_json(&record))).into_response(),
+        Err(e) => journal_error(&e),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AccountsQuery {
+    prefix: Option<String>,
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+/// `GET /v1/ledger/accounts?prefix=&after=&limit=`: the built-in ledger's accounts by name, a
+/// page at a time (`next` is the `after` of the next page).
+pub(crate) async fn list_accounts(
+    State(state): State<AppState>,
+    Query(query): Query<AccountsQuery>,
+) -> Response {
+    let limit = query
+        .limit
+        .unwrap_or(100)
+        .clamp(1, wasaga_participants::ledger::ACCOUNTS_PAGE_MAX);
+    let page = wasaga_participants::ledger::accounts_page(
+        state.host.ledger_db(),
+        query.prefix.filter(|p| !p.is_empty()),
+        query.after,
+        limit,
+    )
+    .await;
+    match page {
+        Ok(accounts) => {
+            let next = (accounts.len() == limit as usize)
+                .then(|| accounts.last().map(|a| a.account.clone()))
+                .flatten();
+            Json(json!({ "accounts": accounts, "next": next })).into_response()
+        }
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the ledger's database: {e}"),
+        ),
+    }
+}

@@ -4,7 +4,9 @@
 mod architecture;
 mod bad_input;
 mod bench;
+mod browser;
 mod card_payment;
+mod console;
 mod crash;
 mod http_two_phase;
 mod guests {
@@ -13,6 +15,7 @@ mod guests {
 mod ledger_service;
 mod locks;
 mod nondeterminism;
+mod observability;
 mod optimistic;
 mod outbox;
 mod postgres;

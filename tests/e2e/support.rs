@@ -260,13 +260,35 @@ impl Server {
         Server::start_with(dir, name, config, extra, true)
     }
 
+    /// As [`Server::start`], with more lines for the `[server]` section (`metrics_listen`).
+    pub fn start_serving(
+        dir: &Path,
+        name: &str,
+        config: &str,
+        server_lines: &str,
+        extra: &[&str],
+    ) -> Server {
+        Server::start_on(dir, name, config, server_lines, extra, false)
+    }
+
     fn start_with(dir: &Path, name: &str, config: &str, extra: &[&str], may_die: bool) -> Server {
+        Server::start_on(dir, name, config, "", extra, may_die)
+    }
+
+    fn start_on(
+        dir: &Path,
+        name: &str,
+        config: &str,
+        server_lines: &str,
+        extra: &[&str],
+        may_die: bool,
+    ) -> Server {
         let port = crate::services::free_port();
         let path = dir.join(format!("{name}.toml"));
         std::fs::write(
             &path,
             format!(
-                "{config}\n[server]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\nshutdown_grace_ms = 10000\n"
+                "{config}\n[server]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\nshutdown_grace_ms = 10000\n{server_lines}\n"
             ),
         )
         .expect("write server config");

@@ -481,7 +481,7 @@ impl Host {
             .drive_from(record, events, observer, &live)
             .instrument(span.clone())
             .await;
-        crate::trace::ended(&span, &outcome);
+        traced_end(&span, &outcome);
         outcome
     }
 
@@ -571,7 +571,7 @@ impl Host {
             }
         };
         let outcome = driven.instrument(span.clone()).await;
-        crate::trace::ended(&span, &outcome);
+        traced_end(&span, &outcome);
         outcome
     }
 
@@ -976,7 +976,7 @@ impl Host {
             .compensate(log, Some(cause), &live, None)
             .instrument(span.clone())
             .await;
-        crate::trace::ended(&span, &outcome);
+        traced_end(&span, &outcome);
         outcome
     }
 
@@ -991,13 +991,32 @@ impl Host {
         observer: Observer,
         takeover: Takeover,
     ) -> Result<Resumed, HostError> {
+        self.resume_unfinished_showing(observer, takeover, &|_, _| {})
+            .await
+    }
+
+    /// [`Host::resume_unfinished`], telling `progress(done, claimed)` before the first run
+    /// and after each one (for a progress bar).
+    pub async fn resume_unfinished_showing(
+        &self,
+        observer: Observer,
+        takeover: Takeover,
+        progress: &(dyn Fn(usize, usize) + Sync),
+    ) -> Result<Resumed, HostError> {
         let mut resumed = Resumed::default();
-        let claimed = self.inner.journal.claim(RESUMED_AT_ONCE_MAX, takeover);
-        for run_id in claimed.await? {
+        let claimed = self
+            .inner
+            .journal
+            .claim(RESUMED_AT_ONCE_MAX, takeover)
+            .await?;
+        let total = claimed.len();
+        progress(0, total);
+        for (done, run_id) in claimed.into_iter().enumerate() {
             match self.drive(&run_id, observer.clone()).await {
                 Ok(outcome) => resumed.ended.push(outcome),
                 Err(e) => resumed.unfinished.push((run_id, e.to_string())),
             }
+            progress(done + 1, total);
         }
         Ok(resumed)
     }
@@ -1703,6 +1722,21 @@ impl Host {
 
 /// The error for a run that cannot go on now: resumable later once it is in the journal, not
 /// started at all before that.
+/// Records on `span` how a drive of its run ended.
+fn traced_end(span: &tracing::Span, outcome: &Result<RunOutcome, HostError>) {
+    crate::trace::ended(
+        span,
+        match outcome {
+            Ok(o) => Ok(crate::trace::Ended {
+                status: o.status,
+                waiting: o.waiting.is_some(),
+                error: o.error.as_deref(),
+            }),
+            Err(e) => Err(e.to_string()),
+        },
+    );
+}
+
 fn stalled(log: &RunLog, reason: String) -> HostError {
     if log.unstarted.is_some() {
         HostError::NotStarted {

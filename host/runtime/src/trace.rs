@@ -69,19 +69,25 @@ pub(crate) fn run_span(run_id: &str, started: &Event, version: Option<i64>) -> S
     span
 }
 
-/// Records on a run's span how the drive that it covers ended.
-pub(crate) fn ended<E: std::fmt::Display>(
-    span: &Span,
-    outcome: &Result<crate::executor::RunOutcome, E>,
-) {
+/// How a drive of a run ended, as its span records it.
+pub(crate) struct Ended<'a> {
+    pub status: wasaga_core::event::RunStatus,
+    pub waiting: bool,
+    pub error: Option<&'a str>,
+}
+
+/// Records on a run's span how the drive that it covers ended (`Err`: it stopped before an
+/// end, with why).
+pub(crate) fn ended(span: &Span, outcome: Result<Ended<'_>, String>) {
     match outcome {
         Ok(outcome) => {
-            let status = match &outcome.waiting {
-                Some(_) => "waiting",
-                None => outcome.status.as_str(),
+            let status = if outcome.waiting {
+                "waiting"
+            } else {
+                outcome.status.as_str()
             };
             span.record("status", status);
-            match (&outcome.error, outcome.status) {
+            match (outcome.error, outcome.status) {
                 (Some(error), wasaga_core::event::RunStatus::Stuck) => {
                     tracing::warn!(parent: span, "run stuck: {error}")
                 }

@@ -75,7 +75,7 @@ pub fn valid_session(token: &str, value: &str, now_ms: u64) -> bool {
         return false;
     };
     expires_ms > now_ms
-        && crate::same_secret(session(token, expires_ms).as_bytes(), value.as_bytes())
+        && crate::responses::same_secret(session(token, expires_ms).as_bytes(), value.as_bytes())
 }
 
 /// The value of cookie `name` in `headers`.
@@ -108,7 +108,7 @@ pub fn check_session(
         .get(CSRF_HEADER)
         .and_then(|v| v.to_str().ok())
         .ok_or(Refused::Forgery("the X-Wasaga-CSRF header is missing"))?;
-    if !crate::same_secret(sent.as_bytes(), csrf(token, session).as_bytes()) {
+    if !crate::responses::same_secret(sent.as_bytes(), csrf(token, session).as_bytes()) {
         return Err(Refused::Forgery("the X-Wasaga-CSRF header is wrong"));
     }
     if !same_origin(headers) {

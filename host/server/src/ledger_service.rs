@@ -63,7 +63,9 @@ async fn authorize(State(service): State<Service>, request: Request, next: Next)
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token);
-    if given.is_none_or(|given| !crate::same_secret(given.as_bytes(), service.token.as_bytes())) {
+    if given.is_none_or(|given| {
+        !crate::responses::same_secret(given.as_bytes(), service.token.as_bytes())
+    }) {
         return (
             StatusCode::UNAUTHORIZED,
             "send Authorization: Bearer <the ledger service's token>",

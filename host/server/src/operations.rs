@@ -2,7 +2,8 @@
 //! status, taking a stuck run up again once its cause is fixed, and the ledger's accounts. The
 //! console uses these, through the same token-protected `/v1` API as any client.
 
-use crate::{AppState, InFlightGuard, WAIT_MS_MAX, error, host_error, journal_error, run_json};
+use crate::responses::{error, host_error, journal_error, run_json};
+use crate::state::{AppState, InFlightGuard, LIST_LIMIT_MAX, WAIT_MS_MAX};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -12,6 +13,7 @@ use serde_json::json;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use wasaga_core::event::RunStatus;
+use wasaga_participants::outbox;
 use wasaga_runtime::executor::HostError;
 use wasaga_runtime::store::no_observer;
 
@@ -142,6 +144,57 @@ pub(crate) async fn list_accounts(
                 .flatten();
             Json(json!({ "accounts": accounts, "next": next })).into_response()
         }
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the ledger's database: {e}"),
+        ),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OutboxQuery {
+    status: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /v1/outbox?status=pending|failing|delivered&limit=N`: the ledger's transaction records
+/// on their way to the sinks, with how many are pending and failing.
+pub(crate) async fn list_outbox(
+    State(state): State<AppState>,
+    Query(query): Query<OutboxQuery>,
+) -> Response {
+    let status = match query.status.as_deref().unwrap_or("pending") {
+        "pending" => outbox::Status::Pending,
+        "failing" => outbox::Status::Failing,
+        "delivered" => outbox::Status::Delivered,
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "status must be pending, failing or delivered".to_owned(),
+            );
+        }
+    };
+    let limit = query.limit.unwrap_or(100).clamp(1, LIST_LIMIT_MAX as i64);
+    let db = state.host.ledger_db();
+    let listed = outbox::list(db, status, limit).await;
+    let counts = outbox::counts(db).await;
+    match (listed, counts) {
+        (Ok(records), Ok((pending, failing))) => {
+            Json(json!({ "records": records, "pending": pending, "failing": failing }))
+                .into_response()
+        }
+        (Err(e), _) | (_, Err(e)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the ledger's database: {e}"),
+        ),
+    }
+}
+
+/// `POST /v1/outbox/retry`: every undelivered record is due now.
+pub(crate) async fn retry_outbox(State(state): State<AppState>) -> Response {
+    match outbox::retry(state.host.ledger_db()).await {
+        Ok(due) => Json(json!({ "due": due })).into_response(),
         Err(e) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the ledger's database: {e}"),

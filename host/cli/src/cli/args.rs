@@ -154,11 +154,9 @@ pub(crate) enum BenchCommand {
     /// Micro figures: instantiation, host cost per replayed call, durable journal appends/s.
     Micro {
         /// The bench-transfer component.
-        #[arg(
-            long,
-            default_value = "target/guests/wasm32-wasip2/release/bench_transfer.wasm"
-        )]
-        module: PathBuf,
+        /// (Default: found beside this binary's build, see `bench_module`.)
+        #[arg(long)]
+        module: Option<PathBuf>,
         /// The SQLite file to measure on: deleted and recreated.
         #[arg(long, default_value = "target/bench/micro.db", value_parser = Location::parse)]
         journal: Location,
@@ -183,11 +181,9 @@ pub(crate) enum BenchCommand {
         #[arg(long)]
         locked: bool,
         /// The bench-transfer component.
-        #[arg(
-            long,
-            default_value = "target/guests/wasm32-wasip2/release/bench_transfer.wasm"
-        )]
-        module: PathBuf,
+        /// (Default: found beside this binary's build, see `bench_module`.)
+        #[arg(long)]
+        module: Option<PathBuf>,
         /// The benchmark's journal (and ledger): a SQLite file, deleted and recreated, or a
         /// postgres:// URL, whose `wasaga_bench` schema (or the URL's ?schema=) is dropped and
         /// recreated.
@@ -215,11 +211,9 @@ pub(crate) enum BenchCommand {
         #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
         c: u32,
         /// The waiter component.
-        #[arg(
-            long,
-            default_value = "target/guests/wasm32-wasip2/release/waiter.wasm"
-        )]
-        module: PathBuf,
+        /// (Default: found beside this binary's build, see `bench_module`.)
+        #[arg(long)]
+        module: Option<PathBuf>,
         /// The benchmark's journal: a SQLite file, deleted and recreated, or a postgres:// URL
         /// (its `wasaga_bench` schema is dropped and recreated).
         #[arg(long, default_value = "target/bench/waits.db", value_parser = bench_location)]

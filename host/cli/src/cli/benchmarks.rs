@@ -3,7 +3,7 @@
 use super::failure::{EXIT_FAILURE, Failure, host_failure, usage};
 use super::settings::Settings;
 use anyhow::{Context, Result, anyhow};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use wasaga_db::Location;
 use wasaga_runtime::HostConfig;
@@ -18,6 +18,40 @@ pub(crate) fn lock_backend_name(backend: &wasaga_locks::LockBackend) -> String {
         LockBackend::Sqlite(path) => format!("sqlite:{}", path.display()),
         LockBackend::Redis(url) | LockBackend::ZooKeeper(url) => url.clone(),
         LockBackend::Postgres(url) => wasaga_db::url::without_password(url),
+    }
+}
+
+/// The benchmark component `file` (`bench_transfer.wasm`, `waiter.wasm`): the one given, or
+/// the one the build put beside this binary's target directory
+/// (`target/guests/wasm32-wasip2/release/`, for `target/release/wasaga`), or one beside the
+/// binary itself, or under `target/guests/...` of the working directory. So the benchmarks
+/// run from any directory.
+pub(crate) fn bench_module(given: Option<&Path>, file: &str) -> Result<PathBuf, Failure> {
+    if let Some(given) = given {
+        return Ok(given.to_owned());
+    }
+    let built = Path::new("guests/wasm32-wasip2/release").join(file);
+    let mut candidates = Vec::new();
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_owned))
+    {
+        candidates.push(dir.join(file));
+        if let Some(target) = dir.parent() {
+            candidates.push(target.join(&built));
+        }
+    }
+    candidates.push(Path::new("target").join(&built));
+    match candidates.iter().find(|c| c.is_file()) {
+        Some(found) => Ok(found.clone()),
+        None => Err(usage(anyhow!(
+            "cannot find the benchmark module {file} (looked at {}); build it with ./scripts/bench, or `cargo build --release --target wasm32-wasip2 --manifest-path workflows/Cargo.toml --target-dir target/guests` in the repository, or pass --module",
+            candidates
+                .iter()
+                .map(|c| c.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
     }
 }
 
@@ -229,15 +263,8 @@ pub(crate) async fn bench_transfer(
                 ))
                 .unwrap_or_default()
         );
-        Some(Arc::new(move |done| {
-            let width = 40;
-            let filled = (u64::from(done) * width / u64::from(n.max(1))) as usize;
-            eprint!(
-                "\r  [{}{}] {done}/{n}",
-                "#".repeat(filled),
-                ".".repeat(width as usize - filled)
-            );
-        }))
+        let bar = super::progress::bar(u64::from(n), "sagas");
+        Some(Arc::new(move |done| bar.set_position(u64::from(done))))
     };
     let report = crate::bench::transfer(crate::bench::TransferBench {
         n,
@@ -263,7 +290,6 @@ pub(crate) async fn bench_transfer(
             serde_json::to_string(&report).map_err(|e| anyhow!(e))?
         );
     } else {
-        eprintln!();
         println!(
             "transfers    {} ({} succeeded, {} compensated, {} failed at debit)",
             report.n, report.succeeded, report.compensated, report.failed_debit

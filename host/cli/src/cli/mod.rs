@@ -8,6 +8,7 @@ mod failure;
 mod host;
 mod ledger;
 mod outbox;
+mod progress;
 mod run;
 mod runs;
 mod serve;
@@ -121,14 +122,18 @@ async fn dispatch(g: &Settings, command: &Command) -> Result<u8, Failure> {
             scratch,
         }) => benchmarks::bench_locks(g, backend, *n, *c, scratch).await,
         Command::Bench(BenchCommand::Micro { module, journal }) => {
-            benchmarks::bench_micro(g, module, journal).await
+            let module = benchmarks::bench_module(module.as_deref(), "bench_transfer.wasm")?;
+            benchmarks::bench_micro(g, &module, journal).await
         }
         Command::Bench(BenchCommand::Waits {
             n,
             c,
             module,
             journal,
-        }) => benchmarks::bench_waits(g, *n, *c, module, journal).await,
+        }) => {
+            let module = benchmarks::bench_module(module.as_deref(), "waiter.wasm")?;
+            benchmarks::bench_waits(g, *n, *c, &module, journal).await
+        }
         Command::Bench(BenchCommand::TransferPart) => {
             crate::bench::transfer_part()
                 .await
@@ -161,7 +166,8 @@ async fn dispatch(g: &Settings, command: &Command) -> Result<u8, Failure> {
                 ))),
                 (ledger, _) => ledger.clone(),
             };
-            benchmarks::bench_transfer(g, *n, *c, *seed, shape, module, journal, ledger.as_ref())
+            let module = benchmarks::bench_module(module.as_deref(), "bench_transfer.wasm")?;
+            benchmarks::bench_transfer(g, *n, *c, *seed, shape, &module, journal, ledger.as_ref())
                 .await
         }
     }

@@ -9,7 +9,9 @@ use super::host::{
 use super::settings::Settings;
 use anyhow::{Context, Result, anyhow};
 use serde_json::{Value, json};
+use std::io::IsTerminal;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use wasaga_core::event::{Event, RunStatus};
 use wasaga_core::steps::Steps;
@@ -257,11 +259,35 @@ fn print_other(event: &Event) {
 pub(crate) async fn resume(g: &Settings) -> Result<u8, Failure> {
     let _lock = lock_executor(&g.host.journal, true)?;
     let host = open_showing_steps(g).await?;
-    let observer = if g.json { no_observer() } else { printer() };
+    // Many runs on a terminal: a progress bar instead of every step of every run.
+    let bar_wanted = !g.json && std::io::stderr().is_terminal();
+    let quiet = Arc::new(AtomicBool::new(false));
+    let observer = if g.json {
+        no_observer()
+    } else {
+        let (steps, quiet) = (printer(), quiet.clone());
+        Arc::new(move |run_id: &str, event: &Event| {
+            if !quiet.load(Ordering::Relaxed) {
+                steps(run_id, event);
+            }
+        }) as Observer
+    };
+    let bar = Mutex::new(None);
+    let progress = |done: usize, total: usize| {
+        let mut bar = bar.lock().expect("progress lock poisoned");
+        if done == 0 && bar_wanted && total > 1 {
+            quiet.store(true, Ordering::Relaxed);
+            *bar = Some(super::progress::bar(total as u64, "runs"));
+        }
+        if let Some(bar) = &*bar {
+            bar.set_position(done as u64);
+        }
+    };
     let resumed = host
-        .resume_unfinished(observer, takeover(g))
+        .resume_unfinished_showing(observer, takeover(g), &progress)
         .await
         .map_err(host_failure)?;
+    drop(bar);
     // Once every unfinished run has resolved its own prepared transactions, what is left in
     // doubt belongs to ended runs: resolve it from the journal.
     sweep(g, &host).await?;

@@ -621,7 +621,7 @@
       try {
         const countsQuery = query({ workflow: filter.workflow, since_ms: filter.since_ms, until_ms: filter.until_ms });
         const [counts, page] = await Promise.all([
-          apiGet(`/v1/runs/counts${countsQuery}`),
+          apiGet(`/v1/run-counts${countsQuery}`),
           apiGet(`/v1/runs${query({ ...filter, limit: RUNS_PAGE_SIZE })}`),
         ]);
         if (stale()) return;

@@ -1,0 +1,103 @@
+//! What every request handler shares: the host, the token, the bounds on what is served
+//! at once, the background drives in flight (which shutdown waits for), and the limits on
+//! request sizes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+use tokio::sync::Notify;
+use wasaga_core::event::RunStatus;
+use wasaga_runtime::executor::Host;
+use wasaga_runtime::store::no_observer;
+
+/// How long a start request may wait for its run's outcome (`?wait_ms=`).
+pub const WAIT_MS_MAX: u64 = 60_000;
+
+/// Runs listed by one request at most.
+pub const LIST_LIMIT_MAX: u32 = 1_000;
+
+/// Runs one claim takes over at most.
+pub(crate) const CLAIM_BATCH_MAX: u32 = 64;
+
+/// Requests served at once; one more is answered 503 at once, before its body is read.
+pub const REQUESTS_CONCURRENT_MAX: usize = 512;
+
+/// Module uploads read at once (each may buffer up to `MODULE_BYTES_MAX`).
+pub const UPLOADS_CONCURRENT_MAX: usize = 2;
+
+/// A start request's body beyond the run input it carries (`run_id`, the JSON around it).
+pub(crate) const START_ENVELOPE_BYTES_MAX: usize = 4 << 10;
+
+/// The body of a cancel request (`{"reason": "...", "by": "..."}`).
+pub(crate) const CANCEL_BYTES_MAX: usize = 4 << 10;
+
+/// The body of a rollback request (`{"version": N}`).
+pub(crate) const ROLLBACK_BYTES_MAX: usize = 1 << 10;
+
+/// How much of an unauthenticated request's body is read (and dropped as it arrives, so it
+/// costs no memory) before answering 401, so that an upload of that size gets its answer
+/// rather than a broken pipe; anything larger is cut off.
+pub(crate) const UNAUTHORIZED_DRAIN_BYTES_MAX: usize = 256 << 10;
+
+/// How long that reading may take.
+pub(crate) const UNAUTHORIZED_DRAIN_MS_MAX: u64 = 2_000;
+
+/// How long `/readyz` answers from its last journal check.
+pub(crate) const READY_CHECK_MS: u64 = 1_000;
+
+/// Background drives in flight, so shutdown can wait for them.
+#[derive(Default)]
+pub(crate) struct InFlight {
+    pub(crate) count: AtomicUsize,
+    pub(crate) idle: Notify,
+}
+
+pub(crate) struct InFlightGuard(pub(crate) Arc<InFlight>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// When `/readyz` last reached the journal, and what it found.
+pub(crate) type ReadyCheck = (Instant, Result<(), String>);
+
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) host: Host,
+    pub(crate) token: Arc<str>,
+    pub(crate) in_flight: Arc<InFlight>,
+    /// Bounds the requests served at once (`REQUESTS_CONCURRENT_MAX`).
+    pub(crate) requests: Arc<tokio::sync::Semaphore>,
+    /// Bounds the module uploads read at once (`UPLOADS_CONCURRENT_MAX`).
+    pub(crate) uploads: Arc<tokio::sync::Semaphore>,
+    /// When `/readyz` last reached the journal, and what it found.
+    pub(crate) ready: Arc<tokio::sync::Mutex<Option<ReadyCheck>>>,
+    /// Tells the claim loop to look now: a signal or a cancellation woke a waiting run.
+    pub(crate) wake: Arc<Notify>,
+    /// What `/metrics` encodes.
+    pub(crate) scrapes: Arc<crate::metrics::Scrapes>,
+}
+
+impl AppState {
+    /// Drives `run_id` in the background.
+    pub(crate) fn spawn_drive(&self, run_id: String) {
+        self.in_flight.count.fetch_add(1, Ordering::SeqCst);
+        let guard = InFlightGuard(self.in_flight.clone());
+        let host = self.host.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            match host.drive(&run_id, no_observer()).await {
+                Ok(outcome) if outcome.status == RunStatus::Stuck => tracing::warn!(
+                    "run {run_id} is stuck: {}",
+                    outcome.error.unwrap_or_default()
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("run {run_id} stopped: {e}"),
+            }
+        });
+    }
+}

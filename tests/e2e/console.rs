@@ -141,6 +141,47 @@ fn the_console_lists_runs_draws_timelines_and_retries_a_stuck_run_in_a_real_brow
     );
     browser.screenshot(&shots.join("runs.png"));
 
+    // A completed transfer's timeline shows the two locks it held, with their tokens.
+    browser.goto(&format!("{}/ui#/runs/pay-done", server.url()));
+    browser.wait_for("document.body.dataset.loaded === 'run'", PAGE);
+    let locks = browser
+        .eval("[...document.querySelectorAll('#timeline .timeline-lock')].map(r => r.innerText)");
+    let locks = locks.as_array().expect("lock rows");
+    assert_eq!(locks.len(), 2, "{locks:?}");
+    assert!(
+        locks.iter().all(|l| l
+            .as_str()
+            .is_some_and(|t| t.contains("account/") && t.contains("token"))),
+        "each lock with its key and fencing token: {locks:?}"
+    );
+
+    // The waiting run shows its wait; Cancel stops it, and it compensates.
+    browser.goto(&format!("{}/ui#/runs/pay-waiting", server.url()));
+    browser.wait_for("document.body.dataset.loaded === 'run'", PAGE);
+    let waits = browser.eval("document.querySelectorAll('#timeline .timeline-wait').length");
+    assert_eq!(waits, json!(1));
+    browser.click("#run-cancel");
+    browser.type_into("#cancel-reason", "customer left");
+    browser.click("#cancel-confirm");
+    let deadline = std::time::Instant::now() + PAGE;
+    let cancelled = loop {
+        let (_, run) = server.get("/v1/runs/pay-waiting");
+        if run["status"] == "compensated" {
+            break run;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Cancel did not end the run: {run}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        cancelled["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("customer left")),
+        "{cancelled}"
+    );
+
     // A compensated run's timeline: its steps, then the undo of the debit.
     browser.goto(&format!("{}/ui#/runs/pay-refused", server.url()));
     browser.wait_for("document.body.dataset.loaded === 'run'", PAGE);

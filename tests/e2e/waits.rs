@@ -20,8 +20,14 @@ fn config(journal: &str) -> String {
 }
 
 fn host_config(journal: &str, host_id: &str) -> String {
+    host_config_leased(journal, host_id, 3_000)
+}
+
+/// [`host_config`] with leases on runs of `lease_ms` (renewed every third of it: what a host
+/// learns of another host's cancellation waits for that).
+fn host_config_leased(journal: &str, host_id: &str, lease_ms: u64) -> String {
     format!(
-        "journal = \"{journal}\"\nhost_id = \"{host_id}\"\n\n[limits]\nrun_lease_ms = 3000\n\n\
+        "journal = \"{journal}\"\nhost_id = \"{host_id}\"\n\n[limits]\nrun_lease_ms = {lease_ms}\n\n\
          [workflows.waiter]\nparticipants = [\"ledger\"]\nlock_prefixes = [\"acct/\"]\nchildren = [\"waiter\"]\n\n\
          [workflows.card-payment-3ds]\nparticipants = [\"ledger\"]\n\n\
          [workflows.settlement]\nparticipants = [\"ledger\"]\nchildren = [\"transfer\"]\n\n\
@@ -331,7 +337,7 @@ fn cancelled_runs_compensate_whether_running_waiting_or_parents_of_children() {
         "parent",
         json!({ "debit": "alice", "amount": 20, "waits": [{ "child": { "workflow": "waiter", "input": child } }] }),
     );
-    let kid = "parent.c1";
+    let kid = "parent~c1";
     until(&server, kid, Duration::from_secs(10), sleeping);
     until(&server, "parent", Duration::from_secs(10), sleeping);
     assert_eq!(balance(&s, "carol"), 70, "the child debited");
@@ -796,4 +802,255 @@ fn a_3ds_payment_killed_at_every_commit_of_its_wait_signal_and_wake_captures_onc
             "{phase:?}: only {exercised} crash points were reached"
         );
     }
+}
+
+/// A run that spins for a few seconds after its debit, then completes: long enough for a
+/// cancel to arrive by another way than its own host, short of that host's next renewal.
+fn debit_then_spin(account: &str) -> Value {
+    json!({ "debit": account, "amount": 10, "waits": [{ "spin": { "iterations": 3_000_000_000_u64 } }] })
+}
+
+#[test]
+fn a_cancel_accepted_before_a_run_ends_is_never_followed_by_its_completion() {
+    // SQLite: the cancel goes to the journal from the command line, which the serving host
+    // hears of only at its next renewal (every 20 s here), after the run finished computing.
+    let s = Sandbox::new("cancel-guard");
+    s.open("alice", 100);
+    let config = host_config_leased(&s.db.display().to_string(), "wasaga", 60_000);
+    let server = Server::start(&s.dir, "a", &config, &[]);
+    deploy(&server, "waiter", WAITER);
+    start(&server, "waiter", "spin-1", debit_then_spin("alice"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while balance(&s, "alice") != 90 {
+        assert!(Instant::now() < deadline, "the run did not debit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = s.wasaga(&[
+        "--config",
+        &server.config.display().to_string(),
+        "runs",
+        "cancel",
+        "spin-1",
+        "--reason",
+        "too late?",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let done = until(&server, "spin-1", Duration::from_secs(60), ended);
+    assert_eq!(
+        done["status"],
+        "compensated",
+        "{done}\n{}",
+        server.log_text()
+    );
+    assert!(
+        done["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("too late?")),
+        "{done}"
+    );
+    assert_eq!(balance(&s, "alice"), 100, "the debit was undone");
+    assert_eq!(of_kind(&events(&server, "spin-1"), "completed").len(), 0);
+    assert_ledger_consistent(&s.ledger_db());
+}
+
+#[test]
+fn on_postgres_a_cancel_through_another_host_stops_a_run_from_completing() {
+    let postgres = crate::services::Postgres::start();
+    let url = crate::postgres::database(&postgres, "cancel_guard", None);
+    let s = Sandbox::new("cancel-guard-pg").on_postgres(&url);
+    s.open("alice", 100);
+    let a = Server::start(
+        &s.dir,
+        "a",
+        &host_config_leased(&url, "host-a", 60_000),
+        &[],
+    );
+    let b = Server::start(
+        &s.dir,
+        "b",
+        &host_config_leased(&url, "host-b", 60_000),
+        &[],
+    );
+    deploy(&a, "waiter", WAITER);
+    start(&a, "waiter", "spin-pg", debit_then_spin("alice"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while balance(&s, "alice") != 90 {
+        assert!(Instant::now() < deadline, "the run did not debit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, reply) = b.post("/v1/runs/spin-pg/cancel", &json!({ "reason": "raced" }));
+    assert_eq!(status, 202, "{reply}");
+    let done = until(&b, "spin-pg", Duration::from_secs(60), ended);
+    assert_eq!(done["status"], "compensated", "{done}\n{}", a.log_text());
+    assert_eq!(balance(&s, "alice"), 100, "the debit was undone");
+    assert_eq!(of_kind(&events(&b, "spin-pg"), "completed").len(), 0);
+    assert_eq!(crate::postgres::assert_ledger_consistent(&url), 100);
+}
+
+#[test]
+fn hostile_ids_names_and_repeats_are_refused_and_children_keep_their_own_ids() {
+    let s = Sandbox::new("waits-hostile");
+    s.open("alice", 100);
+    s.open("bob", 0);
+    let server = Server::start(&s.dir, "a", &config(&s.db.display().to_string()), &[]);
+    deploy(&server, "waiter", WAITER);
+    deploy(&server, "transfer", TRANSFER);
+    // No client may take a child's id, or use `.` / `..`.
+    for id in ["zz~c1", ".", ".."] {
+        let (status, reply) = server.start_run("waiter", id, &json!({ "waits": [] }));
+        assert_eq!(status, 400, "{id}: {reply}");
+    }
+    // A run whose id looks like an old-style child id is no child of anyone: the parent's
+    // child gets an id of its own and its own result.
+    start(
+        &server,
+        "transfer",
+        "zz.c1",
+        json!({ "from": "alice", "to": "bob", "amount": 2 }),
+    );
+    start(
+        &server,
+        "waiter",
+        "zz",
+        json!({ "waits": [{ "child": { "workflow": "waiter", "input": { "waits": [] } } }] }),
+    );
+    let parent = until(&server, "zz", Duration::from_secs(20), ended);
+    assert_eq!(parent["status"], "completed", "{parent}");
+    assert_eq!(
+        parent["output"],
+        json!([[]]),
+        "the child's own output: {parent}"
+    );
+    let journal = events(&server, "zz");
+    let kid = of_kind(&journal, "child-started")[0]["run_id"]
+        .as_str()
+        .expect("the child's id")
+        .to_owned();
+    assert!(kid.starts_with("zz~c"), "{kid}");
+    let (status, child) = server.get(&format!("/v1/runs/{}", crate::support::encoded(&kid)));
+    assert_eq!(status, 200, "{child}");
+    assert_eq!(child["parent_run_id"], "zz");
+    assert_eq!(child["workflow"], "waiter");
+
+    // A signal id names one signal: the same id with another payload is refused.
+    start(
+        &server,
+        "waiter",
+        "sig",
+        json!({ "waits": [{ "signal": { "name": "go", "timeout_ms": 60_000 } }] }),
+    );
+    let (status, _) = server.post(
+        "/v1/runs/sig/signals/go",
+        &json!({ "payload": 1, "signal_id": "s-1" }),
+    );
+    assert_eq!(status, 202);
+    let (status, reply) = server.post(
+        "/v1/runs/sig/signals/go",
+        &json!({ "payload": 2, "signal_id": "s-1" }),
+    );
+    assert_eq!(status, 409, "{reply}");
+    let (status, reply) = server.post(
+        "/v1/runs/sig/signals/go",
+        &json!({ "payload": 1, "signal_id": "s-1" }),
+    );
+    assert_eq!(
+        (status, &reply["duplicate"]),
+        (200, &json!(true)),
+        "{reply}"
+    );
+    let done = until(&server, "sig", Duration::from_secs(20), ended);
+    assert_eq!(done["output"], json!([1]), "{done}");
+
+    // A wait for a signal with no name can never be answered: it fails the run at once.
+    start(
+        &server,
+        "waiter",
+        "nameless",
+        json!({ "debit": "alice", "amount": 1, "waits": [{ "signal": { "name": "", "timeout_ms": 60_000 } }] }),
+    );
+    let done = until(&server, "nameless", Duration::from_secs(20), ended);
+    assert_eq!(done["status"], "compensated", "{done}");
+    assert!(
+        done["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("empty name")),
+        "{done}"
+    );
+
+    // A cancellation's reason cannot carry control characters into operators' terminals.
+    start(
+        &server,
+        "waiter",
+        "forged",
+        json!({ "waits": [{ "signal": { "name": "x", "timeout_ms": 60_000 } }] }),
+    );
+    let (status, reply) = server.post(
+        "/v1/runs/forged/cancel",
+        &json!({ "reason": "ok\nstatus   completed\u{1b}[32m" }),
+    );
+    assert_eq!(status, 400, "{reply}");
+    let (status, _) = server.post("/v1/runs/forged/cancel", &json!({ "reason": "plain" }));
+    assert_eq!(status, 202);
+    // Oversized bodies are refused with a JSON reason.
+    let big = json!({ "reason": "x".repeat(8 << 10) });
+    let (status, reply) = server.post("/v1/runs/forged/cancel", &big);
+    assert_eq!(status, 413, "{reply}");
+    assert!(reply["error"].is_string(), "{reply}");
+}
+
+#[test]
+fn only_signals_a_run_has_not_taken_count_against_its_bound() {
+    let s = Sandbox::new("waits-bound");
+    let limited = config(&s.db.display().to_string())
+        .replace("[limits]\n", "[limits]\nsignals_per_run_max = 3\n");
+    let server = Server::start(&s.dir, "a", &limited, &[]);
+    deploy(&server, "waiter", WAITER);
+    let waits: Vec<Value> = (0..5)
+        .map(|_| json!({ "signal": { "name": "go", "timeout_ms": 60_000 } }))
+        .collect();
+    start(&server, "waiter", "many", json!({ "waits": waits }));
+    // Five signals one after another, each taken before the next: none is refused.
+    for i in 0..5 {
+        until(&server, "many", Duration::from_secs(20), |r| {
+            r["waiting"]["waiting_for"] == "signal:go" || ended(r)
+        });
+        let (status, reply) = server.post(
+            "/v1/runs/many/signals/go",
+            &json!({ "payload": i, "signal_id": format!("g-{i}") }),
+        );
+        assert_eq!(status, 202, "signal {i}: {reply}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let taken = of_kind(&events(&server, "many"), "wait-ended").len();
+            if taken > i {
+                break;
+            }
+            assert!(Instant::now() < deadline, "signal {i} was not taken");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let done = until(&server, "many", Duration::from_secs(20), ended);
+    assert_eq!(done["output"], json!([0, 1, 2, 3, 4]), "{done}");
+    // Signals nobody takes fill the bound, and the next is refused with the reason.
+    start(
+        &server,
+        "waiter",
+        "junk",
+        json!({ "waits": [{ "signal": { "name": "real", "timeout_ms": 60_000 } }] }),
+    );
+    for i in 0..3 {
+        let (status, _) = server.post(
+            &format!("/v1/runs/junk/signals/junk-{i}"),
+            &json!({ "payload": i }),
+        );
+        assert_eq!(status, 202);
+    }
+    let (status, reply) = server.post("/v1/runs/junk/signals/junk-9", &json!({ "payload": 9 }));
+    assert_eq!(status, 409, "{reply}");
+    assert!(
+        reply["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not taken")),
+        "{reply}"
+    );
 }

@@ -16,8 +16,27 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     keep_freed_memory();
-    cli::main(cli::Cli::parse())
+    let cli = cli::Cli::parse();
+    if cli.only_prints() {
+        stop_quietly_on_a_closed_pipe();
+    }
+    cli::main(cli)
 }
+
+/// `wasaga runs list | head` closes the pipe early: a command that only prints then ends as
+/// other Unix tools do (SIGPIPE), not with a panic of `println!`. Not for commands that talk
+/// to other processes over pipes and sockets (`serve`, `bench`), which handle their errors.
+#[cfg(unix)]
+#[allow(unsafe_code)]
+fn stop_quietly_on_a_closed_pipe() {
+    // SAFETY: restores the default action of one signal before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn stop_quietly_on_a_closed_pipe() {}
 
 /// Stops glibc's malloc (which SQLite's C code still uses) from handing freed memory back to the kernel at every free that
 /// leaves the top of a heap empty. SQLite frees a statement journal after each write

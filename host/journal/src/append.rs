@@ -161,6 +161,9 @@ pub async fn append_events(
         return Err(refused(tx, run_id, owner, next_seq).await);
     }
     check_fence(tx, run_id, owner, next_seq).await?;
+    if completes(events) {
+        check_not_cancelled(tx, run_id).await?;
+    }
     let seq = insert_events(tx, run_id, next_seq, now, &events.rows).await?;
     fence_and_project(tx, run_id, owner, next_seq, after, now, events).await?;
     Ok(seq)
@@ -251,6 +254,30 @@ async fn insert_events(
     Ok(seq)
 }
 
+/// Whether `events` end their run as completed.
+fn completes(events: &Encoded) -> bool {
+    matches!(&events.projection, Some((status, _, _)) if *status == "completed")
+}
+
+/// On SQLite, refuses before anything is written to complete a run someone cancelled: a
+/// cancel that was accepted (the run had not ended) is never followed by the run completing;
+/// it compensates instead. (PostgreSQL's `append_batch` holds the same guard.)
+async fn check_not_cancelled(tx: &mut dyn Tx, run_id: &str) -> Result<(), JournalError> {
+    let row = tx
+        .fetch_optional(
+            "SELECT cancel_reason FROM runs WHERE run_id = $1 AND cancel_reason IS NOT NULL",
+            wasaga_db::args![run_id],
+        )
+        .await?;
+    match row {
+        Some(row) => Err(JournalError::Cancelled {
+            run_id: run_id.to_owned(),
+            reason: row.text(0)?,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// The fence of a SQLite append: moves the run from `next_seq` to `after`, with the status a
 /// terminal event sets, only if this host still owns it and it is still at `next_seq`.
 async fn fence_and_project(
@@ -303,7 +330,7 @@ async fn fence_and_project(
 pub async fn refused(tx: &mut dyn Tx, run_id: &str, owner: &str, next_seq: i64) -> JournalError {
     let row = match tx
         .fetch_optional(
-            "SELECT next_seq, owner FROM runs WHERE run_id = $1",
+            "SELECT next_seq, owner, cancel_reason FROM runs WHERE run_id = $1",
             wasaga_db::args![run_id],
         )
         .await
@@ -312,6 +339,19 @@ pub async fn refused(tx: &mut dyn Tx, run_id: &str, owner: &str, next_seq: i64) 
         Ok(None) => return JournalError::UnknownRun(run_id.to_owned()),
         Err(e) => return e.into(),
     };
+    let (held_here, cancelled) = (
+        row.int(0).ok() == Some(next_seq)
+            && row.opt_text(1).ok().flatten().as_deref() == Some(owner),
+        row.opt_text(2).ok().flatten(),
+    );
+    if let (true, Some(reason)) = (held_here, cancelled) {
+        // Held at this position: what refused the append is the guard on completing a run
+        // that was cancelled.
+        return JournalError::Cancelled {
+            run_id: run_id.to_owned(),
+            reason,
+        };
+    }
     match row.opt_text(1) {
         Ok(Some(holder)) if holder != owner => JournalError::NotOwner {
             run_id: run_id.to_owned(),

@@ -23,6 +23,9 @@ pub enum JournalError {
         seq: i64,
         reason: String,
     },
+    /// A run was cancelled before its completion could be journaled: it compensates instead.
+    #[error("run {run_id} was cancelled {reason} before it could complete")]
+    Cancelled { run_id: String, reason: String },
     #[error("run {0} does not exist; `wasaga runs list` shows the known runs")]
     UnknownRun(String),
     /// A run started with its first write found its id taken.

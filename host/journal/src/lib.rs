@@ -30,7 +30,7 @@ pub use records::{
     COUNTED_RUNS_MAX, Deployed, Deployment, RunCounts, RunFilter, RunRecord, STATUS_NAMES,
     StoredEvent, Waiting,
 };
-pub use waits::{Cancelled, Signalled, WakeCheck};
+pub use waits::{Cancelled, Signalled, WakeCheck, child_run_id};
 
 #[cfg(test)]
 mod tests {
@@ -99,6 +99,103 @@ mod tests {
                 "a refused append (wrong {refusal}) wrote nothing"
             );
         }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A run cancelled while it runs can no longer be completed (the append is refused and
+    /// writes nothing), and a child's id held by a run that is not that parent's child is
+    /// never adopted.
+    #[tokio::test]
+    async fn a_cancelled_run_cannot_complete_and_no_stranger_is_adopted_as_a_child() {
+        let dir = std::env::temp_dir().join(format!("wasaga-cancel-guard-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let db = std::sync::Arc::new(
+            Database::open(
+                &Location::Sqlite(dir.join("journal.db")),
+                PoolSizes::default(),
+                wasaga_core::crash::CrashSwitch::default(),
+            )
+            .await
+            .expect("open"),
+        );
+        db.write(|tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "INSERT INTO modules (hash, name, bytes, size_bytes, deployed_at_ms) VALUES ('h', 'w', x'00', 1, 0)",
+                    &[],
+                )
+                .await
+                .map(|_| ())
+            })
+        })
+        .await
+        .expect("module");
+        let journal = Journal::new(db.clone(), "host-a".to_owned(), 60_000);
+        let started = Event::Started {
+            workflow: "w".into(),
+            module_hash: "h".into(),
+            input: "{}".into(),
+            started_at_ms: 1,
+            traceparent: None,
+        };
+        assert!(journal.create_run("r", &started).await.expect("created"));
+        assert_eq!(
+            journal.cancel("r", "by ops: test").await.expect("cancel"),
+            Cancelled::Requested {
+                children: Vec::new()
+            }
+        );
+        let completed = journal
+            .append("r", 2, vec![Event::Completed { output: "1".into() }])
+            .await;
+        assert!(
+            matches!(&completed, Err(JournalError::Cancelled { reason, .. }) if reason == "by ops: test"),
+            "{completed:?}"
+        );
+        let (record, events) = journal.run_with_events("r").await.expect("run");
+        assert_eq!(record.status, wasaga_core::event::RunStatus::Running);
+        assert_eq!(events.len(), 1, "nothing was appended");
+        // Compensation still journals.
+        journal
+            .append(
+                "r",
+                2,
+                vec![Event::Compensating {
+                    cause: "cancelled".into(),
+                }],
+            )
+            .await
+            .expect("a cancelled run compensates");
+
+        // A run of its own under a child's id: the parent does not take it for its child.
+        assert!(journal.create_run("p", &started).await.expect("parent"));
+        let stranger = child_run_id("p", 1);
+        assert!(
+            journal
+                .create_run(&stranger, &started)
+                .await
+                .expect("stranger")
+        );
+        let adopted = journal.create_child(&stranger, "p", &started).await;
+        assert!(
+            matches!(adopted, Err(JournalError::RunExists(_))),
+            "{adopted:?}"
+        );
+        // The parent's own child, created twice (a crash between), is found again.
+        let own = child_run_id("p", 2);
+        assert!(
+            journal
+                .create_child(&own, "p", &started)
+                .await
+                .expect("child")
+        );
+        assert!(
+            !journal
+                .create_child(&own, "p", &started)
+                .await
+                .expect("again")
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

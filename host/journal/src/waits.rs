@@ -30,11 +30,15 @@ pub enum WakeCheck {
 pub enum Signalled {
     /// Kept, and the run woken if it waits for it.
     Accepted,
-    /// A signal with this `signal_id` was accepted before: this one changes nothing.
+    /// A signal with this `signal_id` and payload was accepted before: this one changes
+    /// nothing.
     Duplicate,
+    /// A signal with this `signal_id` was accepted before with another payload: refused, as
+    /// a run id used again with another input is.
+    Conflict,
     /// The run has ended: nothing will ever consume the signal.
     Finished(RunStatus),
-    /// The run has `signals_per_run_max` signals already.
+    /// The run holds `signals_per_run_max` signals it has not taken yet.
     TooMany(u32),
 }
 
@@ -69,6 +73,12 @@ async fn lock_run(
         reason: format!("unknown status {status}"),
     })?;
     Ok(Some((status, row.opt_text(1)?)))
+}
+
+/// The run id of the child a parent's call `call` starts: `<parent>~c<call>`. No client may
+/// put `~` in a run id, so no run started from outside can take a child's id.
+pub fn child_run_id(parent: &str, call: u32) -> String {
+    format!("{parent}~c{call}")
 }
 
 impl Journal {
@@ -158,19 +168,30 @@ impl Journal {
                     };
                     let seen = tx
                         .fetch_optional(
-                            "SELECT 1 FROM signals WHERE run_id = $1 AND signal_id = $2",
+                            "SELECT name, payload FROM signals WHERE run_id = $1 AND signal_id = $2",
                             wasaga_db::args![&run_id, &signal_id],
                         )
                         .await?;
-                    if seen.is_some() {
-                        return Ok(Signalled::Duplicate);
+                    if let Some(row) = seen {
+                        let same = row.text(0)? == name && row.text(1)? == payload;
+                        return Ok(if same {
+                            Signalled::Duplicate
+                        } else {
+                            Signalled::Conflict
+                        });
                     }
                     if status != RunStatus::Running {
                         return Ok(Signalled::Finished(status));
                     }
+                    // Signals the run took are journaled by their waits; only the others count
+                    // against the bound (a run may wait for thousands of signals in its life).
+                    // A signal payload is a JSON string in the event's body, so its own quotes
+                    // are escaped there and cannot match the outcome's tag.
                     let kept = tx
                         .fetch_optional(
-                            "SELECT COUNT(*) FROM signals WHERE run_id = $1",
+                            "SELECT (SELECT COUNT(*) FROM signals WHERE run_id = $1)
+                                  - (SELECT COUNT(*) FROM events WHERE run_id = $1 AND kind = 'wait-ended'
+                                       AND body LIKE '%\"ended\":\"signal\"%')",
                             wasaga_db::args![&run_id],
                         )
                         .await?
@@ -315,13 +336,41 @@ impl Journal {
         parent: &str,
         started: &Event,
     ) -> Result<bool, JournalError> {
+        let Event::Started { workflow, .. } = started else {
+            return Err(JournalError::Corrupt {
+                run_id: run_id.to_owned(),
+                seq: 1,
+                reason: "a child must be created from its started event".to_owned(),
+            });
+        };
+        let workflow = workflow.clone();
         let (run_id, parent, started) = (run_id.to_owned(), parent.to_owned(), started.clone());
         let (owner, lease_ms) = (self.owner.clone(), self.run_lease_ms);
         self.db
             .write(move |tx| {
                 Box::pin(async move {
                     if !create_run(tx, &run_id, &started, &owner, lease_ms).await? {
-                        return Ok(false);
+                        // Created before (a crash came between the child's creation and the
+                        // parent's record of it) if it is this parent's child of this
+                        // workflow; any other run with the id is not adopted.
+                        let existing = tx
+                            .fetch_optional(
+                                "SELECT parent_run_id, workflow FROM runs WHERE run_id = $1",
+                                wasaga_db::args![&run_id],
+                            )
+                            .await?;
+                        let ours = match existing {
+                            Some(row) => {
+                                row.opt_text(0)?.as_deref() == Some(parent.as_str())
+                                    && row.text(1)? == workflow
+                            }
+                            None => false,
+                        };
+                        return if ours {
+                            Ok(false)
+                        } else {
+                            Err(JournalError::RunExists(run_id.clone()))
+                        };
                     }
                     // A parent cancelled meanwhile has its new child cancelled with it.
                     tx.execute(

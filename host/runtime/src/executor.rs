@@ -770,9 +770,14 @@ impl Host {
                     // and held are exactly those the journal records: no need to read it again.
                     // Deferred releases included: the journal shows them given back now.
                     let held: Vec<Lease> = context.locks.held();
-                    let mut acquired = std::mem::take(&mut context.acquired);
+                    let mut acquired = context.acquired.clone();
                     acquired.extend(context.locks.held());
-                    return self.complete(log, output, &held, &acquired).await;
+                    match self.complete(&mut log, output, &held, &acquired).await {
+                        // Cancelled while it finished: it compensates, under its locks still.
+                        Err(Completion::Cancelled(reason)) => format!("cancelled {reason}"),
+                        Ok(outcome) => return Ok(outcome),
+                        Err(Completion::Stop(e)) => return Err(e),
+                    }
                 }
             }
             // Nothing the run did is durable yet (it is created by its first write): an error
@@ -1249,23 +1254,28 @@ impl Host {
         )
     }
 
+    /// Journals the run's completion and gives its locks back; `Cancelled` if someone
+    /// cancelled the run before (the journal refuses to complete it, and nothing was written).
     async fn complete(
         &self,
-        mut log: RunLog,
+        log: &mut RunLog,
         output: String,
         held: &[Lease],
         acquired: &[Lease],
-    ) -> Result<RunOutcome, HostError> {
+    ) -> Result<RunOutcome, Completion> {
         let run_id = log.run_id.clone();
         let mut events = release_events(held);
         events.push(Event::Completed {
             output: output.clone(),
         });
         if let Err(e) = log.commit(events).await {
+            if let JournalError::Cancelled { reason, .. } = e {
+                return Err(Completion::Cancelled(reason));
+            }
             if let JournalError::RunExists(_) = e {
                 self.release_locks(acquired).await;
             }
-            return Err(journal_stalled(&log, e));
+            return Err(Completion::Stop(journal_stalled(log, e)));
         }
         self.release_locks(acquired).await;
         Ok(RunOutcome {
@@ -1635,6 +1645,15 @@ impl Host {
         by: &str,
         reason: &str,
     ) -> Result<wasaga_journal::Cancelled, HostError> {
+        // Shown to operators in terminals and the console: bounded, and no control characters
+        // (a newline or an escape sequence could forge lines of `runs show`).
+        for (what, text, max) in [("by", by, 128), ("reason", reason, 1_024)] {
+            if text.len() > max || text.chars().any(char::is_control) {
+                return Err(HostError::Input(format!(
+                    "a cancellation's {what} must be at most {max} bytes without control characters"
+                )));
+            }
+        }
         let text = if reason.is_empty() {
             format!("by {by}")
         } else {
@@ -1722,6 +1741,14 @@ impl Host {
 
 /// The error for a run that cannot go on now: resumable later once it is in the journal, not
 /// started at all before that.
+/// Why a run's completion was not journaled.
+enum Completion {
+    /// Someone cancelled the run first: it compensates.
+    Cancelled(String),
+    /// The run stops here (its journal cannot be written now); it resumes later.
+    Stop(HostError),
+}
+
 /// Records on `span` how a drive of its run ended.
 fn traced_end(span: &tracing::Span, outcome: &Result<RunOutcome, HostError>) {
     crate::trace::ended(
@@ -2055,9 +2082,13 @@ fn check_workflow_name(name: &str) -> Result<(), HostError> {
     }
 }
 
+/// A run id a client may choose: `~` is kept for child runs (`journal::child_run_id`), and
+/// `.` and `..` would be read as path steps in a URL.
 fn check_run_id(id: &str) -> Result<(), HostError> {
     let ok = !id.is_empty()
         && id.len() <= 128
+        && id != "."
+        && id != ".."
         && id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.:/".contains(c));
@@ -2065,7 +2096,7 @@ fn check_run_id(id: &str) -> Result<(), HostError> {
         Ok(())
     } else {
         Err(HostError::Input(format!(
-            "run id '{id}' must be 1 to 128 characters of letters, digits, '-', '_', '.', ':' or '/'"
+            "run id '{id}' must be 1 to 128 characters of letters, digits, '-', '_', '.', ':' or '/' (and not . or ..)"
         )))
     }
 }

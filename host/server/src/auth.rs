@@ -3,8 +3,10 @@
 //! console's sign-in and sign-out.
 
 use crate::console;
-use crate::responses::*;
-use crate::state::*;
+use crate::responses::{closing, error, same_secret};
+use crate::state::{
+    AppState, REQUESTS_CONCURRENT_MAX, UNAUTHORIZED_DRAIN_BYTES_MAX, UNAUTHORIZED_DRAIN_MS_MAX,
+};
 use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};

@@ -1,8 +1,8 @@
 //! `/readyz` and `/metrics`: what the server says of itself.
 
 use crate::metrics;
-use crate::responses::*;
-use crate::state::*;
+use crate::responses::error;
+use crate::state::{AppState, READY_CHECK_MS};
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};

@@ -1,10 +1,11 @@
 //! Runs over HTTP: start one (idempotent by run id, optionally waiting for its end), look
 //! one up or list them, read its journal, signal or cancel it.
 
-use crate::responses::*;
-use crate::state::*;
+use crate::responses::{closing, error, host_error, journal_error, run_json, same_json};
+use crate::state::{AppState, CANCEL_BYTES_MAX, InFlightGuard, LIST_LIMIT_MAX, WAIT_MS_MAX};
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -136,7 +137,7 @@ pub(crate) async fn start_or_find(
     let (ended_tx, ended) = tokio::sync::oneshot::channel();
     state.in_flight.count.fetch_add(1, Ordering::SeqCst);
     let guard = InFlightGuard(state.in_flight.clone());
-    let host = state.host.clone();
+    let (host, waker) = (state.host.clone(), state.clone());
     let (id, workflow_name, input_text) = (run_id.clone(), workflow.to_owned(), input.to_owned());
     tokio::spawn(async move {
         let _guard = guard;
@@ -158,7 +159,8 @@ pub(crate) async fn start_or_find(
                 "run {id} is stuck: {}",
                 outcome.error.clone().unwrap_or_default()
             ),
-            Ok(_) | Err(HostError::Rejected { .. } | HostError::RunExists(_)) => {}
+            Ok(outcome) => waker.wake_for(outcome),
+            Err(HostError::Rejected { .. } | HostError::RunExists(_)) => {}
             Err(e) => tracing::warn!("run {id} stopped: {e}"),
         }
         let _ = ended_tx.send(outcome);
@@ -225,8 +227,12 @@ pub(crate) struct SignalRequest {
 pub(crate) async fn send_signal(
     State(state): State<AppState>,
     Path((id, name)): Path<(String, String)>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(e) => return unread_body(e, "a signal's body", state.host.limits().payload_bytes_max),
+    };
     let request: SignalRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(e) => {
@@ -259,10 +265,16 @@ pub(crate) async fn send_signal(
             StatusCode::CONFLICT,
             format!("run {id} has ended ({status}): nothing will receive signal '{name}'"),
         ),
+        Ok(Signalled::Conflict) => error(
+            StatusCode::CONFLICT,
+            format!(
+                "signal_id was sent to run {id} before with another name or payload; a signal id names one signal: use a new one"
+            ),
+        ),
         Ok(Signalled::TooMany(max)) => error(
             StatusCode::CONFLICT,
             format!(
-                "run {id} has {max} signals already (signals_per_run_max): it is not waiting for them"
+                "run {id} holds {max} signals it has not taken yet (signals_per_run_max): it takes a signal only at a wait for its name"
             ),
         ),
         Err(e) => host_error(e),
@@ -283,8 +295,12 @@ pub(crate) struct CancelRequest {
 pub(crate) async fn cancel_run(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(e) => return unread_body(e, "a cancellation's body", CANCEL_BYTES_MAX),
+    };
     let request: CancelRequest = if body.is_empty() {
         CancelRequest::default()
     } else {
@@ -401,4 +417,16 @@ pub(crate) async fn get_journal(State(state): State<AppState>, Path(id): Path<St
         }
         Err(e) => journal_error(&e),
     }
+}
+
+/// The answer to a body that could not be read (too large, most often), as JSON naming the
+/// bound, on a connection that closes (the rest of the body is not read).
+fn unread_body(e: BytesRejection, what: &str, bytes_max: usize) -> Response {
+    closing(error(
+        e.status(),
+        format!(
+            "{what} could not be read ({}); it is at most about {bytes_max} bytes",
+            e.body_text()
+        ),
+    ))
 }

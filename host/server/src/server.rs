@@ -76,6 +76,7 @@ pub async fn serve(
         ready: Arc::new(tokio::sync::Mutex::new(None)),
         wake: Arc::new(Notify::new()),
         scrapes: Arc::new(metrics::Scrapes::new(&host)),
+        wake_timers: Arc::default(),
     };
     let (stop, stopped) = watch::channel(false);
     let claims = tokio::spawn(claim_loop(

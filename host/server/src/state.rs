@@ -80,14 +80,22 @@ pub(crate) struct AppState {
     pub(crate) wake: Arc<Notify>,
     /// What `/metrics` encodes.
     pub(crate) scrapes: Arc<crate::metrics::Scrapes>,
+    /// Timers this host set to wake the claim loop when a short wait comes due.
+    pub(crate) wake_timers: Arc<AtomicUsize>,
 }
+
+/// Waits due within this long of leaving the host get a timer of their own here, so that a
+/// short sleep does not last until the claim loop's next look (up to a second).
+pub(crate) const WAKE_TIMER_MS_MAX: u64 = 60_000;
+/// Such timers at once, at most; past that the claim loop alone takes waits up.
+pub(crate) const WAKE_TIMERS_MAX: usize = 10_000;
 
 impl AppState {
     /// Drives `run_id` in the background.
     pub(crate) fn spawn_drive(&self, run_id: String) {
         self.in_flight.count.fetch_add(1, Ordering::SeqCst);
         let guard = InFlightGuard(self.in_flight.clone());
-        let host = self.host.clone();
+        let (host, state) = (self.host.clone(), self.clone());
         tokio::spawn(async move {
             let _guard = guard;
             match host.drive(&run_id, no_observer()).await {
@@ -95,9 +103,37 @@ impl AppState {
                     "run {run_id} is stuck: {}",
                     outcome.error.unwrap_or_default()
                 ),
-                Ok(_) => {}
+                Ok(outcome) => state.wake_for(&outcome),
                 Err(e) => tracing::warn!("run {run_id} stopped: {e}"),
             }
+        });
+    }
+
+    /// If `outcome` is a run that now waits for a timer due soon, wakes the claim loop when it
+    /// is due (the claim, not this timer, decides: the run may have been woken meanwhile, or
+    /// another host may take it).
+    pub(crate) fn wake_for(&self, outcome: &wasaga_runtime::RunOutcome) {
+        let Some(waiting) = &outcome.waiting else {
+            return;
+        };
+        let now = wasaga_core::clock::now_ms();
+        if waiting.wake_at_ms <= now {
+            self.wake.notify_one();
+            return;
+        }
+        let delay_ms = waiting.wake_at_ms - now;
+        if delay_ms > WAKE_TIMER_MS_MAX {
+            return;
+        }
+        if self.wake_timers.fetch_add(1, Ordering::SeqCst) >= WAKE_TIMERS_MAX {
+            self.wake_timers.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+        let (wake, timers) = (self.wake.clone(), self.wake_timers.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+            wake.notify_one();
+            timers.fetch_sub(1, Ordering::SeqCst);
         });
     }
 }

@@ -1,7 +1,7 @@
 //! Deployed workflows: list them and their versions, deploy a module, roll back.
 
-use crate::responses::*;
-use crate::state::*;
+use crate::responses::{closing, error, host_error, journal_error};
+use crate::state::{AppState, UPLOADS_CONCURRENT_MAX};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};

@@ -15,6 +15,21 @@ pub struct Cli {
     pub(crate) command: Command,
 }
 
+impl Cli {
+    /// Whether the command only reads and prints (no server, no child processes), so that a
+    /// closed stdout may simply end it.
+    pub fn only_prints(&self) -> bool {
+        matches!(
+            self.command,
+            Command::Runs(RunsCommand::List { .. } | RunsCommand::Show { .. })
+                | Command::Ledger(LedgerCommand::List | LedgerCommand::Balance { .. })
+                | Command::Versions(_)
+                | Command::Outbox(OutboxCommand::List { .. })
+                | Command::Validate { .. }
+        )
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct Global {
     /// A config file (TOML): journal, ledger, locks, limits, server token, per-workflow grants.

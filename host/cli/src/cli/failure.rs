@@ -40,7 +40,8 @@ pub(crate) fn host_failure(error: HostError) -> Failure {
         HostError::Module(_)
         | HostError::Input(_)
         | HostError::NotGranted(_)
-        | HostError::Rejected { .. } => EXIT_USAGE,
+        | HostError::Rejected { .. }
+        | HostError::Journal(wasaga_journal::JournalError::UnknownRun(_)) => EXIT_USAGE,
         _ => EXIT_FAILURE,
     };
     Failure {

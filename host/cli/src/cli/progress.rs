@@ -11,7 +11,7 @@ pub(crate) fn bar(total: u64, unit: &str) -> Arc<ClearedBar> {
         indicatif::ProgressDrawTarget::stderr_with_hz(5),
     );
     let style = indicatif::ProgressStyle::with_template(&format!(
-        "  [{{bar:40}}] {{pos}}/{{len}} {unit}  {{per_sec}}  eta {{eta}}"
+        "  [{{bar:40}}] {{pos}}/{{len}} {unit}  {{elapsed}}"
     ))
     .expect("a fixed template")
     .progress_chars("#>.");

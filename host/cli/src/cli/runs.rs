@@ -259,7 +259,10 @@ fn event_line(
             }
         }
         Event::WaitEnded { outcome, .. } => match outcome {
-            WaitOutcome::Due { at_ms } => format!("wait      over: due at {at_ms}"),
+            WaitOutcome::Due { at_ms } => format!(
+                "wait      over: timer due, seen at {}",
+                super::serve::timestamp(*at_ms)
+            ),
             WaitOutcome::Signal { signal_id, payload } => {
                 format!("wait      signal {signal_id} arrived: {payload}")
             }

@@ -130,6 +130,8 @@ struct LimitsFile {
     lock_ttl_ms_max: Option<u32>,
     run_lease_ms: Option<u64>,
     postgres_connections_max: Option<u32>,
+    wait_ms_max: Option<u64>,
+    signals_per_run_max: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -319,6 +321,8 @@ impl Settings {
         set(&mut limits.lock_wait_ms_max, l.lock_wait_ms_max);
         set(&mut limits.lock_ttl_ms_max, l.lock_ttl_ms_max);
         set(&mut limits.run_lease_ms, g.run_lease_ms.or(l.run_lease_ms));
+        set(&mut limits.wait_ms_max, l.wait_ms_max);
+        set(&mut limits.signals_per_run_max, l.signals_per_run_max);
         set(
             &mut host.pools.postgres_connections_max,
             l.postgres_connections_max,
@@ -599,7 +603,7 @@ fn check_host_id(id: &str) -> Result<()> {
 
 fn check_limits(host: &HostConfig, section: &str) -> Result<()> {
     let l = &host.limits;
-    let positive: [(&str, u64); 9] = [
+    let positive: [(&str, u64); 11] = [
         ("run_duration_ms_max", l.run_duration_ms_max),
         ("memory_mib_max", (l.memory_bytes_max >> 20) as u64),
         ("payload_bytes_max", l.payload_bytes_max as u64),
@@ -615,6 +619,8 @@ fn check_limits(host: &HostConfig, section: &str) -> Result<()> {
             "postgres_connections_max",
             u64::from(host.pools.postgres_connections_max),
         ),
+        ("wait_ms_max", l.wait_ms_max),
+        ("signals_per_run_max", u64::from(l.signals_per_run_max)),
     ];
     for (name, value) in positive {
         if value == 0 {

@@ -26,8 +26,8 @@ pub(crate) async fn signal(g: &Settings, args: &SignalArgs) -> Result<u8, Failur
             let url = format!(
                 "{}/v1/runs/{}/signals/{}",
                 server.trim_end_matches('/'),
-                run_id,
-                name
+                path_segment(run_id),
+                path_segment(name)
             );
             let reply = remote(
                 g,
@@ -61,9 +61,15 @@ pub(crate) async fn signal(g: &Settings, args: &SignalArgs) -> Result<u8, Failur
                         "run {run_id} has ended ({status}): nothing will receive signal '{name}'"
                     )));
                 }
+                Signalled::Conflict => {
+                    return Err(usage(anyhow!(
+                        "signal id {} was sent to run {run_id} before with another name or payload; use a new signal id",
+                        args.signal_id.as_deref().unwrap_or_default()
+                    )));
+                }
                 Signalled::TooMany(max) => {
                     return Err(usage(anyhow!(
-                        "run {run_id} has {max} signals already (signals_per_run_max): it is not waiting for them"
+                        "run {run_id} holds {max} signals it has not taken yet (signals_per_run_max): it takes a signal only at a wait for its name"
                     )));
                 }
             }
@@ -94,7 +100,11 @@ pub(crate) async fn cancel(
     let by = by.map_or_else(|| format!("cli:{}", whoami()), str::to_owned);
     let (children, already) = match &remote_server.server {
         Some(server) => {
-            let url = format!("{}/v1/runs/{run_id}/cancel", server.trim_end_matches('/'));
+            let url = format!(
+                "{}/v1/runs/{}/cancel",
+                server.trim_end_matches('/'),
+                path_segment(run_id)
+            );
             let body = json!({ "reason": reason, "by": by });
             let reply = remote(
                 g,
@@ -151,4 +161,32 @@ fn whoami() -> String {
     std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// `text` as one segment of a URL's path: everything but unreserved characters
+/// percent-encoded, so that run ids with `/` and signal names with `?` or spaces reach the
+/// server as themselves.
+pub(crate) fn path_segment(text: &str) -> String {
+    let mut encoded = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
+#[cfg(test)]
+mod tests {
+    use super::path_segment;
+
+    #[test]
+    fn path_segments_keep_only_unreserved_characters() {
+        assert_eq!(path_segment("pay-1"), "pay-1");
+        assert_eq!(path_segment("sl/1"), "sl%2F1");
+        assert_eq!(path_segment("a/b?c#d%e f"), "a%2Fb%3Fc%23d%25e%20f");
+        assert_eq!(path_segment("é"), "%C3%A9");
+    }
 }

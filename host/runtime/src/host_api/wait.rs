@@ -46,6 +46,10 @@ impl Host for RunState {
         let (call, replayed) = run.begin_call()?;
         let name_max = run.host.limits.name_bytes_max;
         run.check_size("a signal name", name.len(), name_max, "name_bytes_max")?;
+        if name.is_empty() {
+            // No signal can be sent with an empty name: the wait could only time out.
+            return Err(run.limit("a wait for a signal with an empty name".to_owned()));
+        }
         let due = match replayed {
             Some(replayed) => match (replayed.first, replayed.result) {
                 (
@@ -140,7 +144,7 @@ impl Host for RunState {
             };
         }
         run.check_journal_room(1)?;
-        let child_id = format!("{}.c{call}", run.log.run_id);
+        let child_id = wasaga_journal::child_run_id(&run.log.run_id, call);
         let outcome = match run.child_refused(&workflow, &input, &child_id) {
             Some(reason) => Err(reason),
             None => run.create_child(&workflow, &input, &child_id).await?,
@@ -377,6 +381,12 @@ impl RunContext {
             .await
         {
             Ok(_) => Ok(Ok(())),
+            // Another run holds the id (one written before child ids had a separator of
+            // their own): it is not this parent's child, and is never adopted as one.
+            Err(JournalError::RunExists(_)) => Ok(Err(format!(
+                "run id {child_id} is taken by a run that is not a child of {}: the child was not started",
+                self.log.run_id
+            ))),
             Err(e) => Err(self.interrupted(e)),
         }
     }

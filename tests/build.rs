@@ -25,6 +25,9 @@ const GUESTS: &[&str] = &[
     "waiter",
     "card-payment-3ds",
     "settlement",
+    "payout",
+    "payout-v2",
+    "payout-v3",
 ];
 
 fn main() {

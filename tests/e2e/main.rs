@@ -28,5 +28,6 @@ use wasaga_testkit::services;
 mod soak;
 mod support;
 mod two_phase;
+mod upgrades;
 mod waits;
 mod xa;

@@ -170,6 +170,15 @@ pub enum Event {
         workflow: String,
         outcome: Result<(), String>,
     },
+    /// An operator moved the unfinished run to another version of its workflow, once its
+    /// journal had replayed cleanly on it: from here on it executes and replays `to`.
+    ModuleUpgraded {
+        from: String,
+        to: String,
+        /// The deployed version `to` is, if it is one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<i64>,
+    },
     /// The module returned `ok`: the run is applied.
     Completed { output: String },
     /// The run failed; the host now compensates the completed steps.
@@ -216,6 +225,7 @@ impl Event {
             Event::WaitStarted { .. } => "wait-started",
             Event::WaitEnded { .. } => "wait-ended",
             Event::ChildStarted { .. } => "child-started",
+            Event::ModuleUpgraded { .. } => "module-upgraded",
         }
     }
 
@@ -236,6 +246,16 @@ impl Event {
             _ => None,
         }
     }
+}
+
+/// The module a run with these events executes: the one it started with, or the last one an
+/// upgrade moved it to.
+pub fn current_module(events: &[Event]) -> Option<&str> {
+    events.iter().rev().find_map(|event| match event {
+        Event::ModuleUpgraded { to, .. } => Some(to.as_str()),
+        Event::Started { module_hash, .. } => Some(module_hash.as_str()),
+        _ => None,
+    })
 }
 
 /// What a durable wait waits for.

@@ -15,6 +15,8 @@ mod journal;
 mod ownership;
 mod records;
 mod registry;
+mod retention;
+mod upgrades;
 mod waits;
 
 pub use append::{
@@ -30,6 +32,8 @@ pub use records::{
     COUNTED_RUNS_MAX, Deployed, Deployment, RunCounts, RunFilter, RunRecord, STATUS_NAMES,
     StoredEvent, Waiting,
 };
+pub use retention::PRUNED_PER_BATCH_MAX;
+pub use upgrades::Upgraded;
 pub use waits::{Cancelled, Signalled, WakeCheck, child_run_id};
 
 #[cfg(test)]
@@ -196,6 +200,71 @@ mod tests {
                 .await
                 .expect("again")
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// An upgrade moves only a run nobody executes, at the position that was checked, from
+    /// the module it was checked on; anything else is left as it is.
+    #[tokio::test]
+    async fn an_upgrade_moves_only_an_idle_run_at_its_checked_position() {
+        let dir = std::env::temp_dir().join(format!("wasaga-upgrade-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let db = std::sync::Arc::new(
+            Database::open(
+                &Location::Sqlite(dir.join("journal.db")),
+                PoolSizes::default(),
+                wasaga_core::crash::CrashSwitch::default(),
+            )
+            .await
+            .expect("open"),
+        );
+        db.write(|tx| {
+            Box::pin(async move {
+                tx.execute(
+                    "INSERT INTO modules (hash, name, bytes, size_bytes, deployed_at_ms) VALUES ('v1', 'w', x'00', 1, 0), ('v2', 'w', x'00', 1, 0)",
+                    &[],
+                )
+                .await
+                .map(|_| ())
+            })
+        })
+        .await
+        .expect("modules");
+        let journal = Journal::new(db.clone(), "host-a".to_owned(), 60_000);
+        let started = Event::Started {
+            workflow: "w".into(),
+            module_hash: "v1".into(),
+            input: "{}".into(),
+            started_at_ms: 1,
+            traceparent: None,
+        };
+        assert!(journal.create_run("r", &started).await.expect("created"));
+        // Owned by this host: busy.
+        let moved = journal
+            .upgrade_run("r", "v1", "v2", Some(2), 2)
+            .await
+            .expect("asked");
+        assert_eq!(moved, Upgraded::Busy);
+        journal.release_leases().await.expect("released");
+        // Idle, but checked at another position, or from another module: busy.
+        for (from, at) in [("v1", 3), ("v9", 2)] {
+            let moved = journal
+                .upgrade_run("r", from, "v2", Some(2), at)
+                .await
+                .expect("asked");
+            assert_eq!(moved, Upgraded::Busy, "{from} at {at}");
+        }
+        let moved = journal
+            .upgrade_run("r", "v1", "v2", Some(2), 2)
+            .await
+            .expect("asked");
+        assert_eq!(moved, Upgraded::Moved);
+        let (record, events) = journal.run_with_events("r").await.expect("run");
+        assert_eq!(record.module_hash, "v2");
+        let last: Vec<Event> = events.into_iter().map(|e| e.event).collect();
+        assert_eq!(wasaga_core::event::current_module(&last), Some("v2"));
+        assert!(matches!(last.last(), Some(Event::ModuleUpgraded { from, .. }) if from == "v1"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

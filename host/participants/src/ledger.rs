@@ -674,6 +674,37 @@ const HOLD_TTL_MS_MAX: u64 = 365 * 24 * 3_600 * 1_000;
 /// Expired holds voided by one call of [`void_expired`] at most.
 pub const EXPIRED_HOLDS_PER_SWEEP_MAX: i64 = 256;
 
+/// Operation records one pruning statement deletes at most.
+const PRUNED_OPS_PER_BATCH: i64 = 1_000;
+
+/// Deletes the records of operations made before `cutoff_ms` that applied or were refused:
+/// their idempotency keys are forgotten (a repeat of one would apply again), so this is for
+/// operations far older than any run that could repeat them. Tombstones stay (they keep a
+/// late action from applying), and so do the entries, the balances' audit trail. Returns how
+/// many records went.
+pub async fn prune_ops(db: &Database, cutoff_ms: u64) -> Result<u64, DbError> {
+    let mut pruned = 0;
+    loop {
+        let deleted = db
+            .write(move |tx| {
+                Box::pin(async move {
+                    tx.execute(
+                        "DELETE FROM ledger_ops WHERE op_id IN (
+                             SELECT op_id FROM ledger_ops
+                             WHERE at_ms < $1 AND status IN ('applied', 'rejected') LIMIT $2)",
+                        wasaga_db::args![cutoff_ms as i64, PRUNED_OPS_PER_BATCH],
+                    )
+                    .await
+                })
+            })
+            .await?;
+        pruned += deleted;
+        if deleted < PRUNED_OPS_PER_BATCH as u64 {
+            return Ok(pruned);
+        }
+    }
+}
+
 /// Voids holds whose expiry has passed (at most `EXPIRED_HOLDS_PER_SWEEP_MAX`), each as an
 /// operation of its own keyed `#expired/<hold id>` (see `open_account` for the `#`), and
 /// returns how many it voided. A capture

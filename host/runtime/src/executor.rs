@@ -221,6 +221,25 @@ impl Host {
         })
     }
 
+    /// The wasm engine (for checks of modules).
+    pub(crate) fn engine(&self) -> &Arc<WorkflowEngine> {
+        &self.engine
+    }
+
+    /// One of the host's execution slots, held while a module instance lives.
+    pub(crate) async fn execution_slot(&self) -> tokio::sync::SemaphorePermit<'_> {
+        self.inner
+            .executions
+            .acquire()
+            .await
+            .expect("the semaphore is never closed")
+    }
+
+    /// What `workflow` is granted, if the host has grants.
+    pub(crate) fn grant_of(&self, workflow: &str) -> Option<Arc<Grant>> {
+        self.inner.grant(workflow)
+    }
+
     pub fn journal(&self) -> &Journal {
         &self.inner.journal
     }
@@ -310,7 +329,11 @@ impl Host {
         Ok(hash)
     }
 
-    async fn check_module(&self, workflow: &str, bytes: &[u8]) -> Result<String, HostError> {
+    pub(crate) async fn check_module(
+        &self,
+        workflow: &str,
+        bytes: &[u8],
+    ) -> Result<String, HostError> {
         check_workflow_name(workflow)?;
         let (hash, manifest) = self.compile(bytes.to_vec()).await?;
         self.check_grants(workflow, &manifest)?;
@@ -652,12 +675,14 @@ impl Host {
         let run_id = run_id.as_str();
         let mut log = log;
 
-        let Some(Event::Started {
-            module_hash: hash,
-            input,
-            started_at_ms,
-            ..
-        }) = events.first()
+        let (
+            Some(Event::Started {
+                input,
+                started_at_ms,
+                ..
+            }),
+            Some(hash),
+        ) = (events.first(), wasaga_core::event::current_module(events))
         else {
             return Err(JournalError::Corrupt {
                 run_id: run_id.to_owned(),
@@ -737,6 +762,9 @@ impl Host {
             }
             (Some(Fatal::Failure(cause)), _) => cause,
             (Some(Fatal::Cancelled(reason)), _) => format!("cancelled {reason}"),
+            (Some(Fatal::JournalEnd { call }), _) => {
+                unreachable!("only a checking replay stops at the journal's end (call {call})")
+            }
             (
                 Some(Fatal::Suspended {
                     wake_at_ms,
@@ -1106,7 +1134,7 @@ impl Host {
     /// A store for one execution of a run: deny-everything WASI with frozen clocks and seeded
     /// randomness, the memory limiter, the epoch deadline, and the run's context (taking over
     /// `log`'s cursor).
-    fn new_store(
+    pub(crate) fn new_store(
         &self,
         log: &mut RunLog,
         replay: std::collections::HashMap<u32, crate::store::Replayed>,
@@ -1160,6 +1188,7 @@ impl Host {
             calls_at_tick: 0,
             computing_ticks: 0,
             compute: Arc::new(std::sync::Mutex::new(None)),
+            verifying: false,
         };
         let state = RunState {
             wasi,

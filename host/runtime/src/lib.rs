@@ -3,6 +3,7 @@
 //! ARCHITECTURE.md for the map.
 
 mod bindings;
+pub mod bulk;
 pub mod config;
 pub mod engine;
 pub mod executor;
@@ -12,6 +13,7 @@ mod shared;
 pub mod store;
 pub mod trace;
 mod two_phase;
+pub mod upgrade;
 
 pub use config::HostConfig;
 pub use executor::{Host, HostError, NewRun, RunOutcome};

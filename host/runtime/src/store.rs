@@ -86,6 +86,9 @@ pub(crate) enum Fatal {
     NotStarted(String),
     /// Someone cancelled the run (who and why): it compensates.
     Cancelled(String),
+    /// A replay that checks a module (`verifying`) reached the end of the journal at `call`:
+    /// the module agreed with every journaled call before it.
+    JournalEnd { call: u32 },
     /// The run waits: its wait is journaled (or buffered, to be committed now), the instance
     /// goes, and the run sleeps until `wake_at_ms` or what `check` names wakes it.
     Suspended {
@@ -180,6 +183,9 @@ pub(crate) struct RunContext {
     pub computing_ticks: u32,
     /// The compute slot the module holds while it computes (see `Host::modules_computing`).
     pub compute: Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>,
+    /// Only checking a module against a journal: nothing is performed, held or written, and
+    /// the execution stops where the journal ends (`Fatal::JournalEnd`).
+    pub verifying: bool,
 }
 
 /// The leases a run holds and the task renewing them. It lives from the run's first
@@ -294,7 +300,18 @@ impl RunContext {
         }
         let call = self.next_call;
         self.next_call += 1;
-        Ok((call, self.replay.remove(&call)))
+        let replayed = self.replay.remove(&call);
+        if self.verifying && replayed.is_none() {
+            return Err(self.journal_end(call));
+        }
+        Ok((call, replayed))
+    }
+
+    /// Stops a checking replay at `call`, where the journal ends (or holds a call whose
+    /// outcome it never learned, which a live run would now perform).
+    pub fn journal_end(&mut self, call: u32) -> wasmtime::Error {
+        self.fatal = Some(Fatal::JournalEnd { call });
+        wasmtime::Error::msg(format!("the journal ends at call {call}"))
     }
 
     /// Refuses a participant the run's workflow is not granted.

@@ -5,6 +5,7 @@
 use crate::responses::{error, host_error, journal_error, run_json};
 use crate::state::{AppState, InFlightGuard, LIST_LIMIT_MAX, WAIT_MS_MAX};
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -14,6 +15,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use wasaga_core::event::RunStatus;
 use wasaga_participants::outbox;
+use wasaga_runtime::bulk::{BULK_CONFIRM_OVER, BulkAction, BulkSelect};
 use wasaga_runtime::executor::HostError;
 use wasaga_runtime::store::no_observer;
 
@@ -200,4 +202,104 @@ pub(crate) async fn retry_outbox(State(state): State<AppState>) -> Response {
             format!("the ledger's database: {e}"),
         ),
     }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BulkRequest {
+    status: Option<String>,
+    workflow: Option<String>,
+    since_ms: Option<u64>,
+    until_ms: Option<u64>,
+    /// For a cancellation: who asks, and why.
+    by: Option<String>,
+    #[serde(default)]
+    reason: String,
+    /// Only say which runs match.
+    #[serde(default)]
+    dry_run: bool,
+    /// The number of matching runs the caller confirms (needed past `BULK_CONFIRM_OVER`).
+    confirm: Option<usize>,
+}
+
+/// `POST /v1/bulk/retry` and `/v1/bulk/cancel` with `{"status", "workflow", "since_ms",
+/// "until_ms", "dry_run", "confirm"}` (and `"reason"`, `"by"` to cancel): the matching runs
+/// (`dry_run`), or each one's outcome. Past `BULK_CONFIRM_OVER` runs, 409 with how many match
+/// unless `confirm` is that number.
+async fn bulk(state: AppState, action: BulkAction, body: Bytes) -> Response {
+    let request: BulkRequest = if body.is_empty() {
+        BulkRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(request) => request,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "the body must be {{\"status\", \"workflow\", \"since_ms\", \"until_ms\", \"dry_run\", \"confirm\"}}: {e}"
+                    ),
+                );
+            }
+        }
+    };
+    let select = BulkSelect {
+        status: request.status,
+        workflow: request.workflow,
+        since_ms: request.since_ms,
+        until_ms: request.until_ms,
+    };
+    let run_ids = match state.host.bulk_matches(action, &select).await {
+        Ok(run_ids) => run_ids,
+        Err(e) => return host_error(e),
+    };
+    let shown: Vec<&String> = run_ids.iter().take(100).collect();
+    if request.dry_run {
+        return Json(json!({ "matching": run_ids.len(), "run_ids": shown })).into_response();
+    }
+    if !wasaga_runtime::bulk::confirmed(run_ids.len(), request.confirm) {
+        return (
+            StatusCode::CONFLICT,
+            Json(json!({
+                "error": format!(
+                    "{} runs match: send \"confirm\": {} to act on them all (more than {BULK_CONFIRM_OVER} need it)",
+                    run_ids.len(),
+                    run_ids.len()
+                ),
+                "matching": run_ids.len(),
+                "run_ids": shown,
+            })),
+        )
+            .into_response();
+    }
+    let by = request.by.unwrap_or_else(|| "api".to_owned());
+    // In a task of its own: a client that stops waiting does not stop the retries half-way.
+    state.in_flight.count.fetch_add(1, Ordering::SeqCst);
+    let guard = InFlightGuard(state.in_flight.clone());
+    let (host, reason) = (state.host.clone(), request.reason);
+    let done = tokio::spawn(async move {
+        let _guard = guard;
+        match action {
+            BulkAction::Retry => host.retry_many(run_ids).await,
+            BulkAction::Cancel => host.cancel_many(run_ids, &by, &reason).await,
+        }
+    })
+    .await;
+    match done {
+        Ok(outcomes) => {
+            state.wake.notify_one();
+            Json(json!({ "matching": outcomes.len(), "outcomes": outcomes })).into_response()
+        }
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the bulk action failed: {e}"),
+        ),
+    }
+}
+
+pub(crate) async fn bulk_retry(State(state): State<AppState>, body: Bytes) -> Response {
+    bulk(state, BulkAction::Retry, body).await
+}
+
+pub(crate) async fn bulk_cancel(State(state): State<AppState>, body: Bytes) -> Response {
+    bulk(state, BulkAction::Cancel, body).await
 }

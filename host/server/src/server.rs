@@ -41,6 +41,8 @@ pub struct ServerSettings {
     /// A second listener that serves `/metrics` without the token (for a Prometheus on a
     /// private network); on the main listener `/metrics` needs the token like `/v1`.
     pub metrics_listener: Option<tokio::net::TcpListener>,
+    /// How deploys check a new version unless a request says otherwise.
+    pub deploy: wasaga_runtime::upgrade::DeployOptions,
 }
 
 impl std::fmt::Debug for ServerSettings {
@@ -77,6 +79,7 @@ pub async fn serve(
         wake: Arc::new(Notify::new()),
         scrapes: Arc::new(metrics::Scrapes::new(&host)),
         wake_timers: Arc::default(),
+        deploy: settings.deploy,
     };
     let (stop, stopped) = watch::channel(false);
     let claims = tokio::spawn(claim_loop(
@@ -196,6 +199,14 @@ pub(crate) fn router(state: AppState) -> Router {
             post(operations::retry_run).layer(DefaultBodyLimit::max(ROLLBACK_BYTES_MAX)),
         )
         .route("/ledger/accounts", get(operations::list_accounts))
+        .route(
+            "/bulk/retry",
+            post(operations::bulk_retry).layer(DefaultBodyLimit::max(CANCEL_BYTES_MAX)),
+        )
+        .route(
+            "/bulk/cancel",
+            post(operations::bulk_cancel).layer(DefaultBodyLimit::max(CANCEL_BYTES_MAX)),
+        )
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize,

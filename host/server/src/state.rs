@@ -82,6 +82,8 @@ pub(crate) struct AppState {
     pub(crate) scrapes: Arc<crate::metrics::Scrapes>,
     /// Timers this host set to wake the claim loop when a short wait comes due.
     pub(crate) wake_timers: Arc<AtomicUsize>,
+    /// How deploys check a new version unless the request says otherwise (`[deploy]`).
+    pub(crate) deploy: wasaga_runtime::upgrade::DeployOptions,
 }
 
 /// Waits due within this long of leaving the host get a timer of their own here, so that a

@@ -4,12 +4,13 @@ use crate::responses::{closing, error, host_error, journal_error};
 use crate::state::{AppState, UPLOADS_CONCURRENT_MAX};
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use wasaga_runtime::engine::MODULE_BYTES_MAX;
+use wasaga_runtime::upgrade::DeployOptions;
 
 pub(crate) async fn list_workflows(State(state): State<AppState>) -> Response {
     match state.host.journal().workflows().await {
@@ -28,9 +29,20 @@ pub(crate) async fn list_versions(
     }
 }
 
+/// How a deploy request checks the module: `?force=true`, `?upgrade_in_flight=true|false`,
+/// `?check_completed=N` (else the server's `[deploy]` defaults).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeployQuery {
+    force: Option<bool>,
+    upgrade_in_flight: Option<bool>,
+    check_completed: Option<u32>,
+}
+
 pub(crate) async fn deploy(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    Query(query): Query<DeployQuery>,
     request: Request,
 ) -> Response {
     // Only a few uploads are read at once: each can buffer a whole module.
@@ -53,8 +65,26 @@ pub(crate) async fn deploy(
             ));
         }
     };
-    match state.host.deploy(&name, &body).await {
-        Ok(deployed) => {
+    let options = DeployOptions {
+        completed: query
+            .check_completed
+            .unwrap_or(state.deploy.completed)
+            .min(wasaga_runtime::upgrade::CHECKED_COMPLETED_MAX),
+        force: query.force.unwrap_or(false),
+        upgrade_in_flight: query
+            .upgrade_in_flight
+            .unwrap_or(state.deploy.upgrade_in_flight),
+    };
+    match state.host.deploy_checked(&name, &body, options).await {
+        Ok(report) if report.deployed.is_none() => {
+            tracing::warn!(
+                "{name}: a new version was refused: {}",
+                report.refused.as_deref().unwrap_or_default()
+            );
+            (StatusCode::CONFLICT, Json(report.to_json())).into_response()
+        }
+        Ok(report) => {
+            let deployed = report.deployed.as_ref().expect("checked above");
             let d = &deployed.deployment;
             let what = if deployed.new_version {
                 "deployed"
@@ -64,17 +94,19 @@ pub(crate) async fn deploy(
                 "made active again"
             };
             tracing::info!(
-                "{} version {} (module {}) {what}",
+                "{} version {} (module {}) {what}; {} recorded runs replay on it, {} runs in flight moved to it",
                 d.workflow,
                 d.version,
-                &d.hash[..12]
+                &d.hash[..12],
+                report.verified.checked.len(),
+                report.upgraded.len()
             );
             let status = if deployed.new_version {
                 StatusCode::CREATED
             } else {
                 StatusCode::OK
             };
-            (status, Json(json!(deployed))).into_response()
+            (status, Json(report.to_json())).into_response()
         }
         Err(e) => host_error(e),
     }

@@ -117,6 +117,9 @@ pub(crate) enum Command {
     /// Send a signal to a run: it gets the payload at its wait for that name (at once if it
     /// waits now, else when it gets there).
     Signal(SignalArgs),
+    /// Check that a new version of a workflow replays its recorded runs (this journal's, or
+    /// exported ones), without deploying it. Exits 0 if every run replays, 6 if one diverges.
+    Verify(VerifyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -252,12 +255,21 @@ pub(crate) enum RunsCommand {
     /// Show one run's journal as a timeline.
     Show { run_id: String },
     /// Take up a stuck run again once the cause is fixed: its compensation resumes where it
-    /// stopped.
-    Retry { run_id: String },
+    /// stopped. With --status/--workflow/--since instead of a run id: every matching stuck run.
+    Retry {
+        #[arg(required_unless_present_any = ["status", "workflow", "since", "until"])]
+        run_id: Option<String>,
+        #[command(flatten)]
+        select: RunSelect,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Stop a run and compensate it (and its unfinished child runs): a waiting run at once, an
-    /// executing one at its next journal point.
+    /// executing one at its next journal point. With --status/--workflow/--since instead of a
+    /// run id: every matching unfinished run.
     Cancel {
-        run_id: String,
+        #[arg(required_unless_present_any = ["status", "workflow", "since", "until"])]
+        run_id: Option<String>,
         /// Why, kept in the run's outcome.
         #[arg(long, default_value = "")]
         reason: String,
@@ -265,8 +277,110 @@ pub(crate) enum RunsCommand {
         #[arg(long)]
         by: Option<String>,
         #[command(flatten)]
+        select: RunSelect,
+        #[command(flatten)]
         remote: Remote,
     },
+    /// Write runs with their journals as JSON lines (for `wasaga verify --runs`, or to keep
+    /// before pruning).
+    Export {
+        /// The file to write (`-` for stdout).
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        select: RunSelect,
+        /// Runs at most.
+        #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        limit: u32,
+    },
+    /// Delete finished runs (completed or compensated) older than the retention period, with
+    /// their events and signals, and module versions no run or rollback needs any more.
+    Prune {
+        /// Finished before this many days ago (default: the config's [retention] runs_days).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        older_than_days: Option<u32>,
+        /// Export the runs to this file (JSON lines, appended) before deleting them.
+        #[arg(long)]
+        export: Option<PathBuf>,
+        /// Delete without asking when more than a few runs match.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// Which runs a bulk command acts on.
+#[derive(Debug, Args, Default)]
+pub(crate) struct RunSelect {
+    /// Runs in this state: running, waiting, compensating, completed, compensated, stuck.
+    #[arg(long)]
+    pub(crate) status: Option<String>,
+    /// Runs of this workflow.
+    #[arg(long)]
+    pub(crate) workflow: Option<String>,
+    /// Runs created at or after: milliseconds since the epoch, `2026-12-07T10:00:00Z`, or a
+    /// time ago (`90s`, `30m`, `2h`, `7d`).
+    #[arg(long, value_parser = parse_time)]
+    pub(crate) since: Option<u64>,
+    /// Runs created before (the same forms as --since).
+    #[arg(long, value_parser = parse_time)]
+    pub(crate) until: Option<u64>,
+    /// Act on this many matching runs without asking (a bulk command over more than 10
+    /// runs shows how many match and stops unless given --yes).
+    #[arg(long)]
+    pub(crate) yes: bool,
+}
+
+/// A point in time for --since/--until, in milliseconds since the epoch.
+pub(crate) fn parse_time(text: &str) -> Result<u64, String> {
+    let now = wasaga_core::clock::now_ms();
+    if let Ok(ms) = text.parse::<u64>() {
+        return Ok(ms);
+    }
+    let ago = |unit_ms: u64| -> Option<u64> {
+        let number: u64 = text[..text.len() - 1].parse().ok()?;
+        Some(now.saturating_sub(number.saturating_mul(unit_ms)))
+    };
+    let relative = match text.chars().last() {
+        Some('s') => ago(1_000),
+        Some('m') => ago(60_000),
+        Some('h') => ago(3_600_000),
+        Some('d') => ago(86_400_000),
+        _ => None,
+    };
+    relative
+        .or_else(|| rfc3339_ms(text))
+        .ok_or_else(|| format!("'{text}' is not a time: give milliseconds since the epoch, 2026-12-07T10:00:00Z, or a time ago such as 30m, 2h or 7d"))
+}
+
+/// Milliseconds since the epoch of `YYYY-MM-DDTHH:MM:SS[.mmm]Z`.
+fn rfc3339_ms(text: &str) -> Option<u64> {
+    let text = text.strip_suffix('Z')?;
+    let (date, time) = text.split_once('T')?;
+    let mut date = date.split('-').map(str::parse::<i64>);
+    let (year, month, day) = (date.next()?.ok()?, date.next()?.ok()?, date.next()?.ok()?);
+    let (hms, millis) = match time.split_once('.') {
+        Some((hms, fraction)) => (hms, format!("{fraction:0<3}")[..3].parse::<i64>().ok()?),
+        None => (time, 0),
+    };
+    let mut hms = hms.split(':').map(str::parse::<i64>);
+    let (hour, minute, second) = (hms.next()?.ok()?, hms.next()?.ok()?, hms.next()?.ok()?);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    // Days since 1970-01-01 of a civil date (the proleptic Gregorian calendar).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let doy = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let ms = ((days * 86_400 + hour * 3_600 + minute * 60 + second) * 1_000) + millis;
+    u64::try_from(ms).ok()
 }
 
 #[derive(Debug, Subcommand)]
@@ -337,8 +451,35 @@ pub struct DeployArgs {
     /// With --rollback: the version to make active.
     #[arg(long, requires = "rollback")]
     pub version: Option<i64>,
+    /// Deploy even if a recorded run does not replay on the new version.
+    #[arg(long, conflicts_with = "rollback")]
+    pub force: bool,
+    /// Move the unfinished runs that replay cleanly on the new version (and wait now) to it
+    /// (default: the config's [deploy] upgrade_in_flight).
+    #[arg(long, conflicts_with = "rollback")]
+    pub upgrade_in_flight: bool,
+    /// The newest completed runs to replay on the new version (default: [deploy]
+    /// check_completed, or 100); every unfinished run is replayed.
+    #[arg(long, conflicts_with = "rollback", value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub check_completed: Option<u32>,
     #[command(flatten)]
     pub remote: Remote,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The new version's component (.wasm).
+    pub module: PathBuf,
+    /// The workflow whose recorded runs it must replay.
+    #[arg(long)]
+    pub workflow: String,
+    /// Exported journals (`wasaga runs export`, JSON lines) to replay instead of this
+    /// journal's runs.
+    #[arg(long)]
+    pub runs: Option<PathBuf>,
+    /// The newest completed runs to replay from the journal (default 100).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub check_completed: Option<u32>,
 }
 
 #[derive(Debug, Args)]

@@ -12,6 +12,8 @@ pub const EXIT_COMPENSATED: u8 = 3;
 pub const EXIT_STUCK: u8 = 4;
 /// The run waits (a sleep, a signal, a child): `wasaga serve` takes it up when it is due.
 pub const EXIT_WAITING: u8 = 5;
+/// `verify` found a recorded run that does not replay on the module.
+pub const EXIT_DIVERGED: u8 = 6;
 
 /// A failure with the exit code it maps to.
 pub(crate) struct Failure {

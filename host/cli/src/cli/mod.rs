@@ -4,16 +4,19 @@
 
 mod args;
 mod benchmarks;
+mod bulk;
 mod failure;
 mod host;
 mod ledger;
 mod outbox;
 mod progress;
+mod retention;
 mod run;
 mod runs;
 mod serve;
 mod settings;
 mod telemetry;
+mod upgrades;
 mod waits;
 
 use anyhow::anyhow;
@@ -24,6 +27,7 @@ use serde_json::json;
 use settings::Settings;
 use std::process::ExitCode;
 use wasaga_db::Location;
+use wasaga_runtime::bulk::BulkAction;
 
 /// Runs one command: settles its settings, starts the async runtime sized for them, and maps
 /// what happened onto a message and an exit code.
@@ -101,13 +105,48 @@ async fn dispatch(g: &Settings, command: &Command) -> Result<u8, Failure> {
             runs::runs_list(g, status.as_deref(), *limit).await
         }
         Command::Runs(RunsCommand::Show { run_id }) => runs::runs_show(g, run_id).await,
-        Command::Runs(RunsCommand::Retry { run_id }) => runs::runs_retry(g, run_id).await,
+        Command::Runs(RunsCommand::Retry {
+            run_id: Some(run_id),
+            select,
+            ..
+        }) => {
+            one_run(select)?;
+            runs::runs_retry(g, run_id).await
+        }
+        Command::Runs(RunsCommand::Retry {
+            run_id: None,
+            select,
+            remote,
+        }) => bulk::bulk(g, BulkAction::Retry, select, None, remote).await,
         Command::Runs(RunsCommand::Cancel {
-            run_id,
+            run_id: Some(run_id),
             reason,
             by,
             remote,
-        }) => waits::cancel(g, run_id, reason, by.as_deref(), remote).await,
+            select,
+        }) => {
+            one_run(select)?;
+            waits::cancel(g, run_id, reason, by.as_deref(), remote).await
+        }
+        Command::Runs(RunsCommand::Cancel {
+            run_id: None,
+            reason,
+            by,
+            remote,
+            select,
+        }) => {
+            let by = by.clone().unwrap_or_else(waits::asked_by);
+            bulk::bulk(g, BulkAction::Cancel, select, Some((&by, reason)), remote).await
+        }
+        Command::Runs(RunsCommand::Export { out, select, limit }) => {
+            upgrades::export(g, out, select, *limit).await
+        }
+        Command::Runs(RunsCommand::Prune {
+            older_than_days,
+            export,
+            yes,
+        }) => bulk::prune(g, *older_than_days, export.as_deref(), *yes).await,
+        Command::Verify(args) => upgrades::verify(g, args).await,
         Command::Signal(args) => waits::signal(g, args).await,
         Command::Ledger(command) => ledger::ledger(g, command).await,
         Command::Outbox(command) => outbox::outbox(g, command).await,
@@ -171,4 +210,19 @@ async fn dispatch(g: &Settings, command: &Command) -> Result<u8, Failure> {
                 .await
         }
     }
+}
+
+/// Refuses a filter given beside a run id: a command acts on one run, or on those a filter
+/// matches.
+fn one_run(select: &args::RunSelect) -> Result<(), Failure> {
+    if select.status.is_some()
+        || select.workflow.is_some()
+        || select.since.is_some()
+        || select.until.is_some()
+    {
+        return Err(usage(anyhow!(
+            "give a run id or a filter (--status, --workflow, --since, --until), not both"
+        )));
+    }
+    Ok(())
 }

@@ -236,6 +236,14 @@ fn event_line(
         } => {
             format!("lock      {key} released (token {fencing_token})")
         }
+        Event::ModuleUpgraded { from, to, version } => format!(
+            "upgraded  module {} -> {}{}",
+            &from[..from.len().min(12)],
+            &to[..to.len().min(12)],
+            version
+                .map(|v| format!(" (version {v})"))
+                .unwrap_or_default()
+        ),
         Event::Completed { output } => format!("completed {output}"),
         Event::Compensating { cause } => format!("compensating: {cause}"),
         Event::CompensationDone { call, output } => {

@@ -132,10 +132,16 @@ pub async fn serve(g: &Settings, args: &ServeArgs) -> Result<u8, Failure> {
         shutdown_grace_ms: g.server.shutdown_grace_ms,
         watch: args.watch.clone(),
         metrics_listener,
+        deploy: g.deploy,
     };
-    wasaga_server::serve(host, listener, settings, shutdown_signal())
-        .await
-        .map_err(|e| Failure::from(anyhow!(e)))?;
+    // Pruning writes the export file the config names: the binary's work, not the server's.
+    let pruning = tokio::spawn(super::retention::prune_periodically(
+        host.clone(),
+        g.retention.clone(),
+    ));
+    let served = wasaga_server::serve(host, listener, settings, shutdown_signal()).await;
+    pruning.abort();
+    served.map_err(|e| Failure::from(anyhow!(e)))?;
     tracing::info!("stopped");
     drop(executor_lock);
     Ok(0)
@@ -216,36 +222,53 @@ pub async fn deploy(g: &Settings, args: &DeployArgs) -> Result<u8, Failure> {
         None => wasaga_server::workflow_name_of(module)
             .ok_or_else(|| usage(anyhow!("give the workflow's name with --name")))?,
     };
-    let deployed: Deployed = match &args.remote.server {
+    let options = wasaga_runtime::upgrade::DeployOptions {
+        completed: args.check_completed.unwrap_or(g.deploy.completed),
+        force: args.force,
+        upgrade_in_flight: args.upgrade_in_flight || g.deploy.upgrade_in_flight,
+    };
+    let report: Value = match &args.remote.server {
         Some(server) => {
-            let reply = remote(
-                g,
-                &args.remote,
-                "POST",
-                &format!(
-                    "{}/v1/workflows/{name}/versions",
-                    server.trim_end_matches('/')
-                ),
-                bytes,
-                "application/wasm",
-            )
-            .await?;
-            serde_json::from_value(reply)
-                .map_err(|e| anyhow!("unexpected reply from the server: {e}"))?
+            let url = format!(
+                "{}/v1/workflows/{}/versions?force={}&upgrade_in_flight={}&check_completed={}",
+                server.trim_end_matches('/'),
+                super::waits::path_segment(&name),
+                options.force,
+                options.upgrade_in_flight,
+                options.completed
+            );
+            remote(g, &args.remote, "POST", &url, bytes, "application/wasm").await?
         }
         None => {
             let host = open(g).await?;
-            host.deploy(&name, &bytes).await.map_err(|e| {
-                usage(anyhow!(e).context(format!("{} was not deployed", module.display())))
-            })?
+            let report = host
+                .deploy_checked(&name, &bytes, options)
+                .await
+                .map_err(|e| {
+                    usage(anyhow!(e).context(format!("{} was not deployed", module.display())))
+                })?;
+            if let Some(refused) = &report.refused {
+                if !g.json {
+                    super::upgrades::print_divergences(&report.to_json()["verified"]);
+                }
+                return Err(usage(anyhow!(
+                    "{} was not deployed: {refused}",
+                    module.display()
+                )));
+            }
+            report.to_json()
         }
     };
-    let d = &deployed.deployment;
     if g.json {
-        println!("{}", json!(deployed));
-    } else if deployed.new_version {
+        println!("{report}");
+        return Ok(0);
+    }
+    let deployed: Deployed = serde_json::from_value(report.clone())
+        .map_err(|e| anyhow!("unexpected reply from the server: {e}"))?;
+    let d = &deployed.deployment;
+    if deployed.new_version {
         println!(
-            "deployed {} version {} (module {}); new runs get it, runs already started keep theirs",
+            "deployed {} version {} (module {}); new runs get it",
             d.workflow,
             d.version,
             &d.hash[..12]
@@ -265,6 +288,7 @@ pub async fn deploy(g: &Settings, args: &DeployArgs) -> Result<u8, Failure> {
             &d.hash[..12]
         );
     }
+    super::upgrades::print_deploy_checks(&report);
     Ok(0)
 }
 

@@ -46,6 +46,12 @@ struct ConfigFile {
     /// Where spans are exported.
     #[serde(default)]
     tracing: TracingFile,
+    /// How deploys check a new version.
+    #[serde(default)]
+    deploy: DeployFile,
+    /// What is kept how long.
+    #[serde(default)]
+    retention: RetentionFile,
     /// Grants by workflow name; with this table present, everything not granted is denied.
     workflows: Option<BTreeMap<String, GrantFile>>,
 }
@@ -149,6 +155,26 @@ struct ServerFile {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RetentionFile {
+    /// Finished runs (completed, compensated) are pruned this many days after they ended.
+    runs_days: Option<u32>,
+    /// The ledger's operation records are pruned this many days after they were made.
+    ledger_ops_days: Option<u32>,
+    /// A file (relative to the config) runs are appended to before they are pruned.
+    export: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployFile {
+    /// The newest completed runs a deploy replays on the new version (default 100).
+    check_completed: Option<u32>,
+    /// Move the unfinished runs that replay cleanly (and wait now) to the new version.
+    upgrade_in_flight: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct TracingFile {
     /// An OTLP/HTTP collector (`http://host:4318`): spans are exported there.
     otlp_endpoint: Option<String>,
@@ -189,6 +215,10 @@ pub struct Settings {
     pub server: Server,
     /// Where spans are exported, if anywhere.
     pub otlp: Option<super::telemetry::OtlpSettings>,
+    /// How deploys check a new version unless told otherwise.
+    pub deploy: wasaga_runtime::upgrade::DeployOptions,
+    /// What is kept how long.
+    pub retention: super::retention::RetentionSettings,
 }
 
 impl Settings {
@@ -381,6 +411,23 @@ impl Settings {
         host.crash_at = g.crash_at;
 
         let otlp = otlp_settings(file.tracing, &in_file("[tracing]"))?;
+        let max = wasaga_runtime::upgrade::CHECKED_COMPLETED_MAX;
+        if file.deploy.check_completed.is_some_and(|n| n > max) {
+            bail!(
+                "{}: check_completed must be at most {max}",
+                in_file("[deploy]")
+            );
+        }
+        let retention =
+            retention_settings(file.retention, base.as_deref(), &in_file("[retention]"))?;
+        let deploy = wasaga_runtime::upgrade::DeployOptions {
+            completed: file
+                .deploy
+                .check_completed
+                .unwrap_or(wasaga_runtime::upgrade::CHECKED_COMPLETED_DEFAULT),
+            force: false,
+            upgrade_in_flight: file.deploy.upgrade_in_flight.unwrap_or(false),
+        };
         let token = match (&file.server.token, &file.server.token_env) {
             (Some(_), Some(_)) => {
                 bail!("{}: give token or token_env, not both", in_file("[server]"))
@@ -416,8 +463,48 @@ impl Settings {
                 metrics_listen: file.server.metrics_listen,
             },
             otlp,
+            deploy,
+            retention,
         })
     }
+}
+
+/// Checks `[retention]`: the ledger's operation records outlive the runs that made them (a
+/// run's retry or replay within its own retention must find its operations' first outcomes).
+fn retention_settings(
+    file: RetentionFile,
+    base: Option<&Path>,
+    section: &str,
+) -> Result<super::retention::RetentionSettings> {
+    for (name, days) in [
+        ("runs_days", file.runs_days),
+        ("ledger_ops_days", file.ledger_ops_days),
+    ] {
+        if days == Some(0) {
+            bail!("{section}: {name} must be at least 1");
+        }
+    }
+    if let (Some(runs), Some(ops)) = (file.runs_days, file.ledger_ops_days)
+        && ops <= runs
+    {
+        bail!(
+            "{section}: ledger_ops_days ({ops}) must be more than runs_days ({runs}): the ledger keeps a run's operation records longer than the run"
+        );
+    }
+    if file.ledger_ops_days.is_some() && file.runs_days.is_none() {
+        bail!(
+            "{section}: ledger_ops_days needs runs_days (the ledger keeps its records longer than the runs)"
+        );
+    }
+    let export = file.export.map(|path| match base {
+        Some(base) if path.is_relative() => base.join(path),
+        _ => path,
+    });
+    Ok(super::retention::RetentionSettings {
+        runs_days: file.runs_days,
+        ledger_ops_days: file.ledger_ops_days,
+        export,
+    })
 }
 
 /// Where spans go: the config's `otlp_endpoint`, else the standard

@@ -157,6 +157,11 @@ pub(crate) async fn cancel(
 }
 
 /// Who runs the command, for the record of who sent or cancelled.
+/// Who asks, by default, for a cancellation from the command line.
+pub(crate) fn asked_by() -> String {
+    format!("cli:{}", whoami())
+}
+
 fn whoami() -> String {
     std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))

@@ -44,6 +44,7 @@ impl Host for RunState {
                     Some(Event::StepFailed { error, .. }) => return Ok(Err(error.into())),
                     // The intent is journaled but not the outcome (the host died in between):
                     // repeat the call with the same idempotency key (and tokens) to learn it.
+                    _ if run.verifying => return Err(run.journal_end(call)),
                     _ => (Vec::new(), fencing_tokens),
                 }
             }
@@ -182,6 +183,9 @@ impl Host for RunState {
                 }
                 if let Some(Event::TwoPhaseFinished { outcome, .. }) = replayed.result {
                     return Ok(outcome.map_err(Into::into));
+                }
+                if run.verifying {
+                    return Err(run.journal_end(call));
                 }
                 match replayed.decision {
                     Some(Event::TwoPhaseDecided { commit, reason, .. }) => {

@@ -67,6 +67,13 @@ impl Host for RunState {
                 (
                     Event::WaitStarted {
                         wait: Wait::Signal { name: n },
+                        ..
+                    },
+                    None,
+                ) if n == name && run.verifying => return Err(run.journal_end(call)),
+                (
+                    Event::WaitStarted {
+                        wait: Wait::Signal { name: n },
                         due_ms,
                         ..
                     },
@@ -177,6 +184,13 @@ impl Host for RunState {
                         other => Err(format!("the wait ended unexpectedly: {other:?}")),
                     });
                 }
+                (
+                    Event::WaitStarted {
+                        wait: Wait::Child { run_id: id },
+                        ..
+                    },
+                    None,
+                ) if id == run_id && run.verifying => return Err(run.journal_end(call)),
                 (
                     Event::WaitStarted {
                         wait: Wait::Child { run_id: id },
@@ -303,6 +317,7 @@ impl RunContext {
                 result,
             ) if at_ms.is_none_or(|at| at == due) => match result {
                 Some(_) => Ok(()),
+                None if self.verifying => Err(self.journal_end(call)),
                 None => self.sleep_until_due(call, due),
             },
             (other, _) => Err(self.diverged(call, &other, "a sleep".to_owned())),

@@ -1,0 +1,215 @@
+//! `wasaga verify` and `wasaga runs export`, and how a checked deploy is reported: a new
+//! version is replayed against the recorded runs of its workflow (this journal's, or exported
+//! ones) before it may serve them.
+
+use super::args::{RunSelect, VerifyArgs};
+use super::failure::{EXIT_DIVERGED, Failure, host_failure, usage};
+use super::host::open;
+use super::settings::Settings;
+use anyhow::{Context, anyhow};
+use serde_json::{Value, json};
+use std::io::Write;
+use std::path::Path;
+use wasaga_runtime::upgrade::ExportedRun;
+
+/// Prints what a deploy's check found and what became of the runs in flight.
+pub(crate) fn print_deploy_checks(report: &Value) {
+    let checked = report["verified"]["checked"].as_array().map_or(0, Vec::len);
+    let diverged = divergences(&report["verified"]);
+    if diverged.is_empty() {
+        println!("checked {checked} recorded runs: each replays on it");
+    } else {
+        println!(
+            "checked {checked} recorded runs: {} diverge (deployed with --force)",
+            diverged.len()
+        );
+        print_divergences(&report["verified"]);
+    }
+    let upgraded: Vec<&str> = report["upgraded"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if !upgraded.is_empty() {
+        println!(
+            "moved {} runs in flight to it: {}",
+            upgraded.len(),
+            shown(&upgraded)
+        );
+    }
+    for pinned in report["pinned"].as_array().into_iter().flatten() {
+        println!(
+            "run {} stays on module {}: {}",
+            pinned["run_id"].as_str().unwrap_or_default(),
+            &pinned["module_hash"].as_str().unwrap_or_default()
+                [..12.min(pinned["module_hash"].as_str().map_or(0, str::len))],
+            pinned["reason"].as_str().unwrap_or_default()
+        );
+    }
+}
+
+/// The checked runs that diverged, as `(run id, call, reason)`.
+fn divergences(verified: &Value) -> Vec<(String, Option<u64>, String)> {
+    verified["checked"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["replay"] == "diverges")
+        .map(|c| {
+            (
+                c["run_id"].as_str().unwrap_or_default().to_owned(),
+                c["call"].as_u64(),
+                c["reason"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Prints each diverging run with the call it diverged at.
+pub(crate) fn print_divergences(verified: &Value) {
+    for (run_id, call, reason) in divergences(verified) {
+        match call {
+            Some(call) => println!("  run {run_id} diverges at call {call}: {reason}"),
+            None => println!("  run {run_id} diverges: {reason}"),
+        }
+    }
+}
+
+fn shown(ids: &[&str]) -> String {
+    let mut text = ids.iter().take(10).copied().collect::<Vec<_>>().join(", ");
+    if ids.len() > 10 {
+        text.push_str(", ...");
+    }
+    text
+}
+
+/// `wasaga verify module.wasm --workflow NAME [--runs exported.jsonl]`.
+pub(crate) async fn verify(g: &Settings, args: &VerifyArgs) -> Result<u8, Failure> {
+    let bytes = std::fs::read(&args.module)
+        .with_context(|| format!("cannot read module {}", args.module.display()))
+        .map_err(usage)?;
+    let host = open(g).await?;
+    let report = match &args.runs {
+        Some(file) => {
+            let runs = read_exported(file)?;
+            host.verify_exported(&args.workflow, &bytes, runs)
+                .await
+                .map_err(host_failure)?
+        }
+        None => host
+            .verify(
+                &args.workflow,
+                &bytes,
+                args.check_completed.unwrap_or(g.deploy.completed),
+            )
+            .await
+            .map_err(host_failure)?,
+    };
+    let agrees = report.agrees();
+    if g.json {
+        println!("{}", json!(report));
+    } else {
+        let value = json!(report);
+        if agrees {
+            println!(
+                "{} (module {}) replays each of {} recorded runs of {}",
+                args.module.display(),
+                &report.module_hash[..12],
+                report.checked.len(),
+                args.workflow
+            );
+        } else {
+            println!("{}", report.summary());
+            print_divergences(&value);
+        }
+        if report.in_flight_capped {
+            println!(
+                "note: only the first {} unfinished runs were checked",
+                wasaga_runtime::upgrade::CHECKED_IN_FLIGHT_MAX
+            );
+        }
+    }
+    Ok(if agrees { 0 } else { EXIT_DIVERGED })
+}
+
+/// Reads exported runs (JSON lines), saying which line is wrong.
+fn read_exported(file: &Path) -> Result<Vec<ExportedRun>, Failure> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read exported runs {}", file.display()))
+        .map_err(usage)?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| {
+            serde_json::from_str::<ExportedRun>(line).map_err(|e| {
+                usage(anyhow!(
+                    "{} line {}: not an exported run ({e}); write the file with `wasaga runs export`",
+                    file.display(),
+                    i + 1
+                ))
+            })
+        })
+        .collect()
+}
+
+/// `wasaga runs export --out FILE [filters]`: runs with their journals, one JSON object per
+/// line, newest first.
+pub(crate) async fn export(
+    g: &Settings,
+    out: &Path,
+    select: &RunSelect,
+    limit: u32,
+) -> Result<u8, Failure> {
+    let host = open(g).await?;
+    let filter = wasaga_journal::RunFilter {
+        workflow: select.workflow.clone(),
+        since_ms: select.since,
+        until_ms: select.until,
+        limit,
+        ..Default::default()
+    };
+    let filter = match select.status.as_deref() {
+        Some(status) => filter.with_status(status).ok_or_else(|| {
+            usage(anyhow!(
+                "unknown status '{status}'; use {}",
+                wasaga_journal::STATUS_NAMES
+            ))
+        })?,
+        None => filter,
+    };
+    let runs = host.journal().runs(filter).await.map_err(|e| anyhow!(e))?;
+    let mut written = 0;
+    let mut sink: Box<dyn Write> = if out == Path::new("-") {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(std::io::BufWriter::new(
+            std::fs::File::create(out)
+                .with_context(|| format!("cannot create {}", out.display()))
+                .map_err(usage)?,
+        ))
+    };
+    for run in runs {
+        write_run(host.journal(), &run.run_id, &mut sink).await?;
+        written += 1;
+    }
+    sink.flush().context("cannot write the export")?;
+    if out != Path::new("-") && !g.json {
+        println!("exported {written} runs to {}", out.display());
+    }
+    Ok(0)
+}
+
+/// Writes one run and its events as a line of JSON; a run gone meanwhile is skipped.
+pub(crate) async fn write_run<W: Write + ?Sized>(
+    journal: &wasaga_journal::Journal,
+    run_id: &str,
+    sink: &mut W,
+) -> Result<bool, Failure> {
+    let (record, events) = match journal.run_with_events(run_id).await {
+        Ok(found) => found,
+        Err(wasaga_journal::JournalError::UnknownRun(_)) => return Ok(false),
+        Err(e) => return Err(anyhow!(e).into()),
+    };
+    let line = json!({ "run": record, "events": events });
+    writeln!(sink, "{line}").context("cannot write the export")?;
+    Ok(true)
+}

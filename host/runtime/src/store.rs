@@ -485,6 +485,13 @@ fn describe(event: &Event) -> String {
             format!("lock acquire '{key}'")
         }
         Event::LockReleased { key, .. } => format!("lock release '{key}'"),
+        Event::WaitStarted { wait, .. } => match wait {
+            wasaga_core::event::Wait::Timer => "a sleep".to_owned(),
+            wasaga_core::event::Wait::Signal { name } => format!("a wait for signal '{name}'"),
+            wasaga_core::event::Wait::Child { run_id } => format!("a wait for child {run_id}"),
+        },
+        Event::ChildStarted { workflow, .. } => format!("a start of child '{workflow}'"),
+        Event::TwoPhaseStarted { calls, .. } => format!("commit-all of {} calls", calls.len()),
         other => other.kind().to_owned(),
     }
 }

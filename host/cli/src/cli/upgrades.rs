@@ -16,7 +16,9 @@ use wasaga_runtime::upgrade::ExportedRun;
 pub(crate) fn print_deploy_checks(report: &Value) {
     let checked = report["verified"]["checked"].as_array().map_or(0, Vec::len);
     let diverged = divergences(&report["verified"]);
-    if diverged.is_empty() {
+    if checked == 0 {
+        println!("no recorded run of the workflow to replay on it");
+    } else if diverged.is_empty() {
         println!("checked {checked} recorded runs: each replays on it");
     } else {
         println!(

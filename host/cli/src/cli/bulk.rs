@@ -5,7 +5,7 @@
 use super::args::{Remote, RunSelect};
 use super::failure::{EXIT_FAILURE, Failure, host_failure, usage};
 use super::host::{lock_executor, open};
-use super::serve::remote;
+use super::remote::remote;
 use super::settings::Settings;
 use anyhow::anyhow;
 use serde_json::{Value, json};

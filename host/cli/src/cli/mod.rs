@@ -10,6 +10,7 @@ mod host;
 mod ledger;
 mod outbox;
 mod progress;
+mod remote;
 mod retention;
 mod run;
 mod runs;

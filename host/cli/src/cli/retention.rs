@@ -6,21 +6,11 @@
 //! how long to keep runs.
 
 use super::failure::Failure;
+use super::settings::RetentionSettings;
 use anyhow::{Context, anyhow};
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use wasaga_runtime::Host;
-
-/// `[retention]`, resolved.
-#[derive(Debug, Clone, Default)]
-pub struct RetentionSettings {
-    /// Finished runs are pruned this many days after they ended.
-    pub runs_days: Option<u32>,
-    /// The ledger's operation records are pruned this many days after they were made.
-    pub ledger_ops_days: Option<u32>,
-    /// Runs are appended here (JSON lines, as `runs export` writes) before they are deleted.
-    pub export: Option<PathBuf>,
-}
 
 /// How often `serve` prunes.
 pub const PRUNE_EVERY_MS: u64 = 3_600_000;

@@ -1,14 +1,14 @@
 //! `wasaga serve`, `wasaga deploy` and `wasaga versions`: the server, and the registry of
 //! deployed workflow versions, used directly on the journal or through a server's API.
 
-use super::args::{DeployArgs, Remote, ServeArgs, VersionsArgs};
-use super::failure::{EXIT_USAGE, Failure, host_failure, usage};
+use super::args::{DeployArgs, ServeArgs, VersionsArgs};
+use super::failure::{Failure, host_failure, usage};
 use super::host::{lock_executor, open};
+use super::remote::remote;
 use super::settings::Settings;
 use anyhow::{Context, anyhow};
 use serde_json::{Value, json};
 use std::sync::Arc;
-use std::time::Duration;
 use wasaga_journal::{Deployed, Deployment};
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` for milliseconds since the Unix epoch.
@@ -232,7 +232,7 @@ pub async fn deploy(g: &Settings, args: &DeployArgs) -> Result<u8, Failure> {
             let url = format!(
                 "{}/v1/workflows/{}/versions?force={}&upgrade_in_flight={}&check_completed={}",
                 server.trim_end_matches('/'),
-                super::waits::path_segment(&name),
+                super::remote::path_segment(&name),
                 options.force,
                 options.upgrade_in_flight,
                 options.completed
@@ -337,74 +337,6 @@ pub async fn versions(g: &Settings, args: &VersionsArgs) -> Result<u8, Failure> 
         );
     }
     Ok(0)
-}
-
-/// One request to a server; the reply's JSON, or a failure carrying the server's reason.
-pub(crate) async fn remote(
-    g: &Settings,
-    remote: &Remote,
-    method: &'static str,
-    url: &str,
-    body: Vec<u8>,
-    content_type: &'static str,
-) -> Result<Value, Failure> {
-    let token = remote
-        .token
-        .clone()
-        .or_else(|| g.server.token.clone())
-        .ok_or_else(|| {
-            usage(anyhow!(
-                "the server needs its bearer token: give --token, set WASAGA_TOKEN, or --config a file with [server] token"
-            ))
-        })?;
-    let url = url.to_owned();
-    let shown = url.clone();
-    let answer = tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(120)))
-            .build()
-            .into();
-        let authorization = format!("Bearer {token}");
-        let response = match method {
-            "GET" => agent
-                .get(&url)
-                .header("Authorization", &authorization)
-                .call(),
-            _ => agent
-                .post(&url)
-                .header("Authorization", &authorization)
-                .header("Content-Type", content_type)
-                .send(&body[..]),
-        };
-        let mut response = response?;
-        let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string()?;
-        Ok::<_, ureq::Error>((status, text))
-    })
-    .await
-    .map_err(|e| anyhow!("the request failed: {e}"))?;
-    let (status, text) = answer.map_err(|e| {
-        Failure::from(anyhow!(
-            "cannot reach the server at {shown}: {e}; check --server and that it is running"
-        ))
-    })?;
-    let reply: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    if !(200..300).contains(&status) {
-        let reason = reply["error"]
-            .as_str()
-            .map(str::to_owned)
-            .unwrap_or_else(|| reply.to_string());
-        return Err(Failure {
-            code: if status < 500 {
-                EXIT_USAGE
-            } else {
-                super::failure::EXIT_FAILURE
-            },
-            error: anyhow!("the server refused ({status}): {reason}"),
-        });
-    }
-    Ok(reply)
 }
 
 #[cfg(test)]

@@ -193,6 +193,17 @@ struct GrantFile {
     children: Vec<String>,
 }
 
+/// `[retention]`, resolved.
+#[derive(Debug, Clone, Default)]
+pub struct RetentionSettings {
+    /// Finished runs are pruned this many days after they ended.
+    pub runs_days: Option<u32>,
+    /// The ledger's operation records are pruned this many days after they were made.
+    pub ledger_ops_days: Option<u32>,
+    /// Runs are appended here (JSON lines, as `runs export` writes) before they are deleted.
+    pub export: Option<PathBuf>,
+}
+
 /// The server's part of the settings.
 #[derive(Debug, Clone)]
 pub struct Server {
@@ -218,7 +229,7 @@ pub struct Settings {
     /// How deploys check a new version unless told otherwise.
     pub deploy: wasaga_runtime::upgrade::DeployOptions,
     /// What is kept how long.
-    pub retention: super::retention::RetentionSettings,
+    pub retention: RetentionSettings,
 }
 
 impl Settings {
@@ -475,7 +486,7 @@ fn retention_settings(
     file: RetentionFile,
     base: Option<&Path>,
     section: &str,
-) -> Result<super::retention::RetentionSettings> {
+) -> Result<RetentionSettings> {
     for (name, days) in [
         ("runs_days", file.runs_days),
         ("ledger_ops_days", file.ledger_ops_days),
@@ -500,7 +511,7 @@ fn retention_settings(
         Some(base) if path.is_relative() => base.join(path),
         _ => path,
     });
-    Ok(super::retention::RetentionSettings {
+    Ok(RetentionSettings {
         runs_days: file.runs_days,
         ledger_ops_days: file.ledger_ops_days,
         export,

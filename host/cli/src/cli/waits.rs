@@ -4,7 +4,7 @@
 use super::args::{Remote, SignalArgs};
 use super::failure::{Failure, host_failure, usage};
 use super::host::open;
-use super::serve::remote;
+use super::remote::{path_segment, remote};
 use super::settings::Settings;
 use anyhow::{Context, anyhow};
 use serde_json::{Value, json};
@@ -166,32 +166,4 @@ fn whoami() -> String {
     std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".to_owned())
-}
-
-/// `text` as one segment of a URL's path: everything but unreserved characters
-/// percent-encoded, so that run ids with `/` and signal names with `?` or spaces reach the
-/// server as themselves.
-pub(crate) fn path_segment(text: &str) -> String {
-    let mut encoded = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
-            encoded.push(byte as char);
-        } else {
-            encoded.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    encoded
-}
-
-#[cfg(test)]
-mod tests {
-    use super::path_segment;
-
-    #[test]
-    fn path_segments_keep_only_unreserved_characters() {
-        assert_eq!(path_segment("pay-1"), "pay-1");
-        assert_eq!(path_segment("sl/1"), "sl%2F1");
-        assert_eq!(path_segment("a/b?c#d%e f"), "a%2Fb%3Fc%23d%25e%20f");
-        assert_eq!(path_segment("é"), "%C3%A9");
-    }
 }

@@ -326,3 +326,176 @@ fn a_browser_without_the_token_sees_nothing_and_cannot_act() {
     let after = browser.eval("fetch('/v1/runs', {credentials: 'same-origin'}).then(r => r.status)");
     assert_eq!(after, json!(401));
 }
+
+#[test]
+fn sign_ins_have_a_budget_and_a_signed_out_session_stays_out() {
+    let s = Sandbox::new("console-sessions");
+    let server = server_with_runs(&s);
+    let sign_in = |token: &str| {
+        agent()
+            .post(&format!("{}/ui/login", server.url()))
+            .header("Content-Type", "application/json")
+            .send(json!({ "token": token }).to_string().as_bytes())
+            .expect("the server answers")
+    };
+    // Wrong tokens: refused at once, a few a second with 401, then 429; no request slot is
+    // held, and the probes answer meanwhile.
+    let statuses: Vec<u16> = (0..40)
+        .map(|_| sign_in("wrong-token-guess").status().as_u16())
+        .collect();
+    assert!(
+        statuses.contains(&401) && statuses.contains(&429),
+        "{statuses:?}"
+    );
+    let (status, _) = request(agent().get(&format!("{}/healthz", server.url())).call());
+    assert_eq!(status, 200);
+    std::thread::sleep(Duration::from_millis(1_100));
+    let response = sign_in(TOKEN);
+    assert_eq!(response.status().as_u16(), 204);
+    let cookies: Vec<String> = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or_default().to_owned())
+        .collect();
+    let session = cookies
+        .iter()
+        .find(|c| c.starts_with("wasaga_session="))
+        .expect("a session cookie")
+        .clone();
+    let csrf = cookies
+        .iter()
+        .find_map(|c| c.strip_prefix("wasaga_csrf="))
+        .expect("a csrf cookie")
+        .to_owned();
+    let with_session = |cookie: &str| {
+        request(
+            agent()
+                .get(&format!("{}/v1/runs?limit=1", server.url()))
+                .header("Cookie", cookie)
+                .call(),
+        )
+        .0
+    };
+    assert_eq!(with_session(&session), 200);
+    // A junk session cookie set first (by another site on this host) hides nothing.
+    assert_eq!(
+        with_session(&format!("wasaga_session=junk.00; {session}")),
+        200
+    );
+    // Behind a proxy that says which host the browser asked for, actions are allowed.
+    let (status, reply) = request(
+        agent()
+            .post(&format!("{}/v1/runs/pay-waiting/cancel", server.url()))
+            .header("Cookie", &session)
+            .header("X-Wasaga-CSRF", &csrf)
+            .header("Origin", "https://ops.example")
+            .header("X-Forwarded-Host", "ops.example")
+            .header("Content-Type", "application/json")
+            .send(json!({ "reason": "via the proxy" }).to_string().as_bytes()),
+    );
+    assert_eq!(status, 202, "{reply}");
+    // Signed out, the same cookie is refused by this server.
+    let (status, _) = request(
+        agent()
+            .post(&format!("{}/ui/logout", server.url()))
+            .header("Cookie", &session)
+            .header("X-Wasaga-CSRF", &csrf)
+            .header("Content-Type", "application/json")
+            .send("{}".as_bytes()),
+    );
+    assert_eq!(status, 204);
+    assert_eq!(with_session(&session), 401);
+}
+
+#[test]
+fn listings_and_retries_hold_against_hostile_callers() {
+    let s = Sandbox::new("console-hostile");
+    let server = server_with_runs(&s);
+    // Eighty runs with inputs of 60 KB each: a page of them stops at the listing's byte
+    // bound, and the pages together list every run once.
+    let blob = "x".repeat(60 << 10);
+    for i in 0..80 {
+        let (status, reply) = server.post(
+            "/v1/workflows/waiter/runs",
+            &json!({ "run_id": format!("big-{i:02}"), "input": { "debit": "alice", "amount": 1, "waits": [{ "child": { "workflow": "nope", "input": { "blob": blob } } }] } }),
+        );
+        assert_eq!(status, 201, "{reply}");
+    }
+    let (mut seen, mut query, mut pages) = (Vec::new(), "/v1/runs?limit=1000".to_owned(), 0);
+    loop {
+        let (status, page) = server.get(&query);
+        assert_eq!(status, 200, "{page}");
+        pages += 1;
+        let runs = page["runs"].as_array().expect("runs");
+        seen.extend(
+            runs.iter()
+                .filter_map(|r| r["run_id"].as_str().map(str::to_owned)),
+        );
+        match page["next"].as_object() {
+            Some(next) => {
+                query = format!(
+                    "/v1/runs?limit=1000&before_ms={}&before_id={}",
+                    next["before_ms"],
+                    crate::support::encoded(next["before_id"].as_str().expect("id"))
+                );
+            }
+            None => break,
+        }
+    }
+    assert!(pages >= 2, "a page stops at its byte bound");
+    let total = seen.len();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(
+        (seen.len(), total),
+        (84, 84),
+        "each run once over the pages"
+    );
+    let (status, reply) = server.get("/v1/runs?since_ms=9223372036854775808");
+    assert_eq!(status, 400, "{reply}");
+    let (status, reply) = server.get("/v1/run-counts?until_ms=18446744073709551615");
+    assert_eq!(status, 400, "{reply}");
+    // A cancellation's reason may not reverse how it reads.
+    let (status, reply) = server.post(
+        "/v1/runs/pay-waiting/cancel",
+        &json!({ "reason": "refund \u{202e}000,1 of" }),
+    );
+    assert_eq!(status, 400, "{reply}");
+    // Two retries of one stuck run at once: one takes it, the other is told so, and the
+    // money moves once.
+    let stuck = || {
+        let url = format!("{}/v1/runs/pay-stuck/retry", server.url());
+        std::thread::spawn(move || {
+            request(
+                agent()
+                    .post(&url)
+                    .header("Authorization", &format!("Bearer {TOKEN}"))
+                    .header("Content-Type", "application/json")
+                    .send("{}".as_bytes()),
+            )
+        })
+    };
+    let (a, b) = (stuck(), stuck());
+    let (a, b) = (a.join().expect("a"), b.join().expect("b"));
+    let mut statuses = [a.0, b.0];
+    statuses.sort();
+    assert!(
+        statuses == [200, 409] || statuses == [200, 200],
+        "{a:?} {b:?}"
+    );
+    for (status, reply) in [&a, &b] {
+        if *status == 409 {
+            assert!(
+                reply["error"].as_str().is_some_and(
+                    |e| e.contains("being retried on this host") || e.contains("not stuck")
+                ),
+                "{reply}"
+            );
+        }
+    }
+    let (_, run) = server.get("/v1/runs/pay-stuck");
+    assert_eq!(run["status"], "stuck", "its cause is not fixed: {run}");
+    assert_eq!(s.balances().values().sum::<i64>(), 1_500);
+}

@@ -3,7 +3,7 @@
 //! step parented to the run's span, inside the trace its starter named, with that trace
 //! passed on to the HTTP services the run calls.
 
-use crate::guests::{CARD_PAYMENT, TRANSFER};
+use crate::guests::{CARD_PAYMENT, MISBEHAVE, TRANSFER, WAITER};
 use crate::support::{Sandbox, Server, TOKEN, agent, request};
 use axum::Router;
 use axum::body::Bytes;
@@ -70,7 +70,10 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 #[test]
 fn metrics_count_exactly_the_runs_a_host_drove_and_pass_promtool() {
     let s = Sandbox::new("metrics");
-    let config = "journal = \"wasaga.db\"\n\n[workflows.transfer]\nparticipants = [\"ledger\"]\nlock_prefixes = [\"account/\"]\n";
+    let config = "journal = \"wasaga.db\"\n\n[limits]\ncompensation_retries_max = 2\n\n\
+        [workflows.transfer]\nparticipants = [\"ledger\"]\nlock_prefixes = [\"account/\"]\n\n\
+        [workflows.misbehave]\nparticipants = [\"ledger\"]\n\n\
+        [workflows.waiter]\nparticipants = [\"ledger\"]\nlock_prefixes = [\"acct/\"]\nchildren = [\"waiter\"]\n";
     open(&s, config, &[("alice", 1_000), ("bob", 0)]);
     let metrics_port = crate::services::free_port();
     let server = Server::start_serving(
@@ -140,6 +143,7 @@ fn metrics_count_exactly_the_runs_a_host_drove_and_pass_promtool() {
             r#"wasaga_lock_acquire_wait_seconds_count{backend="journal",outcome="granted"}"#,
             10.0,
         ),
+        ("wasaga_runs_stuck", 0.0),
         ("wasaga_runs_live", 0.0),
         ("wasaga_runs_waiting", 0.0),
         ("wasaga_outbox_failing", 0.0),
@@ -163,6 +167,47 @@ fn metrics_count_exactly_the_runs_a_host_drove_and_pass_promtool() {
         sample(&text, r#"wasaga_step_duration_seconds_count{participant="ledger",action="debit",outcome="rejected"}"#).is_none(),
         "no series for what did not happen"
     );
+
+    // A run that ends stuck, and a parent that starts a child: each run counted once.
+    deploy(&server, "misbehave", MISBEHAVE);
+    deploy(&server, "waiter", WAITER);
+    let (status, reply) = server.post(
+        "/v1/workflows/misbehave/runs?wait_ms=20000",
+        &json!({ "run_id": "m-stuck", "input": { "mode": "drain", "from": "alice", "to": "bob", "amount": 10 } }),
+    );
+    assert_eq!(
+        (status, reply["status"].as_str()),
+        (201, Some("stuck")),
+        "{reply}"
+    );
+    let (status, reply) = server.post(
+        "/v1/workflows/waiter/runs",
+        &json!({ "run_id": "m-parent", "input": { "waits": [{ "child": { "workflow": "waiter", "input": { "waits": [] } } }] } }),
+    );
+    assert_eq!(status, 201, "{reply}");
+    let ended = server.settled("workflow=waiter", 2, Duration::from_secs(30));
+    assert!(
+        ended.values().all(|r| r["status"] == "completed"),
+        "{ended:?}"
+    );
+    std::thread::sleep(Duration::from_millis(1_100));
+    let text = scrape(&format!("{}/metrics", server.url()), true, "text/plain");
+    for (series, value) in [
+        (r#"wasaga_runs_started_total{workflow="waiter"}"#, 2.0),
+        (
+            r#"wasaga_runs_ended_total{workflow="waiter",status="completed"}"#,
+            2.0,
+        ),
+        (r#"wasaga_runs_started_total{workflow="misbehave"}"#, 1.0),
+        (
+            r#"wasaga_runs_ended_total{workflow="misbehave",status="stuck"}"#,
+            1.0,
+        ),
+        ("wasaga_runs_stuck", 1.0),
+        (r#"wasaga_runs_started_total{workflow="transfer"}"#, 5.0),
+    ] {
+        assert_eq!(sample(&text, series), Some(value), "{series} in:\n{text}");
+    }
 
     let checked = std::process::Command::new(promtool())
         .args(["check", "metrics"])
@@ -414,4 +459,78 @@ fn names(spans: &[Span]) -> Vec<(String, Option<String>)> {
         .iter()
         .map(|s| (s.name.clone(), attribute(s, "run_id")))
         .collect()
+}
+
+#[test]
+fn a_run_started_without_a_trace_keeps_one_across_its_waits_and_a_dead_collector_is_reported() {
+    let collector = Collector::default();
+    let url = collector.serve();
+    let s = Sandbox::new("tracing-waits");
+    let config = format!(
+        "journal = \"wasaga.db\"\n\n[tracing]\notlp_endpoint = \"{url}\"\n\n\
+         [workflows.waiter]\nparticipants = [\"ledger\"]\nlock_prefixes = [\"acct/\"]\n"
+    );
+    let mut server = Server::start(&s.dir, "traced", &config, &[]);
+    deploy(&server, "waiter", WAITER);
+    // No traceparent: the host gives the run a trace of its own, kept in its journal.
+    let (status, reply) = server.post(
+        "/v1/workflows/waiter/runs",
+        &json!({ "run_id": "napper", "input": { "waits": [{ "sleep": { "ms": 300 } }, { "sleep": { "ms": 300 } }] } }),
+    );
+    assert_eq!(status, 201, "{reply}");
+    let done = server.settled("workflow=waiter", 1, Duration::from_secs(30));
+    assert_eq!(done["napper"]["status"], "completed");
+    assert_eq!(server.stop(), Some(0), "{}", server.log_text());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let runs = loop {
+        let runs: Vec<Span> = collector
+            .spans
+            .lock()
+            .expect("spans")
+            .iter()
+            .filter(|s| s.name == "run" && attribute(s, "run_id").as_deref() == Some("napper"))
+            .cloned()
+            .collect();
+        if runs.len() >= 3 || Instant::now() > deadline {
+            break runs;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        runs.len(),
+        3,
+        "one span per drive: to each sleep, then to the end"
+    );
+    assert!(
+        runs.iter().all(|r| r.trace_id == runs[0].trace_id),
+        "every drive in one trace"
+    );
+    let statuses: Vec<String> = runs.iter().filter_map(|r| attribute(r, "status")).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| *s == "waiting").count(),
+        2,
+        "{statuses:?}"
+    );
+
+    // A collector that is not there: the runs go on, and the log says spans are lost.
+    let dead = format!("http://127.0.0.1:{}", crate::services::free_port());
+    let config = config.replace(&url, &dead);
+    let s = Sandbox::new("tracing-dead");
+    let mut server = Server::start(&s.dir, "dead", &config, &[]);
+    deploy(&server, "waiter", WAITER);
+    let (status, reply) = server.post(
+        "/v1/workflows/waiter/runs?wait_ms=10000",
+        &json!({ "run_id": "quick", "input": { "waits": [] } }),
+    );
+    assert_eq!(
+        (status, reply["status"].as_str()),
+        (201, Some("completed")),
+        "{reply}"
+    );
+    assert_eq!(server.stop(), Some(0), "{}", server.log_text());
+    assert!(
+        server.log_text().contains("ExportError"),
+        "the failed export is in the log:\n{}",
+        server.log_text()
+    );
 }

@@ -977,6 +977,32 @@ fn hostile_ids_names_and_repeats_are_refused_and_children_keep_their_own_ids() {
         "{done}"
     );
 
+    // A reason with a newline (a declined 3-D Secure answer here) cannot forge a line of the
+    // server's log.
+    s.open("card", 1_000);
+    s.open("shop", 0);
+    deploy(&server, "card-payment-3ds", CARD_PAYMENT_3DS);
+    start(
+        &server,
+        "card-payment-3ds",
+        "forge-log",
+        json!({ "payment_id": "forge-log", "card_account": "card", "merchant": "shop", "amount": 5 }),
+    );
+    until(&server, "forge-log", Duration::from_secs(20), sleeping);
+    let forged = "2026-01-01T00:00:00.000000Z  INFO run completed";
+    let (status, _) = server.post(
+        "/v1/runs/forge-log/signals/3ds",
+        &json!({ "payload": { "ok": false, "reason": format!("no\n{forged}") }, "signal_id": "f" }),
+    );
+    assert_eq!(status, 202);
+    let done = until(&server, "forge-log", Duration::from_secs(20), ended);
+    assert_eq!(done["status"], "compensated", "{done}");
+    assert!(
+        !server.log_text().lines().any(|l| l.starts_with(forged)),
+        "the reason's newline stayed inside its line:\n{}",
+        server.log_text()
+    );
+
     // A cancellation's reason cannot carry control characters into operators' terminals.
     start(
         &server,

@@ -277,8 +277,23 @@ impl Journal {
             .await
     }
 
+    /// How many runs are stuck (waiting for an operator), from their index of their own.
+    pub async fn stuck_count(&self) -> Result<u64, JournalError> {
+        self.db
+            .read(|tx| {
+                Box::pin(async move {
+                    let row = tx
+                        .fetch_optional("SELECT COUNT(*) FROM runs WHERE status = 'stuck'", &[])
+                        .await?;
+                    Ok(row.map(|r| r.int(0)).transpose()?.unwrap_or(0) as u64)
+                })
+            })
+            .await
+    }
+
     /// How many runs of `workflow` (all if `None`) created in `[since_ms, until_ms)` there are
-    /// of each status, over the newest `COUNTED_RUNS_MAX` of them.
+    /// of each status: exactly for the unfinished and stuck ones (their indexes hold only
+    /// them), over the newest `COUNTED_RUNS_MAX` for completed and compensated ones.
     pub async fn run_counts(
         &self,
         workflow: Option<String>,
@@ -288,41 +303,69 @@ impl Journal {
         self.db
             .read(move |tx| {
                 Box::pin(async move {
-                    let rows = tx
+                    let (workflow, since, until) = (
+                        workflow.as_deref(),
+                        since_ms.map(|ms| ms as i64),
+                        until_ms.map(|ms| ms as i64),
+                    );
+                    let open = tx
                         .fetch_all(
-                            "SELECT status, CASE WHEN wake_at_ms IS NULL THEN 0 ELSE 1 END FROM runs
-                             WHERE ($1 IS NULL OR workflow = $1)
-                             AND ($2 IS NULL OR created_at_ms >= $2) AND ($3 IS NULL OR created_at_ms < $3)
-                             ORDER BY created_at_ms DESC, run_id DESC LIMIT $4",
-                            wasaga_db::args![
-                                workflow.as_deref(),
-                                since_ms.map(|ms| ms as i64),
-                                until_ms.map(|ms| ms as i64),
-                                i64::from(COUNTED_RUNS_MAX) + 1
-                            ],
+                            "SELECT status, CASE WHEN wake_at_ms IS NULL THEN 0 ELSE 1 END, COUNT(*) FROM runs
+                             WHERE status IN ('running', 'compensating', 'stuck')
+                               AND ($1 IS NULL OR workflow = $1)
+                               AND ($2 IS NULL OR created_at_ms >= $2) AND ($3 IS NULL OR created_at_ms < $3)
+                             GROUP BY status, CASE WHEN wake_at_ms IS NULL THEN 0 ELSE 1 END",
+                            wasaga_db::args![workflow, since, until],
                         )
                         .await?;
-                    let mut counts = RunCounts {
-                        capped: rows.len() > COUNTED_RUNS_MAX as usize,
-                        ..RunCounts::default()
+                    let ended = tx
+                        .fetch_all(
+                            "SELECT status, COUNT(*) FROM (
+                                 SELECT status FROM runs
+                                 WHERE status IN ('completed', 'compensated')
+                                   AND ($1 IS NULL OR workflow = $1)
+                                   AND ($2 IS NULL OR created_at_ms >= $2) AND ($3 IS NULL OR created_at_ms < $3)
+                                 ORDER BY created_at_ms DESC, run_id DESC LIMIT $4) newest
+                             GROUP BY status",
+                            wasaga_db::args![workflow, since, until, i64::from(COUNTED_RUNS_MAX) + 1],
+                        )
+                        .await?;
+                    let unknown = |status: &str| JournalError::Corrupt {
+                        run_id: String::new(),
+                        seq: 0,
+                        reason: format!("unknown status {status}"),
                     };
-                    for row in rows.iter().take(COUNTED_RUNS_MAX as usize) {
+                    let mut counts = RunCounts::default();
+                    for row in &open {
                         let status = row.text(0)?;
+                        let (waiting, count) = (row.int(1)? == 1, row.int(2)? as u64);
                         match RunStatus::parse(&status) {
-                            Some(RunStatus::Running) if row.int(1)? == 1 => counts.waiting += 1,
-                            Some(RunStatus::Running) => counts.running += 1,
-                            Some(RunStatus::Compensating) => counts.compensating += 1,
-                            Some(RunStatus::Completed) => counts.completed += 1,
-                            Some(RunStatus::Compensated) => counts.compensated += 1,
-                            Some(RunStatus::Stuck) => counts.stuck += 1,
-                            None => {
-                                return Err(JournalError::Corrupt {
-                                    run_id: String::new(),
-                                    seq: 0,
-                                    reason: format!("unknown status {status}"),
-                                });
+                            Some(RunStatus::Running) => {
+                                counts.running += count;
+                                if waiting {
+                                    counts.waiting += count;
+                                }
                             }
+                            Some(RunStatus::Compensating) => counts.compensating += count,
+                            Some(RunStatus::Stuck) => counts.stuck += count,
+                            _ => return Err(unknown(&status)),
                         }
+                    }
+                    let mut ended_counted = 0;
+                    for row in &ended {
+                        let status = row.text(0)?;
+                        let count = row.int(1)? as u64;
+                        ended_counted += count;
+                        match RunStatus::parse(&status) {
+                            Some(RunStatus::Completed) => counts.completed += count,
+                            Some(RunStatus::Compensated) => counts.compensated += count,
+                            _ => return Err(unknown(&status)),
+                        }
+                    }
+                    // One run over the bound was read to tell whether there were more.
+                    if ended_counted > u64::from(COUNTED_RUNS_MAX) {
+                        counts.capped = true;
+                        counts.completed = counts.completed.min(u64::from(COUNTED_RUNS_MAX));
                     }
                     Ok(counts)
                 })

@@ -106,18 +106,19 @@ impl RunFilter {
 /// The statuses runs are listed by, for messages.
 pub const STATUS_NAMES: &str = "running, waiting, compensating, completed, compensated or stuck";
 
-/// How many runs there are of each status (over at most `COUNTED_RUNS_MAX` of the newest).
+/// How many runs there are of each status (completed and compensated ones over at most
+/// `COUNTED_RUNS_MAX` of the newest).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RunCounts {
-    /// Every status but waiting: unfinished runs that execute or wait for a host.
+    /// Unfinished runs that are not compensating, those that wait included.
     pub running: u64,
-    /// Runs that wait (timer, signal or child); their status is `running`.
+    /// Of `running`, the runs that wait (timer, signal or child).
     pub waiting: u64,
     pub compensating: u64,
     pub completed: u64,
     pub compensated: u64,
     pub stuck: u64,
-    /// Whether there were more runs than were counted.
+    /// Whether there were more completed and compensated runs than were counted.
     pub capped: bool,
 }
 

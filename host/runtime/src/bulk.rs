@@ -63,6 +63,13 @@ impl BulkSelect {
                 ));
             }
         };
+        if [self.since_ms, self.until_ms]
+            .into_iter()
+            .flatten()
+            .any(|ms| ms > i64::MAX as u64)
+        {
+            return Err("since and until must be milliseconds since the epoch".to_owned());
+        }
         if let (Some(since), Some(until)) = (self.since_ms, self.until_ms)
             && since >= until
         {

@@ -41,6 +41,10 @@ pub struct HostConfig {
     /// Whether a step's outcome may reach its module before its write is durable (SQLite's
     /// `write_early`). Off for a command line that prints each step as it happens.
     pub early_answers: bool,
+    /// Whether spans are exported: a run started without a `traceparent` then gets one of
+    /// its own, so that every drive of it (after a wait, a crash, on another host) is in one
+    /// trace.
+    pub trace_runs: bool,
 }
 
 impl HostConfig {
@@ -73,6 +77,7 @@ impl HostConfig {
             pools: PoolSizes::default(),
             crash_at: None,
             early_answers: true,
+            trace_runs: false,
         }
     }
 }

@@ -213,6 +213,7 @@ impl Host {
             lock_owner_prefix: journal_name(&config.journal),
             compute_slots: Arc::new(tokio::sync::Semaphore::new(compute_slots_max())),
             metrics: crate::metrics::RunMetrics::default(),
+            trace_runs: config.trace_runs,
         });
         tokio::spawn(renew_run_leases(Arc::downgrade(&inner)));
         Ok(Host {
@@ -454,7 +455,9 @@ impl Host {
             module_hash: module_hash.to_owned(),
             input: input.to_owned(),
             started_at_ms: now_ms(),
-            traceparent: traceparent.filter(|t| crate::trace::is_traceparent(t)),
+            traceparent: traceparent
+                .filter(|t| crate::trace::is_traceparent(t))
+                .or_else(|| self.inner.trace_runs.then(crate::trace::new_traceparent)),
         };
         Ok((run_id, started))
     }
@@ -468,6 +471,24 @@ impl Host {
     ) -> Result<(String, bool), HostError> {
         let active = self.inner.journal.active(workflow).await?;
         self.start(run_id, workflow, &active.hash, input).await
+    }
+
+    /// Registers `run_id` as driven by this host until the guard drops, unless it is driven
+    /// here already (`None`).
+    fn go_live_alone(&self, run_id: &str) -> Option<(Arc<LiveRun>, LiveGuard)> {
+        let live = Arc::new(LiveRun::default());
+        {
+            let mut runs = self.inner.live.lock().expect("live run map lock poisoned");
+            if runs.contains_key(run_id) {
+                return None;
+            }
+            runs.insert(run_id.to_owned(), live.clone());
+        }
+        let guard = LiveGuard {
+            inner: self.inner.clone(),
+            run_id: run_id.to_owned(),
+        };
+        Some((live, guard))
     }
 
     /// Registers `run_id` as driven by this host until the guard drops.
@@ -983,13 +1004,23 @@ impl Host {
                 record.status
             )));
         }
-        if !self.inner.journal.claim_stuck(run_id).await? {
+        // Two retries of one run on this host: the second is told so, not let in (the claim
+        // below cannot tell them apart: both are this host).
+        let Some((live, _guard)) = self.go_live_alone(run_id) else {
             return Err(HostError::Input(format!(
-                "run {run_id} is being retried by another host ({}) right now",
-                record.owner.as_deref().unwrap_or("unknown")
+                "run {run_id} is being retried on this host right now"
             )));
+        };
+        if !self.inner.journal.claim_stuck(run_id).await? {
+            let now = self.inner.journal.run(run_id).await?;
+            return Err(HostError::Input(match now.status {
+                RunStatus::Stuck => format!(
+                    "run {run_id} is being retried by another host ({}) right now",
+                    now.owner.as_deref().unwrap_or("unknown")
+                ),
+                status => format!("run {run_id} is {status} now: another retry took it up"),
+            }));
         }
-        let (live, _guard) = self.go_live(run_id);
         let events: Vec<Event> = self
             .inner
             .journal
@@ -1676,10 +1707,16 @@ impl Host {
     ) -> Result<wasaga_journal::Cancelled, HostError> {
         // Shown to operators in terminals and the console: bounded, and no control characters
         // (a newline or an escape sequence could forge lines of `runs show`).
+        // Bidirectional overrides and isolates too: they make a reason read as another.
+        let hidden = |c: char| {
+            c.is_control()
+                || ('\u{202a}'..='\u{202e}').contains(&c)
+                || ('\u{2066}'..='\u{2069}').contains(&c)
+        };
         for (what, text, max) in [("by", by, 128), ("reason", reason, 1_024)] {
-            if text.len() > max || text.chars().any(char::is_control) {
+            if text.len() > max || text.chars().any(hidden) {
                 return Err(HostError::Input(format!(
-                    "a cancellation's {what} must be at most {max} bytes without control characters"
+                    "a cancellation's {what} must be at most {max} bytes without control or bidirectional-override characters"
                 )));
             }
         }

@@ -98,6 +98,8 @@ pub(crate) struct HostInner {
     pub compute_slots: Arc<tokio::sync::Semaphore>,
     /// What this host counts of its runs (`/metrics`).
     pub metrics: crate::metrics::RunMetrics,
+    /// Whether runs get a trace of their own when started without one.
+    pub trace_runs: bool,
 }
 
 impl HostInner {

@@ -40,6 +40,13 @@ fn parse(text: &str) -> Option<SpanContext> {
     context.is_valid().then_some(context)
 }
 
+/// A new trace for a run started without one: a random trace id and parent id, sampled.
+pub(crate) fn new_traceparent() -> String {
+    let (trace, parent): (u128, u64) = (rand::random(), rand::random());
+    // All-zero ids are invalid; one in 2^64 is no reason to lose the trace.
+    format!("00-{:032x}-{:016x}-01", trace.max(1), parent.max(1))
+}
+
 /// The span of a run whose journal begins with `started`, joined to the trace its starter
 /// named, if it named one.
 pub(crate) fn run_span(run_id: &str, started: &Event, version: Option<i64>) -> Span {
@@ -89,9 +96,9 @@ pub(crate) fn ended(span: &Span, outcome: Result<Ended<'_>, String>) {
             span.record("status", status);
             match (outcome.error, outcome.status) {
                 (Some(error), wasaga_core::event::RunStatus::Stuck) => {
-                    tracing::warn!(parent: span, "run stuck: {error}")
+                    tracing::warn!(parent: span, "run stuck: {error:?}")
                 }
-                (Some(error), _) => tracing::info!(parent: span, "run {status}: {error}"),
+                (Some(error), _) => tracing::info!(parent: span, "run {status}: {error:?}"),
                 (None, _) => tracing::info!(parent: span, "run {status}"),
             }
         }
@@ -186,6 +193,13 @@ mod tests {
         ] {
             assert!(!is_traceparent(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_new_trace_is_well_formed_and_new() {
+        let (a, b) = (new_traceparent(), new_traceparent());
+        assert!(is_traceparent(&a) && is_traceparent(&b), "{a} {b}");
+        assert_ne!(a, b);
     }
 
     #[test]

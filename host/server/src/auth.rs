@@ -66,6 +66,7 @@ pub(crate) async fn authorize(
                 request.method(),
                 request.headers(),
                 wasaga_core::clock::now_ms(),
+                &state.revoked,
             );
             match checked {
                 Ok(_) => next.run(request).await,
@@ -109,15 +110,20 @@ pub(crate) struct SignIn {
 }
 
 /// `POST /ui/login` with `{"token": "..."}`: the console's session cookies for the server's
-/// token; 401 (slowly) for any other.
+/// token; 401 for any other, and 429 once `console::SIGN_IN_REFUSALS_PER_S` were refused in
+/// the last second (so guessing is slow, without holding a request slot to make it so).
 pub(crate) async fn sign_in(State(state): State<AppState>, body: Bytes) -> Response {
     let presented = serde_json::from_slice::<SignIn>(&body).map(|s| s.token);
     match presented {
         Ok(token) if same_secret(token.as_bytes(), state.token.as_bytes()) => {
             console::signed_in(&state.token, wasaga_core::clock::now_ms())
         }
+        Ok(_) if !state.refusals.refuse() => error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many wrong sign-ins in the last second; wait a second and sign in with the server's token".to_owned(),
+        ),
         Ok(_) => {
-            tokio::time::sleep(Duration::from_millis(console::REFUSED_SIGN_IN_MS)).await;
+            tracing::warn!("console: a sign-in with a wrong token was refused");
             error(
                 StatusCode::UNAUTHORIZED,
                 "wrong token: sign in with the token of the server's config ([server] token or token_env)".to_owned(),
@@ -130,7 +136,14 @@ pub(crate) async fn sign_in(State(state): State<AppState>, body: Bytes) -> Respo
     }
 }
 
-/// `POST /ui/logout`: the console's cookies cleared.
-pub(crate) async fn sign_out() -> Response {
+/// `POST /ui/logout`: the console's cookies cleared, and the session refused from now on by
+/// this server (a copy of the cookie elsewhere stops working here).
+pub(crate) async fn sign_out(State(state): State<AppState>, request: Request) -> Response {
+    let now = wasaga_core::clock::now_ms();
+    for session in console::cookies(request.headers(), console::SESSION_COOKIE) {
+        if console::valid_session(&state.token, session, now) {
+            state.revoked.revoke(session, now);
+        }
+    }
     console::signed_out()
 }

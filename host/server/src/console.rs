@@ -22,8 +22,11 @@ pub const SESSION_COOKIE: &str = "wasaga_session";
 pub const CSRF_COOKIE: &str = "wasaga_csrf";
 /// The header a cookie-authorized request other than GET must carry.
 pub const CSRF_HEADER: &str = "x-wasaga-csrf";
-/// How long a refused sign-in takes, so that guessing the token is slow.
-pub const REFUSED_SIGN_IN_MS: u64 = 250;
+/// Wrong sign-ins refused per second at most, from all clients together; past that they are
+/// answered 429 at once. A token of 16 characters or more is not guessed at ten a second.
+pub const SIGN_IN_REFUSALS_PER_S: u32 = 10;
+/// Sessions signed out that this server remembers (until they would have expired anyway).
+pub const REVOKED_SESSIONS_MAX: usize = 10_000;
 
 const INDEX_HTML: &str = include_str!("console/index.html");
 const APP_JS: &str = include_str!("console/app.js");
@@ -78,29 +81,31 @@ pub fn valid_session(token: &str, value: &str, now_ms: u64) -> bool {
         && crate::responses::same_secret(session(token, expires_ms).as_bytes(), value.as_bytes())
 }
 
-/// The value of cookie `name` in `headers`.
-pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+/// Every value of cookie `name` in `headers` (another site on the same host may have set one
+/// of the same name: cookies are not kept apart by port).
+pub fn cookies<'h>(headers: &'h HeaderMap, name: &'h str) -> impl Iterator<Item = &'h str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
+        .filter(move |(key, _)| *key == name)
         .map(|(_, value)| value)
 }
 
-/// Checks a request that carries no bearer token against the console's session.
+/// Checks a request that carries no bearer token against the console's session: the first
+/// session cookie that is valid and was not signed out.
 pub fn check_session(
     token: &str,
     method: &Method,
     headers: &HeaderMap,
     now_ms: u64,
+    revoked: &Revoked,
 ) -> Result<(), Refused> {
-    let session = cookie(headers, SESSION_COOKIE).ok_or(Refused::NoSession)?;
-    if !valid_session(token, session, now_ms) {
-        return Err(Refused::NoSession);
-    }
+    let session = cookies(headers, SESSION_COOKIE)
+        .find(|s| valid_session(token, s, now_ms) && !revoked.contains(s))
+        .ok_or(Refused::NoSession)?;
     if method == Method::GET || method == Method::HEAD {
         return Ok(());
     }
@@ -117,16 +122,102 @@ pub fn check_session(
     Ok(())
 }
 
-/// Whether the request's `Origin` (if it names one) is the server it was sent to.
+/// Whether the request's `Origin` (if it names one) is the server it was sent to: the
+/// `Host` it reached, or the host a proxy in front says it was sent to (`X-Forwarded-Host`,
+/// `Forwarded: host=`). A browser sends neither of those from another site's page (they
+/// are not headers a page may set without the server's leave), so they cannot forge it.
 fn same_origin(headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return true;
     };
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    let origin_host = origin
+    let Some(origin_host) = origin
         .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"));
-    matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
+        .or_else(|| origin.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let forwarded = text("forwarded").into_iter().flat_map(|v| {
+        v.split([';', ','])
+            .filter_map(|part| part.trim().strip_prefix("host="))
+            .map(|host| host.trim_matches('"'))
+    });
+    let default_port = |host: &str| {
+        host.strip_suffix(":443")
+            .or_else(|| host.strip_suffix(":80"))
+            .unwrap_or(host)
+            .to_ascii_lowercase()
+    };
+    let wanted = default_port(origin_host);
+    text("host")
+        .into_iter()
+        .chain(
+            text("x-forwarded-host")
+                .into_iter()
+                .flat_map(|v| v.split(',')),
+        )
+        .map(str::trim)
+        .chain(forwarded)
+        .any(|host| default_port(host) == wanted)
+}
+
+/// Sign-ins refused in the current second, across all clients.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    second: std::sync::Mutex<(u64, u32)>,
+}
+
+impl Refusals {
+    /// Counts one refusal; false if the second's budget is spent (answer 429 instead).
+    pub fn refuse(&self) -> bool {
+        let now = wasaga_core::clock::now_ms() / 1_000;
+        let mut second = self.second.lock().expect("refusal count lock poisoned");
+        if second.0 != now {
+            *second = (now, 0);
+        }
+        second.1 += 1;
+        second.1 <= SIGN_IN_REFUSALS_PER_S
+    }
+}
+
+/// Sessions signed out on this server, until they would have expired.
+#[derive(Debug, Default)]
+pub struct Revoked {
+    sessions: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+}
+
+impl Revoked {
+    /// Refuses `session` from now on (up to `REVOKED_SESSIONS_MAX` remembered at once: past
+    /// that the ones closest to expiring are forgotten first).
+    pub fn revoke(&self, session: &str, now_ms: u64) {
+        let Some(expires_ms) = session
+            .split_once('.')
+            .and_then(|(expiry, _)| expiry.parse::<u64>().ok())
+        else {
+            return;
+        };
+        let mut sessions = self
+            .sessions
+            .lock()
+            .expect("revoked sessions lock poisoned");
+        sessions.retain(|_, expiry| *expiry > now_ms);
+        if sessions.len() >= REVOKED_SESSIONS_MAX
+            && let Some(soonest) = sessions
+                .iter()
+                .min_by_key(|(_, expiry)| **expiry)
+                .map(|(s, _)| s.clone())
+        {
+            sessions.remove(&soonest);
+        }
+        sessions.insert(session.to_owned(), expires_ms);
+    }
+
+    pub fn contains(&self, session: &str) -> bool {
+        self.sessions
+            .lock()
+            .expect("revoked sessions lock poisoned")
+            .contains_key(session)
+    }
 }
 
 /// The response to a sign-in with the right token: the session and CSRF cookies.
@@ -221,15 +312,16 @@ mod tests {
 
     #[test]
     fn a_post_needs_the_csrf_header_and_the_same_origin() {
+        let none = Revoked::default();
         let s = session("tok", 10_000);
         let c = csrf("tok", &s);
         let cookies = format!("a=b; {SESSION_COOKIE}={s}; {CSRF_COOKIE}={c}");
         assert_eq!(
-            check_session("tok", &Method::GET, &with(&cookies, &[]), 0),
+            check_session("tok", &Method::GET, &with(&cookies, &[]), 0, &none),
             Ok(())
         );
         assert!(matches!(
-            check_session("tok", &Method::POST, &with(&cookies, &[]), 0),
+            check_session("tok", &Method::POST, &with(&cookies, &[]), 0, &none),
             Err(Refused::Forgery(_))
         ));
         assert!(matches!(
@@ -237,7 +329,8 @@ mod tests {
                 "tok",
                 &Method::POST,
                 &with(&cookies, &[(CSRF_HEADER, "00")]),
-                0
+                0,
+                &none
             ),
             Err(Refused::Forgery(_))
         ));
@@ -246,7 +339,8 @@ mod tests {
                 "tok",
                 &Method::POST,
                 &with(&cookies, &[(CSRF_HEADER, &c)]),
-                0
+                0,
+                &none
             ),
             Ok(())
         );
@@ -255,7 +349,7 @@ mod tests {
             ("origin", "https://evil.example"),
         ];
         assert!(matches!(
-            check_session("tok", &Method::POST, &with(&cookies, &other_site), 0),
+            check_session("tok", &Method::POST, &with(&cookies, &other_site), 0, &none),
             Err(Refused::Forgery(_))
         ));
         let same_site = [
@@ -263,12 +357,62 @@ mod tests {
             ("origin", "http://127.0.0.1:8080"),
         ];
         assert_eq!(
-            check_session("tok", &Method::POST, &with(&cookies, &same_site), 0),
+            check_session("tok", &Method::POST, &with(&cookies, &same_site), 0, &none),
             Ok(())
         );
         assert_eq!(
-            check_session("tok", &Method::GET, &with("x=1", &[]), 0),
+            check_session("tok", &Method::GET, &with("x=1", &[]), 0, &none),
             Err(Refused::NoSession)
+        );
+    }
+
+    #[test]
+    fn a_proxy_in_front_names_the_origin_and_a_stray_cookie_does_not_hide_the_session() {
+        let none = Revoked::default();
+        let s = session("tok", 10_000);
+        let c = csrf("tok", &s);
+        // Another page on the same host set a session cookie of its own first.
+        let cookies = format!("{SESSION_COOKIE}=junk.00; {SESSION_COOKIE}={s}");
+        let behind = |extra: &[(&str, &str)]| {
+            let mut all = vec![(CSRF_HEADER, c.as_str()), ("origin", "https://ops.example")];
+            all.extend_from_slice(extra);
+            check_session("tok", &Method::POST, &with(&cookies, &all), 0, &none)
+        };
+        assert!(
+            matches!(behind(&[]), Err(Refused::Forgery(_))),
+            "Host is 127.0.0.1:8080"
+        );
+        assert_eq!(behind(&[("x-forwarded-host", "ops.example")]), Ok(()));
+        assert_eq!(behind(&[("x-forwarded-host", "ops.example:443")]), Ok(()));
+        assert_eq!(
+            behind(&[("forwarded", "for=1.2.3.4;host=ops.example;proto=https")]),
+            Ok(())
+        );
+        assert!(matches!(
+            behind(&[("x-forwarded-host", "other.example")]),
+            Err(Refused::Forgery(_))
+        ));
+    }
+
+    #[test]
+    fn a_signed_out_session_is_refused_and_wrong_sign_ins_have_a_budget() {
+        let revoked = Revoked::default();
+        let s = session("tok", 10_000);
+        let cookies = format!("{SESSION_COOKIE}={s}");
+        assert_eq!(
+            check_session("tok", &Method::GET, &with(&cookies, &[]), 0, &revoked),
+            Ok(())
+        );
+        revoked.revoke(&s, 0);
+        assert_eq!(
+            check_session("tok", &Method::GET, &with(&cookies, &[]), 0, &revoked),
+            Err(Refused::NoSession)
+        );
+        let refusals = Refusals::default();
+        let allowed = (0..100).filter(|_| refusals.refuse()).count();
+        assert!(
+            allowed >= SIGN_IN_REFUSALS_PER_S as usize
+                && allowed <= 2 * SIGN_IN_REFUSALS_PER_S as usize
         );
     }
 

@@ -17,6 +17,7 @@ pub(crate) struct Scrapes {
     registry: Registry,
     live: Gauge,
     waiting: Gauge,
+    stuck: Gauge,
     undelivered: Gauge,
     failing: Gauge,
     /// When the databases were last read, and the text then encoded.
@@ -27,7 +28,7 @@ impl Scrapes {
     pub fn new(host: &Host) -> Scrapes {
         let mut registry = Registry::with_prefix("wasaga");
         host.register_metrics(&mut registry);
-        let (live, waiting) = (Gauge::default(), Gauge::default());
+        let (live, waiting, stuck) = (Gauge::default(), Gauge::default(), Gauge::default());
         let (undelivered, failing) = (Gauge::default(), Gauge::default());
         registry.register(
             "runs_live",
@@ -38,6 +39,11 @@ impl Scrapes {
             "runs_waiting",
             "Runs that wait durably (timer, signal or child), on every host of the journal",
             waiting.clone(),
+        );
+        registry.register(
+            "runs_stuck",
+            "Runs stuck now (a compensation kept failing: an operator must fix its cause and retry it), on every host of the journal",
+            stuck.clone(),
         );
         registry.register(
             "outbox_undelivered",
@@ -53,6 +59,7 @@ impl Scrapes {
             registry,
             live,
             waiting,
+            stuck,
             undelivered,
             failing,
             last: Mutex::new(None),
@@ -74,6 +81,12 @@ impl Scrapes {
             .await
             .map_err(|e| format!("the journal: {e}"))?;
         self.waiting.set(waiting as i64);
+        let stuck = host
+            .journal()
+            .stuck_count()
+            .await
+            .map_err(|e| format!("the journal: {e}"))?;
+        self.stuck.set(stuck as i64);
         let (undelivered, failing) = wasaga_participants::outbox::counts(host.ledger_db())
             .await
             .map_err(|e| format!("the ledger's database: {e}"))?;

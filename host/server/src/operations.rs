@@ -36,6 +36,17 @@ pub(crate) async fn run_counts(
     State(state): State<AppState>,
     Query(query): Query<CountsQuery>,
 ) -> Response {
+    for (name, ms) in [("since_ms", query.since_ms), ("until_ms", query.until_ms)] {
+        if ms.is_some_and(|ms| ms > i64::MAX as u64) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{name} must be milliseconds since the epoch, at most {}",
+                    i64::MAX
+                ),
+            );
+        }
+    }
     let counted = state
         .host
         .journal()

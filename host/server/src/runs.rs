@@ -2,7 +2,10 @@
 //! one up or list them, read its journal, signal or cancel it.
 
 use crate::responses::{closing, error, host_error, journal_error, run_json, same_json};
-use crate::state::{AppState, CANCEL_BYTES_MAX, InFlightGuard, LIST_LIMIT_MAX, WAIT_MS_MAX};
+use crate::state::{
+    AppState, CANCEL_BYTES_MAX, InFlightGuard, LIST_BYTES_MAX, LIST_CHUNK, LIST_LIMIT_MAX,
+    LISTING_WAIT_MS, LISTINGS_CONCURRENT_MAX, WAIT_MS_MAX,
+};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -71,10 +74,12 @@ pub(crate) async fn start_run(
     };
     let input = request.input.to_string();
     // The caller's trace: the run's spans join it (an ill-formed header is ignored).
-    let traceparent = headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    // Two `traceparent` headers make neither valid (W3C Trace Context).
+    let mut given = headers.get_all("traceparent").iter();
+    let traceparent = match (given.next(), given.next()) {
+        (Some(one), None) => one.to_str().ok().map(str::to_owned),
+        _ => None,
+    };
     let (record, created) =
         match start_or_find(&state, &name, request.run_id, &input, traceparent).await {
             Ok(started) => started,
@@ -156,12 +161,12 @@ pub(crate) async fn start_or_find(
             .await;
         match &outcome {
             Ok(outcome) if outcome.status == RunStatus::Stuck => tracing::warn!(
-                "run {id} is stuck: {}",
+                "run {id} is stuck: {:?}",
                 outcome.error.clone().unwrap_or_default()
             ),
             Ok(outcome) => waker.wake_for(outcome),
             Err(HostError::Rejected { .. } | HostError::RunExists(_)) => {}
-            Err(e) => tracing::warn!("run {id} stopped: {e}"),
+            Err(e) => tracing::warn!("run {id} stopped: {:?}", e.to_string()),
         }
         let _ = ended_tx.send(outcome);
     });
@@ -367,15 +372,32 @@ pub(crate) async fn list_runs(
             );
         }
     };
+    for (name, ms) in [("since_ms", query.since_ms), ("until_ms", query.until_ms)] {
+        if ms.is_some_and(|ms| ms > i64::MAX as u64) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{name} must be milliseconds since the epoch, at most {}",
+                    i64::MAX
+                ),
+            );
+        }
+    }
+    if before.as_ref().is_some_and(|(ms, _)| *ms > i64::MAX as u64) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "before_ms is out of range".to_owned(),
+        );
+    }
     let filter = RunFilter {
         workflow: query.workflow,
         since_ms: query.since_ms,
         until_ms: query.until_ms,
         before,
-        limit,
+        limit: limit.min(LIST_CHUNK),
         ..RunFilter::default()
     };
-    let filter = match query.status.as_deref() {
+    let mut filter = match query.status.as_deref() {
         Some(name) => match filter.with_status(name) {
             Some(filter) => filter,
             None => {
@@ -387,20 +409,48 @@ pub(crate) async fn list_runs(
         },
         None => filter,
     };
-    match state.host.journal().runs(filter).await {
-        Ok(runs) => {
-            let next = (runs.len() == limit as usize)
-                .then(|| runs.last())
-                .flatten()
-                .map(|last| json!({ "before_ms": last.created_at_ms, "before_id": last.run_id }));
-            Json(json!({
-                "runs": runs.iter().map(run_json).collect::<Vec<_>>(),
-                "next": next,
-            }))
-            .into_response()
+    let wait = Duration::from_millis(LISTING_WAIT_MS);
+    let Ok(Ok(_turn)) = tokio::time::timeout(wait, state.listings.acquire()).await else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{LISTINGS_CONCURRENT_MAX} listings of runs are being served; retry shortly"),
+        );
+    };
+    // Read a chunk at a time, so that a page of large runs stops at `LIST_BYTES_MAX` rather
+    // than holding a thousand inputs at once.
+    let (mut page, mut bytes, mut full) = (Vec::new(), 0, false);
+    while page.len() < limit as usize && !full {
+        let chunk = match state.host.journal().runs(filter.clone()).await {
+            Ok(chunk) => chunk,
+            Err(e) => return journal_error(&e),
+        };
+        let last_chunk = chunk.len() < filter.limit as usize;
+        for run in chunk {
+            bytes += run.input.len()
+                + run.output.as_ref().map_or(0, String::len)
+                + run.error.as_ref().map_or(0, String::len);
+            page.push(run);
+            if page.len() >= limit as usize || (bytes > LIST_BYTES_MAX) {
+                full = true;
+                break;
+            }
         }
-        Err(e) => journal_error(&e),
+        if last_chunk {
+            break;
+        }
+        let last = page.last().expect("a full chunk was read");
+        filter.before = Some((last.created_at_ms, last.run_id.clone()));
+        filter.limit = (limit as usize - page.len()).min(LIST_CHUNK as usize) as u32;
     }
+    let next = full
+        .then(|| page.last())
+        .flatten()
+        .map(|last| json!({ "before_ms": last.created_at_ms, "before_id": last.run_id }));
+    Json(json!({
+        "runs": page.iter().map(run_json).collect::<Vec<_>>(),
+        "next": next,
+    }))
+    .into_response()
 }
 
 pub(crate) async fn get_run(State(state): State<AppState>, Path(id): Path<String>) -> Response {

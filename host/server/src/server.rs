@@ -7,8 +7,8 @@ use crate::operations::{list_outbox, retry_outbox};
 use crate::responses::error;
 use crate::runs::{cancel_run, get_journal, get_run, list_runs, send_signal, start_run};
 use crate::state::{
-    AppState, CANCEL_BYTES_MAX, CLAIM_BATCH_MAX, InFlight, REQUESTS_CONCURRENT_MAX,
-    ROLLBACK_BYTES_MAX, START_ENVELOPE_BYTES_MAX, UPLOADS_CONCURRENT_MAX,
+    AppState, CANCEL_BYTES_MAX, CLAIM_BATCH_MAX, InFlight, LISTINGS_CONCURRENT_MAX,
+    REQUESTS_CONCURRENT_MAX, ROLLBACK_BYTES_MAX, START_ENVELOPE_BYTES_MAX, UPLOADS_CONCURRENT_MAX,
 };
 use crate::workflows::{deploy, list_versions, list_workflows, rollback};
 use crate::{console, metrics, operations};
@@ -80,6 +80,9 @@ pub async fn serve(
         scrapes: Arc::new(metrics::Scrapes::new(&host)),
         wake_timers: Arc::default(),
         deploy: settings.deploy,
+        refusals: Arc::default(),
+        revoked: Arc::default(),
+        listings: Arc::new(tokio::sync::Semaphore::new(LISTINGS_CONCURRENT_MAX)),
     };
     let (stop, stopped) = watch::channel(false);
     let claims = tokio::spawn(claim_loop(
@@ -219,9 +222,7 @@ pub(crate) fn router(state: AppState) -> Router {
             state.clone(),
             authorize,
         ));
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(ready))
+    let bounded = Router::new()
         .route("/ui", get(|| async { console::asset("") }))
         .route("/ui/", get(|| async { console::asset("") }))
         .route(
@@ -240,7 +241,14 @@ pub(crate) fn router(state: AppState) -> Router {
                 "no such endpoint; see the README for the API".to_owned(),
             )
         })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), admit))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), admit));
+    // The probes answer outside the bound on requests: a flood of other requests must not
+    // make an orchestrator think the host is dead (they read nothing, `/readyz` asks the
+    // journal at most once a second).
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .merge(bounded)
         .with_state(state)
 }
 

@@ -15,6 +15,15 @@ pub const WAIT_MS_MAX: u64 = 60_000;
 
 /// Runs listed by one request at most.
 pub const LIST_LIMIT_MAX: u32 = 1_000;
+/// The inputs, outputs and errors one listing of runs carries at most; a page stops at the
+/// run that passes it (its `next` goes on from there).
+pub const LIST_BYTES_MAX: usize = 4 << 20;
+/// Runs read from the journal at a time while a listing fills its page.
+pub const LIST_CHUNK: u32 = 100;
+/// Listings of runs served at once; more wait (up to `LISTING_WAIT_MS`), then get 503.
+pub const LISTINGS_CONCURRENT_MAX: usize = 8;
+/// How long a listing waits for its turn.
+pub const LISTING_WAIT_MS: u64 = 5_000;
 
 /// Runs one claim takes over at most.
 pub(crate) const CLAIM_BATCH_MAX: u32 = 64;
@@ -84,6 +93,12 @@ pub(crate) struct AppState {
     pub(crate) wake_timers: Arc<AtomicUsize>,
     /// How deploys check a new version unless the request says otherwise (`[deploy]`).
     pub(crate) deploy: wasaga_runtime::upgrade::DeployOptions,
+    /// Wrong sign-ins refused this second.
+    pub(crate) refusals: Arc<crate::console::Refusals>,
+    /// Console sessions signed out.
+    pub(crate) revoked: Arc<crate::console::Revoked>,
+    /// Bounds the run listings served at once (each may hold many runs' inputs).
+    pub(crate) listings: Arc<tokio::sync::Semaphore>,
 }
 
 /// Waits due within this long of leaving the host get a timer of their own here, so that a
@@ -102,11 +117,11 @@ impl AppState {
             let _guard = guard;
             match host.drive(&run_id, no_observer()).await {
                 Ok(outcome) if outcome.status == RunStatus::Stuck => tracing::warn!(
-                    "run {run_id} is stuck: {}",
+                    "run {run_id} is stuck: {:?}",
                     outcome.error.unwrap_or_default()
                 ),
                 Ok(outcome) => state.wake_for(&outcome),
-                Err(e) => tracing::warn!("run {run_id} stopped: {e}"),
+                Err(e) => tracing::warn!("run {run_id} stopped: {:?}", e.to_string()),
             }
         });
     }

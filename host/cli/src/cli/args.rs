@@ -334,7 +334,12 @@ pub(crate) struct RunSelect {
 pub(crate) fn parse_time(text: &str) -> Result<u64, String> {
     let now = wasaga_core::clock::now_ms();
     if let Ok(ms) = text.parse::<u64>() {
-        return Ok(ms);
+        return match ms <= i64::MAX as u64 {
+            true => Ok(ms),
+            false => Err(format!(
+                "'{text}' is past the last millisecond a run can have"
+            )),
+        };
     }
     let ago = |unit_ms: u64| -> Option<u64> {
         let number: u64 = text[..text.len() - 1].parse().ok()?;

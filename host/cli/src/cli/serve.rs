@@ -83,6 +83,13 @@ pub async fn serve(g: &Settings, args: &ServeArgs) -> Result<u8, Failure> {
         ),
         None => None,
     };
+    if let Some(metrics) = &metrics_listener
+        && let Ok(at) = metrics.local_addr()
+    {
+        tracing::info!(
+            "metrics on http://{at}/metrics without the token ([server] metrics_listen)"
+        );
+    }
     let address = listener
         .local_addr()
         .map(|a| a.to_string())
@@ -103,7 +110,7 @@ pub async fn serve(g: &Settings, args: &ServeArgs) -> Result<u8, Failure> {
                     .drive(&run_id, wasaga_runtime::store::no_observer())
                     .await
                 {
-                    tracing::warn!("run {run_id} stopped: {e}");
+                    tracing::warn!("run {run_id} stopped: {:?}", e.to_string());
                 }
             });
         }

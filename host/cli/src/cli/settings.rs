@@ -422,6 +422,7 @@ impl Settings {
         host.crash_at = g.crash_at;
 
         let otlp = otlp_settings(file.tracing, &in_file("[tracing]"))?;
+        host.trace_runs = otlp.is_some();
         let max = wasaga_runtime::upgrade::CHECKED_COMPLETED_MAX;
         if file.deploy.check_completed.is_some_and(|n| n > max) {
             bail!(

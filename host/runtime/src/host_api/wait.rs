@@ -395,7 +395,12 @@ impl RunContext {
             .create_child(child_id, &self.log.run_id, &started)
             .await
         {
-            Ok(_) => Ok(Ok(())),
+            Ok(created) => {
+                if created {
+                    self.host.metrics.journaled(workflow, &started);
+                }
+                Ok(Ok(()))
+            }
             // Another run holds the id (one written before child ids had a separator of
             // their own): it is not this parent's child, and is never adopted as one.
             Err(JournalError::RunExists(_)) => Ok(Err(format!(

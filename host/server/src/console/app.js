@@ -95,6 +95,9 @@
   }
 
   function fmtDuration(ms) {
+    // Events of one run are journaled in order, but by hosts whose clocks may differ: a
+    // negative span is shown as none rather than as time running backwards.
+    ms = Math.max(0, ms);
     if (ms < 1000) return `${Math.round(ms)} ms`;
     if (ms < 60_000) return `${trimZeros((ms / 1000).toFixed(ms < 10_000 ? 2 : 1))} s`;
     if (ms < 3_600_000) return `${Math.floor(ms / 60_000)} min ${Math.round((ms % 60_000) / 1000)} s`;
@@ -237,6 +240,8 @@
     const wake = Number(run.waiting.wake_at_ms);
     const target = fmtWaitingFor(run.waiting.waiting_for);
     if (run.waiting.wake_at_ms === undefined || run.waiting.wake_at_ms === null) return target;
+    // A wait with no timer (a child's end) is due "never": past any date a browser can show.
+    if (!Number.isFinite(wake) || wake > 8.64e15) return `${target} (no time limit)`;
     return wake === 0 ? `${target} (due now)` : `${target} until ${localTime(wake)}`;
   }
 
@@ -912,7 +917,7 @@
   // ---------------------------------------------------------------------------------------
   // Timeline drawing
 
-  function itemLabel(item) {
+  function itemLabel(item, runStatus) {
     switch (item.type) {
       case 'step':
         return { main: item.name, sub: callSpecLabel(item.intent.action) };
@@ -928,7 +933,13 @@
       case '2pc':
         return { main: `2PC ${item.start.xid}`, sub: twoPhaseVerdict(item) };
       case 'wait':
-        return { main: fmtWaitTarget(item.start.wait), sub: item.end ? fmtWaitOutcome(item.end.outcome) : 'waiting' };
+        return {
+          main: fmtWaitTarget(item.start.wait),
+          sub: item.end
+            ? fmtWaitOutcome(item.end.outcome)
+            // A run that ended without its wait ending was cancelled (or failed) while it waited.
+            : ['running', 'compensating'].includes(runStatus) ? 'waiting' : 'ended with the run',
+        };
       case 'child':
         return { main: `start child ${item.start.run_id}`, sub: item.start.workflow };
       default:
@@ -1066,7 +1077,7 @@
   }
 
   function itemRow(item, ctx) {
-    const label = itemLabel(item);
+    const label = itemLabel(item, ctx.model.run.status);
     const state = itemState(item);
     const startMs = Number(item.start.at_ms);
     const open = !item.end;
@@ -1180,7 +1191,7 @@
   }
 
   function itemDetail(item, ctx) {
-    const label = itemLabel(item);
+    const label = itemLabel(item, ctx.model.run.status);
     const heading = h('h3', null, label.main, label.sub ? h('span', { class: 'muted' }, `  ${label.sub}`) : null);
     switch (item.type) {
       case 'step': return [heading, ...stepDetail(item, ctx)];

@@ -1,7 +1,8 @@
 //! The journal and ledger on PostgreSQL, selected by URL: the same sagas end the same way as
 //! on SQLite, a host killed at any commit loses nothing (another process takes its runs over
 //! once the lease expires), a former owner can no longer append to a run it lost, and a step
-//! the database keeps refusing is retried to its limit without taking other runs' steps down.
+//! the database keeps refusing is retried to its limit without taking other runs' steps down,
+//! and pruning keeps a pruned run's id taken while its ledger records live.
 
 use crate::guests::PAYMENT_ORDER;
 use crate::services::Postgres;
@@ -1236,5 +1237,148 @@ fn a_compensation_that_cannot_succeed_parks_the_run_as_stuck_on_postgres() {
     );
     assert_eq!(s.runs()[0].1, "stuck");
     assert_eq!(s.balances().values().sum::<i64>(), 2_000);
+    assert_eq!(assert_ledger_consistent(&url), 2_000);
+}
+
+#[test]
+fn pruning_on_postgres_keeps_ids_while_their_records_live_and_lets_them_go_after() {
+    let postgres = Postgres::start();
+    let url = database(&postgres, "prune", None);
+    let s = Sandbox::new("pg-prune").on_postgres(&url);
+    s.open("alice", 1_000);
+    s.open("bob", 1_000);
+    s.open("shop", 0);
+    let config = s.dir.join("wasaga.toml");
+    std::fs::write(
+        &config,
+        "[retention]\nruns_days = 1\nledger_ops_days = 2\n\n\
+         [workflows.payment-order]\nparticipants = [\"ledger\"]\nlock_prefixes = [\"account/\"]\n",
+    )
+    .expect("config");
+    let config = config.display().to_string();
+    for (id, customer, reference) in [("old", "alice", "inv-1"), ("recent", "bob", "inv-2")] {
+        let out = s.wasaga(&[
+            "--config",
+            &config,
+            "run",
+            PAYMENT_ORDER,
+            "--input",
+            &order(id, customer, reference),
+            "--run-id",
+            id,
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    }
+    let day_ms: i64 = 86_400_000;
+    let now = wasaga_core::clock::now_ms() as i64;
+    let (old_ops, total_ops) = rt().block_on(async {
+        let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+        // `old` ended a day and a half ago: past `runs_days`, within `ledger_ops_days`.
+        sqlx::query(
+            "UPDATE wasaga.runs SET created_at_ms = $1, updated_at_ms = $1 WHERE run_id = 'old'",
+        )
+        .bind(now - 3 * day_ms / 2)
+        .execute(&mut conn)
+        .await
+        .expect("age the run");
+        let old: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM wasaga.ledger_ops WHERE op_id LIKE 'old/%'")
+                .fetch_one(&mut conn)
+                .await
+                .expect("count");
+        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM wasaga.ledger_ops")
+            .fetch_one(&mut conn)
+            .await
+            .expect("count");
+        (old, total)
+    });
+    assert!(old_ops > 0, "the old run's ledger records exist");
+    let prune = |label: &str| -> serde_json::Value {
+        let out = s.wasaga(&["--config", &config, "--json", "runs", "prune"]);
+        assert_eq!(out.status.code(), Some(0), "{label}: {}", text(&out));
+        serde_json::from_slice(&out.stdout).expect("json")
+    };
+    let first = prune("first");
+    assert_eq!(
+        (
+            first["runs"].as_u64(),
+            first["ledger_ops"].as_u64(),
+            first["forgotten"].as_u64()
+        ),
+        (Some(1), Some(0), Some(0)),
+        "{first}"
+    );
+    let events: i64 = rt().block_on(async {
+        let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+        sqlx::query_scalar("SELECT COUNT(*) FROM wasaga.events WHERE run_id = 'old'")
+            .fetch_one(&mut conn)
+            .await
+            .expect("count")
+    });
+    assert_eq!(events, 0, "the pruned run's events are gone");
+    let listed: Vec<String> = s.runs().into_iter().map(|(id, _, _)| id).collect();
+    assert_eq!(listed, ["recent"], "pruned runs are not listed");
+    // Its ledger records are kept, so its id is still taken.
+    let again = s.wasaga(&[
+        "--config",
+        &config,
+        "run",
+        PAYMENT_ORDER,
+        "--input",
+        &order("o-3", "alice", "inv-3"),
+        "--run-id",
+        "old",
+    ]);
+    assert_eq!(again.status.code(), Some(2), "{}", text(&again));
+    assert!(text(&again).contains("pruned"), "{}", text(&again));
+
+    // Three days on, its records are old enough to go, and with them the id.
+    rt().block_on(async {
+        let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+        sqlx::query("UPDATE wasaga.runs SET updated_at_ms = $1 WHERE run_id = 'old'")
+            .bind(now - 3 * day_ms)
+            .execute(&mut conn)
+            .await
+            .expect("age the emptied row");
+        sqlx::query("UPDATE wasaga.ledger_ops SET at_ms = $1 WHERE op_id LIKE 'old/%'")
+            .bind(now - 3 * day_ms)
+            .execute(&mut conn)
+            .await
+            .expect("age the records");
+    });
+    let second = prune("second");
+    assert_eq!(
+        (
+            second["runs"].as_u64(),
+            second["ledger_ops"].as_u64(),
+            second["forgotten"].as_u64()
+        ),
+        (Some(0), Some(old_ops as u64), Some(1)),
+        "{second}"
+    );
+    let left: i64 = rt().block_on(async {
+        let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+        sqlx::query_scalar("SELECT COUNT(*) FROM wasaga.ledger_ops")
+            .fetch_one(&mut conn)
+            .await
+            .expect("count")
+    });
+    assert_eq!(left, total_ops - old_ops, "only the old run's records went");
+    let reused = s.wasaga(&[
+        "--config",
+        &config,
+        "run",
+        PAYMENT_ORDER,
+        "--input",
+        &order("o-3", "alice", "inv-3"),
+        "--run-id",
+        "old",
+    ]);
+    assert_eq!(reused.status.code(), Some(0), "{}", text(&reused));
+    let balances = s.balances();
+    assert_eq!(
+        (balances["alice"], balances["bob"], balances["shop"]),
+        (500, 750, 750)
+    );
     assert_eq!(assert_ledger_consistent(&url), 2_000);
 }

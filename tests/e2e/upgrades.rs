@@ -285,6 +285,58 @@ fn verify_judges_exported_journals_as_a_deploy_judges_live_ones() {
     ]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("line 1"), "{}", text(&out));
+    // The export read from stdin, as a pipeline gives it.
+    let mut child = s
+        .command(&[
+            "--config",
+            &config,
+            "verify",
+            PAYOUT_V3,
+            "--workflow",
+            "payout",
+            "--runs",
+            "-",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("verify");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(lines.as_bytes()).expect("feed the export");
+    }
+    let out = child.wait_with_output().expect("verify ends");
+    assert_eq!(out.status.code(), Some(6), "{}", text(&out));
+    // Checking nothing is not a pass: the runs of another workflow are skipped and said so,
+    // and a workflow with no recorded run is exit 2, not 0.
+    let out = s.wasaga(&[
+        "--config",
+        &config,
+        "verify",
+        PAYOUT_V2,
+        "--workflow",
+        "transfer",
+        "--runs",
+        &file,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("holds 5 runs of other workflows"),
+        "{}",
+        text(&out)
+    );
+    let out = s.wasaga(&[
+        "--config",
+        &config,
+        "verify",
+        PAYOUT_V2,
+        "--workflow",
+        "transfer",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("nothing was checked"), "{}", text(&out));
 }
 
 #[test]
@@ -328,19 +380,50 @@ fn a_bulk_retry_of_a_hundred_stuck_runs_after_their_cause_is_fixed_ends_them_all
     assert!(text(&out).contains("100 runs match"), "{}", text(&out));
     let (status, reply) = server.post("/v1/bulk/retry", &json!({ "workflow": "misbehave" }));
     assert_eq!((status, &reply["matching"]), (409, &json!(100)), "{reply}");
+    let selection = reply["selection"].as_str().expect("a selection").to_owned();
+    // A confirmation names the runs, not their number: another hundred is not confirmed.
+    let (status, reply) = server.post(
+        "/v1/bulk/retry",
+        &json!({ "workflow": "misbehave", "confirm": "0000000000000000" }),
+    );
+    assert_eq!(status, 409, "{reply}");
+    // Another run gets stuck after the dry run: the confirmed selection no longer names the
+    // matching runs, and nothing is retried on the old confirmation.
+    let (status, reply) = server.post(
+        "/v1/workflows/misbehave/runs?wait_ms=30000",
+        &json!({ "run_id": "drain-100", "input": { "mode": "drain", "from": "alice", "to": "bob", "amount": 10 } }),
+    );
+    assert_eq!(
+        (status, reply["status"].as_str()),
+        (201, Some("stuck")),
+        "{reply}"
+    );
+    let (status, reply) = server.post(
+        "/v1/bulk/retry",
+        &json!({ "workflow": "misbehave", "confirm": selection }),
+    );
+    assert_eq!((status, &reply["matching"]), (409, &json!(101)), "{reply}");
+    assert_ne!(reply["selection"].as_str(), Some(selection.as_str()));
+    let (status, reply) = server.post(
+        "/v1/bulk/retry",
+        &json!({ "workflow": "misbehave", "dry_run": true }),
+    );
+    assert_eq!((status, &reply["matching"]), (200, &json!(101)), "{reply}");
+    assert_eq!(reply["capped"], false, "{reply}");
+    let selection = reply["selection"].as_str().expect("a selection").to_owned();
     // Retried before the cause is fixed: stuck again, each reported.
     let (status, reply) = server.post(
         "/v1/bulk/retry",
-        &json!({ "workflow": "misbehave", "confirm": 100 }),
+        &json!({ "workflow": "misbehave", "confirm": selection }),
     );
     assert_eq!(status, 200, "{reply}");
     let outcomes = reply["outcomes"].as_array().expect("outcomes");
-    assert_eq!(outcomes.len(), 100);
+    assert_eq!(outcomes.len(), 101);
     assert!(outcomes.iter().all(|o| o["status"] == "stuck"), "{reply}");
     // The operator funds bob, then retries them all.
     let (status, reply) = server.post(
         "/v1/workflows/transfer/runs?wait_ms=10000",
-        &json!({ "run_id": "refund-bob", "input": { "from": "alice", "to": "bob", "amount": 1_000 } }),
+        &json!({ "run_id": "refund-bob", "input": { "from": "alice", "to": "bob", "amount": 1_010 } }),
     );
     assert_eq!(
         (status, &reply["status"]),
@@ -363,10 +446,10 @@ fn a_bulk_retry_of_a_hundred_stuck_runs_after_their_cause_is_fixed_ends_them_all
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let done: Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(done["matching"], 100, "{done}");
+    assert_eq!(done["matching"], 101, "{done}");
     let runs = server.settled(
         "workflow=misbehave&limit=1000",
-        100,
+        101,
         Duration::from_secs(60),
     );
     assert!(
@@ -504,49 +587,98 @@ fn pruning_keeps_every_unfinished_run_and_removes_exactly_the_expired_ones() {
 }
 
 #[test]
-fn old_ledger_operation_records_are_pruned_but_tombstones_and_entries_are_kept() {
+fn ledger_records_outlive_every_run_that_may_need_them_and_run_ids_stay_taken_until_then() {
     let s = Sandbox::new("prune-ledger");
     s.open("alice", 100);
     s.open("bob", 0);
+    s.open("treasury", 1_000);
+    s.open("payee", 0);
     let config = s.dir.join("wasaga.toml");
     std::fs::write(
         &config,
-        "journal = \"wasaga.db\"\n\n[retention]\nruns_days = 1\nledger_ops_days = 2\n\n[workflows.transfer]\nparticipants = [\"ledger\"]\nlock_prefixes = [\"account/\"]\n",
+        "journal = \"wasaga.db\"\n\n[retention]\nruns_days = 1\nledger_ops_days = 2\n\n\
+         [workflows.transfer]\nparticipants = [\"ledger\"]\nlock_prefixes = [\"account/\"]\n\n\
+         [workflows.payout]\nparticipants = [\"ledger\"]\n",
     )
     .expect("config");
     let config = config.display().to_string();
-    let input = json!({ "from": "alice", "to": "bob", "amount": 10 }).to_string();
-    let out = s.wasaga(&[
-        "--config", &config, "run", TRANSFER, "--input", &input, "--run-id", "t-1",
-    ]);
+    let wasaga = |args: &[&str]| {
+        let mut all = vec!["--config", config.as_str()];
+        all.extend_from_slice(args);
+        s.wasaga(&all)
+    };
+    let transfer = json!({ "from": "alice", "to": "bob", "amount": 10 }).to_string();
+    let out = wasaga(&["run", TRANSFER, "--input", &transfer, "--run-id", "t-1"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let payout =
+        json!({ "payout_id": "w-1", "from": "treasury", "to": "payee", "amount": 10 }).to_string();
+    let out = wasaga(&["run", PAYOUT, "--input", &payout, "--run-id", "w-1"]);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "it waits for the bank: {}",
+        text(&out)
+    );
+    // Years pass: t-1 ended long ago, w-1 began a little after and still waits.
     let conn = crate::support::sql(&s.db);
-    conn.execute(
-        "INSERT INTO ledger_ops (op_id, action, request, status, reply, at_ms) VALUES ('ghost#undo', 'undo', '{}', 'tombstone', '', 0)",
-        [],
+    conn.execute_batch(
+        "UPDATE runs SET created_at_ms = 1000, updated_at_ms = 1000 WHERE run_id = 't-1';
+         UPDATE ledger_ops SET at_ms = 1500 WHERE op_id NOT LIKE 'w-1/%';
+         UPDATE runs SET created_at_ms = 2000 WHERE run_id = 'w-1';
+         UPDATE ledger_ops SET at_ms = 3000 WHERE op_id LIKE 'w-1/%';
+         INSERT INTO ledger_ops (op_id, action, request, status, reply, at_ms)
+             VALUES ('ghost#undo', 'undo', '{}', 'tombstone', '', 0);",
     )
-    .expect("a tombstone");
-    conn.execute("UPDATE ledger_ops SET at_ms = 0", [])
-        .expect("age the operations");
+    .expect("age the journal and the ledger");
     drop(conn);
     let entries: i64 = scalar(&s.db, "SELECT COUNT(*) FROM ledger_entries");
-    // The two openings, the debit and the credit.
-    let records: i64 = scalar(
-        &s.db,
-        "SELECT COUNT(*) FROM ledger_ops WHERE status <> 'tombstone'",
-    );
-    assert_eq!(records, 4);
-    let out = s.wasaga(&["--config", &config, "--json", "runs", "prune"]);
+    let out = wasaga(&["--json", "runs", "prune"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let pruned: Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(pruned["ledger_ops"], records, "{pruned}");
-    let left: i64 = scalar(&s.db, "SELECT COUNT(*) FROM ledger_ops");
-    assert_eq!(left, 1, "the tombstone stays");
+    // t-1 is pruned; of the records, only those made before w-1 began (the four openings,
+    // t-1's debit and credit) go: w-1 may still undo its reserve.
+    assert_eq!(pruned["runs"], 1, "{pruned}");
+    assert_eq!(pruned["ledger_ops"], 6, "{pruned}");
+    assert_eq!(pruned["forgotten"], 1, "t-1's id is let go: {pruned}");
+    let kept: i64 = scalar(
+        &s.db,
+        "SELECT COUNT(*) FROM ledger_ops WHERE op_id LIKE 'w-1/%'",
+    );
+    assert_eq!(kept, 1, "w-1's reserve is kept");
+    assert_eq!(
+        scalar::<i64>(
+            &s.db,
+            "SELECT COUNT(*) FROM ledger_ops WHERE op_id = 'ghost#undo'"
+        ),
+        1
+    );
     assert_eq!(
         scalar::<i64>(&s.db, "SELECT COUNT(*) FROM ledger_entries"),
         entries
     );
+    // t-1's records went with its row: its id may be used again, as a new run.
+    let out = wasaga(&["run", TRANSFER, "--input", &transfer, "--run-id", "t-1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // The bank refuses the payout: its undo finds the reserve it undoes, and the money is back.
+    let out = wasaga(&[
+        "signal",
+        "w-1",
+        "bank",
+        "--payload",
+        r#"{"ok":false}"#,
+        "--signal-id",
+        "no",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = wasaga(&["resume"]);
+    assert!(out.status.code().is_some(), "{}", text(&out));
+    let runs = s.runs();
+    let w1 = runs.iter().find(|(id, _, _)| id == "w-1").expect("w-1");
+    assert_eq!(w1.1, "compensated", "{w1:?}");
+    assert_eq!(s.balances()["treasury"], 1_000, "the reserve was undone");
+    assert_eq!(s.balances().values().sum::<i64>(), 1_100);
     assert_ledger_consistent(&s.db);
+
     // A config that would forget a run's operations before the run is refused.
     std::fs::write(
         s.dir.join("bad.toml"),
@@ -557,4 +689,78 @@ fn old_ledger_operation_records_are_pruned_but_tombstones_and_entries_are_kept()
     let out = s.wasaga(&["--config", &bad, "runs", "prune"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("ledger_ops_days"), "{}", text(&out));
+}
+
+#[test]
+fn a_pruned_run_keeps_its_id_while_its_ledger_records_are_kept() {
+    let s = Sandbox::new("prune-ids");
+    s.open("alice", 100);
+    s.open("bob", 0);
+    let config = s.dir.join("wasaga.toml");
+    std::fs::write(
+        &config,
+        "journal = \"wasaga.db\"\n\n[retention]\nruns_days = 1\nledger_ops_days = 400\n\n\
+         [workflows.transfer]\nparticipants = [\"ledger\"]\nlock_prefixes = [\"account/\"]\n",
+    )
+    .expect("config");
+    let config = config.display().to_string();
+    let input = json!({ "from": "alice", "to": "bob", "amount": 10 }).to_string();
+    let out = s.wasaga(&[
+        "--config", &config, "run", TRANSFER, "--input", &input, "--run-id", "c-1",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // Ended two days ago: past `runs_days`, well within `ledger_ops_days`.
+    let conn = crate::support::sql(&s.db);
+    conn.execute(
+        "UPDATE runs SET updated_at_ms = updated_at_ms - 172800000 WHERE run_id = 'c-1'",
+        [],
+    )
+    .expect("age the run");
+    drop(conn);
+    let out = s.wasaga(&["--config", &config, "--json", "runs", "prune"]);
+    let pruned: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        (
+            pruned["runs"].as_u64(),
+            pruned["ledger_ops"].as_u64(),
+            pruned["forgotten"].as_u64()
+        ),
+        (Some(1), Some(0), Some(0)),
+        "{pruned}"
+    );
+    // Its ledger records are kept: the same id again would be answered from them (no money
+    // moved, then real credits): it is refused, by the command line and the server alike.
+    let out = s.wasaga(&[
+        "--config", &config, "run", TRANSFER, "--input", &input, "--run-id", "c-1",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("pruned"), "{}", text(&out));
+    let server = Server::start(
+        &s.dir,
+        "ids",
+        "journal = \"wasaga.db\"\n\n[workflows.transfer]\nparticipants = [\"ledger\"]\nlock_prefixes = [\"account/\"]\n",
+        &[],
+    );
+    let (status, reply) = server.post(
+        "/v1/workflows/transfer/runs",
+        &json!({ "run_id": "c-1", "input": { "from": "alice", "to": "bob", "amount": 10 } }),
+    );
+    assert_eq!(status, 409, "{reply}");
+    assert!(
+        reply["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("pruned")),
+        "{reply}"
+    );
+    let (status, run) = server.get("/v1/runs/c-1");
+    assert_eq!(status, 200);
+    assert!(run["pruned_at_ms"].is_u64(), "{run}");
+    let (_, listed) = server.get("/v1/runs");
+    assert_eq!(
+        listed["runs"].as_array().map(Vec::len),
+        Some(0),
+        "pruned runs are not listed"
+    );
+    assert_eq!(s.balances().values().sum::<i64>(), 100);
+    assert_ledger_consistent(&s.db);
 }

@@ -26,6 +26,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../schema/postgres/0009_waits.sql"),
     include_str!("../schema/postgres/0010_stuck_runs.sql"),
     include_str!("../schema/postgres/0011_cancel_stops_completion.sql"),
+    include_str!("../schema/postgres/0012_pruned_runs.sql"),
 ];
 
 /// How long a caller waits for a pooled connection before the database counts as unavailable.

@@ -52,6 +52,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../schema/sqlite/0009_outbox.sql"),
     include_str!("../schema/sqlite/0010_waits.sql"),
     include_str!("../schema/sqlite/0011_stuck_runs.sql"),
+    include_str!("../schema/sqlite/0012_pruned_runs.sql"),
 ];
 
 /// Jobs waiting for the writer; senders wait when it is full.

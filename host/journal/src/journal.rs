@@ -21,7 +21,7 @@ macro_rules! run_select {
         concat!(
             "SELECT r.run_id, r.workflow, r.module_hash, r.status, r.input, r.output, r.error, ",
             "r.created_at_ms, r.updated_at_ms, r.owner, d.version, r.wake_at_ms, r.waiting_for, ",
-            "r.parent_run_id, r.cancel_reason FROM runs r ",
+            "r.parent_run_id, r.cancel_reason, r.pruned_at_ms FROM runs r ",
             "LEFT JOIN deployments d ON d.workflow = r.workflow AND d.hash = r.module_hash ",
             $rest
         )
@@ -254,7 +254,7 @@ impl Journal {
                         .fetch_all(
                             run_select!(
                                 "WHERE ($1 IS NULL OR r.status = $1) AND ($2 IS NULL OR r.workflow = $2)
-                                 AND ($3 IS NULL OR r.wake_at_ms IS NOT NULL)
+                                 AND ($3 IS NULL OR r.wake_at_ms IS NOT NULL) AND r.pruned_at_ms IS NULL
                                  AND ($4 IS NULL OR r.created_at_ms >= $4) AND ($5 IS NULL OR r.created_at_ms < $5)
                                  AND ($6 IS NULL OR r.created_at_ms < $6 OR (r.created_at_ms = $6 AND r.run_id < $7))
                                  ORDER BY r.created_at_ms DESC, r.run_id DESC LIMIT $8"
@@ -322,7 +322,7 @@ impl Journal {
                         .fetch_all(
                             "SELECT status, COUNT(*) FROM (
                                  SELECT status FROM runs
-                                 WHERE status IN ('completed', 'compensated')
+                                 WHERE status IN ('completed', 'compensated') AND pruned_at_ms IS NULL
                                    AND ($1 IS NULL OR workflow = $1)
                                    AND ($2 IS NULL OR created_at_ms >= $2) AND ($3 IS NULL OR created_at_ms < $3)
                                  ORDER BY created_at_ms DESC, run_id DESC LIMIT $4) newest

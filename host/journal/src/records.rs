@@ -41,6 +41,9 @@ pub struct RunRecord {
     /// Who asked for the run to be cancelled, and why, once someone did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cancel_reason: Option<String>,
+    /// When the run was pruned (its journal deleted, its id kept taken), if it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pruned_at_ms: Option<u64>,
 }
 
 /// What a waiting run waits for.
@@ -202,5 +205,6 @@ pub(crate) fn run_record(row: &Row) -> Result<RunRecord, JournalError> {
         },
         parent_run_id: row.opt_text(13)?,
         cancel_reason: row.opt_text(14)?,
+        pruned_at_ms: row.opt_int(15)?.map(|ms| ms.max(0) as u64),
     })
 }

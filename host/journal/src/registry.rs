@@ -203,7 +203,8 @@ impl Journal {
 async fn put_module(tx: &mut dyn Tx, hash: &str, name: &str, bytes: &[u8]) -> Result<(), DbError> {
     tx.execute(
         "INSERT INTO modules (hash, name, bytes, size_bytes, deployed_at_ms) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (hash) DO NOTHING",
+         ON CONFLICT (hash) DO UPDATE SET bytes = EXCLUDED.bytes, size_bytes = EXCLUDED.size_bytes
+         WHERE modules.size_bytes = 0",
         wasaga_db::args![hash, name, bytes, bytes.len() as i64, now_ms() as i64],
     )
     .await

@@ -1,8 +1,11 @@
-//! How long the journal keeps what: a finished run (completed or compensated) with its events
-//! and signals until its retention period has passed since it ended, and a module version as
-//! long as a run executes it or it is a workflow's active version or the one before it (the
-//! version a rollback goes to). Unfinished and stuck runs are never pruned, nor a run whose
-//! parent has not ended (the parent reads the child's outcome when it resumes).
+//! How long the journal keeps what. A finished run (completed or compensated) is pruned once
+//! its retention period has passed since it ended: its events and signals go, and its row is
+//! emptied and marked pruned, so that its id stays taken as long as the ledger keeps the
+//! operation records its steps made (a new run under that id would be answered from them).
+//! The row goes once those records are pruned too. A module version is kept as long as a run
+//! executes it or it is a workflow's active version or the one before it; one that only pruned
+//! runs name keeps its row, without its bytes. Unfinished and stuck runs are never pruned,
+//! nor a run whose parent has not ended (the parent reads the child's outcome when it resumes).
 
 use crate::error::JournalError;
 use crate::journal::Journal;
@@ -14,38 +17,68 @@ pub const PRUNED_PER_BATCH_MAX: u32 = 500;
 /// The condition on `runs r` that a run may be pruned before `$1` (ms).
 macro_rules! prunable {
     () => {
-        "r.status IN ('completed', 'compensated') AND r.updated_at_ms < $1
+        "r.status IN ('completed', 'compensated') AND r.pruned_at_ms IS NULL AND r.updated_at_ms < $1
          AND NOT EXISTS (SELECT 1 FROM runs p WHERE p.run_id = r.parent_run_id
                          AND p.status IN ('running', 'compensating', 'stuck'))"
     };
 }
 
-/// Deletes from `$table` what belongs to the runs listed by `$listed` (over `$2`) that may
-/// be pruned before `$1`.
-macro_rules! delete_chosen {
-    ($table:literal, $listed:literal) => {
+/// The runs listed by `$listed` (over `$2`) that may be pruned before `$1`.
+macro_rules! chosen {
+    ($listed:literal) => {
         concat!(
-            "DELETE FROM ",
-            $table,
-            " WHERE run_id IN (SELECT r.run_id FROM runs r WHERE r.run_id IN (",
+            "SELECT r.run_id FROM runs r WHERE r.run_id IN (",
             $listed,
             ") AND ",
-            prunable!(),
-            ")"
+            prunable!()
         )
     };
 }
 
-/// Module versions no run executes and no workflow has as its active version or the one
-/// before it.
+/// Module versions no run that is not pruned executes, and that no workflow has as its
+/// active version or the one before it.
 macro_rules! unneeded_modules {
     () => {
         "SELECT m.hash FROM modules m
-         WHERE NOT EXISTS (SELECT 1 FROM runs r WHERE r.module_hash = m.hash)
+         WHERE NOT EXISTS (SELECT 1 FROM runs r WHERE r.module_hash = m.hash AND r.pruned_at_ms IS NULL)
            AND NOT EXISTS (SELECT 1 FROM deployments d JOIN workflows w ON w.name = d.workflow
                            WHERE d.hash = m.hash AND d.version >= w.active_version - 1
                              AND d.version <= w.active_version)"
     };
+}
+
+/// Prunes the runs `$listed` names, in one dialect's SQL.
+macro_rules! prune_listed {
+    ($tx:expr, $chosen:expr, $marked:expr, $listed:literal) => {{
+        $tx.execute(
+            concat!(
+                "DELETE FROM events WHERE run_id IN (",
+                chosen!($listed),
+                ")"
+            ),
+            $chosen,
+        )
+        .await?;
+        $tx.execute(
+            concat!(
+                "DELETE FROM signals WHERE run_id IN (",
+                chosen!($listed),
+                ")"
+            ),
+            $chosen,
+        )
+        .await?;
+        $tx.execute(
+            concat!(
+                "UPDATE runs SET input = '', output = NULL, error = NULL, pruned_at_ms = $3
+                 WHERE run_id IN (",
+                chosen!($listed),
+                ")"
+            ),
+            $marked,
+        )
+        .await?
+    }};
 }
 
 impl Journal {
@@ -77,101 +110,117 @@ impl Journal {
             .await
     }
 
-    /// Deletes the runs of `run_ids` that may still be pruned before `cutoff_ms` (checked
-    /// again here, in the deleting transaction), with their events and signals; returns how
-    /// many were deleted.
+    /// Prunes the runs of `run_ids` that may still be pruned before `cutoff_ms` (checked again
+    /// here, in the pruning transaction): their events and signals are deleted and their rows
+    /// emptied and marked pruned. Returns how many were pruned.
     pub async fn prune_runs(
         &self,
         run_ids: &[String],
         cutoff_ms: u64,
     ) -> Result<u64, JournalError> {
-        let mut deleted = 0;
+        let mut pruned = 0;
+        let now = wasaga_core::clock::now_ms() as i64;
         for batch in run_ids.chunks(PRUNED_PER_BATCH_MAX as usize) {
             let ids = serde_json::to_string(batch).expect("strings always serialize");
-            deleted += self
+            pruned += self
                 .db
                 .write(move |tx| {
                     Box::pin(async move {
-                        let args = wasaga_db::args![cutoff_ms as i64, &ids];
+                        let chosen = wasaga_db::args![cutoff_ms as i64, &ids];
+                        let marked = wasaga_db::args![cutoff_ms as i64, &ids, now];
                         let runs = match tx.dialect() {
                             wasaga_db::Dialect::Sqlite => {
-                                tx.execute(
-                                    delete_chosen!("events", "SELECT value FROM json_each($2)"),
-                                    args,
-                                )
-                                .await?;
-                                tx.execute(
-                                    delete_chosen!("signals", "SELECT value FROM json_each($2)"),
-                                    args,
-                                )
-                                .await?;
-                                tx.execute(
-                                    delete_chosen!("runs", "SELECT value FROM json_each($2)"),
-                                    args,
-                                )
-                                .await?
+                                prune_listed!(tx, chosen, marked, "SELECT value FROM json_each($2)")
                             }
-                            wasaga_db::Dialect::Postgres => {
-                                tx.execute(
-                                    delete_chosen!(
-                                        "events",
-                                        "SELECT json_array_elements_text(CAST($2 AS json))"
-                                    ),
-                                    args,
-                                )
-                                .await?;
-                                tx.execute(
-                                    delete_chosen!(
-                                        "signals",
-                                        "SELECT json_array_elements_text(CAST($2 AS json))"
-                                    ),
-                                    args,
-                                )
-                                .await?;
-                                tx.execute(
-                                    delete_chosen!(
-                                        "runs",
-                                        "SELECT json_array_elements_text(CAST($2 AS json))"
-                                    ),
-                                    args,
-                                )
-                                .await?
-                            }
+                            wasaga_db::Dialect::Postgres => prune_listed!(
+                                tx,
+                                chosen,
+                                marked,
+                                "SELECT json_array_elements_text(CAST($2 AS json))"
+                            ),
                         };
                         Ok::<_, JournalError>(runs)
                     })
                 })
                 .await?;
         }
-        Ok(deleted)
+        Ok(pruned)
     }
 
-    /// Deletes the module versions no run executes and no workflow has as its active version
-    /// or the one before it; returns how many.
+    /// When the oldest run that may still make or undo ledger operations began: the oldest
+    /// unfinished or stuck run's creation (`None` if there is none). No operation made before
+    /// it belongs to such a run.
+    pub async fn oldest_open_run_ms(&self) -> Result<Option<u64>, JournalError> {
+        self.db
+            .read(|tx| {
+                Box::pin(async move {
+                    let row = tx
+                        .fetch_optional(
+                            "SELECT MIN(created_at_ms) FROM runs
+                             WHERE status IN ('running', 'compensating', 'stuck')",
+                            &[],
+                        )
+                        .await?;
+                    Ok(row
+                        .map(|r| r.opt_int(0))
+                        .transpose()?
+                        .flatten()
+                        .map(|ms| ms.max(0) as u64))
+                })
+            })
+            .await
+    }
+
+    /// Deletes the rows of pruned runs that ended before `ended_before_ms`: their ledger
+    /// operation records are gone, so their ids may be used again. Returns how many.
+    pub async fn forget_pruned(&self, ended_before_ms: u64) -> Result<u64, JournalError> {
+        self.db
+            .write(move |tx| {
+                Box::pin(async move {
+                    tx.execute(
+                        "DELETE FROM runs WHERE pruned_at_ms IS NOT NULL AND updated_at_ms < $1",
+                        wasaga_db::args![ended_before_ms as i64],
+                    )
+                    .await
+                    .map_err(JournalError::from)
+                })
+            })
+            .await
+    }
+
+    /// Prunes the module versions no run needs: their deployments go, and the module itself,
+    /// or only its bytes while pruned runs still name it. Returns how many.
     pub async fn prune_modules(&self) -> Result<u64, JournalError> {
         self.db
             .write(|tx| {
                 Box::pin(async move {
                     tx.execute(
-                        concat!(
-                            "DELETE FROM deployments WHERE hash IN (",
-                            unneeded_modules!(),
-                            ")"
-                        ),
+                        concat!("DELETE FROM deployments WHERE hash IN (", unneeded_modules!(), ")"),
                         &[],
                     )
                     .await?;
-                    let modules = tx
+                    let emptied = tx
+                        .execute(
+                            concat!(
+                                "UPDATE modules SET bytes = $1, size_bytes = 0
+                                 WHERE size_bytes > 0 AND hash IN (",
+                                unneeded_modules!(),
+                                ") AND EXISTS (SELECT 1 FROM runs r WHERE r.module_hash = modules.hash)"
+                            ),
+                            wasaga_db::args![&[] as &[u8]],
+                        )
+                        .await?;
+                    let deleted = tx
                         .execute(
                             concat!(
                                 "DELETE FROM modules WHERE hash IN (",
                                 unneeded_modules!(),
-                                ")"
+                                ") AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.module_hash = modules.hash)"
                             ),
                             &[],
                         )
                         .await?;
-                    Ok::<_, JournalError>(modules)
+                    Ok::<_, JournalError>(emptied + deleted)
                 })
             })
             .await

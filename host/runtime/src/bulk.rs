@@ -6,8 +6,9 @@ use crate::executor::Host;
 use serde::Serialize;
 use wasaga_journal::RunFilter;
 
-/// Past this many matching runs a bulk action needs its count confirmed (`--yes`, or
-/// `"confirm": N` over HTTP).
+/// Past this many matching runs a bulk action needs the caller to confirm them (`--yes`, or
+/// over HTTP `"confirm"` with the `selection` a dry run answered: the very runs, not only
+/// their number).
 pub const BULK_CONFIRM_OVER: usize = 10;
 /// Runs one bulk action takes at most.
 pub const BULK_RUNS_MAX: u32 = 10_000;
@@ -79,7 +80,8 @@ impl BulkSelect {
             workflow: self.workflow.clone(),
             since_ms: self.since_ms,
             until_ms: self.until_ms,
-            limit: BULK_RUNS_MAX,
+            // One more, to tell whether there were more than the bound.
+            limit: BULK_RUNS_MAX + 1,
             ..RunFilter::default()
         }
         .with_status(status)
@@ -88,22 +90,26 @@ impl BulkSelect {
 }
 
 impl Host {
-    /// The runs `select` matches for `action`, newest first.
+    /// The runs `select` matches for `action`, newest first, at most `BULK_RUNS_MAX`, and
+    /// whether more matched.
     pub async fn bulk_matches(
         &self,
         action: BulkAction,
         select: &BulkSelect,
-    ) -> Result<Vec<String>, crate::executor::HostError> {
+    ) -> Result<(Vec<String>, bool), crate::executor::HostError> {
         let filter = select
             .filter(action)
             .map_err(crate::executor::HostError::Input)?;
-        Ok(self
+        let mut run_ids: Vec<String> = self
             .journal()
             .runs(filter)
             .await?
             .into_iter()
             .map(|r| r.run_id)
-            .collect())
+            .collect();
+        let capped = run_ids.len() > BULK_RUNS_MAX as usize;
+        run_ids.truncate(BULK_RUNS_MAX as usize);
+        Ok((run_ids, capped))
     }
 
     /// Takes each of `run_ids` up again (see [`Host::retry_stuck`]), a few at once.
@@ -180,10 +186,29 @@ impl Host {
     }
 }
 
-/// Whether a bulk action over `matching` runs may go ahead with the count the caller
+/// Names a set of runs: a caller confirms a bulk action with the selection its dry run
+/// answered, and the action goes ahead only on the very same runs.
+pub fn selection(run_ids: &[String]) -> String {
+    use sha2::Digest;
+    let mut sorted: Vec<&String> = run_ids.iter().collect();
+    sorted.sort();
+    let mut digest = sha2::Sha256::new();
+    for id in sorted {
+        digest.update(id.as_bytes());
+        digest.update(b"\n");
+    }
+    digest
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Whether a bulk action over `run_ids` may go ahead with the selection the caller
 /// confirmed (`None`: none).
-pub fn confirmed(matching: usize, confirm: Option<usize>) -> bool {
-    matching <= BULK_CONFIRM_OVER || confirm == Some(matching)
+pub fn confirmed(run_ids: &[String], confirm: Option<&str>) -> bool {
+    run_ids.len() <= BULK_CONFIRM_OVER || confirm == Some(selection(run_ids).as_str())
 }
 
 #[cfg(test)]
@@ -211,9 +236,21 @@ mod tests {
             ..BulkSelect::default()
         };
         assert!(backwards.filter(BulkAction::Retry).is_err());
-        assert!(confirmed(BULK_CONFIRM_OVER, None));
-        assert!(!confirmed(BULK_CONFIRM_OVER + 1, None));
-        assert!(!confirmed(100, Some(99)));
-        assert!(confirmed(100, Some(100)));
+        let ids = |n: usize, from: usize| -> Vec<String> {
+            (from..from + n).map(|i| format!("r-{i}")).collect()
+        };
+        assert!(confirmed(&ids(BULK_CONFIRM_OVER, 0), None));
+        assert!(!confirmed(&ids(BULK_CONFIRM_OVER + 1, 0), None));
+        let many = ids(100, 0);
+        assert!(confirmed(&many, Some(&selection(&many))));
+        // The same number of other runs is not what was confirmed.
+        assert!(!confirmed(&ids(100, 1), Some(&selection(&many))));
+        let mut shuffled = many.clone();
+        shuffled.reverse();
+        assert_eq!(
+            selection(&shuffled),
+            selection(&many),
+            "order does not matter"
+        );
     }
 }

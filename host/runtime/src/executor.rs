@@ -214,6 +214,7 @@ impl Host {
             compute_slots: Arc::new(tokio::sync::Semaphore::new(compute_slots_max())),
             metrics: crate::metrics::RunMetrics::default(),
             trace_runs: config.trace_runs,
+            deploying: tokio::sync::Mutex::new(()),
         });
         tokio::spawn(renew_run_leases(Arc::downgrade(&inner)));
         Ok(Host {
@@ -234,6 +235,11 @@ impl Host {
             .acquire()
             .await
             .expect("the semaphore is never closed")
+    }
+
+    /// Held through a checked deploy (see `HostInner::deploying`).
+    pub(crate) async fn deploying(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.inner.deploying.lock().await
     }
 
     /// What `workflow` is granted, if the host has grants.

@@ -100,6 +100,9 @@ pub(crate) struct HostInner {
     pub metrics: crate::metrics::RunMetrics,
     /// Whether runs get a trace of their own when started without one.
     pub trace_runs: bool,
+    /// Held through a checked deploy, so that two deploys on this host do not interleave
+    /// their checks, activations and moves of runs.
+    pub deploying: tokio::sync::Mutex<()>,
 }
 
 impl HostInner {

@@ -341,9 +341,14 @@ impl RunContext {
 
     /// Records that the module's call differs from the journal and returns the trap to raise.
     pub fn diverged(&mut self, call: u32, journaled: &Event, made: String) -> wasmtime::Error {
+        let journaled = describe(journaled);
+        let alike = if journaled == made {
+            " (the same call with other arguments: payload, compensation, ttl or branches)"
+        } else {
+            ""
+        };
         let message = format!(
-            "nondeterministic: at call {call} the journal has {} but the module made {made}",
-            describe(journaled)
+            "nondeterministic: at call {call} the journal has {journaled} but the module made {made}{alike}"
         );
         self.fatal = Some(Fatal::Failure(message.clone()));
         wasmtime::Error::msg(message)

@@ -63,6 +63,14 @@ pub struct VerifyReport {
     pub checked: Vec<RunCheck>,
     /// Whether there were more unfinished runs than were checked.
     pub in_flight_capped: bool,
+    /// Exported runs not checked: of another workflow (by their record or their `started`
+    /// event), or compensated or compensating (they do not execute their module again).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub skipped: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl VerifyReport {
@@ -72,6 +80,7 @@ impl VerifyReport {
             .filter(|c| matches!(c.replay, Replay::Diverges { .. }))
     }
 
+    /// Whether every checked run agrees (a capped check agrees only as far as it went).
     pub fn agrees(&self) -> bool {
         self.diverged().next().is_none()
     }
@@ -206,12 +215,20 @@ impl Host {
         runs: Vec<ExportedRun>,
     ) -> Result<VerifyReport, HostError> {
         let (hash, loaded) = self.loadable(workflow, bytes).await?;
-        let mut checked = Vec::new();
-        for exported in runs.into_iter().filter(|r| r.run.workflow == workflow) {
-            let status = status_name(exported.run.status, exported.run.waiting.is_some());
-            if !checkable(exported.run.status) {
+        let (mut checked, mut skipped) = (Vec::new(), 0);
+        for exported in runs {
+            let started_as = match exported.events.first() {
+                Some(Event::Started { workflow, .. }) => Some(workflow.as_str()),
+                _ => None,
+            };
+            if exported.run.workflow != workflow
+                || started_as != Some(workflow)
+                || !checkable(exported.run.status)
+            {
+                skipped += 1;
                 continue;
             }
+            let status = status_name(exported.run.status, exported.run.waiting.is_some());
             checked.push(
                 self.check_run(
                     workflow,
@@ -228,6 +245,7 @@ impl Host {
             module_hash: hash,
             checked,
             in_flight_capped: false,
+            skipped,
         })
     }
 
@@ -241,16 +259,25 @@ impl Host {
         bytes: &[u8],
         options: DeployOptions,
     ) -> Result<DeployReport, HostError> {
+        let _one_at_a_time = self.deploying().await;
         let (hash, loaded) = self.loadable(workflow, bytes).await?;
         let verified = self
             .verify_loaded(workflow, &hash, &loaded, options.completed)
             .await?;
-        if !verified.agrees() && !options.force {
+        let refused = if !verified.agrees() {
+            Some(verified.summary())
+        } else if verified.in_flight_capped {
+            Some(format!(
+                "more than {CHECKED_IN_FLIGHT_MAX} runs of {workflow} are in flight and only the newest were replayed"
+            ))
+        } else {
+            None
+        };
+        if let Some(refused) = refused.filter(|_| !options.force) {
             return Ok(DeployReport {
                 deployed: None,
                 refused: Some(format!(
-                    "{}; the previous version keeps serving (deploy with --force to deploy anyway)",
-                    verified.summary()
+                    "{refused}; the previous version keeps serving (deploy with --force to deploy anyway)"
                 )),
                 verified,
                 upgraded: Vec::new(),
@@ -368,6 +395,7 @@ impl Host {
             module_hash: hash.to_owned(),
             checked,
             in_flight_capped,
+            skipped: 0,
         })
     }
 

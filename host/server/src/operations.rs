@@ -229,14 +229,15 @@ pub(crate) struct BulkRequest {
     /// Only say which runs match.
     #[serde(default)]
     dry_run: bool,
-    /// The number of matching runs the caller confirms (needed past `BULK_CONFIRM_OVER`).
-    confirm: Option<usize>,
+    /// The `selection` a dry run answered: the runs the caller confirms (needed past
+    /// `BULK_CONFIRM_OVER`).
+    confirm: Option<String>,
 }
 
 /// `POST /v1/bulk/retry` and `/v1/bulk/cancel` with `{"status", "workflow", "since_ms",
 /// "until_ms", "dry_run", "confirm"}` (and `"reason"`, `"by"` to cancel): the matching runs
-/// (`dry_run`), or each one's outcome. Past `BULK_CONFIRM_OVER` runs, 409 with how many match
-/// unless `confirm` is that number.
+/// (`dry_run`, with their `selection`), or each one's outcome. Past `BULK_CONFIRM_OVER` runs,
+/// 409 with how many match unless `confirm` is the selection of exactly these runs.
 async fn bulk(state: AppState, action: BulkAction, body: Bytes) -> Response {
     let request: BulkRequest = if body.is_empty() {
         BulkRequest::default()
@@ -259,24 +260,29 @@ async fn bulk(state: AppState, action: BulkAction, body: Bytes) -> Response {
         since_ms: request.since_ms,
         until_ms: request.until_ms,
     };
-    let run_ids = match state.host.bulk_matches(action, &select).await {
-        Ok(run_ids) => run_ids,
+    let (run_ids, capped) = match state.host.bulk_matches(action, &select).await {
+        Ok(matched) => matched,
         Err(e) => return host_error(e),
     };
     let shown: Vec<&String> = run_ids.iter().take(100).collect();
+    let selection = wasaga_runtime::bulk::selection(&run_ids);
     if request.dry_run {
-        return Json(json!({ "matching": run_ids.len(), "run_ids": shown })).into_response();
+        return Json(json!({
+            "matching": run_ids.len(), "capped": capped, "selection": selection, "run_ids": shown,
+        }))
+        .into_response();
     }
-    if !wasaga_runtime::bulk::confirmed(run_ids.len(), request.confirm) {
+    if !wasaga_runtime::bulk::confirmed(&run_ids, request.confirm.as_deref()) {
         return (
             StatusCode::CONFLICT,
             Json(json!({
                 "error": format!(
-                    "{} runs match: send \"confirm\": {} to act on them all (more than {BULK_CONFIRM_OVER} need it)",
-                    run_ids.len(),
+                    "{} runs match: send \"confirm\": \"{selection}\" (their selection) to act on exactly them (more than {BULK_CONFIRM_OVER} need it); a selection that no longer matches means the runs changed meanwhile",
                     run_ids.len()
                 ),
                 "matching": run_ids.len(),
+                "capped": capped,
+                "selection": selection,
                 "run_ids": shown,
             })),
         )
@@ -298,7 +304,8 @@ async fn bulk(state: AppState, action: BulkAction, body: Bytes) -> Response {
     match done {
         Ok(outcomes) => {
             state.wake.notify_one();
-            Json(json!({ "matching": outcomes.len(), "outcomes": outcomes })).into_response()
+            Json(json!({ "matching": outcomes.len(), "capped": capped, "outcomes": outcomes }))
+                .into_response()
         }
         Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -70,6 +70,7 @@ pub(crate) fn run_json(record: &RunRecord) -> Value {
         "waiting": record.waiting,
         "parent_run_id": record.parent_run_id,
         "cancel_reason": record.cancel_reason,
+        "pruned_at_ms": record.pruned_at_ms,
     })
 }
 

@@ -85,6 +85,15 @@ pub(crate) async fn start_run(
             Ok(started) => started,
             Err(response) => return response,
         };
+    if !created && let Some(pruned_at_ms) = record.pruned_at_ms {
+        return error(
+            StatusCode::CONFLICT,
+            format!(
+                "run id {} belonged to a run pruned at {pruned_at_ms} ms whose ledger records are kept: it cannot be used again; use a new run id",
+                record.run_id
+            ),
+        );
+    }
     if !created && (record.workflow != name || !same_json(&record.input, &request.input)) {
         return error(
             StatusCode::CONFLICT,

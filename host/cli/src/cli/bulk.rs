@@ -28,6 +28,7 @@ pub(crate) async fn bulk(
     cancel: Option<(&str, &str)>,
     remote_server: &Remote,
 ) -> Result<u8, Failure> {
+    let capped;
     let outcomes = match &remote_server.server {
         Some(server) => {
             let path = match action {
@@ -53,12 +54,15 @@ pub(crate) async fn bulk(
             )
             .await?;
             let matching = asked["matching"].as_u64().unwrap_or(0) as usize;
+            capped = asked["capped"].as_bool().unwrap_or(false);
             confirm(g, action, matching, select.yes, &asked["run_ids"])?;
             if matching == 0 {
                 Vec::new()
             } else {
+                // Exactly the runs the dry run found: if they changed meanwhile, the server
+                // refuses, and nothing is done to runs nobody looked at.
                 body["dry_run"] = json!(false);
-                body["confirm"] = json!(matching);
+                body["confirm"] = asked["selection"].clone();
                 let done = remote(
                     g,
                     remote_server,
@@ -74,10 +78,11 @@ pub(crate) async fn bulk(
         None => {
             let _lock = lock_executor(&g.host.journal, true)?;
             let host = open(g).await?;
-            let run_ids = host
+            let (run_ids, more) = host
                 .bulk_matches(action, &select_of(select))
                 .await
                 .map_err(host_failure)?;
+            capped = more;
             let shown: Vec<Value> = run_ids.iter().take(100).map(|id| json!(id)).collect();
             confirm(g, action, run_ids.len(), select.yes, &json!(shown))?;
             let outcomes: Vec<BulkOutcome> = match (action, cancel) {
@@ -97,11 +102,17 @@ pub(crate) async fn bulk(
     if g.json {
         println!(
             "{}",
-            json!({ "matching": outcomes.len(), "outcomes": outcomes })
+            json!({ "matching": outcomes.len(), "capped": capped, "outcomes": outcomes })
         );
     } else {
         if outcomes.is_empty() {
             println!("no run matches");
+        }
+        if capped {
+            println!(
+                "more than {} runs matched: these were the newest; run the command again for the others",
+                wasaga_runtime::bulk::BULK_RUNS_MAX
+            );
         }
         for outcome in &outcomes {
             let run_id = outcome["run_id"].as_str().unwrap_or_default();

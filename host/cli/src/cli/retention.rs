@@ -21,6 +21,8 @@ pub struct Pruned {
     pub runs: u64,
     pub modules: u64,
     pub ledger_ops: u64,
+    /// Pruned runs whose ids were let go (their operation records gone too).
+    pub forgotten: u64,
 }
 
 /// Prunes the finished runs that ended before `cutoff_ms` (exported to `export` first), the
@@ -70,8 +72,17 @@ pub(crate) async fn prune_pass(
     }
     pruned.modules = journal.prune_modules().await.map_err(|e| anyhow!(e))?;
     if let Some(days) = settings.ledger_ops_days {
-        let cutoff = wasaga_core::clock::now_ms().saturating_sub(u64::from(days) * 86_400_000);
+        // Never an operation an unfinished or stuck run may still repeat or undo: only those
+        // made before the oldest of them began (an operation is made by a run after it began).
+        let by_age = wasaga_core::clock::now_ms().saturating_sub(u64::from(days) * 86_400_000);
+        let open = journal.oldest_open_run_ms().await.map_err(|e| anyhow!(e))?;
+        let cutoff = open.map_or(by_age, |open| by_age.min(open));
         pruned.ledger_ops = wasaga_participants::ledger::prune_ops(host.ledger_db(), cutoff)
+            .await
+            .map_err(|e| anyhow!(e))?;
+        // Runs that ended before then have no operation record left: their ids are free.
+        pruned.forgotten = journal
+            .forget_pruned(cutoff)
             .await
             .map_err(|e| anyhow!(e))?;
     }

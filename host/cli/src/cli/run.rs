@@ -78,6 +78,12 @@ pub(crate) async fn run(g: &Settings, args: &RunArgs) -> Result<u8, Failure> {
             // The run id makes a start idempotent for the same request only: reporting a run
             // of other input as this one's outcome would tell the caller a payment it did
             // not ask for succeeded.
+            if let Some(pruned_at_ms) = record.pruned_at_ms {
+                return Err(usage(anyhow!(
+                    "run id {run_id} belonged to a run pruned at {} whose ledger records are kept: it cannot be used again; use a new run id",
+                    super::serve::timestamp(pruned_at_ms)
+                )));
+            }
             let same_input = serde_json::from_str::<Value>(&record.input).ok()
                 == serde_json::from_str::<Value>(&input).ok();
             if record.workflow != name || !same_input {

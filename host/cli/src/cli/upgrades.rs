@@ -106,7 +106,21 @@ pub(crate) async fn verify(g: &Settings, args: &VerifyArgs) -> Result<u8, Failur
             .await
             .map_err(host_failure)?,
     };
-    let agrees = report.agrees();
+    if report.checked.is_empty() {
+        return Err(usage(anyhow!(
+            "no recorded run of {} was found to replay ({}): nothing was checked; give --workflow the workflow's name, and --runs an export of its runs",
+            args.workflow,
+            match (&args.runs, report.skipped) {
+                (Some(file), 0) => format!("{} holds none", file.display()),
+                (Some(file), skipped) => format!(
+                    "{} holds {skipped} runs of other workflows, or compensated ones",
+                    file.display()
+                ),
+                (None, _) => "this journal has none completed or in flight".to_owned(),
+            }
+        )));
+    }
+    let agrees = report.agrees() && !report.in_flight_capped;
     if g.json {
         println!("{}", json!(report));
     } else {
@@ -125,32 +139,67 @@ pub(crate) async fn verify(g: &Settings, args: &VerifyArgs) -> Result<u8, Failur
         }
         if report.in_flight_capped {
             println!(
-                "note: only the first {} unfinished runs were checked",
+                "not every run was checked: only the newest {} unfinished runs were",
                 wasaga_runtime::upgrade::CHECKED_IN_FLIGHT_MAX
+            );
+        }
+        if report.skipped > 0 {
+            println!(
+                "skipped {} exported runs: of other workflows, or compensated",
+                report.skipped
             );
         }
     }
     Ok(if agrees { 0 } else { EXIT_DIVERGED })
 }
 
-/// Reads exported runs (JSON lines), saying which line is wrong.
+/// The longest line of an export read (one run with its whole journal).
+const EXPORTED_LINE_BYTES_MAX: u64 = 64 << 20;
+
+/// Reads exported runs (JSON lines; `-` for stdin), saying which line is wrong.
 fn read_exported(file: &Path) -> Result<Vec<ExportedRun>, Failure> {
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("cannot read exported runs {}", file.display()))
-        .map_err(usage)?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(i, line)| {
-            serde_json::from_str::<ExportedRun>(line).map_err(|e| {
-                usage(anyhow!(
-                    "{} line {}: not an exported run ({e}); write the file with `wasaga runs export`",
-                    file.display(),
-                    i + 1
-                ))
-            })
-        })
-        .collect()
+    use std::io::{BufRead, Read};
+    let source: Box<dyn Read> = if file == Path::new("-") {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(
+            std::fs::File::open(file)
+                .with_context(|| format!("cannot read exported runs {}", file.display()))
+                .map_err(usage)?,
+        )
+    };
+    let mut reader = std::io::BufReader::new(source);
+    let (mut runs, mut line, mut number) = (Vec::new(), Vec::new(), 0);
+    loop {
+        line.clear();
+        number += 1;
+        let read = reader
+            .by_ref()
+            .take(EXPORTED_LINE_BYTES_MAX + 1)
+            .read_until(b'\n', &mut line)
+            .with_context(|| format!("cannot read {}", file.display()))
+            .map_err(usage)?;
+        if read == 0 {
+            return Ok(runs);
+        }
+        if read as u64 > EXPORTED_LINE_BYTES_MAX {
+            return Err(usage(anyhow!(
+                "{} line {number} is over {} MiB: not a run `wasaga runs export` writes",
+                file.display(),
+                EXPORTED_LINE_BYTES_MAX >> 20
+            )));
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let run = serde_json::from_slice::<ExportedRun>(&line).map_err(|e| {
+            usage(anyhow!(
+                "{} line {number}: not an exported run ({e}); write the file with `wasaga runs export`",
+                file.display()
+            ))
+        })?;
+        runs.push(run);
+    }
 }
 
 /// `wasaga runs export --out FILE [filters]`: runs with their journals, one JSON object per
@@ -196,6 +245,9 @@ pub(crate) async fn export(
     sink.flush().context("cannot write the export")?;
     if out != Path::new("-") && !g.json {
         println!("exported {written} runs to {}", out.display());
+        if written >= limit {
+            println!("more runs may match: --limit (now {limit}) exports more");
+        }
     }
     Ok(0)
 }

@@ -1382,3 +1382,46 @@ fn pruning_on_postgres_keeps_ids_while_their_records_live_and_lets_them_go_after
     );
     assert_eq!(assert_ledger_consistent(&url), 2_000);
 }
+
+#[test]
+fn deploys_of_one_workflow_from_two_hosts_at_once_each_get_a_version_of_their_own() {
+    let postgres = Postgres::start();
+    let url = database(&postgres, "deploys", None);
+    rt().block_on(async {
+        let open = |host_id: &str| {
+            let mut config = HostConfig::new(Location::parse(&url).expect("url"));
+            config.host_id = host_id.to_owned();
+            config.cache_dir = std::env::temp_dir().join("wasaga-module-cache");
+            async move { Host::open(&config).await.expect("host opens") }
+        };
+        let a = open("host-a").await;
+        let b = open("host-b").await;
+        // The journal's part of a deploy (the module is validated before it): two at once,
+        // again and again, so their transactions overlap.
+        let mut versions = Vec::new();
+        for round in 0..20 {
+            let (ha, hb) = (format!("module-a-{round}"), format!("module-b-{round}"));
+            let (da, db) = tokio::join!(
+                a.journal().deploy("contested", &ha, b"a"),
+                b.journal().deploy("contested", &hb, b"b"),
+            );
+            let (da, db) = (da.expect("a's deploy lands"), db.expect("b's deploy lands"));
+            assert!(da.new_version && db.new_version);
+            versions.push(da.deployment.version);
+            versions.push(db.deployment.version);
+            // A rollback racing a deploy also takes its turn.
+            let hc = format!("module-c-{round}");
+            let (rolled, dc) = tokio::join!(
+                a.journal().activate("contested", None),
+                b.journal().deploy("contested", &hc, b"c"),
+            );
+            rolled.expect("the rollback lands");
+            versions.push(dc.expect("c's deploy lands").deployment.version);
+        }
+        versions.sort_unstable();
+        assert_eq!(versions, (1..=60).collect::<Vec<i64>>());
+        let listed = a.journal().versions("contested").await.expect("versions");
+        assert_eq!(listed.len(), 60);
+        assert_eq!(listed.iter().filter(|v| v.active).count(), 1);
+    });
+}

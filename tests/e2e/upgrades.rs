@@ -764,3 +764,65 @@ fn a_pruned_run_keeps_its_id_while_its_ledger_records_are_kept() {
     assert_eq!(s.balances().values().sum::<i64>(), 100);
     assert_ledger_consistent(&s.db);
 }
+
+#[test]
+fn a_watched_directory_deploys_only_versions_on_which_the_recorded_runs_replay() {
+    let s = Sandbox::new("upgrade-watch");
+    std::fs::write(s.dir.join("wasaga.toml"), CONFIG).expect("config");
+    let config = s.dir.join("wasaga.toml").display().to_string();
+    for (account, balance) in [("treasury", 1_000), ("payee", 0)] {
+        let out = s.wasaga(&[
+            "--config",
+            &config,
+            "ledger",
+            "open",
+            account,
+            "--balance",
+            &balance.to_string(),
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let modules = s.dir.join("modules");
+    std::fs::create_dir_all(&modules).expect("modules dir");
+    let watched = modules.join("payout.wasm");
+    std::fs::write(&watched, std::fs::read(PAYOUT).expect("guest")).expect("copy");
+    let dir = modules.display().to_string();
+    let server = Server::start(&s.dir, "watch", CONFIG, &["--watch", &dir]);
+    let versions = || {
+        let (_, versions) = server.get("/v1/workflows/payout/versions");
+        versions["versions"].as_array().cloned().unwrap_or_default()
+    };
+    let until = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(
+                Instant::now() < deadline,
+                "{what} never happened:\n{}",
+                server.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    until("version 1", &|| versions().len() == 1);
+    payout(&server, "done-1");
+    until_waiting(&server, "done-1");
+    confirm(&server, "done-1");
+    assert_eq!(until_ended(&server, "done-1")["status"], "completed");
+    payout(&server, "wait-1");
+    until_waiting(&server, "wait-1");
+    // Version 3 pays where version 1 waited: the watcher refuses it, as a deploy would.
+    std::fs::write(&watched, std::fs::read(PAYOUT_V3).expect("guest")).expect("replace");
+    until("the refusal", &|| {
+        server.log_text().contains("was not deployed") && server.log_text().contains("diverge")
+    });
+    assert_eq!(versions().len(), 1, "nothing was deployed");
+    // A compatible version is deployed; the waiting run stays on its own (not asked to move).
+    std::fs::write(&watched, std::fs::read(PAYOUT_V2).expect("guest")).expect("replace");
+    until("version 2", &|| versions().len() == 2);
+    confirm(&server, "wait-1");
+    let ended = until_ended(&server, "wait-1");
+    assert_eq!(ended["status"], "completed", "{ended}");
+    assert_eq!(ended["output"]["version"], 1, "{ended}");
+    assert_eq!(s.balances()["payee"], 20);
+    assert_ledger_consistent(&s.db);
+}

@@ -57,6 +57,7 @@ impl Journal {
         self.db
             .write(move |tx| {
                 Box::pin(async move {
+                    one_deploy_at_a_time(tx, &workflow).await?;
                     put_module(tx, &hash, &workflow, &bytes).await?;
                     let previous = active_version(tx, &workflow).await?;
                     let existing = tx
@@ -108,6 +109,7 @@ impl Journal {
         self.db
             .write(move |tx| {
                 Box::pin(async move {
+                    one_deploy_at_a_time(tx, &workflow).await?;
                     let active = active_version(tx, &workflow)
                         .await?
                         .ok_or_else(|| JournalError::UnknownWorkflow(workflow.clone()))?;
@@ -209,6 +211,20 @@ async fn put_module(tx: &mut dyn Tx, hash: &str, name: &str, bytes: &[u8]) -> Re
     )
     .await
     .map(|_| ())
+}
+
+/// Deploys and activations of one workflow on PostgreSQL take turns, whichever host makes
+/// them: each reads the versions another has just committed, so two at once get two version
+/// numbers rather than one of them a duplicate key. (SQLite has one writer at a time.)
+async fn one_deploy_at_a_time(tx: &mut dyn Tx, workflow: &str) -> Result<(), DbError> {
+    if tx.dialect() == wasaga_db::Dialect::Postgres {
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('wasaga-deploy:' || $1))",
+            wasaga_db::args![workflow],
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 async fn active_version(tx: &mut dyn Tx, workflow: &str) -> Result<Option<i64>, DbError> {

@@ -111,10 +111,14 @@ pub async fn serve(
             }
         })
     });
-    let watcher = settings
-        .watch
-        .clone()
-        .map(|dir| tokio::spawn(watch_modules(host.clone(), dir, stopped.clone())));
+    let watcher = settings.watch.clone().map(|dir| {
+        tokio::spawn(watch_modules(
+            host.clone(),
+            dir,
+            settings.deploy,
+            stopped.clone(),
+        ))
+    });
     let signal = {
         let host = host.clone();
         async move {
@@ -316,9 +320,19 @@ pub fn workflow_name_of(path: &std::path::Path) -> Option<String> {
         .map(|stem| stem.to_string_lossy().replace('_', "-"))
 }
 
-/// Deploys every `*.wasm` file in `dir` now and again whenever it changes; a module that does
-/// not validate is reported and the previous version keeps serving.
-pub(crate) async fn watch_modules(host: Host, dir: PathBuf, mut stopped: watch::Receiver<bool>) {
+/// Deploys every `*.wasm` file in `dir` now and again whenever it changes, checked as any
+/// deploy is (never forced: a version on which recorded runs diverge is refused); a module that
+/// does not validate or is refused is reported and the previous version keeps serving.
+pub(crate) async fn watch_modules(
+    host: Host,
+    dir: PathBuf,
+    options: wasaga_runtime::upgrade::DeployOptions,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let options = wasaga_runtime::upgrade::DeployOptions {
+        force: false,
+        ..options
+    };
     let mut seen: std::collections::HashMap<PathBuf, (std::time::SystemTime, u64)> =
         std::collections::HashMap::new();
     tracing::info!("watching {} for *.wasm changes", dir.display());
@@ -340,22 +354,33 @@ pub(crate) async fn watch_modules(host: Host, dir: PathBuf, mut stopped: watch::
                         continue;
                     };
                     let deployed = match std::fs::read(&path) {
-                        Ok(bytes) => host.deploy(&name, &bytes).await,
+                        Ok(bytes) => host.deploy_checked(&name, &bytes, options).await,
                         Err(e) => Err(HostError::Input(format!(
                             "cannot read {}: {e}",
                             path.display()
                         ))),
                     };
                     match deployed {
-                        Ok(d) if d.new_version || d.previous != Some(d.deployment.version) => {
-                            tracing::info!(
-                                "watch: deployed {} version {} from {}",
-                                name,
-                                d.deployment.version,
-                                path.display()
-                            )
-                        }
-                        Ok(_) => {}
+                        Ok(report) => match (&report.deployed, &report.refused) {
+                            (Some(d), _)
+                                if d.new_version || d.previous != Some(d.deployment.version) =>
+                            {
+                                tracing::info!(
+                                    "watch: deployed {} version {} from {}; {} recorded runs replay on it, {} runs in flight moved to it",
+                                    name,
+                                    d.deployment.version,
+                                    path.display(),
+                                    report.verified.checked.len(),
+                                    report.upgraded.len()
+                                )
+                            }
+                            (Some(_), _) => {}
+                            (None, refused) => tracing::warn!(
+                                "watch: {} was not deployed, the previous version keeps serving: {}",
+                                path.display(),
+                                refused.as_deref().unwrap_or("refused")
+                            ),
+                        },
                         Err(e) => tracing::warn!(
                             "watch: {} was not deployed, the previous version keeps serving: {e}",
                             path.display()

@@ -415,6 +415,36 @@ fn watch_deploys_changed_modules_and_keeps_serving_through_bad_ones() {
         std::thread::sleep(Duration::from_millis(100));
     }
     active(2);
+    // A FIFO no one writes, a link to an endless device and a huge (sparse) file: each is
+    // refused, and the host keeps answering (opening the FIFO used to block it for good).
+    let fifo = std::process::Command::new("mkfifo")
+        .arg(modules.join("evil.wasm"))
+        .status()
+        .expect("mkfifo");
+    assert!(fifo.success());
+    std::os::unix::fs::symlink("/dev/zero", modules.join("zero.wasm")).expect("symlink");
+    std::fs::File::create(modules.join("huge.wasm"))
+        .and_then(|f| f.set_len(8 << 30))
+        .expect("sparse file");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = server.log_text();
+        let refused = |file: &str, why: &str| {
+            log.lines()
+                .any(|l| l.contains(file) && l.contains("was not deployed") && l.contains(why))
+        };
+        if refused("evil.wasm", "not a regular file")
+            && refused("zero.wasm", "not a regular file")
+            && refused("huge.wasm", "a module is at most")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, _) = server.get("/healthz");
+    assert_eq!(status, 200);
+    active(2);
     let (status, run) = server.post(
         "/v1/workflows/gated/runs?wait_ms=20000",
         &json!({ "input": transfer(None, 1), "run_id": "watched" }),

@@ -171,23 +171,6 @@ impl Journal {
             .await
     }
 
-    /// Deletes the rows of pruned runs that ended before `ended_before_ms`: their ledger
-    /// operation records are gone, so their ids may be used again. Returns how many.
-    pub async fn forget_pruned(&self, ended_before_ms: u64) -> Result<u64, JournalError> {
-        self.db
-            .write(move |tx| {
-                Box::pin(async move {
-                    tx.execute(
-                        "DELETE FROM runs WHERE pruned_at_ms IS NOT NULL AND updated_at_ms < $1",
-                        wasaga_db::args![ended_before_ms as i64],
-                    )
-                    .await
-                    .map_err(JournalError::from)
-                })
-            })
-            .await
-    }
-
     /// Prunes the module versions no run needs: their deployments go, and the module itself,
     /// or only its bytes while pruned runs still name it. Returns how many.
     pub async fn prune_modules(&self) -> Result<u64, JournalError> {

@@ -89,7 +89,7 @@ pub(crate) async fn start_run(
         return error(
             StatusCode::CONFLICT,
             format!(
-                "run id {} belonged to a run pruned at {pruned_at_ms} ms whose ledger records are kept: it cannot be used again; use a new run id",
+                "run id {} belonged to a run pruned at {pruned_at_ms} ms: a run id is never used twice (the ledger's entries are keyed by it); use a new run id",
                 record.run_id
             ),
         );

@@ -320,6 +320,39 @@ pub fn workflow_name_of(path: &std::path::Path) -> Option<String> {
         .map(|stem| stem.to_string_lossy().replace('_', "-"))
 }
 
+/// Reads a module file of the watched directory: a regular file (through a symlink too) of at
+/// most `MODULE_BYTES_MAX` bytes, opened without blocking, so a FIFO, a device or a huge file
+/// is refused instead of stalling or exhausting the host.
+fn read_module_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other(
+            "not a regular file (a module file must be one)",
+        ));
+    }
+    if meta.len() > MODULE_BYTES_MAX as u64 {
+        return Err(std::io::Error::other(format!(
+            "{} bytes; a module is at most {MODULE_BYTES_MAX} bytes",
+            meta.len()
+        )));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MODULE_BYTES_MAX as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() > MODULE_BYTES_MAX {
+        return Err(std::io::Error::other(format!(
+            "it grew past {MODULE_BYTES_MAX} bytes while read"
+        )));
+    }
+    Ok(bytes)
+}
+
 /// Deploys every `*.wasm` file in `dir` now and again whenever it changes, checked as any
 /// deploy is (never forced: a version on which recorded runs diverge is refused); a module that
 /// does not validate or is refused is reported and the previous version keeps serving.
@@ -353,8 +386,16 @@ pub(crate) async fn watch_modules(
                     let Some(name) = workflow_name_of(&path) else {
                         continue;
                     };
-                    let deployed = match std::fs::read(&path) {
-                        Ok(bytes) => host.deploy_checked(&name, &bytes, options).await,
+                    let read = {
+                        let path = path.clone();
+                        tokio::task::spawn_blocking(move || read_module_file(&path)).await
+                    };
+                    let deployed = match read {
+                        Ok(Ok(bytes)) => host.deploy_checked(&name, &bytes, options).await,
+                        Ok(Err(e)) => Err(HostError::Input(format!(
+                            "cannot read {}: {e}",
+                            path.display()
+                        ))),
                         Err(e) => Err(HostError::Input(format!(
                             "cannot read {}: {e}",
                             path.display()

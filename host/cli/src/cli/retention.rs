@@ -9,6 +9,7 @@ use super::failure::Failure;
 use super::settings::RetentionSettings;
 use anyhow::{Context, anyhow};
 use serde::Serialize;
+use std::io::Write;
 use std::path::Path;
 use wasaga_runtime::Host;
 
@@ -21,8 +22,6 @@ pub struct Pruned {
     pub runs: u64,
     pub modules: u64,
     pub ledger_ops: u64,
-    /// Pruned runs whose ids were let go (their operation records gone too).
-    pub forgotten: u64,
 }
 
 /// Prunes the finished runs that ended before `cutoff_ms` (exported to `export` first), the
@@ -35,6 +34,12 @@ pub(crate) async fn prune_pass(
 ) -> Result<Pruned, Failure> {
     let journal = host.journal();
     let mut pruned = Pruned::default();
+    // Held for the whole pass: other passes exporting to the same file (another host, or an
+    // operator's `runs prune`) wait their turn instead of interleaving their lines.
+    let mut archive = match export {
+        Some(path) => Some(open_export(path).await?),
+        None => None,
+    };
     loop {
         let batch = journal
             .prunable_runs(cutoff_ms, wasaga_journal::PRUNED_PER_BATCH_MAX)
@@ -43,23 +48,17 @@ pub(crate) async fn prune_pass(
         if batch.is_empty() {
             break;
         }
-        if let Some(export) = export {
-            // Written and synced before anything of them is deleted: a crash in between
-            // leaves runs exported twice, never deleted unexported.
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(export)
-                .with_context(|| format!("cannot open the export file {}", export.display()))?;
-            let mut sink = std::io::BufWriter::new(file);
+        if let (Some(file), Some(export)) = (archive.as_mut(), export) {
+            // Written whole and synced before anything of them is deleted: a crash in between
+            // leaves runs exported twice (or a torn line, cut off by the next pass), never
+            // deleted unexported.
+            let mut lines = Vec::new();
             for run_id in &batch {
-                super::upgrades::write_run(journal, run_id, &mut sink).await?;
+                super::upgrades::write_run(journal, run_id, &mut lines).await?;
             }
-            let file = sink
-                .into_inner()
-                .map_err(|e| anyhow!("cannot write {}: {e}", export.display()))?;
-            file.sync_all()
-                .with_context(|| format!("cannot sync {}", export.display()))?;
+            file.write_all(&lines)
+                .and_then(|()| file.sync_all())
+                .with_context(|| format!("cannot write {}", export.display()))?;
         }
         let deleted = journal
             .prune_runs(&batch, cutoff_ms)
@@ -80,13 +79,58 @@ pub(crate) async fn prune_pass(
         pruned.ledger_ops = wasaga_participants::ledger::prune_ops(host.ledger_db(), cutoff)
             .await
             .map_err(|e| anyhow!(e))?;
-        // Runs that ended before then have no operation record left: their ids are free.
-        pruned.forgotten = journal
-            .forget_pruned(cutoff)
-            .await
-            .map_err(|e| anyhow!(e))?;
     }
     Ok(pruned)
+}
+
+/// Opens the export file for appending, with an exclusive lock on it (waited for), and cuts
+/// off a torn last line a crash left: its runs were not deleted, deletion follows the sync.
+async fn open_export(path: &Path) -> Result<std::fs::File, Failure> {
+    let path = path.to_owned();
+    let file = tokio::task::spawn_blocking(move || -> anyhow::Result<std::fs::File> {
+        let named = || format!("cannot use the export file {}", path.display());
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&path)
+            .with_context(named)?;
+        if !file.metadata().with_context(named)?.is_file() {
+            anyhow::bail!("the export file {} is not a regular file", path.display());
+        }
+        file.lock().with_context(named)?;
+        let kept = whole_lines_len(&mut file).with_context(named)?;
+        if kept < file.metadata().with_context(named)?.len() {
+            tracing::warn!(
+                "{}: cutting off a torn last line (an export a crash interrupted; its runs were not pruned)",
+                path.display()
+            );
+            file.set_len(kept).with_context(named)?;
+            file.sync_all().with_context(named)?;
+        }
+        Ok(file)
+    })
+    .await
+    .map_err(|e| anyhow!("the export file could not be opened: {e}"))??;
+    Ok(file)
+}
+
+/// The length of `file` up to and with its last newline (0 if it has none).
+fn whole_lines_len(file: &mut std::fs::File) -> std::io::Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut end = file.seek(SeekFrom::End(0))?;
+    let mut chunk = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(chunk.len() as u64);
+        file.seek(SeekFrom::Start(start))?;
+        let part = &mut chunk[..(end - start) as usize];
+        file.read_exact(part)?;
+        if let Some(at) = part.iter().rposition(|&b| b == b'\n') {
+            return Ok(start + at as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
 }
 
 /// Prunes every `PRUNE_EVERY_MS` while `serve` runs (a minute after it starts first).

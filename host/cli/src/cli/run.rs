@@ -80,7 +80,7 @@ pub(crate) async fn run(g: &Settings, args: &RunArgs) -> Result<u8, Failure> {
             // not ask for succeeded.
             if let Some(pruned_at_ms) = record.pruned_at_ms {
                 return Err(usage(anyhow!(
-                    "run id {run_id} belonged to a run pruned at {} whose ledger records are kept: it cannot be used again; use a new run id",
+                    "run id {run_id} belonged to a run pruned at {}: a run id is never used twice (the ledger's entries are keyed by it); use a new run id",
                     super::serve::timestamp(pruned_at_ms)
                 )));
             }

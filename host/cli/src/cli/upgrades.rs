@@ -263,6 +263,10 @@ pub(crate) async fn write_run<W: Write + ?Sized>(
         Err(wasaga_journal::JournalError::UnknownRun(_)) => return Ok(false),
         Err(e) => return Err(anyhow!(e).into()),
     };
+    if record.pruned_at_ms.is_some() {
+        // Pruned since it was listed (by another pass): its journal is gone.
+        return Ok(false);
+    }
     let line = json!({ "run": record, "events": events });
     writeln!(sink, "{line}").context("cannot write the export")?;
     Ok(true)

@@ -337,6 +337,55 @@ fn verify_judges_exported_journals_as_a_deploy_judges_live_ones() {
     ]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("nothing was checked"), "{}", text(&out));
+    // Hostile exports: a run twice counts once; a journal the host never writes (a call begun
+    // twice, events in another order) refuses the file, naming the run, instead of a panic.
+    let runs: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let verify_file = |name: &str, content: String| {
+        let path = s.dir.join(name);
+        std::fs::write(&path, content).expect("write");
+        s.wasaga(&[
+            "--config",
+            &config,
+            "--json",
+            "verify",
+            PAYOUT_V2,
+            "--workflow",
+            "payout",
+            "--runs",
+            &path.display().to_string(),
+        ])
+    };
+    let out = verify_file("twice.jsonl", format!("{lines}{lines}"));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        report["checked"].as_array().map(Vec::len),
+        Some(5),
+        "{report}"
+    );
+    let mut repeated = runs[0].clone();
+    let events = repeated["events"].as_array_mut().expect("events");
+    let begun = events
+        .iter()
+        .find(|e| e["kind"] == "step-intent" || e["kind"] == "wait-started")
+        .expect("a call")
+        .clone();
+    events.push(begun);
+    let out = verify_file("repeated.jsonl", format!("{repeated}\n"));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("not a journal wasaga wrote") && text(&out).contains("twice"),
+        "{}",
+        text(&out)
+    );
+    let mut reversed = runs[0].clone();
+    reversed["events"].as_array_mut().expect("events").reverse();
+    let out = verify_file("reversed.jsonl", format!("{reversed}\n"));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("not started"), "{}", text(&out));
 }
 
 #[test]
@@ -824,5 +873,128 @@ fn a_watched_directory_deploys_only_versions_on_which_the_recorded_runs_replay()
     assert_eq!(ended["status"], "completed", "{ended}");
     assert_eq!(ended["output"]["version"], 1, "{ended}");
     assert_eq!(s.balances()["payee"], 20);
+    assert_ledger_consistent(&s.db);
+}
+
+#[test]
+fn a_version_number_is_never_given_twice_even_after_its_version_is_pruned() {
+    let s = Sandbox::new("version-numbers");
+    std::fs::write(s.dir.join("wasaga.toml"), CONFIG).expect("config");
+    let config = s.dir.join("wasaga.toml").display().to_string();
+    let wasaga = |args: &[&str]| {
+        let mut all = vec!["--config", config.as_str()];
+        all.extend_from_slice(args);
+        let out = s.wasaga(&all);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for (module, version) in [(PAYOUT, 1), (PAYOUT_V2, 2), (PAYOUT_V3, 3)] {
+        let out = wasaga(&["deploy", module, "--name", "payout"]);
+        assert!(
+            out.contains(&format!("version {version}")),
+            "{module}: {out}"
+        );
+    }
+    wasaga(&["deploy", "--rollback", "--name", "payout"]);
+    // Version 3 is neither active nor the one before: no run needs it, and it is pruned.
+    let pruned: Value = serde_json::from_str(&wasaga(&[
+        "--json",
+        "runs",
+        "prune",
+        "--older-than-days",
+        "30",
+    ]))
+    .expect("json");
+    assert_eq!(pruned["modules"], 1, "{pruned}");
+    let out = wasaga(&["deploy", PAYOUT_V3, "--name", "payout"]);
+    assert!(
+        out.contains("version 4"),
+        "a new number, not the pruned one's: {out}"
+    );
+    let listed: Value =
+        serde_json::from_str(&wasaga(&["versions", "payout", "--json"])).expect("json");
+    let numbers: Vec<i64> = listed["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .filter_map(|v| v["version"].as_i64())
+        .collect();
+    assert_eq!(numbers, [1, 2, 4], "{listed}");
+}
+
+#[test]
+fn runs_of_a_forced_version_rolled_back_do_not_bar_later_deploys() {
+    let s = Sandbox::new("forced-then-back");
+    std::fs::write(s.dir.join("wasaga.toml"), CONFIG).expect("config");
+    let config = s.dir.join("wasaga.toml").display().to_string();
+    let wasaga = |args: &[&str]| {
+        let mut all = vec!["--config", config.as_str()];
+        all.extend_from_slice(args);
+        s.wasaga(&all)
+    };
+    for (account, balance) in [("treasury", "1000"), ("payee", "0")] {
+        let out = wasaga(&["ledger", "open", account, "--balance", balance]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let start = |id: &str| {
+        let input =
+            json!({ "payout_id": id, "from": "treasury", "to": "payee", "amount": 10 }).to_string();
+        let out = wasaga(&["run", "payout", "--input", &input, "--run-id", id]);
+        assert_eq!(out.status.code(), Some(5), "{id} waits: {}", text(&out));
+    };
+    let out = wasaga(&["deploy", PAYOUT, "--name", "payout"]);
+    assert!(out.status.success(), "{}", text(&out));
+    start("on-1");
+    // Version 2 (payout-v3's module) pays before the wait: forced past on-1, a run starts on
+    // it, then it is rolled back.
+    let out = wasaga(&["deploy", PAYOUT_V3, "--name", "payout", "--force"]);
+    assert!(out.status.success(), "{}", text(&out));
+    start("on-2");
+    let out = wasaga(&["deploy", "--rollback", "--name", "payout"]);
+    assert!(out.status.success(), "{}", text(&out));
+    // A version compatible with version 1 deploys: on-2 diverges on it, but it belongs to the
+    // rolled-back version and stays there; it is reported, it does not bar the deploy.
+    let out = wasaga(&["--json", "deploy", PAYOUT_V2, "--name", "payout"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["deployment"]["version"], 3, "{report}");
+    let diverged: Vec<&str> = report["verified"]["checked"]
+        .as_array()
+        .expect("checked")
+        .iter()
+        .filter(|c| c["replay"] == "diverges")
+        .filter_map(|c| c["run_id"].as_str())
+        .collect();
+    assert_eq!(diverged, ["on-2"], "{report}");
+    // Runs of the active version still bar a version they diverge on.
+    start("on-3");
+    let out = wasaga(&["deploy", PAYOUT_V3, "--name", "payout"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("on-3") && text(&out).contains("diverge"),
+        "{}",
+        text(&out)
+    );
+    // Every run finishes, each on the version it runs.
+    for id in ["on-1", "on-2", "on-3"] {
+        let out = wasaga(&[
+            "signal",
+            id,
+            "bank",
+            "--payload",
+            r#"{"ok":true}"#,
+            "--signal-id",
+            id,
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    }
+    let out = wasaga(&["resume"]);
+    assert!(out.status.code().is_some(), "{}", text(&out));
+    let runs = s.runs();
+    assert!(
+        runs.iter().all(|(_, status, _)| status == "completed"),
+        "{runs:?}"
+    );
+    assert_eq!(s.balances()["payee"], 30);
     assert_ledger_consistent(&s.db);
 }

@@ -69,15 +69,26 @@ impl Journal {
                     let (version, new_version) = match existing {
                         Some(row) => (row.int(0)?, false),
                         None => {
-                            let next = tx
+                            // Past every number given before, pruned versions' too.
+                            let listed = tx
                                 .fetch_optional(
-                                    "SELECT COALESCE(MAX(version), 0) + 1 FROM deployments WHERE workflow = $1",
+                                    "SELECT COALESCE(MAX(version), 0) FROM deployments WHERE workflow = $1",
                                     wasaga_db::args![&workflow],
                                 )
                                 .await?
                                 .map(|r| r.int(0))
                                 .transpose()?
-                                .unwrap_or(1);
+                                .unwrap_or(0);
+                            let made = tx
+                                .fetch_optional(
+                                    "SELECT versions_made FROM workflows WHERE name = $1",
+                                    wasaga_db::args![&workflow],
+                                )
+                                .await?
+                                .map(|r| r.int(0))
+                                .transpose()?
+                                .unwrap_or(0);
+                            let next = listed.max(made) + 1;
                             tx.execute(
                                 "INSERT INTO deployments (workflow, version, hash, deployed_at_ms)
                                  VALUES ($1, $2, $3, $4)",
@@ -88,6 +99,11 @@ impl Journal {
                         }
                     };
                     let deployment = activate(tx, &workflow, version).await?;
+                    tx.execute(
+                        "UPDATE workflows SET versions_made = $2 WHERE name = $1 AND versions_made < $2",
+                        wasaga_db::args![&workflow, version],
+                    )
+                    .await?;
                     Ok::<_, JournalError>(Deployed {
                         deployment,
                         new_version,

@@ -1021,8 +1021,9 @@ impl Host {
             let now = self.inner.journal.run(run_id).await?;
             return Err(HostError::Input(match now.status {
                 RunStatus::Stuck => format!(
-                    "run {run_id} is being retried by another host ({}) right now",
-                    now.owner.as_deref().unwrap_or("unknown")
+                    "run {run_id} is being retried by another host ({}) right now; if that host has stopped, retry it again once its lease lapses (within {} ms)",
+                    now.owner.as_deref().unwrap_or("unknown"),
+                    self.inner.limits.run_lease_ms
                 ),
                 status => format!("run {run_id} is {status} now: another retry took it up"),
             }));

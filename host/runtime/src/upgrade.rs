@@ -87,15 +87,20 @@ impl VerifyReport {
 
     /// One line naming the first divergences, for messages.
     pub fn summary(&self) -> String {
-        let diverged: Vec<String> = self
-            .diverged()
+        self.summary_of(&self.diverged().collect::<Vec<_>>())
+    }
+
+    /// One line naming the first of `diverged`, for messages.
+    fn summary_of(&self, diverged: &[&RunCheck]) -> String {
+        let count = diverged.len();
+        let diverged: Vec<String> = diverged
+            .iter()
             .take(3)
             .map(|c| match &c.replay {
                 Replay::Diverges { reason, .. } => format!("run {}: {reason}", c.run_id),
                 Replay::Agrees { .. } => unreachable!("filtered to divergences"),
             })
             .collect();
-        let count = self.diverged().count();
         format!(
             "{count} of {} recorded runs diverge on module {}: {}{}",
             self.checked.len(),
@@ -216,15 +221,19 @@ impl Host {
     ) -> Result<VerifyReport, HostError> {
         let (hash, loaded) = self.loadable(workflow, bytes).await?;
         let (mut checked, mut skipped) = (Vec::new(), 0);
+        // A run exported twice (an export a crash interrupted, then done again) counts once.
+        let mut seen = std::collections::HashSet::new();
         for exported in runs {
-            let started_as = match exported.events.first() {
-                Some(Event::Started { workflow, .. }) => Some(workflow.as_str()),
-                _ => None,
-            };
-            if exported.run.workflow != workflow
-                || started_as != Some(workflow)
-                || !checkable(exported.run.status)
-            {
+            if let Some(wrong) = malformed(&exported) {
+                return Err(HostError::Input(format!(
+                    "run {} in the export is not a journal wasaga wrote: {wrong}; export it again with `wasaga runs export`",
+                    exported.run.run_id
+                )));
+            }
+            if !seen.insert(exported.run.run_id.clone()) {
+                continue;
+            }
+            if exported.run.workflow != workflow || !checkable(exported.run.status) {
                 skipped += 1;
                 continue;
             }
@@ -264,8 +273,26 @@ impl Host {
         let verified = self
             .verify_loaded(workflow, &hash, &loaded, options.completed)
             .await?;
-        let refused = if !verified.agrees() {
-            Some(verified.summary())
+        // The new version is held to what the version it replaces recorded (and to runs of
+        // modules never deployed). Runs of other deployed versions that diverge, such as those
+        // of a version deployed with --force and rolled back, are reported and stay on their
+        // own version: they would not bar every later deploy until they end.
+        let versions = match self.journal().versions(workflow).await {
+            Ok(versions) => versions,
+            Err(wasaga_journal::JournalError::UnknownWorkflow(_)) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let superseded: std::collections::HashSet<String> = versions
+            .into_iter()
+            .filter(|v| !v.active)
+            .map(|v| v.hash)
+            .collect();
+        let barring: Vec<&RunCheck> = verified
+            .diverged()
+            .filter(|c| !superseded.contains(&c.module_hash))
+            .collect();
+        let refused = if !barring.is_empty() {
+            Some(verified.summary_of(&barring))
         } else if verified.in_flight_capped {
             Some(format!(
                 "more than {CHECKED_IN_FLIGHT_MAX} runs of {workflow} are in flight and only the newest were replayed"
@@ -525,4 +552,32 @@ fn status_name(status: RunStatus, waiting: bool) -> &'static str {
         (RunStatus::Running, true) => "waiting",
         (status, _) => status.as_str(),
     }
+}
+
+/// What makes an exported run's journal one the host never writes, if anything: it must begin
+/// with its `started` event, of the run's own workflow, and begin each call once.
+fn malformed(exported: &ExportedRun) -> Option<String> {
+    match exported.events.first() {
+        Some(Event::Started { workflow, .. }) if *workflow == exported.run.workflow => {}
+        Some(Event::Started { workflow, .. }) => {
+            return Some(format!(
+                "it started workflow {workflow} but is listed as {}",
+                exported.run.workflow
+            ));
+        }
+        Some(other) => return Some(format!("it begins with {}, not started", other.kind())),
+        None => return Some("it has no events".to_owned()),
+    }
+    let mut begun = std::collections::HashSet::new();
+    for event in &exported.events[1..] {
+        if matches!(event, Event::Started { .. }) {
+            return Some("it starts twice".to_owned());
+        }
+        if let Some(call) = event.replayed_call()
+            && !begun.insert(call)
+        {
+            return Some(format!("it begins call {call} twice"));
+        }
+    }
+    None
 }

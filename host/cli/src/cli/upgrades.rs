@@ -22,7 +22,7 @@ pub(crate) fn print_deploy_checks(report: &Value) {
         println!("checked {checked} recorded runs: each replays on it");
     } else {
         println!(
-            "checked {checked} recorded runs: {} diverge (deployed with --force)",
+            "checked {checked} recorded runs: {} diverge (deployed with --force, or they ran on a version other than the one it replaces; those in flight stay on theirs)",
             diverged.len()
         );
         print_divergences(&report["verified"]);
